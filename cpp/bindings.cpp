@@ -1,0 +1,211 @@
+// pybind11 glue for music_flamingo._core: converts Python values to the engine's types, releases the GIL around
+// all llama.cpp work, maps C++ errors to the package's Python exceptions and native log lines to Python logging.
+#include "engine.h"
+#include "log_bridge.h"
+
+#include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cstring>
+
+namespace py = pybind11;
+
+namespace {
+
+// The Python callable that receives (level, line). Leaked on purpose: it must outlive static destructors, and
+// the sink is switched off (set_log_callback(None)) by an atexit hook before the interpreter finalizes.
+py::object * g_log_callable = nullptr;
+
+void python_sink(int level, const std::string & line) {
+    if (!Py_IsInitialized() || _Py_IsFinalizing()) return;
+    py::gil_scoped_acquire gil;
+    if (!g_log_callable) return;
+    try {
+        (*g_log_callable)(level, py::bytes(line));
+    } catch (py::error_already_set & e) {
+        e.discard_as_unraisable("music_flamingo native log callback");
+    }
+}
+
+void set_log_callback(py::object cb) {
+    mf::logbridge::set_sink(nullptr);
+    if (cb.is_none()) return;  // the old callable stays leaked: a worker thread may still be inside it
+    g_log_callable = new py::object(std::move(cb));
+    mf::logbridge::set_sink(python_sink);
+}
+
+// Exceptions are defined in Python (music_flamingo/errors.py) so the hierarchy is readable there.
+[[noreturn]] void raise_py(const char * name, const char * what) {
+    py::object cls = py::module_::import("music_flamingo.errors").attr(name);
+    PyErr_SetString(cls.ptr(), what);
+    throw py::error_already_set();
+}
+
+template <typename T>
+T get_or(const py::dict & d, const char * key, T dflt) {
+    return d.contains(key) && !d[key].is_none() ? d[key].cast<T>() : dflt;
+}
+
+mf::PromptRequest to_prompt(const py::handle & h) {
+    py::dict d = py::reinterpret_borrow<py::dict>(h);
+    mf::PromptRequest p;
+    p.text = d["text"].cast<std::string>();
+    p.max_tokens = get_or<int>(d, "max_tokens", p.max_tokens);
+    auto & s = p.sampling;
+    s.temperature = get_or<float>(d, "temperature", s.temperature);
+    s.top_p = get_or<float>(d, "top_p", s.top_p);
+    s.top_k = get_or<int>(d, "top_k", s.top_k);
+    s.min_p = get_or<float>(d, "min_p", s.min_p);
+    s.repeat_penalty = get_or<float>(d, "repeat_penalty", s.repeat_penalty);
+    s.repeat_last_n = get_or<int>(d, "repeat_last_n", s.repeat_last_n);
+    s.seed = get_or<uint32_t>(d, "seed", s.seed);
+    return p;
+}
+
+py::dict stats_dict(const mf::GenerateStats & st) {
+    py::dict d;
+    d["audio_seconds"] = st.audio_seconds;
+    d["audio_chunks"] = st.audio_chunks;
+    d["audio_tokens"] = st.audio_tokens;
+    d["prefix_tokens"] = st.prefix_tokens;
+    d["prompt_tokens"] = st.prompt_tokens;
+    d["n_ctx"] = st.n_ctx;
+    d["encode_ms"] = st.encode_ms;
+    d["prefill_ms"] = st.prefill_ms;
+    d["decode_ms"] = st.decode_ms;
+    d["tokens_generated"] = st.tokens_generated;
+    d["decode_tokens_per_s"] = st.decode_tokens_per_s;
+    d["total_ms"] = st.total_ms;
+    return d;
+}
+
+// Owns the engine; close() frees the model before the Python object goes away.
+class PyEngine {
+public:
+    explicit PyEngine(const mf::EngineParams & p) {
+        py::gil_scoped_release nogil;
+        engine_ = std::make_unique<mf::Engine>(p);
+    }
+
+    void close() {
+        std::unique_ptr<mf::Engine> e = std::move(engine_);
+        py::gil_scoped_release nogil;  // the destructor waits for a running generate()
+        e.reset();
+    }
+
+    py::dict generate(py::array audio, int sample_rate, py::list prompts, const std::string & system_prompt,
+                      bool render_special) {
+        mf::Engine & eng = get();
+        // Checked here, with the GIL held, so the message names what the caller passed.
+        if (!audio.dtype().is(py::dtype::of<float>())) {
+            throw mf::InputError("audio must be a float32 array (got " + std::string(py::str(audio.dtype())) +
+                                 "); music_flamingo.audio.load_audio() converts anything else");
+        }
+        if (audio.ndim() != 1) {
+            throw mf::InputError("audio must be mono, a 1-D array (got " + std::to_string(audio.ndim()) + " dimensions)");
+        }
+        if (sample_rate != eng.sample_rate()) {
+            throw mf::InputError("audio must be sampled at " + std::to_string(eng.sample_rate()) + " Hz (got " +
+                                 std::to_string(sample_rate) + ")");
+        }
+        auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(audio);
+        std::vector<float> pcm(a.data(), a.data() + a.size());  // a private copy: the caller may reuse its buffer
+        std::vector<mf::PromptRequest> reqs;
+        for (auto h : prompts) reqs.push_back(to_prompt(h));
+
+        // Ctrl-C: only the main thread receives signals; check them at most every 100 ms (a GIL round trip each).
+        const bool main_thread = PyThread_get_thread_ident() ==
+                                 py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+        auto last = std::chrono::steady_clock::now();
+        mf::InterruptCheck check = [&]() {
+            if (!main_thread) return false;
+            auto now = std::chrono::steady_clock::now();
+            if (now - last < std::chrono::milliseconds(100)) return false;
+            last = now;
+            py::gil_scoped_acquire gil;
+            if (PyErr_CheckSignals() != 0) { PyErr_Clear(); return true; }
+            return false;
+        };
+
+        mf::GenerateResult r;
+        {
+            py::gil_scoped_release nogil;
+            r = eng.generate(pcm, reqs, system_prompt, render_special, check);
+        }
+        py::list outs;
+        for (const auto & o : r.outputs) {
+            py::dict d;
+            d["text"] = py::bytes(o.text);
+            d["tokens"] = o.tokens;
+            d["stop_reason"] = o.stop_reason;
+            outs.append(d);
+        }
+        py::dict out;
+        out["outputs"] = outs;
+        out["stats"] = stats_dict(r.stats);
+        return out;
+    }
+
+    std::map<std::string, std::string> info() { return get().info(); }
+    int sample_rate() { return get().sample_rate(); }
+
+private:
+    mf::Engine & get() {
+        if (!engine_) throw mf::EngineError("engine is closed");
+        return *engine_;
+    }
+    std::unique_ptr<mf::Engine> engine_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "llama.cpp mtmd engine for Music Flamingo (private; use the music_flamingo package)";
+    mf::logbridge::install();
+
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const mf::ModelFileError & e) {
+            raise_py("ModelFileError", e.what());
+        } catch (const mf::InputError & e) {
+            raise_py("InvalidInputError", e.what());
+        } catch (const mf::Interrupted &) {
+            PyErr_SetNone(PyExc_KeyboardInterrupt);
+            throw py::error_already_set();
+        } catch (const mf::EngineError & e) {
+            raise_py("EngineError", e.what());
+        }
+    });
+
+    py::class_<PyEngine>(m, "Engine")
+        .def(py::init([](const std::string & model_path, const std::string & mmproj_path, int n_gpu_layers,
+                         bool mmproj_use_gpu, int n_threads, int flash_attn, int n_ctx, int n_batch, int n_ubatch,
+                         int n_seq_max, bool warmup) {
+                 mf::EngineParams p;
+                 p.model_path = model_path; p.mmproj_path = mmproj_path; p.n_gpu_layers = n_gpu_layers;
+                 p.mmproj_use_gpu = mmproj_use_gpu; p.n_threads = n_threads; p.flash_attn = flash_attn;
+                 p.n_ctx = n_ctx; p.n_batch = n_batch; p.n_ubatch = n_ubatch; p.n_seq_max = n_seq_max;
+                 p.warmup = warmup;
+                 return std::make_unique<PyEngine>(p);
+             }),
+             py::arg("model_path"), py::arg("mmproj_path"), py::arg("n_gpu_layers") = -1,
+             py::arg("mmproj_use_gpu") = true, py::arg("n_threads") = 0, py::arg("flash_attn") = -1,
+             py::arg("n_ctx") = 0, py::arg("n_batch") = 2048, py::arg("n_ubatch") = 1024, py::arg("n_seq_max") = 8,
+             py::arg("warmup") = true)
+        .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
+             py::arg("system_prompt") = "", py::arg("render_special") = false,
+             "Encode the audio once and answer every prompt from the shared prefix. GIL released while running.")
+        .def("info", &PyEngine::info)
+        .def_property_readonly("sample_rate", &PyEngine::sample_rate)
+        .def("close", &PyEngine::close, "Free the model, the audio encoder and the context now.");
+
+    m.def("build_info", &mf::build_info, "llama.cpp commit and source, compiled backends, CPU features.");
+    m.def("list_devices", &mf::list_devices, "Devices ggml found: name, description, type, memory.");
+    m.def("set_log_callback", &set_log_callback, py::arg("callback"),
+          "callback(level: int, line: bytes) receives native log lines; None drops them.");
+    m.def("set_log_level", &mf::logbridge::set_min_level, py::arg("level"),
+          "Lowest ggml log level forwarded: 1 debug, 2 info, 3 warn, 4 error.");
+}

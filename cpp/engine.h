@@ -1,0 +1,132 @@
+// The resident Music Flamingo engine: llama.cpp's text model + mtmd audio encoder, loaded once.
+//
+// One call = one track: the audio is encoded once, the shared prefix (chat head + audio) is evaluated once into
+// sequence 0, forked to N sequences in a unified KV cache (the prefix cells are shared, not copied), and the N
+// prompts are decoded together, one batch per step, each with its own sampler chain and token limit.
+//
+// Plain C++ (no Python types): bindings.cpp adapts it. Errors are C++ exceptions of the types below; nothing here
+// may abort the process on bad input.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+struct llama_model;
+struct llama_context;
+struct mtmd_context;
+
+namespace mf {
+
+// A model/mmproj file that is missing, unreadable, not a GGUF, or the wrong kind of GGUF.
+struct ModelFileError : std::runtime_error { using std::runtime_error::runtime_error; };
+// Audio or prompts the engine cannot take (empty, wrong format, non-finite, too long for the context).
+struct InputError : std::invalid_argument { using std::invalid_argument::invalid_argument; };
+// llama.cpp failed while running (allocation, decode).
+struct EngineError : std::runtime_error { using std::runtime_error::runtime_error; };
+// The caller asked to stop (Ctrl-C) between two decode steps.
+struct Interrupted : std::runtime_error { using std::runtime_error::runtime_error; };
+
+struct EngineParams {
+    std::string model_path;
+    std::string mmproj_path;
+    int n_gpu_layers = -1;       // -1: all layers
+    bool mmproj_use_gpu = true;  // audio encoder on the first GPU when there is one
+    int n_threads = 0;           // 0: all cores
+    int flash_attn = -1;         // -1 auto, 0 off, 1 on (both the text model and the audio encoder)
+    int n_ctx = 0;               // 0: sized per call from the audio length and the prompts' limits (grows, never shrinks)
+    int n_batch = 2048;          // logical batch; grown when the prompts of one call need more
+    int n_ubatch = 1024;         // physical batch; >= 750 so one 30 s audio window is not split (the compute
+                                 // buffer holds n_ubatch rows of logits: 2048 would cost 1.2 GB for Qwen's vocabulary)
+    int n_seq_max = 8;           // sequences the context is made for; grown when a call has more prompts
+    bool warmup = true;          // mtmd encodes one dummy window at load (finds unsupported GPU ops early)
+};
+
+struct SamplingParams {
+    float temperature = 0.0f;    // <= 0: greedy
+    float top_p = 1.0f;
+    int top_k = 0;               // 0: off
+    float min_p = 0.0f;
+    float repeat_penalty = 1.0f; // 1: off
+    int repeat_last_n = 64;
+    uint32_t seed = 0;
+};
+
+struct PromptRequest {
+    std::string text;            // the user's question, tokenized as plain text (no special tokens honoured)
+    int max_tokens = 256;
+    SamplingParams sampling;
+};
+
+struct PromptOutput {
+    std::string text;            // raw UTF-8 bytes (the caller decodes; a cut at max_tokens may split a character)
+    std::vector<int32_t> tokens;
+    std::string stop_reason;     // "eog" or "max_tokens"
+};
+
+struct GenerateStats {
+    double audio_seconds = 0;
+    int audio_chunks = 0;        // 30 s windows as mtmd frames them
+    int audio_tokens = 0;
+    int prefix_tokens = 0;       // shared prefix positions (chat head + audio)
+    int prompt_tokens = 0;       // sum over prompts of the per-prompt suffix
+    int n_ctx = 0;
+    double encode_ms = 0;        // audio encoder
+    double prefill_ms = 0;       // prefix text + audio embeddings + prompt suffixes through the LLM
+    double decode_ms = 0;        // generation loop
+    int tokens_generated = 0;
+    double decode_tokens_per_s = 0;
+    double total_ms = 0;
+};
+
+struct GenerateResult {
+    std::vector<PromptOutput> outputs;
+    GenerateStats stats;
+};
+
+// Called between decode steps; returns true to stop (used for Ctrl-C from Python).
+using InterruptCheck = std::function<bool()>;
+
+class Engine {
+public:
+    explicit Engine(const EngineParams & params);
+    ~Engine();
+    Engine(const Engine &) = delete;
+    Engine & operator=(const Engine &) = delete;
+
+    // pcm: mono float32 at sample_rate() Hz. Thread-safe: concurrent callers are serialized.
+    // render_special: keep the text of special tokens in the output (as llama-mtmd-cli prints them).
+    GenerateResult generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
+                            const std::string & system_prompt, bool render_special = false,
+                            const InterruptCheck & interrupted = nullptr);
+
+    int sample_rate() const;
+    int n_ctx_train() const;
+    // Static facts about the loaded model: file names, architecture, template, devices used.
+    std::map<std::string, std::string> info() const;
+
+private:
+    struct Prompt;  // formatted prompt pieces
+    void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed);
+    std::vector<int32_t> tokenize(const std::string & text, bool parse_special) const;
+
+    EngineParams params_;
+    llama_model * model_ = nullptr;
+    mtmd_context * mtmd_ = nullptr;
+    llama_context * ctx_ = nullptr;
+    int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0;
+    std::string chat_template_;  // as stored in the GGUF ("chatml" when absent)
+    std::string text_device_, audio_device_;
+    mutable std::mutex mutex_;
+};
+
+// Facts about the build and the machine: llama.cpp commit, compiled backends, devices.
+std::map<std::string, std::string> build_info();
+std::vector<std::map<std::string, std::string>> list_devices();
+
+}  // namespace mf

@@ -1,0 +1,33 @@
+"""music-flamingo: NVIDIA Music Flamingo resident in one process — music in, rich text descriptions out.
+
+The GGUF backend runs llama.cpp's mtmd in-process (``music_flamingo._core``); see :class:`MusicFlamingoGGUF`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ._logging import logger
+from .audio import load_audio
+from .errors import (AudioDecodeError, EngineError, InvalidInputError, ModelFileError, MusicFlamingoError)
+from .gguf_backend import MusicFlamingoGGUF
+from .datatypes import GenerationResult, GenerationStats, Prompt
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudioDecodeError", "EngineError", "GenerationResult", "GenerationStats", "InvalidInputError", "ModelFileError",
+    "MusicFlamingoError", "MusicFlamingoGGUF", "Prompt", "load_audio", "logger", "system_info", "__version__",
+]
+
+
+def system_info() -> dict[str, Any]:
+    """The llama.cpp commit this package was built from, the compiled ggml backends and the devices found."""
+    from . import _core
+    from ._logging import install_native_logging
+
+    install_native_logging()
+    info: dict[str, Any] = dict(_core.build_info())
+    info["backends"] = info["backends"].split(",") if info["backends"] else []
+    info["devices"] = [dict(d) for d in _core.list_devices()]
+    info["version"] = __version__
+    return info

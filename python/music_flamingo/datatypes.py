@@ -1,0 +1,72 @@
+"""Dataclasses that cross the package's API: what to ask (Prompt) and what comes back (GenerationResult)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One question about a track, with its own token limit and sampling settings.
+
+    ``temperature <= 0`` decodes greedily. Sampling applies temperature before top-k/top-p, as transformers does,
+    so the same numbers mean the same thing on both backends.
+    """
+
+    text: str
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"Prompt.text must be a str, got {type(self.text).__name__}")
+        if not self.text.strip():
+            raise ValueError("Prompt.text is empty")
+        if self.max_tokens < 1:
+            raise ValueError(f"Prompt.max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"Prompt.top_p must be in (0, 1], got {self.top_p}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"Prompt.repeat_penalty must be > 0, got {self.repeat_penalty}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"Prompt.seed must fit in 32 bits, got {self.seed}")
+
+    def to_native(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("name")
+        return d
+
+
+@dataclass
+class GenerationStats:
+    """Where the time of one call went. ``devices`` says which device ran the text model and the audio encoder."""
+
+    audio_seconds: float
+    audio_chunks: int
+    audio_tokens: int
+    prefix_tokens: int
+    prompt_tokens: int
+    n_ctx: int
+    encode_ms: float
+    prefill_ms: float
+    decode_ms: float
+    tokens_generated: int
+    decode_tokens_per_s: float
+    total_ms: float
+    devices: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResult:
+    """Texts in the order of the prompts, with why each stopped ("eog" or "max_tokens") and the stats."""
+
+    texts: list[str]
+    stop_reasons: list[str]
+    tokens: list[list[int]]
+    stats: GenerationStats

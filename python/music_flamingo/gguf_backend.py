@@ -1,0 +1,153 @@
+"""The GGUF backend: llama.cpp's mtmd in this process, model and audio encoder loaded once.
+
+``MusicFlamingoGGUF`` keeps one native engine resident; each :meth:`~MusicFlamingoGGUF.generate` call encodes the
+audio once and answers all prompts from one shared prefix, decoded together.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from ._logging import logger, set_native_log_level
+from .audio import TARGET_SAMPLE_RATE, load_audio
+from .errors import InvalidInputError, ModelFileError
+from .datatypes import GenerationResult, GenerationStats, Prompt
+
+# The quantizations published for nvidia/music-flamingo-hf (static and imatrix GGUF repositories).
+MODEL_FILES = {
+    "Q8_0": "music-flamingo-hf.Q8_0.gguf",
+    "Q6_K": "music-flamingo-hf.Q6_K.gguf",
+    "IQ3_M": "music-flamingo-hf.i1-IQ3_M.gguf",
+}
+MMPROJ_FILE = "music-flamingo-hf.mmproj-f16.gguf"
+DEFAULT_MODEL_DIR = "models/music_flamingo"
+
+PromptLike = Union[Prompt, str]
+
+
+def default_model_dir() -> Path:
+    return Path(os.environ.get("MUSIC_FLAMINGO_MODEL_DIR", DEFAULT_MODEL_DIR))
+
+
+def resolve_model_files(model_name: str, model_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The text GGUF and mmproj of a named quantization in ``model_dir``; raises if either is missing."""
+    if model_name not in MODEL_FILES:
+        raise ModelFileError(f"unknown model_name {model_name!r}; choose one of {sorted(MODEL_FILES)}")
+    d = Path(model_dir) if model_dir is not None else default_model_dir()
+    model, mmproj = d / MODEL_FILES[model_name], d / MMPROJ_FILE
+    missing = [str(p) for p in (model, mmproj) if not p.is_file()]
+    if missing:
+        raise ModelFileError("model files not found: " + ", ".join(missing))
+    return model, mmproj
+
+
+def _flash_attn_code(flash_attn: bool | str | None) -> int:
+    if flash_attn in (None, "auto"):
+        return -1
+    if isinstance(flash_attn, bool):
+        return int(flash_attn)
+    raise ValueError(f"flash_attn must be True, False or 'auto', got {flash_attn!r}")
+
+
+class MusicFlamingoGGUF:
+    """Music Flamingo from GGUF files, resident in this process.
+
+    Either ``model_name`` (``'Q8_0'``, ``'Q6_K'``, ``'IQ3_M'``, looked up in ``model_dir``) or explicit
+    ``model_path`` + ``mmproj_path``. ``n_gpu_layers=-1`` offloads every layer when a GPU backend was compiled in;
+    the audio encoder goes to the GPU too unless ``mmproj_use_gpu=False``. ``flash_attn``: ``'auto'`` (fastest),
+    or ``True``/``False`` to pin the numerics (``False`` makes batched decoding bit-identical to decoding alone).
+    ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
+    """
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        *,
+        model_path: str | os.PathLike | None = None,
+        mmproj_path: str | os.PathLike | None = None,
+        model_dir: str | os.PathLike | None = None,
+        n_gpu_layers: int = -1,
+        mmproj_use_gpu: bool = True,
+        n_threads: int | None = None,
+        flash_attn: bool | str | None = "auto",
+        n_ctx: int = 0,
+        n_batch: int = 2048,
+        n_ubatch: int = 1024,
+        n_seq_max: int = 8,
+        system_prompt: str = "",
+        warmup: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        if model_path is None or mmproj_path is None:
+            if model_name is None:
+                raise ModelFileError("give model_name (e.g. 'Q6_K') or both model_path and mmproj_path")
+            found_model, found_mmproj = resolve_model_files(model_name, model_dir)
+            model_path = model_path or found_model
+            mmproj_path = mmproj_path or found_mmproj
+        self.model_name = model_name
+        self.model_path = Path(model_path)
+        self.mmproj_path = Path(mmproj_path)
+        self.system_prompt = system_prompt
+        set_native_log_level(verbose)
+        from . import _core
+
+        logger.info("loading %s + %s", self.model_path.name, self.mmproj_path.name)
+        self._engine = _core.Engine(
+            str(self.model_path), str(self.mmproj_path), n_gpu_layers=n_gpu_layers, mmproj_use_gpu=mmproj_use_gpu,
+            n_threads=n_threads or 0, flash_attn=_flash_attn_code(flash_attn), n_ctx=n_ctx, n_batch=n_batch,
+            n_ubatch=n_ubatch, n_seq_max=n_seq_max, warmup=warmup)
+        self.info = dict(self._engine.info())
+        logger.info("loaded: text model on %s, audio encoder on %s",
+                    self.info["text_model_device"], self.info["audio_encoder_device"])
+
+    def generate(
+        self,
+        audio: str | os.PathLike | np.ndarray,
+        prompts: Sequence[PromptLike] | PromptLike,
+        *,
+        sample_rate: int = TARGET_SAMPLE_RATE,
+        max_tokens: int = 256,
+        render_special: bool = False,
+    ) -> GenerationResult:
+        """Answer every prompt about one track; the audio is encoded once.
+
+        ``audio`` is a path (decoded and resampled here) or a float32 mono array at 16 kHz — the engine's only
+        format; convert other arrays with :func:`music_flamingo.audio.load_audio`. A bare string prompt gets
+        ``max_tokens`` and greedy decoding. ``render_special`` keeps the text of special tokens the model emits
+        (llama-mtmd-cli prints them); by default they are dropped from the texts.
+        """
+        if isinstance(audio, (str, os.PathLike)):
+            audio = load_audio(audio)
+        elif not isinstance(audio, np.ndarray):
+            raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
+        if isinstance(prompts, (str, Prompt)):
+            prompts = [prompts]
+        plist = [p if isinstance(p, Prompt) else Prompt(text=p, max_tokens=max_tokens) for p in prompts]
+        if not plist:
+            raise InvalidInputError("no prompts given")
+        raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
+                                     render_special)
+        stats = GenerationStats(**raw["stats"], devices={
+            "text_model": self.info["text_model_device"], "audio_encoder": self.info["audio_encoder_device"]})
+        outs = raw["outputs"]
+        return GenerationResult(
+            texts=[o["text"].decode("utf-8", errors="replace") for o in outs],
+            stop_reasons=[o["stop_reason"] for o in outs],
+            tokens=[list(o["tokens"]) for o in outs],
+            stats=stats,
+        )
+
+    def close(self) -> None:
+        """Free the model, audio encoder and context now rather than at garbage collection."""
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> "MusicFlamingoGGUF":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
