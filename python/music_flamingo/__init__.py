@@ -1,22 +1,31 @@
 """music-flamingo: NVIDIA Music Flamingo resident in one process — music in, rich text descriptions out.
 
 The GGUF backend runs llama.cpp's mtmd in-process (``music_flamingo._core``); see :class:`MusicFlamingoGGUF`.
+Data flows one way: path -> PCM (:mod:`.audio`) -> engine -> texts -> T5-safe text (:mod:`.text`) -> sidecar
+(:mod:`.sidecar`); :mod:`.analyzer` strings it together, :mod:`.batch` runs it over a dataset, :mod:`.cli` is the
+command line.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from ._logging import logger
+from .analyzer import AnalysisOptions, TrackAnalysis
 from .audio import load_audio
-from .errors import (AudioDecodeError, EngineError, InvalidInputError, ModelFileError, MusicFlamingoError)
-from .gguf_backend import MusicFlamingoGGUF
 from .datatypes import GenerationResult, GenerationStats, Prompt
+from .errors import (AudioDecodeError, EngineError, InvalidInputError, ModelFileError, MusicFlamingoError,
+                     PromptConfigError, SidecarError)
+from .gguf_backend import MusicFlamingoGGUF
+from .prompts import load_catalogue
+from .text import normalize_music_flamingo_text
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AudioDecodeError", "EngineError", "GenerationResult", "GenerationStats", "InvalidInputError", "ModelFileError",
-    "MusicFlamingoError", "MusicFlamingoGGUF", "Prompt", "load_audio", "logger", "system_info", "__version__",
+    "AnalysisOptions", "AudioDecodeError", "EngineError", "GenerationResult", "GenerationStats", "InvalidInputError",
+    "ModelFileError", "MusicFlamingoError", "MusicFlamingoGGUF", "Prompt", "PromptConfigError", "SidecarError",
+    "TrackAnalysis", "load_audio", "load_catalogue", "logger", "normalize_music_flamingo_text", "system_info",
+    "__version__",
 ]
 
 

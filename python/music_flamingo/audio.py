@@ -1,22 +1,29 @@
 """Audio in: any path or array -> float32 mono PCM at the engine's sample rate (16 kHz).
 
 The engine takes exactly one format; everything else is converted here, where a failure can be a clear Python
-exception that names the file. soundfile (libsndfile) reads wav/flac/ogg/opus/mp3; soxr resamples.
+exception that names the file. soundfile (libsndfile) reads wav/flac/ogg/opus/mp3; PyAV (ffmpeg inside its wheel)
+reads m4a/aac/wma/alac and whatever libsndfile refuses; soxr resamples. Both decoders hand over the file's own
+channels and rate, so downmix and resampling are the same code whichever decoder ran.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
+from ._logging import logger
 from .errors import AudioDecodeError, InvalidInputError
 
 TARGET_SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
 
 AudioSource = Union[str, os.PathLike, np.ndarray]
+
+# libsndfile cannot read these containers/codecs: go straight to ffmpeg.
+_PYAV_FIRST = {".m4a", ".mp4", ".aac", ".wma", ".alac", ".webm", ".mka", ".ac3", ".amr", ".3gp"}
 
 
 def _to_float32(x: np.ndarray) -> np.ndarray:
@@ -53,20 +60,56 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Decode an audio file to float32 ``(n, channels)`` and its sample rate."""
+def _read_soundfile(p: Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
+    data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    return data, int(sr)
+
+
+def _read_pyav(p: Path) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream with ffmpeg (PyAV) to float32 ``(n, channels)`` at its own rate."""
+    import av
+
+    with av.open(str(p)) as container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise AudioDecodeError(f"no audio stream in {p}")
+        rate = stream.rate or stream.codec_context.sample_rate
+        channels = stream.codec_context.channels or 1
+        resampler = av.AudioResampler(format="flt", layout=stream.layout.name if stream.layout else None, rate=rate)
+        parts: list[np.ndarray] = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                parts.append(out.to_ndarray().reshape(-1, channels))
+        for out in resampler.resample(None):
+            parts.append(out.to_ndarray().reshape(-1, channels))
+    if not parts:
+        return np.zeros((0, channels), np.float32), int(rate)
+    return np.concatenate(parts).astype(np.float32, copy=False), int(rate)
+
+
+def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Decode an audio file to float32 ``(n, channels)`` and its sample rate (soundfile, then PyAV)."""
     p = Path(path)
     if not p.is_file():
         raise AudioDecodeError(f"audio file not found: {p}")
-    try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile raises several types (LibsndfileError, RuntimeError, TypeError)
-        raise AudioDecodeError(f"could not decode audio file {p}: {e}") from e
-    if data.size == 0:
-        raise AudioDecodeError(f"audio file has no samples: {p}")
-    return data, int(sr)
+    errors = []
+    readers = (_read_pyav,) if p.suffix.lower() in _PYAV_FIRST else (_read_soundfile, _read_pyav)
+    for reader in readers:
+        try:
+            data, sr = reader(p)
+        except AudioDecodeError:
+            raise
+        except Exception as e:  # libsndfile and ffmpeg raise many types; all mean "cannot decode this"
+            errors.append(f"{reader.__name__.removeprefix('_read_')}: {e}")
+            continue
+        if data.size == 0:
+            raise AudioDecodeError(f"audio file has no samples: {p}")
+        if errors:
+            logger.debug("decoded %s with %s after %s", p, reader.__name__, errors)
+        return data, sr
+    raise AudioDecodeError(f"could not decode audio file {p}: " + "; ".join(errors))
 
 
 def load_audio(source: AudioSource, sample_rate: int | None = None) -> np.ndarray:
@@ -82,3 +125,28 @@ def load_audio(source: AudioSource, sample_rate: int | None = None) -> np.ndarra
         except InvalidInputError as e:
             raise AudioDecodeError(f"{source}: {e}") from e
     raise TypeError(f"audio must be a path or a numpy array, got {type(source).__name__}")
+
+
+@dataclass
+class PreparedAudio:
+    """PCM ready for the engine plus what the sidecar metadata records about it."""
+
+    pcm: np.ndarray
+    source_seconds: float
+    analysed_seconds: float
+    truncated: bool
+
+
+def prepare_audio(source: AudioSource, sample_rate: int | None = None, max_seconds: float | None = None,
+                  name: str = "audio") -> PreparedAudio:
+    """Load and convert, then keep at most ``max_seconds``: longer audio is analysed on its first part, with a
+    warning, and ``truncated`` set so the sidecar says so (never a silent context overflow)."""
+    pcm = load_audio(source, sample_rate)
+    total = len(pcm) / TARGET_SAMPLE_RATE
+    truncated = False
+    if max_seconds is not None and total > max_seconds:
+        pcm = np.ascontiguousarray(pcm[: max(1, int(max_seconds * TARGET_SAMPLE_RATE))])
+        truncated = True
+        logger.warning("%s is %.1f s long; analysing its first %.1f s (max_duration)", name, total, max_seconds)
+    return PreparedAudio(pcm=pcm, source_seconds=total, analysed_seconds=len(pcm) / TARGET_SAMPLE_RATE,
+                         truncated=truncated)

@@ -20,3 +20,17 @@ class AudioDecodeError(InvalidInputError):
 
 class EngineError(MusicFlamingoError, RuntimeError):
     """llama.cpp failed while running (out of memory, decode failure) or the engine was closed."""
+
+
+class SidecarError(MusicFlamingoError):
+    """A ``.INFO`` sidecar exists but is not a JSON object, or cannot be read, locked or written.
+
+    Raised instead of repairing or overwriting: sidecars hold other tools' results, so the file is left as it was.
+    """
+
+
+class PromptConfigError(MusicFlamingoError, ValueError):
+    """A prompt catalogue (packaged or user YAML) is invalid, or a prompt name asked for is not in it.
+
+    The message names the file, the prompt entry and the field, so a user can fix their YAML without reading code.
+    """

@@ -12,36 +12,13 @@ from typing import Sequence, Union
 import numpy as np
 
 from ._logging import logger, set_native_log_level
+from .analyzer import AnalysisOptions, Analyzer
 from .audio import TARGET_SAMPLE_RATE, load_audio
-from .errors import InvalidInputError, ModelFileError
 from .datatypes import GenerationResult, GenerationStats, Prompt
-
-# The quantizations published for nvidia/music-flamingo-hf (static and imatrix GGUF repositories).
-MODEL_FILES = {
-    "Q8_0": "music-flamingo-hf.Q8_0.gguf",
-    "Q6_K": "music-flamingo-hf.Q6_K.gguf",
-    "IQ3_M": "music-flamingo-hf.i1-IQ3_M.gguf",
-}
-MMPROJ_FILE = "music-flamingo-hf.mmproj-f16.gguf"
-DEFAULT_MODEL_DIR = "models/music_flamingo"
+from .errors import InvalidInputError, ModelFileError
+from .models import resolve_model_files
 
 PromptLike = Union[Prompt, str]
-
-
-def default_model_dir() -> Path:
-    return Path(os.environ.get("MUSIC_FLAMINGO_MODEL_DIR", DEFAULT_MODEL_DIR))
-
-
-def resolve_model_files(model_name: str, model_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """The text GGUF and mmproj of a named quantization in ``model_dir``; raises if either is missing."""
-    if model_name not in MODEL_FILES:
-        raise ModelFileError(f"unknown model_name {model_name!r}; choose one of {sorted(MODEL_FILES)}")
-    d = Path(model_dir) if model_dir is not None else default_model_dir()
-    model, mmproj = d / MODEL_FILES[model_name], d / MMPROJ_FILE
-    missing = [str(p) for p in (model, mmproj) if not p.is_file()]
-    if missing:
-        raise ModelFileError("model files not found: " + ", ".join(missing))
-    return model, mmproj
 
 
 def _flash_attn_code(flash_attn: bool | str | None) -> int:
@@ -52,23 +29,35 @@ def _flash_attn_code(flash_attn: bool | str | None) -> int:
     raise ValueError(f"flash_attn must be True, False or 'auto', got {flash_attn!r}")
 
 
-class MusicFlamingoGGUF:
+class MusicFlamingoGGUF(Analyzer):
     """Music Flamingo from GGUF files, resident in this process.
 
-    Either ``model_name`` (``'Q8_0'``, ``'Q6_K'``, ``'IQ3_M'``, looked up in ``model_dir``) or explicit
-    ``model_path`` + ``mmproj_path``. ``n_gpu_layers=-1`` offloads every layer when a GPU backend was compiled in;
+    Either ``model_name`` (``'Q8_0'``, ``'Q6_K'``, ``'IQ3_M'``: looked up in ``model_dir``, downloaded there when
+    missing unless ``offline``) or explicit ``model_path`` + ``mmproj_path``. :meth:`analyze` describes a track with
+    the prompt catalogue; :meth:`generate` asks any prompts. ``prompts``, ``prompts_files``, ``temperature``,
+    ``top_p``, ``seed`` and ``max_duration`` are the :class:`~music_flamingo.analyzer.AnalysisOptions`. ``n_gpu_layers=-1`` offloads every layer when a GPU backend was compiled in;
     the audio encoder goes to the GPU too unless ``mmproj_use_gpu=False``. ``flash_attn``: ``'auto'`` (fastest),
     or ``True``/``False`` to pin the numerics (``False`` makes batched decoding bit-identical to decoding alone).
     ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
     """
 
+    backend = "gguf"
+
     def __init__(
         self,
-        model_name: str | None = None,
+        model_name: str | None = "Q6_K",
         *,
         model_path: str | os.PathLike | None = None,
         mmproj_path: str | os.PathLike | None = None,
         model_dir: str | os.PathLike | None = None,
+        offline: bool = False,
+        prompts: Sequence[str] | None = None,
+        prompts_files: Sequence[str | os.PathLike] = (),
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        max_duration: float | None = None,
+        options: AnalysisOptions | None = None,
         n_gpu_layers: int = -1,
         mmproj_use_gpu: bool = True,
         n_threads: int | None = None,
@@ -81,12 +70,17 @@ class MusicFlamingoGGUF:
         warmup: bool = True,
         verbose: bool = False,
     ) -> None:
+        super().__init__(options or AnalysisOptions(
+            prompts=prompts, prompts_files=tuple(prompts_files), temperature=temperature, top_p=top_p, seed=seed,
+            max_duration=max_duration))
         if model_path is None or mmproj_path is None:
             if model_name is None:
                 raise ModelFileError("give model_name (e.g. 'Q6_K') or both model_path and mmproj_path")
-            found_model, found_mmproj = resolve_model_files(model_name, model_dir)
+            found_model, found_mmproj = resolve_model_files(model_name, model_dir, offline=offline)
             model_path = model_path or found_model
             mmproj_path = mmproj_path or found_mmproj
+        else:
+            model_name = None  # explicit files: the label comes from the file name
         self.model_name = model_name
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path)
@@ -102,6 +96,39 @@ class MusicFlamingoGGUF:
         self.info = dict(self._engine.info())
         logger.info("loaded: text model on %s, audio encoder on %s",
                     self.info["text_model_device"], self.info["audio_encoder_device"])
+        self.model_label = "gguf_" + (model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
+
+    # --- Analyzer hooks -----------------------------------------------------------------------------------
+    def _max_samples_seconds(self) -> float:
+        # mtmd frames audio in 30 s windows and adds a silent one at exact multiples of 30 s: stay 10 ms short
+        # of a multiple so 10 minutes are 20 windows, as the model was trained, not 21.
+        limit = self.max_duration
+        return limit - 0.01 if limit % 30 == 0 else limit
+
+    def _generate(self, pcm, prompts):
+        res = self.generate(pcm, prompts)
+        return res.texts, res.stats
+
+    def _provenance(self) -> dict:
+        from .sidecar import FileHashCache
+
+        hashes = FileHashCache()
+        return {
+            "backend": self.backend,
+            "model": self.model_path.name,
+            "model_sha256": hashes.sha256(self.model_path),
+            "mmproj": self.mmproj_path.name,
+            "mmproj_sha256": hashes.sha256(self.mmproj_path),
+            "llama_cpp_commit": self._build_commit(),
+            "text_model_device": self.info["text_model_device"],
+            "audio_encoder_device": self.info["audio_encoder_device"],
+        }
+
+    @staticmethod
+    def _build_commit() -> str:
+        from . import _core
+
+        return dict(_core.build_info())["llama_cpp_commit"]
 
     def generate(
         self,

@@ -1,0 +1,139 @@
+"""What every backend does around its engine: path -> PCM -> prompts -> texts -> T5-safe text -> sidecar fields.
+
+A backend supplies ``_generate`` (PCM + prompts -> raw texts) and its provenance; :class:`Analyzer` adds the prompt
+catalogue, the length limit, normalisation and the ``music_flamingo_*`` fields, so both backends write the same
+sidecars.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
+from .datatypes import GenerationStats, Prompt
+from .prompts import Catalogue, PromptEntry, load_catalogue
+from .text import normalize_music_flamingo_text
+
+MODEL_KEY = "music_flamingo_model"
+META_KEY = "music_flamingo_meta"
+
+
+@dataclass
+class AnalysisOptions:
+    """What to ask and how. ``None`` means the catalogue's (or the model's) own value."""
+
+    prompts: Sequence[str] | None = None       # catalogue names; None: the default five
+    prompts_files: Sequence[str | Path] = ()   # user YAML files layered over the packaged catalogue
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    max_duration: float | None = None          # seconds analysed at most; None: the model's limit
+    normalize: bool = True
+
+
+@dataclass
+class TrackAnalysis:
+    """One track's answers (by output key), with provenance and timings."""
+
+    descriptions: dict[str, str]
+    raw: dict[str, str]
+    model_label: str
+    meta: dict[str, Any]
+    stats: GenerationStats | None = None
+    audio: PreparedAudio | None = field(default=None, repr=False)
+
+    def sidecar_fields(self) -> dict[str, Any]:
+        """The keys this package owns in a sidecar: the descriptions, the model label and the metadata."""
+        return {**self.descriptions, MODEL_KEY: self.model_label, META_KEY: self.meta}
+
+
+class Analyzer:
+    """Base of the backends. Subclasses implement :meth:`_generate`, :meth:`_provenance` and set
+    ``backend``, ``model_label`` and ``max_duration_default``."""
+
+    backend = "base"
+    model_label = "unknown"
+    max_duration_default: float = 600.0  # AF3 architecture: 20 windows of 30 s
+
+    def __init__(self, options: AnalysisOptions | None = None) -> None:
+        self.options = options or AnalysisOptions()
+        self.catalogue: Catalogue = load_catalogue(self.options.prompts_files)
+        self.entries: list[PromptEntry] = self.catalogue.select(self.options.prompts)
+        self._provenance_cache: dict[str, Any] | None = None
+
+    # --- to implement -------------------------------------------------------------------------------------
+    def _generate(self, pcm, prompts: list[Prompt]) -> tuple[list[str], GenerationStats | None]:
+        raise NotImplementedError
+
+    def _provenance(self) -> dict[str, Any]:
+        """Backend, model files and their hashes, library versions (computed once, see :meth:`provenance`)."""
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------------------
+    @property
+    def max_duration(self) -> float:
+        return self.options.max_duration if self.options.max_duration is not None else self.max_duration_default
+
+    def _max_samples_seconds(self) -> float:
+        return self.max_duration
+
+    def provenance(self) -> dict[str, Any]:
+        if self._provenance_cache is None:
+            self._provenance_cache = self._provenance()
+        return self._provenance_cache
+
+    def entries_for(self, prompt_type: str | Sequence[str] | None) -> list[PromptEntry]:
+        if prompt_type is None:
+            return self.entries
+        return self.catalogue.select([prompt_type] if isinstance(prompt_type, str) else list(prompt_type))
+
+    def to_prompts(self, entries: Sequence[PromptEntry]) -> list[Prompt]:
+        o = self.options
+        return [e.to_prompt(temperature=o.temperature, top_p=o.top_p, seed=o.seed) for e in entries]
+
+    def analyze_track(self, audio: AudioSource, sample_rate: int | None = None,
+                      entries: Sequence[PromptEntry] | None = None, *, with_provenance: bool = True,
+                      prepared: PreparedAudio | None = None) -> TrackAnalysis:
+        """Everything about one track: descriptions by key, raw texts, provenance metadata and timings."""
+        entries = list(entries) if entries is not None else self.entries
+        name = str(audio) if not hasattr(audio, "shape") else "audio array"
+        if prepared is None:
+            prepared = prepare_audio(audio, sample_rate, self._max_samples_seconds(), name=name)
+        prompts = self.to_prompts(entries)
+        texts, stats = self._generate(prepared.pcm, prompts)
+        raw = {e.key: t for e, t in zip(entries, texts)}
+        clean = {k: normalize_music_flamingo_text(t) if self.options.normalize else t for k, t in raw.items()}
+        meta = self.track_meta(entries, prompts, prepared) if with_provenance else {}
+        return TrackAnalysis(descriptions=clean, raw=raw, model_label=self.model_label, meta=meta, stats=stats,
+                             audio=prepared)
+
+    def track_meta(self, entries: Sequence[PromptEntry], prompts: Sequence[Prompt],
+                   prepared: PreparedAudio) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            **self.provenance(),
+            "package_version": __version__,
+            "prompts": [e.name for e in entries],
+            "prompts_hash": self.catalogue.texts_hash(entries),
+            "sampling": {p.name: {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k,
+                                  "repeat_penalty": p.repeat_penalty, "seed": p.seed, "max_tokens": p.max_tokens}
+                         for p in prompts},
+            "seconds_analysed": round(prepared.analysed_seconds, 3),
+            "source_seconds": round(prepared.source_seconds, 3),
+            "truncated": prepared.truncated,
+            "sample_rate": TARGET_SAMPLE_RATE,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def analyze(self, audio: AudioSource, sample_rate: int | None = None,
+                prompt_type: str | None = None) -> dict[str, str] | str:
+        """Describe one track. Without ``prompt_type``: a dict of the selected keys (by default the five
+        ``music_flamingo_*`` descriptions). With ``prompt_type='full'`` (any catalogue name): that one text."""
+        entries = self.entries_for(prompt_type)
+        result = self.analyze_track(audio, sample_rate, entries, with_provenance=False)
+        if prompt_type is not None:
+            return result.descriptions[entries[0].key]
+        return result.descriptions

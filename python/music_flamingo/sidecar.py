@@ -1,0 +1,393 @@
+"""``.INFO`` sidecar files: where captions go, next to the audio, shared with every other analysis tool.
+
+A sidecar is one JSON object per track. Other tools have written their results into the same file for weeks, so
+the rules here are about never losing their data:
+
+* a sidecar that exists but is not a JSON object (or has duplicate keys, which a rewrite would silently collapse)
+  is refused with :class:`~music_flamingo.errors.SidecarError` and left byte-for-byte as it was;
+* an update changes only the keys it names. Every other top-level entry is copied from the old file as raw text,
+  so numbers such as ``1e-7``, ``1.50`` or ``3.14159265358979323846`` (which a float round trip would reformat or
+  round) and nested objects keep their exact bytes and their order;
+* the new file is written to a temporary file in the same folder, fsynced and renamed over the old one, so readers
+  and crashes see either the old or the new file, never half of one;
+* writers of one sidecar are serialised across threads and processes with a lock file (``<sidecar>.lock``) and the
+  file is re-read inside the lock, so concurrent updates of different keys all land. The empty lock file stays
+  after use (filelock keeps it so that waiting processes lock the same inode); it is named ``*.INFO.lock`` so tools
+  globbing ``*.INFO`` do not see it.
+
+:class:`FileHashCache` hashes multi-gigabyte model files once per (path, size, mtime) so the model's sha256 can be
+recorded in each sidecar without rereading gigabytes per track.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Union
+
+from filelock import FileLock, Timeout
+
+from ._logging import logger
+from .errors import SidecarError
+
+PathLike = Union[str, os.PathLike]
+
+SIDECAR_SUFFIX = ".INFO"
+# In an organized track folder the mix is ``<folder>/full_mix.<ext>`` and the sidecar is named after the folder.
+ORGANIZED_MIX_STEM = "full_mix"
+# Writers hold the lock for milliseconds; a wait this long means something is stuck, which should be reported
+# rather than waited on forever by a batch job.
+LOCK_TIMEOUT_S = 120.0
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_UMASK_LOCK = threading.Lock()
+
+
+def sidecar_path(audio_path: PathLike) -> Path:
+    """The ``.INFO`` file that belongs to ``audio_path``.
+
+    ``<dir>/full_mix.<ext>`` is the mix of an organized track folder, whose sidecar is ``<dir>/<dir name>.INFO``;
+    any other file (loose tracks, crops such as ``song_crop_03.flac``) gets ``<file name without suffix>.INFO``
+    beside it. Only the last suffix is dropped, so names with dots keep the rest (``a.b.flac`` -> ``a.b.INFO``).
+    """
+    audio_path = Path(audio_path)
+    parent = audio_path.parent
+    if audio_path.stem == ORGANIZED_MIX_STEM and audio_path.suffix:
+        # abspath, not parent.name: a relative "full_mix.flac" or "../full_mix.flac" must still name the real folder
+        folder_name = Path(os.path.abspath(parent)).name
+        if folder_name:  # "/" has no name: fall through to the plain rule
+            return parent / f"{folder_name}{SIDECAR_SUFFIX}"
+    return parent / f"{audio_path.stem}{SIDECAR_SUFFIX}"
+
+
+def read_sidecar(path: PathLike) -> dict[str, Any]:
+    """The sidecar's JSON object, ``{}`` when there is no sidecar yet.
+
+    Raises :class:`SidecarError` when the file exists but cannot be read or is not a JSON object, so callers never
+    mistake a damaged sidecar for an empty one and overwrite it.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    if text is None:
+        return {}
+    return _parse_object(text, path)
+
+
+def has_keys(path: PathLike, keys: Iterable[str]) -> bool:
+    """Whether the sidecar has every top-level key in ``keys`` (a missing sidecar has none).
+
+    Meant for skipping tracks that are already done; a damaged sidecar raises :class:`SidecarError` rather than
+    answering ``False``, which would queue work whose result could not be written anyway.
+    """
+    wanted = [keys] if isinstance(keys, str) else list(keys)
+    data = read_sidecar(path)
+    return all(key in data for key in wanted)
+
+
+def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]:
+    """Set the top-level keys in ``updates`` and keep everything else exactly; returns the merged object.
+
+    Values are serialised before the file is touched: one that JSON cannot hold (a set, NaN, a non-string key)
+    raises :class:`SidecarError` and the sidecar stays as it was. Existing keys keep their position, new keys are
+    appended in the order given. See the module docstring for the locking and atomic-write guarantees.
+    """
+    path = Path(path)
+    if not updates:
+        return read_sidecar(path)  # nothing to change: do not create or rewrite a file
+    rendered: dict[str, str] = {}
+    for key, value in updates.items():
+        if not isinstance(key, str):
+            raise SidecarError(f"sidecar keys must be strings, got {key!r}; {path} was left untouched")
+        try:
+            text = json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SidecarError(
+                f"value for key {key!r} cannot be stored as JSON ({exc}); {path} was left untouched") from exc
+        rendered[key] = text.replace("\n", "\n  ")  # nested lines indented as json.dump(indent=2) would
+
+    # Write through symlinks instead of replacing them, and lock the file that is actually written.
+    target = Path(os.path.realpath(path))
+    lock = FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout as exc:
+        raise SidecarError(f"could not lock sidecar {path} within {LOCK_TIMEOUT_S:.0f} s ({exc.lock_file} is held); "
+                           "it was left untouched") from exc
+    except OSError as exc:
+        raise SidecarError(f"could not lock sidecar {path} ({exc}); it was left untouched") from exc
+    try:
+        # Re-read inside the lock: another writer may have added its keys since the caller last looked.
+        old_text = _read_text(target)
+        entries = _top_level_entries(old_text, target) if old_text is not None else {}
+        for key, value_text in rendered.items():
+            raw_key = entries[key][0] if key in entries else json.dumps(key, ensure_ascii=False)
+            entries[key] = (raw_key, value_text)
+        if entries:
+            new_text = "{\n" + ",\n".join(f"  {k}: {v}" for k, v in entries.values()) + "\n}\n"
+        else:
+            new_text = "{}\n"
+        if new_text != old_text:
+            _atomic_write_text(target, new_text)
+            logger.debug("updated %s: %s", path, ", ".join(rendered))
+    finally:
+        lock.release()
+    return json.loads(new_text)
+
+
+def _read_text(path: Path) -> str | None:
+    """The sidecar's text, ``None`` if it does not exist."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SidecarError(f"cannot read sidecar {path} ({exc}); it was left untouched") from exc
+    try:
+        return data.decode("utf-8-sig")  # tolerate a BOM from Windows tools; it carries no data
+    except UnicodeDecodeError as exc:
+        raise SidecarError(f"sidecar {path} is not UTF-8 text ({exc}); it was left untouched") from exc
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKeyError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _parse_object(text: str, path: Path) -> dict[str, Any]:
+    """Parse a whole sidecar; anything but a JSON object without duplicate keys is refused."""
+    try:
+        data = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise SidecarError(f"sidecar {path} is not valid JSON ({exc}); it was left untouched") from exc
+    if not isinstance(data, dict):
+        raise SidecarError(
+            f"sidecar {path} holds a JSON {type(data).__name__}, not an object; it was left untouched")
+    return data
+
+
+def _top_level_entries(text: str, path: Path) -> dict[str, tuple[str, str]]:
+    """``key -> (raw key text, raw value text)`` for each top-level entry, in file order.
+
+    The whole text is validated first; the raw slices are what lets a rewrite keep other tools' values bytewise.
+    """
+    _parse_object(text, path)
+    entries: dict[str, tuple[str, str]] = {}
+    i = _WHITESPACE.match(text, 0).end()
+    i = _WHITESPACE.match(text, i + 1).end()  # past "{"
+    if text[i] == "}":
+        return entries
+    while True:
+        key, key_end = _DECODER.raw_decode(text, i)
+        raw_key = text[i:key_end]
+        i = _WHITESPACE.match(text, key_end).end() + 1  # past ":"
+        i = _WHITESPACE.match(text, i).end()
+        _, value_end = _DECODER.raw_decode(text, i)
+        entries[key] = (raw_key, text[i:value_end])
+        i = _WHITESPACE.match(text, value_end).end()
+        if text[i] == "}":
+            return entries
+        i = _WHITESPACE.match(text, i + 1).end()  # past ","
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the platform allows (os.umask races other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable. Best effort: by now the new file is in place, so a failure here is not an error."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # e.g. Windows, where directories cannot be opened; the rename itself is already atomic
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        logger.debug("fsync of directory %s failed: %s", directory, exc)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(target: Path, text: str) -> None:
+    """Replace ``target`` with ``text`` so that any reader or crash sees the old or the new file, never a mix.
+
+    The replacement keeps the old file's permission bits (and owner where allowed); a new file gets the mode a plain
+    ``open()`` would give it rather than mkstemp's private 0600. On any failure the temporary file is removed and
+    the old file is untouched.
+    """
+    directory = target.parent
+    try:
+        old_stat: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        old_stat = None
+    except OSError as exc:
+        raise SidecarError(f"cannot stat {target} ({exc}); it was left untouched") from exc
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise SidecarError(f"cannot create a temporary file beside {target} ({exc}); it was left untouched") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            mode = stat.S_IMODE(old_stat.st_mode) if old_stat is not None else 0o666 & ~_current_umask()
+            os.chmod(tmp_name, mode)
+            if old_stat is not None and hasattr(os, "fchown"):
+                st = os.fstat(f.fileno())
+                if (st.st_uid, st.st_gid) != (old_stat.st_uid, old_stat.st_gid):
+                    try:
+                        os.fchown(f.fileno(), old_stat.st_uid, old_stat.st_gid)
+                    except OSError:
+                        pass  # only root may give files away; the data matters more than the owner
+            os.fsync(f.fileno())
+        os.replace(tmp_name, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        except OSError as cleanup_exc:
+            logger.warning("could not remove temporary file %s: %s", tmp_name, cleanup_exc)
+        if isinstance(exc, OSError):
+            raise SidecarError(f"cannot write {target} ({exc}); it was left untouched") from exc
+        raise
+    _fsync_directory(directory)
+
+
+def default_hash_cache_dir() -> Path:
+    """``$MUSIC_FLAMINGO_CACHE``, else ``~/.cache/music-flamingo``; read at call time so tests and jobs can move it."""
+    env = os.environ.get("MUSIC_FLAMINGO_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "music-flamingo"
+
+
+_HASH_CACHE_VERSION = 1
+_HASH_CHUNK = 8 << 20
+
+
+@dataclass
+class FileHashCache:
+    """sha256 of big files (model GGUFs), computed once and remembered across runs in ``<cache_dir>/hashes.json``.
+
+    An entry is keyed by the file's resolved absolute path and is valid only while its size and ``mtime_ns`` are
+    unchanged, so a replaced or re-downloaded model is hashed again. Thread-safe: concurrent calls for one file hash
+    it once. The cache is only an optimisation, so an unreadable or corrupt cache file is ignored (and rewritten)
+    and a cache that cannot be saved is logged, not raised.
+    """
+
+    cache_dir: Path = field(default_factory=default_hash_cache_dir)
+    _entries: dict[str, dict[str, Any]] | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _file_locks: dict[str, threading.Lock] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cache_dir = Path(self.cache_dir)
+
+    @property
+    def cache_file(self) -> Path:
+        return self.cache_dir / "hashes.json"
+
+    def sha256(self, path: PathLike) -> str:
+        """Hex sha256 of the file at ``path``, from the cache when its size and mtime still match."""
+        resolved = Path(path).resolve()
+        key = str(resolved)
+        with self._lock:
+            file_lock = self._file_locks.setdefault(key, threading.Lock())
+        with file_lock:  # one hash per file at a time; other files proceed in parallel
+            st = os.stat(resolved)
+            cached = self._lookup(key, st)
+            if cached is not None:
+                return cached
+            digest, st = _hash_stable(resolved)
+            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            with self._lock:
+                self._load()[key] = entry
+                self._save(key, entry)
+            return digest
+
+    def _lookup(self, key: str, st: os.stat_result) -> str | None:
+        with self._lock:
+            entry = self._load().get(key)
+        if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+            return entry.get("sha256")
+        return None
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        """The in-memory entries, read from disk on first use. Caller holds ``_lock``."""
+        if self._entries is None:
+            self._entries = self._read_disk()
+        return self._entries
+
+    def _read_disk(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.cache_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable hash cache %s: %s", self.cache_file, exc)
+            return {}
+        files = data.get("files") if isinstance(data, dict) and data.get("version") == _HASH_CACHE_VERSION else None
+        if not isinstance(files, dict):
+            logger.warning("ignoring hash cache %s: unexpected format", self.cache_file)
+            return {}
+        return {k: v for k, v in files.items()
+                if isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int)}
+
+    def _save(self, key: str, entry: dict[str, Any]) -> None:
+        """Merge ``entry`` into the cache file; other processes' entries written meanwhile are kept."""
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.cache_file) + ".lock", timeout=LOCK_TIMEOUT_S):
+                on_disk = self._read_disk()
+                on_disk[key] = entry
+                for k, v in on_disk.items():
+                    self._entries.setdefault(k, v)  # type: ignore[union-attr]
+                text = json.dumps({"version": _HASH_CACHE_VERSION, "files": on_disk}, indent=2,
+                                  ensure_ascii=False) + "\n"
+                _atomic_write_text(self.cache_file, text)
+        except (OSError, SidecarError) as exc:
+            logger.warning("could not save hash cache %s: %s", self.cache_file, exc)
+
+
+def _hash_stable(path: Path, attempts: int = 3) -> tuple[str, os.stat_result]:
+    """sha256 of ``path`` and the stat it belongs to; retried if the file changed while being read."""
+    for _ in range(attempts):
+        before = os.stat(path)
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+            after = os.fstat(f.fileno())
+        if (before.st_size, before.st_mtime_ns, before.st_ino) == (after.st_size, after.st_mtime_ns, after.st_ino):
+            return h.hexdigest(), after
+        logger.debug("%s changed while it was hashed; hashing again", path)
+    raise OSError(f"{path} kept changing while it was hashed")
+
+
+__all__ = ["FileHashCache", "LOCK_TIMEOUT_S", "SIDECAR_SUFFIX", "default_hash_cache_dir", "has_keys",
+           "read_sidecar", "sidecar_path", "update_sidecar"]

@@ -1,0 +1,315 @@
+"""Model files: found locally without network, downloaded from the right repositories when missing, refused with a
+useful message offline or on errors. Downloads go to a real HTTP server on loopback that speaks the part of the
+Hugging Face Hub protocol ``hf_hub_download`` uses (HEAD/GET ``/{repo}/resolve/{revision}/{file}``, Range)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from music_flamingo.errors import ModelFileError
+from music_flamingo.models import (FILE_REPOSITORIES, MMPROJ_FILE, MODEL_FILES, default_model_dir,
+                                   resolve_model_files)
+
+pytest.importorskip("huggingface_hub")
+
+STATIC = "mradermacher/music-flamingo-hf-GGUF"
+IMATRIX = "mradermacher/music-flamingo-hf-i1-GGUF"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    range: str | None
+    authorization: str | None
+
+
+@dataclass
+class FakeHub:
+    """The repositories' contents and everything the server was asked."""
+
+    files: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (repo, filename) -> bytes
+    commits: dict[str, str] = field(default_factory=dict)  # repo -> 40-hex commit
+    cut_first_get: dict[str, int] = field(default_factory=dict)  # filename -> bytes sent before dropping the link
+    requests: list[Request] = field(default_factory=list)
+    url: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, repo: str, filename: str, size: int = 50_000) -> bytes:
+        data = os.urandom(size)
+        self.files[(repo, filename)] = data
+        self.commits.setdefault(repo, secrets.token_hex(20))
+        return data
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [r.path for r in self.requests if method is None or r.method == method]
+
+
+class HubHandler(BaseHTTPRequestHandler):
+    server_version = "FakeHub/1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002  keep test output quiet
+        pass
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        hub: FakeHub = self.server.hub  # type: ignore[attr-defined]
+        path = unquote(self.path.split("?", 1)[0])
+        rng = self.headers.get("Range")
+        with hub.lock:
+            hub.requests.append(Request(self.command, path, rng, self.headers.get("Authorization")))
+        parts = path.lstrip("/").split("/")
+        if len(parts) < 5 or parts[2] != "resolve":
+            return self._error(404, None, None)
+        repo, revision, filename = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
+        if repo not in hub.commits:
+            return self._error(404, "RepoNotFound", None)
+        commit = hub.commits[repo]
+        if revision not in ("main", commit):
+            return self._error(404, "RevisionNotFound", commit)
+        data = hub.files.get((repo, filename))
+        if data is None:
+            return self._error(404, "EntryNotFound", commit)
+
+        start = 0
+        if rng is not None:
+            assert rng.startswith("bytes=") and rng.endswith("-"), f"unexpected Range {rng!r}"
+            start = int(rng[len("bytes="):-1])
+        status = 206 if start else 200
+        self.send_response(status)
+        self.send_header("X-Repo-Commit", commit)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data) - start))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        if not body:
+            return
+        cut = hub.cut_first_get.pop(filename, None) if start == 0 else None
+        if cut is not None:  # a dropped connection mid-file
+            self.wfile.write(data[:cut])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self.wfile.write(data[start:])
+
+    def _error(self, status: int, code: str | None, commit: str | None) -> None:
+        body = b'{"error": "not found"}'
+        self.send_response(status)
+        if code:
+            self.send_header("X-Error-Code", code)
+            self.send_header("X-Error-Message", code)
+        if commit:
+            self.send_header("X-Repo-Commit", commit)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path: Path):
+    """A fake Hub on 127.0.0.1:<ephemeral>, reached through HF_ENDPOINT; no other network, no user token/cache."""
+    from huggingface_hub import constants
+
+    # Without this, huggingface_hub's first request of a process builds a user agent by fetching
+    # {ENDPOINT frozen at import}/api/agent-harnesses (huggingface.co, not our endpoint).
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                "MUSIC_FLAMINGO_MODEL_DIR"):
+        monkeypatch.delenv(var, raising=False)
+
+    fake = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    server.daemon_threads = True
+    server.hub = fake  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def publish_all(hub: FakeHub) -> dict[str, bytes]:
+    return {name: hub.add(repo, name) for name, repo in FILE_REPOSITORIES.items()}
+
+
+def resolve_path(repo: str, filename: str) -> str:
+    return f"/{repo}/resolve/main/{filename}"
+
+
+# --- tables ------------------------------------------------------------------------------------------------------
+
+def test_every_file_has_a_repository() -> None:
+    assert set(FILE_REPOSITORIES) == set(MODEL_FILES.values()) | {MMPROJ_FILE}
+    for filename, repo in FILE_REPOSITORIES.items():
+        assert repo == (IMATRIX if ".i1-" in filename else STATIC)
+
+
+def test_default_model_dir(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MUSIC_FLAMINGO_MODEL_DIR", raising=False)
+    assert default_model_dir() == Path("models/music_flamingo")
+    monkeypatch.setenv("MUSIC_FLAMINGO_MODEL_DIR", str(tmp_path))
+    assert default_model_dir() == tmp_path
+
+
+def test_unknown_model_name_lists_choices(hub: FakeHub, tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="IQ3_M.*Q6_K.*Q8_0"):
+        resolve_model_files("Q4_K_M", tmp_path)
+    assert hub.requests == []
+
+
+# --- local files -------------------------------------------------------------------------------------------------
+
+def test_present_files_need_no_network(hub: FakeHub, tmp_path: Path) -> None:
+    (tmp_path / MODEL_FILES["Q6_K"]).write_bytes(b"local model")
+    (tmp_path / MMPROJ_FILE).write_bytes(b"local mmproj")
+    assert resolve_model_files("Q6_K", tmp_path) == (tmp_path / MODEL_FILES["Q6_K"], tmp_path / MMPROJ_FILE)
+    assert hub.requests == []
+    assert (tmp_path / MODEL_FILES["Q6_K"]).read_bytes() == b"local model"
+
+
+def test_model_dir_from_environment(hub: FakeHub, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / MODEL_FILES["Q8_0"]).write_bytes(b"m")
+    (tmp_path / MMPROJ_FILE).write_bytes(b"p")
+    monkeypatch.setenv("MUSIC_FLAMINGO_MODEL_DIR", str(tmp_path))
+    assert resolve_model_files("Q8_0") == (tmp_path / MODEL_FILES["Q8_0"], tmp_path / MMPROJ_FILE)
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize("how", ["argument", "HF_HUB_OFFLINE"])
+def test_offline_lists_expected_paths_and_sources(hub: FakeHub, tmp_path: Path, monkeypatch, how: str) -> None:
+    publish_all(hub)
+    model_dir = tmp_path / "models"
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFileError) as excinfo:
+        resolve_model_files("IQ3_M", model_dir, offline=how == "argument")
+    msg = str(excinfo.value)
+    assert str(model_dir / MODEL_FILES["IQ3_M"]) in msg and str(model_dir / MMPROJ_FILE) in msg
+    assert f"{hub.url}/{IMATRIX}/resolve/main/{MODEL_FILES['IQ3_M']}" in msg
+    assert f"{hub.url}/{STATIC}/resolve/main/{MMPROJ_FILE}" in msg
+    assert hub.requests == []
+    assert not model_dir.exists()
+
+
+# --- downloads ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_name", ["Q8_0", "Q6_K", "IQ3_M"])
+def test_downloads_missing_files_from_the_right_repositories(hub: FakeHub, tmp_path: Path, model_name: str) -> None:
+    served = publish_all(hub)
+    model_dir = tmp_path / "models" / "music_flamingo"
+    model, mmproj = resolve_model_files(model_name, model_dir)
+    filename = MODEL_FILES[model_name]
+    assert (model, mmproj) == (model_dir / filename, model_dir / MMPROJ_FILE)
+    assert model.read_bytes() == served[filename]
+    assert mmproj.read_bytes() == served[MMPROJ_FILE]
+    model_url = resolve_path(IMATRIX if model_name == "IQ3_M" else STATIC, filename)
+    mmproj_url = resolve_path(STATIC, MMPROJ_FILE)
+    assert set(hub.paths()) == {model_url, mmproj_url}
+    assert hub.paths("GET") == [model_url, mmproj_url]
+    # nothing but the two files and huggingface_hub's bookkeeping folder
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([".cache", filename, MMPROJ_FILE])
+
+    hub.requests.clear()
+    assert resolve_model_files(model_name, model_dir) == (model, mmproj)  # second time: local, no request
+    assert hub.requests == []
+
+
+def test_only_the_missing_file_is_downloaded(hub: FakeHub, tmp_path: Path) -> None:
+    served = publish_all(hub)
+    (tmp_path / MMPROJ_FILE).write_bytes(b"my own mmproj")
+    model, mmproj = resolve_model_files("Q6_K", tmp_path)
+    assert model.read_bytes() == served[MODEL_FILES["Q6_K"]]
+    assert mmproj.read_bytes() == b"my own mmproj"
+    assert set(hub.paths()) == {resolve_path(STATIC, MODEL_FILES["Q6_K"])}
+
+
+def test_explicit_endpoint_argument(hub: FakeHub, tmp_path: Path, monkeypatch) -> None:
+    served = publish_all(hub)
+    monkeypatch.delenv("HF_ENDPOINT")
+    model, _ = resolve_model_files("Q8_0", tmp_path, endpoint=hub.url + "/")
+    assert model.read_bytes() == served[MODEL_FILES["Q8_0"]]
+    assert hub.paths("GET")
+
+
+def test_hf_token_is_sent(hub: FakeHub, tmp_path: Path, monkeypatch) -> None:
+    publish_all(hub)
+    monkeypatch.setenv("HF_TOKEN", "hf_testtoken123")
+    resolve_model_files("Q8_0", tmp_path)
+    assert hub.requests and all(r.authorization == "Bearer hf_testtoken123" for r in hub.requests)
+
+
+@pytest.mark.parametrize("missing", ["file", "repo"])
+def test_not_found_names_file_and_repo(hub: FakeHub, tmp_path: Path, missing: str) -> None:
+    publish_all(hub)
+    del hub.files[(IMATRIX, MODEL_FILES["IQ3_M"])]
+    if missing == "repo":
+        del hub.commits[IMATRIX]
+    with pytest.raises(ModelFileError) as excinfo:
+        resolve_model_files("IQ3_M", tmp_path)
+    msg = str(excinfo.value)
+    assert MODEL_FILES["IQ3_M"] in msg and IMATRIX in msg
+    assert "NotFound" in msg  # the cause's type is in the message
+    assert not (tmp_path / MODEL_FILES["IQ3_M"]).exists()
+    assert hub.paths("GET") == []  # failed at the HEAD; the mmproj was not fetched either
+
+
+def test_dropped_connection_is_resumed_with_range(hub: FakeHub, tmp_path: Path) -> None:
+    """huggingface_hub retries a download whose connection dropped with ``Range: bytes=<received>-``.
+
+    It writes in 10 MiB chunks and only counts whole chunks as received (a partial chunk is lost with the
+    connection), so the file must be larger than one chunk for a resume to show.
+    """
+    served = publish_all(hub)
+    filename = MODEL_FILES["Q6_K"]
+    chunk = 10 * 1024 * 1024
+    served[filename] = hub.add(STATIC, filename, size=chunk + 3_000_000)
+    hub.cut_first_get[filename] = chunk + 1_000_000
+    model, _ = resolve_model_files("Q6_K", tmp_path)
+    assert model.read_bytes() == served[filename]
+    gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith(filename)]
+    assert [g.range for g in gets] == [None, f"bytes={chunk}-"]
+
+
+def test_stale_partial_download_does_not_corrupt_the_file(hub: FakeHub, tmp_path: Path) -> None:
+    """A partial file left by an interrupted earlier run, where huggingface_hub keeps partial downloads
+    (``<local_dir>/.cache/huggingface/download/<hash>.<etag>.incomplete``). huggingface_hub 2.x downloads into a
+    fresh uniquely named file each call: it neither resumes from this file nor removes it. What matters here is that
+    the result is right."""
+    from huggingface_hub._local_folder import get_local_download_paths
+
+    served = publish_all(hub)
+    filename = MODEL_FILES["Q8_0"]
+    etag = hashlib.sha256(served[filename]).hexdigest()
+    partial = get_local_download_paths(tmp_path, filename).incomplete_path(etag)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"\0" * 10_000)  # wrong bytes: resuming from them would corrupt the file
+    model, _ = resolve_model_files("Q8_0", tmp_path)
+    assert model.read_bytes() == served[filename]

@@ -1,0 +1,214 @@
+"""The product on a tiny model and real music: analyze() API, a dataset tree with organized folders, crops and
+other people's sidecars, resume, corrupt sidecars, two processes on one dataset, the CLI and its exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import SR
+
+DEFAULT_KEYS = ["music_flamingo_full", "music_flamingo_technical", "music_flamingo_genre_mood",
+                "music_flamingo_instrumentation", "music_flamingo_structure"]
+OTHER_TOOL = {"bpm": 128.0, "key": "F# minor", "essentia": {"danceability": 1.234567e-07, "n": 12345678901234},
+              "caption_blip": "Ünïcode — kept “as is”", "music_flamingo_note": "not ours either"}
+
+
+@pytest.fixture(scope="module")
+def small_prompts(tmp_path_factory) -> Path:
+    """The default five prompts with short limits, so a track takes well under a second."""
+    p = tmp_path_factory.mktemp("prompts") / "small.yaml"
+    p.write_text("prompts:\n" + "".join(f"  {n}: {{max_tokens: 6}}\n" for n in
+                                        ["full", "technical", "genre_mood", "instrumentation", "structure"]))
+    return p
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny, small_prompts):
+    from music_flamingo import MusicFlamingoGGUF
+
+    mf = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=2, warmup=False,
+                           prompts_files=[small_prompts])
+    yield mf
+    mf.close()
+
+
+def write_clip(path: Path, track: np.ndarray, seconds: float, offset: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = int(offset * SR)
+    sf.write(str(path), track[a:a + int(seconds * SR)], SR)
+    return path
+
+
+@pytest.fixture
+def dataset(tmp_path, track, music_dir) -> Path:
+    """Organized folders (full_mix + stems + crops), loose files (flac, real ogg, m4a), existing sidecars."""
+    root = tmp_path / "data"
+    org = root / "Artist - Song"
+    write_clip(org / "full_mix.flac", track, 6, 10)
+    write_clip(org / "vocals.flac", track, 6, 10)  # a stem: not a track
+    write_clip(org / "full_mix_crop_01.flac", track, 4, 30)
+    (org / "Artist - Song.INFO").write_text(json.dumps(OTHER_TOOL, indent=4, ensure_ascii=False))
+    loose = root / "loose"
+    write_clip(loose / "intro.flac", track, 5, 50)
+    ogg = sorted(music_dir.glob("ogg/*.ogg"), key=lambda p: p.stat().st_size)[0]
+    shutil.copy(ogg, loose / ogg.name)
+    make_m4a(loose / "phone recording, take 2.m4a", track[SR * 60:SR * 66])
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+def make_m4a(path: Path, pcm: np.ndarray) -> Path:
+    """AAC in MP4, the format llama-mtmd-cli cannot read, encoded by ffmpeg inside PyAV."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=SR, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1).astype(np.float32), format="fltp", layout="mono")
+        frame.sample_rate = SR
+        for pkt in s.encode(frame):
+            c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def test_analyze_returns_the_five_keys_and_prompt_type_returns_text(tiny, clips):
+    from music_flamingo import MusicFlamingoGGUF
+
+    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=2,
+                           warmup=False) as mf:
+        out = mf.analyze(clips["5s"], sample_rate=SR)
+        assert list(out) == DEFAULT_KEYS
+        assert all(isinstance(v, str) and v and "\n" not in v for v in out.values())
+        assert mf.analyze(clips["5s"], sample_rate=SR) == out  # fixed seed: reproducible
+        full = mf.analyze(clips["5s"], sample_rate=SR, prompt_type="full")
+        assert isinstance(full, str) and full and "\n" not in full
+
+
+def test_analyze_accepts_any_array_layout(analyzer, clips):
+    import soxr
+
+    pcm = clips["5s"]
+    stereo44 = soxr.resample(np.stack([pcm, pcm], axis=1), SR, 44100)
+    as_int16 = np.clip(stereo44 * 32767, -32768, 32767).astype(np.int16)
+    out = analyzer.analyze(as_int16, sample_rate=44100)
+    assert list(out) == DEFAULT_KEYS
+
+
+def test_long_audio_is_cut_with_a_flag(analyzer, track, caplog):
+    from music_flamingo import MusicFlamingoGGUF  # noqa: F401
+
+    analyzer.options.max_duration = 12.0
+    try:
+        res = analyzer.analyze_track(track[:SR * 20], sample_rate=SR)
+    finally:
+        analyzer.options.max_duration = None
+    assert res.meta["truncated"] is True
+    assert res.meta["seconds_analysed"] == pytest.approx(12.0)
+    assert res.meta["source_seconds"] == pytest.approx(20.0)
+    assert res.stats.audio_chunks == 1
+    assert any("analysing its first" in r.getMessage() for r in caplog.records)
+
+
+def test_batch_writes_sidecars_keeps_other_keys_and_resumes(analyzer, dataset):
+    from music_flamingo.batch import BatchOptions, discover_tracks, run_batch
+
+    tracks = discover_tracks(dataset)
+    names = sorted(p.name for p in tracks)
+    assert "vocals.flac" not in names and "notes.txt" not in names
+    assert {"full_mix.flac", "full_mix_crop_01.flac", "intro.flac", "phone recording, take 2.m4a"} <= set(names)
+
+    s = run_batch(analyzer, dataset, BatchOptions(progress=False))
+    assert (s.done, s.failed, s.skipped_complete) == (len(tracks), 0, 0), s.failures
+    organized = json.loads((dataset / "Artist - Song" / "Artist - Song.INFO").read_text())
+    for k, v in OTHER_TOOL.items():
+        assert organized[k] == v  # nothing of theirs changed
+    assert set(DEFAULT_KEYS) <= set(organized)
+    meta = organized["music_flamingo_meta"]
+    assert meta["backend"] == "gguf" and meta["model"] == Path(analyzer.model_path).name
+    assert len(meta["model_sha256"]) == 64 and meta["prompts"][0] == "full"
+    assert organized["music_flamingo_model"].startswith("gguf_")
+    crop = json.loads((dataset / "Artist - Song" / "full_mix_crop_01.INFO").read_text())
+    assert set(DEFAULT_KEYS) <= set(crop)
+    assert (dataset / "loose" / "phone recording, take 2.INFO").is_file()
+
+    again = run_batch(analyzer, dataset, BatchOptions(progress=False))
+    assert (again.done, again.skipped_complete) == (0, len(tracks))
+
+
+def test_corrupt_sidecar_is_left_untouched_and_counted(analyzer, dataset):
+    from music_flamingo.batch import BatchOptions, run_batch
+
+    bad = dataset / "loose" / "intro.INFO"
+    bad.write_bytes(b'{"bpm": 120, "oops": ')
+    s = run_batch(analyzer, dataset, BatchOptions(progress=False))
+    assert s.failed == 1 and s.exit_code == 1
+    assert bad.read_bytes() == b'{"bpm": 120, "oops": '
+    failures = [json.loads(line) for line in Path(s.failures_file).read_text().splitlines()]
+    assert failures[0]["path"].endswith("intro.flac")
+
+
+def test_undecodable_track_fails_alone(analyzer, dataset):
+    from music_flamingo.batch import BatchOptions, run_batch
+
+    (dataset / "loose" / "broken.mp3").write_bytes(b"\x00" * 5000)
+    s = run_batch(analyzer, dataset, BatchOptions(progress=False))
+    assert s.failed == 1 and s.done == s.total - 1
+    assert s.failures[0]["error"] == "AudioDecodeError"
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def test_two_processes_share_a_dataset_and_do_each_track_once(tiny, dataset, small_prompts, tmp_path):
+    from music_flamingo.batch import discover_tracks
+
+    common = ["--batch", "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf),
+              "--prompts-file", str(small_prompts), "--no-progress"]
+    procs = [subprocess.Popen([sys.executable, "-m", "music_flamingo", str(dataset), *common,
+                               "--jsonl", str(tmp_path / f"p{i}.jsonl")], stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    done = [[json.loads(line)["path"] for line in (tmp_path / f"p{i}.jsonl").read_text().splitlines()]
+            if (tmp_path / f"p{i}.jsonl").exists() else [] for i in range(2)]
+    assert not set(done[0]) & set(done[1]), "a track was analysed twice"
+    assert sorted(done[0] + done[1]) == sorted(str(t) for t in discover_tracks(dataset))
+
+
+def test_cli_single_file_prints_and_writes_sidecar(tiny, dataset, small_prompts):
+    target = dataset / "loose" / "intro.flac"
+    r = cli(str(target), "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf),
+            "--prompts-file", str(small_prompts), "--prompts", "full,technical")
+    assert r.returncode == 0, r.stderr
+    assert "music_flamingo_full:" in r.stdout and "music_flamingo_technical:" in r.stdout
+    info = json.loads((dataset / "loose" / "intro.INFO").read_text())
+    assert {"music_flamingo_full", "music_flamingo_technical"} <= set(info)
+    assert "music_flamingo_structure" not in info
+
+
+def test_cli_usage_errors_exit_2(tiny, tmp_path):
+    assert cli(str(tmp_path / "missing.flac")).returncode == 2
+    assert cli(str(tmp_path)).returncode == 2  # a folder without --batch
+    wav = tmp_path / "x.wav"
+    sf.write(str(wav), np.zeros(SR, np.float32), SR)
+    r = cli(str(wav), "--model", "Q6_K", "--model-dir", str(tmp_path / "models"), "--offline")
+    assert r.returncode == 2 and "music-flamingo-hf.Q6_K.gguf" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts:\n  full: {max_tokens: -3}\n")
+    r = cli(str(wav), "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf),
+            "--prompts-file", str(bad))
+    assert r.returncode == 2 and "bad.yaml" in r.stderr and "max_tokens" in r.stderr
+    assert cli("--help").returncode == 0
+    env = dict(os.environ)
+    assert subprocess.run(["music-flamingo", "--help"], capture_output=True, env=env).returncode == 0
