@@ -96,7 +96,8 @@ public:
     }
 
     py::dict generate(py::array audio, int sample_rate, py::list prompts, const std::string & system_prompt,
-                      bool render_special) {
+                      bool render_special, int framing, bool debug) {
+        if (framing < 0 || framing > 2) throw mf::InputError("framing must be 0 (mtmd), 1 (reference trim) or 2 (reference tail)");
         mf::Engine & eng = get();
         // Checked here, with the GIL held, so the message names what the caller passed.
         if (!audio.dtype().is(py::dtype::of<float>())) {
@@ -132,7 +133,7 @@ public:
         mf::GenerateResult r;
         {
             py::gil_scoped_release nogil;
-            r = eng.generate(pcm, reqs, system_prompt, render_special, check);
+            r = eng.generate(pcm, reqs, system_prompt, render_special, static_cast<mf::Framing>(framing), debug, check);
         }
         py::list outs;
         for (const auto & o : r.outputs) {
@@ -145,6 +146,11 @@ public:
         py::dict out;
         out["outputs"] = outs;
         out["stats"] = stats_dict(r.stats);
+        if (debug) {
+            const py::ssize_t n_embd = r.stats.audio_tokens ? (py::ssize_t) (r.audio_embd.size() / r.stats.audio_tokens) : 0;
+            out["audio_embd"] = py::array_t<float>({(py::ssize_t) r.stats.audio_tokens, n_embd}, r.audio_embd.data());
+            out["first_logits"] = py::array_t<float>((py::ssize_t) r.first_logits.size(), r.first_logits.data());
+        }
         return out;
     }
 
@@ -183,20 +189,22 @@ PYBIND11_MODULE(_core, m) {
     py::class_<PyEngine>(m, "Engine")
         .def(py::init([](const std::string & model_path, const std::string & mmproj_path, int n_gpu_layers,
                          bool mmproj_use_gpu, int n_threads, int flash_attn, int n_ctx, int n_batch, int n_ubatch,
-                         int n_seq_max, bool warmup) {
+                         int n_seq_max, const std::string & kv_type, bool warmup) {
                  mf::EngineParams p;
                  p.model_path = model_path; p.mmproj_path = mmproj_path; p.n_gpu_layers = n_gpu_layers;
                  p.mmproj_use_gpu = mmproj_use_gpu; p.n_threads = n_threads; p.flash_attn = flash_attn;
                  p.n_ctx = n_ctx; p.n_batch = n_batch; p.n_ubatch = n_ubatch; p.n_seq_max = n_seq_max;
-                 p.warmup = warmup;
+                 p.kv_type = kv_type; p.warmup = warmup;
                  return std::make_unique<PyEngine>(p);
              }),
              py::arg("model_path"), py::arg("mmproj_path"), py::arg("n_gpu_layers") = -1,
              py::arg("mmproj_use_gpu") = true, py::arg("n_threads") = 0, py::arg("flash_attn") = -1,
              py::arg("n_ctx") = 0, py::arg("n_batch") = 2048, py::arg("n_ubatch") = 1024, py::arg("n_seq_max") = 8,
+             py::arg("kv_type") = "f16",
              py::arg("warmup") = true)
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
-             py::arg("system_prompt") = "", py::arg("render_special") = false,
+             py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
+             py::arg("debug") = false,
              "Encode the audio once and answer every prompt from the shared prefix. GIL released while running.")
         .def("info", &PyEngine::info)
         .def_property_readonly("sample_rate", &PyEngine::sample_rate)

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <thread>
 
@@ -89,6 +90,13 @@ ggml_backend_dev_t first_gpu() {
     return d ? d : ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_IGPU);
 }
 
+ggml_type kv_ggml_type(const std::string & name) {
+    if (name == "f16") return GGML_TYPE_F16;
+    if (name == "f32") return GGML_TYPE_F32;
+    if (name == "q8_0") return GGML_TYPE_Q8_0;
+    throw InputError("kv cache type must be f16, f32 or q8_0 (got '" + name + "')");
+}
+
 llama_flash_attn_type fa_type(int v) {
     return v < 0 ? LLAMA_FLASH_ATTN_TYPE_AUTO : v ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
 }
@@ -103,10 +111,33 @@ struct Engine::Prompt {
     std::string head, mid, tail;
 };
 
+// One 30 s window of the reference framing: encode pcm[start, start+len) (mtmd pads it to 30 s) and feed the LLM
+// tokens [keep_from, keep_from+keep_n) of its 750.
+struct Engine::Window {
+    size_t start, len;
+    int keep_from, keep_n;
+};
+
+namespace {
+
+constexpr size_t kWindowSamples = 30 * 16000;
+constexpr int kWindowTokens = 750;
+
+// Tokens the reference keeps for n real samples of a window: mel frames ceil(n/160), then the stride-2 conv and
+// the stride-2 average pool (transformers AudioFlamingo3Encoder._get_feat_extract_output_lengths).
+int reference_tokens(size_t n_samples) {
+    const long frames = std::min<long>((long) ((n_samples + 159) / 160), 3000);
+    const long conv = (frames - 1) / 2 + 1;
+    return (int) ((conv - 2) / 2 + 1);
+}
+
+}  // namespace
+
 Engine::Engine(const EngineParams & params) : params_(params) {
     if (params_.n_ubatch < 1) throw InputError("n_ubatch must be positive");
     if (params_.n_batch < params_.n_ubatch) params_.n_batch = params_.n_ubatch;
     if (params_.n_threads <= 0) params_.n_threads = (int) std::max(1u, std::thread::hardware_concurrency());
+    kv_ggml_type(params_.kv_type);  // validate early
 
     check_text_model_file(params_.model_path);
     check_mmproj_file(params_.mmproj_path);
@@ -175,6 +206,7 @@ std::map<std::string, std::string> Engine::info() const {
         {"n_threads", std::to_string(params_.n_threads)},
         {"flash_attn", params_.flash_attn < 0 ? "auto" : params_.flash_attn ? "on" : "off"},
         {"n_ctx", std::to_string(ctx_n_ctx_)},
+        {"kv_type", params_.kv_type},
     };
 }
 
@@ -217,6 +249,7 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed) {
     cp.n_threads = params_.n_threads;
     cp.n_threads_batch = params_.n_threads;
     cp.flash_attn_type = fa_type(params_.flash_attn);
+    cp.type_k = cp.type_v = kv_ggml_type(params_.kv_type);
     cp.no_perf = true;
     ctx_ = llama_init_from_model(model_, cp);
     if (!ctx_) {
@@ -226,9 +259,56 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed) {
     ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch;
 }
 
+// Encodes the first 30 s window of pcm[0, n) (mtmd pads shorter audio with silence). Returns 750 x n_embd floats.
+std::vector<float> Engine::encode_window(const float * pcm, size_t n, double & encode_ms) {
+    std::unique_ptr<mtmd_bitmap, BitmapDeleter> bmp(mtmd_bitmap_init_from_audio(n, pcm));
+    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks(mtmd_input_chunks_init());
+    const char * marker = mtmd_default_marker();
+    mtmd_input_text txt{marker, std::strlen(marker), false, true};
+    const mtmd_bitmap * bitmaps[1] = {bmp.get()};
+    if (!bmp || mtmd_tokenize(mtmd_, chunks.get(), &txt, bitmaps, 1)) throw EngineError("mtmd could not take the audio");
+    for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
+        const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
+        if (mtmd_input_chunk_get_type(ch) != MTMD_INPUT_CHUNK_TYPE_AUDIO) continue;
+        auto t0 = Clock::now();
+        if (mtmd_encode_chunk(mtmd_, ch)) throw EngineError("mtmd failed to encode an audio window");
+        encode_ms += ms_since(t0);
+        const size_t n_embd = (size_t) llama_model_n_embd_inp(model_);
+        const float * e = mtmd_get_output_embd(mtmd_);
+        return std::vector<float>(e, e + mtmd_input_chunk_get_n_tokens(ch) * n_embd);
+    }
+    throw EngineError("mtmd produced no audio window");
+}
+
+// Feeds embeddings to sequence 0 in n_batch slices (what mtmd_helper_decode_image_chunk does, for any token range).
+void Engine::decode_embd(const float * embd, int n_tokens, llama_pos & n_past) {
+    const int n_embd = llama_model_n_embd_inp(model_);
+    llama_batch b = llama_batch_init(ctx_n_batch_, n_embd, 1);
+    struct Free { llama_batch & b; ~Free() { llama_batch_free(b); } } free_b{b};
+    for (int off = 0; off < n_tokens; off += ctx_n_batch_) {
+        const int n = std::min(ctx_n_batch_, n_tokens - off);
+        std::memcpy(b.embd, embd + (size_t) off * n_embd, sizeof(float) * (size_t) n * n_embd);
+        for (int i = 0; i < n; i++) {
+            b.pos[i] = n_past + i; b.n_seq_id[i] = 1; b.seq_id[i][0] = 0; b.logits[i] = false;
+        }
+        b.n_tokens = n;
+        if (llama_decode(ctx_, b)) throw EngineError("llama.cpp failed to decode the audio embeddings");
+        n_past += n;
+    }
+}
+
+void Engine::decode_tokens(const std::vector<int32_t> & toks, llama_pos & n_past) {
+    Batch b(ctx_n_batch_);
+    for (size_t off = 0; off < toks.size(); off += ctx_n_batch_) {
+        b.clear();
+        for (size_t i = off; i < std::min(toks.size(), off + ctx_n_batch_); i++) b.add(toks[i], n_past++, 0, false);
+        if (llama_decode(ctx_, b.b)) throw EngineError("llama.cpp failed to evaluate the prompt prefix");
+    }
+}
+
 GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
-                                const std::string & system_prompt, bool render_special,
-                                const InterruptCheck & interrupted) {
+                                const std::string & system_prompt, bool render_special, Framing framing,
+                                bool debug, const InterruptCheck & interrupted) {
     // --- validate (before llama.cpp sees anything) ---
     if (pcm.empty()) throw InputError("audio is empty");
     for (float x : pcm) {
@@ -275,23 +355,49 @@ GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vecto
     Prompt fp{formatted.substr(0, at_marker), formatted.substr(at_marker + marker.size(), at_slot - at_marker - marker.size()),
               formatted.substr(at_slot + std::string(kPromptSlot).size())};
 
-    // --- tokenize: shared prefix through mtmd (audio), per-prompt suffix as tokens ---
-    std::unique_ptr<mtmd_bitmap, BitmapDeleter> bmp(mtmd_bitmap_init_from_audio(pcm.size(), pcm.data()));
-    if (!bmp) throw EngineError("mtmd could not take the audio");
-    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks(mtmd_input_chunks_init());
-    const std::string prefix_text = fp.head + marker;
-    mtmd_input_text txt{prefix_text.c_str(), prefix_text.size(), /*add_special*/ true, /*parse_special*/ true};
-    const mtmd_bitmap * bitmaps[1] = {bmp.get()};
-    if (int r = mtmd_tokenize(mtmd_, chunks.get(), &txt, bitmaps, 1)) {
-        throw EngineError("mtmd could not tokenize the audio prompt (code " + std::to_string(r) + ")");
-    }
-    const llama_pos n_prefix = mtmd_helper_get_n_pos(chunks.get());
-    for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
-        const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
-        if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_AUDIO) {
-            st.audio_chunks++;
-            st.audio_tokens += (int) mtmd_input_chunk_get_n_tokens(ch);
+    // --- plan the shared prefix: chat head + audio (+ "\n" in the reference framing) ---
+    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks;   // Mtmd framing
+    std::vector<int32_t> head_toks, sep_toks;                    // reference framings
+    std::vector<Window> windows;
+    llama_pos n_prefix = 0;
+    if (framing == Framing::Mtmd) {
+        std::unique_ptr<mtmd_bitmap, BitmapDeleter> bmp(mtmd_bitmap_init_from_audio(pcm.size(), pcm.data()));
+        if (!bmp) throw EngineError("mtmd could not take the audio");
+        chunks.reset(mtmd_input_chunks_init());
+        const std::string prefix_text = fp.head + marker;
+        mtmd_input_text txt{prefix_text.c_str(), prefix_text.size(), /*add_special*/ true, /*parse_special*/ true};
+        const mtmd_bitmap * bitmaps[1] = {bmp.get()};
+        if (int r = mtmd_tokenize(mtmd_, chunks.get(), &txt, bitmaps, 1)) {
+            throw EngineError("mtmd could not tokenize the audio prompt (code " + std::to_string(r) + ")");
         }
+        n_prefix = mtmd_helper_get_n_pos(chunks.get());
+        for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
+            const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
+            if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_AUDIO) {
+                st.audio_chunks++;
+                st.audio_tokens += (int) mtmd_input_chunk_get_n_tokens(ch);
+            }
+        }
+    } else {
+        const llama_vocab * v = vocab;
+        head_toks = tokenize(fp.head, true);
+        if (llama_vocab_get_add_bos(v)) head_toks.insert(head_toks.begin(), llama_vocab_bos(v));
+        sep_toks = tokenize("\n", false);
+        const size_t L = pcm.size();
+        const size_t n_win = (L + kWindowSamples - 1) / kWindowSamples;
+        for (size_t w = 0; w < n_win; w++) {
+            const size_t start = w * kWindowSamples, len = std::min(kWindowSamples, L - start);
+            const int keep = len == kWindowSamples ? kWindowTokens : reference_tokens(len);
+            if (len < kWindowSamples && framing == Framing::ReferenceTail && L >= kWindowSamples) {
+                // the final 30 s of real audio; its last `keep` tokens cover [start, L)
+                windows.push_back({L - kWindowSamples, kWindowSamples, kWindowTokens - keep, keep});
+            } else {
+                windows.push_back({start, len, 0, keep});
+            }
+            st.audio_tokens += keep;
+        }
+        st.audio_chunks = (int) windows.size();
+        n_prefix = (llama_pos) (head_toks.size() + sep_toks.size()) + st.audio_tokens;
     }
     const size_t N = prompts.size();
     std::vector<std::vector<int32_t>> suffix(N);
@@ -320,31 +426,51 @@ GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vecto
     llama_memory_t mem = llama_get_memory(ctx_);
     llama_memory_clear(mem, true);
 
-    // --- prefix: text chunks and audio windows into sequence 0 ---
+    // --- prefix into sequence 0 ---
     const int n_batch = ctx_n_batch_;
     llama_pos n_past = 0;
-    for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
-        const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
-        llama_pos new_n_past = n_past;
-        if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
-            auto t0 = Clock::now();
-            if (mtmd_helper_eval_chunk_single(mtmd_, ctx_, ch, n_past, 0, n_batch, false, &new_n_past)) {
-                throw EngineError("llama.cpp failed to evaluate the prompt prefix");
+    const size_t n_embd = (size_t) llama_model_n_embd_inp(model_);
+    if (framing == Framing::Mtmd) {
+        for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
+            const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
+            llama_pos new_n_past = n_past;
+            if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
+                auto t0 = Clock::now();
+                if (mtmd_helper_eval_chunk_single(mtmd_, ctx_, ch, n_past, 0, n_batch, false, &new_n_past)) {
+                    throw EngineError("llama.cpp failed to evaluate the prompt prefix");
+                }
+                st.prefill_ms += ms_since(t0);
+            } else {
+                auto t0 = Clock::now();
+                if (mtmd_encode_chunk(mtmd_, ch)) throw EngineError("mtmd failed to encode an audio window");
+                st.encode_ms += ms_since(t0);
+                t0 = Clock::now();
+                float * embd = mtmd_get_output_embd(mtmd_);
+                if (debug) res.audio_embd.insert(res.audio_embd.end(), embd, embd + mtmd_input_chunk_get_n_tokens(ch) * n_embd);
+                if (mtmd_helper_decode_image_chunk(mtmd_, ctx_, ch, embd, n_past, 0, n_batch, &new_n_past, nullptr, nullptr)) {
+                    throw EngineError("llama.cpp failed to decode the audio embeddings");
+                }
+                st.prefill_ms += ms_since(t0);
             }
-            st.prefill_ms += ms_since(t0);
-        } else {
-            auto t0 = Clock::now();
-            if (mtmd_encode_chunk(mtmd_, ch)) throw EngineError("mtmd failed to encode an audio window");
-            st.encode_ms += ms_since(t0);
-            t0 = Clock::now();
-            float * embd = mtmd_get_output_embd(mtmd_);
-            if (mtmd_helper_decode_image_chunk(mtmd_, ctx_, ch, embd, n_past, 0, n_batch, &new_n_past, nullptr, nullptr)) {
-                throw EngineError("llama.cpp failed to decode the audio embeddings");
-            }
-            st.prefill_ms += ms_since(t0);
+            n_past = new_n_past;
+            if (interrupted && interrupted()) throw Interrupted("interrupted");
         }
-        n_past = new_n_past;
-        if (interrupted && interrupted()) throw Interrupted("interrupted");
+    } else {
+        auto t0 = Clock::now();
+        decode_tokens(head_toks, n_past);
+        st.prefill_ms += ms_since(t0);
+        for (const Window & w : windows) {
+            std::vector<float> e = encode_window(pcm.data() + w.start, w.len, st.encode_ms);
+            const float * kept = e.data() + (size_t) w.keep_from * n_embd;
+            if (debug) res.audio_embd.insert(res.audio_embd.end(), kept, kept + (size_t) w.keep_n * n_embd);
+            t0 = Clock::now();
+            decode_embd(kept, w.keep_n, n_past);
+            st.prefill_ms += ms_since(t0);
+            if (interrupted && interrupted()) throw Interrupted("interrupted");
+        }
+        t0 = Clock::now();
+        decode_tokens(sep_toks, n_past);
+        st.prefill_ms += ms_since(t0);
     }
 
     // --- fork the prefix to N sequences (metadata only in a unified cache) and add each prompt ---
@@ -374,6 +500,10 @@ GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vecto
         batch.clear();
         for (size_t s = 0; s < N; s++) {
             if (!live[s]) continue;
+            if (debug && s == 0 && res.first_logits.empty()) {
+                const float * lg = llama_get_logits_ith(ctx_, logit_idx[0]);
+                res.first_logits.assign(lg, lg + llama_vocab_n_tokens(vocab));
+            }
             const llama_token tok = llama_sampler_sample(samplers[s].get(), ctx_, logit_idx[s]);
             PromptOutput & out = res.outputs[s];
             if (llama_vocab_is_eog(vocab, tok)) {

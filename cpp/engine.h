@@ -44,6 +44,7 @@ struct EngineParams {
     int n_ubatch = 1024;         // physical batch; >= 750 so one 30 s audio window is not split (the compute
                                  // buffer holds n_ubatch rows of logits: 2048 would cost 1.2 GB for Qwen's vocabulary)
     int n_seq_max = 8;           // sequences the context is made for; grown when a call has more prompts
+    std::string kv_type = "f16"; // KV cache element type: f16, f32 (exact comparisons), q8_0 (half the memory)
     bool warmup = true;          // mtmd encodes one dummy window at load (finds unsupported GPU ops early)
 };
 
@@ -61,6 +62,20 @@ struct PromptRequest {
     std::string text;            // the user's question, tokenized as plain text (no special tokens honoured)
     int max_tokens = 256;
     SamplingParams sampling;
+};
+
+// How the audio is put in front of the LLM.
+enum class Framing {
+    // What llama-mtmd-cli does: one log-mel over the whole track, 30 s windows of 750 tokens each (the last one
+    // padded, plus a silent one at exact multiples of 30 s), a literal "<sound>" token before the audio.
+    Mtmd = 0,
+    // The reference (NVIDIA's code, transformers): one log-mel per 30 s window, the last window's tokens trimmed to
+    // its real length, no literal "<sound>" token, "\n" after the audio. mtmd's encoder cannot mask the padding of
+    // the last window, so its trimmed tokens still saw the padding.
+    ReferenceTrim = 1,
+    // As ReferenceTrim, but (for audio of 30 s or more) the last window is the final 30 s of real audio, so no
+    // padding is encoded; only its tokens after the previous window are kept.
+    ReferenceTail = 2,
 };
 
 struct PromptOutput {
@@ -87,6 +102,10 @@ struct GenerateStats {
 struct GenerateResult {
     std::vector<PromptOutput> outputs;
     GenerateStats stats;
+    // Only with `debug`: the audio embeddings as fed to the LLM (audio_tokens x n_embd) and the logits of the
+    // first generated position of prompt 0 (n_vocab). For fidelity measurements against transformers.
+    std::vector<float> audio_embd;
+    std::vector<float> first_logits;
 };
 
 // Called between decode steps; returns true to stop (used for Ctrl-C from Python).
@@ -103,6 +122,7 @@ public:
     // render_special: keep the text of special tokens in the output (as llama-mtmd-cli prints them).
     GenerateResult generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
                             const std::string & system_prompt, bool render_special = false,
+                            Framing framing = Framing::Mtmd, bool debug = false,
                             const InterruptCheck & interrupted = nullptr);
 
     int sample_rate() const;
@@ -112,6 +132,10 @@ public:
 
 private:
     struct Prompt;  // formatted prompt pieces
+    struct Window;  // one audio window of the reference framing
+    std::vector<float> encode_window(const float * pcm, size_t n, double & encode_ms);
+    void decode_embd(const float * embd, int n_tokens, int32_t & n_past);  // n_past: llama_pos
+    void decode_tokens(const std::vector<int32_t> & toks, int32_t & n_past);
     void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed);
     std::vector<int32_t> tokenize(const std::string & text, bool parse_special) const;
 

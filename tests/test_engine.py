@@ -28,7 +28,7 @@ def test_greedy_output_equals_llama_mtmd_cli(engine, tiny, mtmd_cli, clips, tmp_
     pcm = clips[length]
     wav = write_float_wav(tmp_path / f"{length}.wav", pcm)
     n = 24
-    ours = engine.generate(pcm, [Prompt(QUESTION, max_tokens=n)], render_special=True)
+    ours = engine.generate(pcm, [Prompt(QUESTION, max_tokens=n)], render_special=True, framing="llamacpp")
     theirs = run_mtmd_cli(mtmd_cli, tiny.model_gguf, tiny.mmproj_gguf, wav, QUESTION, n)
     expected_windows = {"5s": 1, "30s": 2, "45s": 2}[length]  # exactly 30 s gets mtmd's extra silent window
     assert ours.stats.audio_chunks == expected_windows

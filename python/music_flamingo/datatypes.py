@@ -70,3 +70,4 @@ class GenerationResult:
     stop_reasons: list[str]
     tokens: list[list[int]]
     stats: GenerationStats
+    debug: dict[str, Any] | None = None

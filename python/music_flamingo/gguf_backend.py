@@ -21,6 +21,12 @@ from .models import resolve_model_files
 PromptLike = Union[Prompt, str]
 
 
+# How audio is put in front of the LLM (see cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the
+# framing whose answers came closest to transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
+FRAMINGS = {"llamacpp": 0, "reference_trim": 1, "reference_tail": 2}
+DEFAULT_FRAMING = "reference_tail"
+
+
 def _flash_attn_code(flash_attn: bool | str | None) -> int:
     if flash_attn in (None, "auto"):
         return -1
@@ -38,6 +44,8 @@ class MusicFlamingoGGUF(Analyzer):
     ``top_p``, ``seed`` and ``max_duration`` are the :class:`~music_flamingo.analyzer.AnalysisOptions`. ``n_gpu_layers=-1`` offloads every layer when a GPU backend was compiled in;
     the audio encoder goes to the GPU too unless ``mmproj_use_gpu=False``. ``flash_attn``: ``'auto'`` (fastest),
     or ``True``/``False`` to pin the numerics (``False`` makes batched decoding bit-identical to decoding alone).
+    ``framing``: ``'reference_tail'`` (default; closest to the reference implementation, see bench/FIDELITY.md),
+    ``'reference_trim'``, or ``'llamacpp'`` (exactly what llama-mtmd-cli feeds the model).
     ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
     """
 
@@ -66,7 +74,9 @@ class MusicFlamingoGGUF(Analyzer):
         n_batch: int = 2048,
         n_ubatch: int = 1024,
         n_seq_max: int = 8,
+        kv_cache_type: str = "f16",
         system_prompt: str = "",
+        framing: str = DEFAULT_FRAMING,
         warmup: bool = True,
         verbose: bool = False,
     ) -> None:
@@ -85,6 +95,9 @@ class MusicFlamingoGGUF(Analyzer):
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path)
         self.system_prompt = system_prompt
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
+        self.framing = framing
         set_native_log_level(verbose)
         from . import _core
 
@@ -92,7 +105,7 @@ class MusicFlamingoGGUF(Analyzer):
         self._engine = _core.Engine(
             str(self.model_path), str(self.mmproj_path), n_gpu_layers=n_gpu_layers, mmproj_use_gpu=mmproj_use_gpu,
             n_threads=n_threads or 0, flash_attn=_flash_attn_code(flash_attn), n_ctx=n_ctx, n_batch=n_batch,
-            n_ubatch=n_ubatch, n_seq_max=n_seq_max, warmup=warmup)
+            n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_type=kv_cache_type, warmup=warmup)
         self.info = dict(self._engine.info())
         logger.info("loaded: text model on %s, audio encoder on %s",
                     self.info["text_model_device"], self.info["audio_encoder_device"])
@@ -138,13 +151,18 @@ class MusicFlamingoGGUF(Analyzer):
         sample_rate: int = TARGET_SAMPLE_RATE,
         max_tokens: int = 256,
         render_special: bool = False,
+        framing: str | None = None,
+        debug: bool = False,
     ) -> GenerationResult:
         """Answer every prompt about one track; the audio is encoded once.
 
         ``audio`` is a path (decoded and resampled here) or a float32 mono array at 16 kHz — the engine's only
         format; convert other arrays with :func:`music_flamingo.audio.load_audio`. A bare string prompt gets
         ``max_tokens`` and greedy decoding. ``render_special`` keeps the text of special tokens the model emits
-        (llama-mtmd-cli prints them); by default they are dropped from the texts.
+        (llama-mtmd-cli prints them); by default they are dropped from the texts. ``framing`` overrides the
+        engine's (``'llamacpp'``: as llama-mtmd-cli; ``'reference_trim'``/``'reference_tail'``: as the model was
+        trained, see bench/FIDELITY.md). ``debug`` also returns the audio embeddings fed to the LLM and the first
+        step's logits of prompt 0 (``result.debug``), for fidelity measurements.
         """
         if isinstance(audio, (str, os.PathLike)):
             audio = load_audio(audio)
@@ -155,8 +173,11 @@ class MusicFlamingoGGUF(Analyzer):
         plist = [p if isinstance(p, Prompt) else Prompt(text=p, max_tokens=max_tokens) for p in prompts]
         if not plist:
             raise InvalidInputError("no prompts given")
+        framing = framing or self.framing
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
         raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
-                                     render_special)
+                                     render_special, FRAMINGS[framing], debug)
         stats = GenerationStats(**raw["stats"], devices={
             "text_model": self.info["text_model_device"], "audio_encoder": self.info["audio_encoder_device"]})
         outs = raw["outputs"]
@@ -165,6 +186,7 @@ class MusicFlamingoGGUF(Analyzer):
             stop_reasons=[o["stop_reason"] for o in outs],
             tokens=[list(o["tokens"]) for o in outs],
             stats=stats,
+            debug={"audio_embd": raw["audio_embd"], "first_logits": raw["first_logits"]} if debug else None,
         )
 
     def close(self) -> None:

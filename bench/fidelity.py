@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""How closely the GGUF engine feeds the model what the reference (transformers) does, per audio framing.
+
+On one tiny random Music Flamingo (AF3 architecture) held both as a transformers checkpoint and as the GGUF files
+converted from it, with real music cut to several lengths:
+
+- reference: transformers' own path (per-window log-mel, masked encoder, last window trimmed, ``<sound>``
+  replaced by the embeddings, the audio on its own line before the question), greedy;
+- for each engine framing (``llamacpp`` = what llama-mtmd-cli does, ``reference_trim``, ``reference_tail``):
+  (a) transformers' text model fed the engine's own audio embeddings in the engine's token layout — isolates the
+      LLM arithmetic (expect ~1e-5);
+  (b) the engine against the reference: first-step logits max |diff| and how many greedy tokens agree.
+
+Usage: python bench/fidelity.py [--lengths 5 30 45 95] [--tokens 16] [--write]
+``--write`` stores bench/fidelity.json and the table in bench/FIDELITY.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "cmake"))
+sys.path.insert(0, str(REPO / "tests"))
+
+FRAMINGS = ["llamacpp", "reference_trim", "reference_tail"]
+QUESTION = "Describe this track: genre, tempo, key, instruments and mood."
+SR = 16000
+
+
+def load_music(seconds_needed: float) -> np.ndarray:
+    """The first corpus MP3 (real music), 16 kHz mono, from 20 s in."""
+    from conftest import CACHE  # the tests' cache and corpus location
+    from music_flamingo.audio import load_audio
+
+    corpus = CACHE / "corpus"
+    mp3s = sorted(corpus.glob("mp3/*.mp3"))
+    if not mp3s:
+        import subprocess
+
+        subprocess.run(["sh", str(REPO.parent / "shared" / "corpus" / "dev-music.sh"), str(corpus)], check=True)
+        mp3s = sorted(corpus.glob("mp3/*.mp3"))
+    x = load_audio(mp3s[0])
+    start = 20 * SR
+    assert len(x) >= start + seconds_needed * SR, "corpus track too short"
+    return x[start:]
+
+
+class Reference:
+    """transformers on the tiny checkpoint: the reference path and its text model fed given embeddings."""
+
+    def __init__(self, hf_dir: Path) -> None:
+        import torch
+        from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.proc = AutoProcessor.from_pretrained(hf_dir)
+        self.model = AudioFlamingo3ForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        self.tok = self.proc.tokenizer
+        self.eos = {self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+
+    def reference(self, pcm: np.ndarray, n: int) -> tuple[list[int], np.ndarray, list[int]]:
+        """Greedy ids, first-step logits and the prompt ids of the standard path (audio, "\\n", question)."""
+        conv = [{"role": "user", "content": [{"type": "audio", "audio": pcm}, {"type": "text", "text": "\n" + QUESTION}]}]
+        inp = self.proc.apply_chat_template(conv, tokenize=True, add_generation_prompt=True, return_dict=True)
+        with self.torch.no_grad():
+            g = self.model.generate(**inp, max_new_tokens=n, do_sample=False, output_scores=True,
+                                    return_dict_in_generate=True)
+        ids = g.sequences[0, inp["input_ids"].shape[1]:].tolist()
+        return ids, g.scores[0][0].numpy(), inp["input_ids"][0].tolist()
+
+    def greedy_from_layout(self, layout: list, audio_embd: np.ndarray, n: int) -> tuple[list[int], np.ndarray]:
+        """Text model only: token ids with ``None`` where the audio embeddings go (in order)."""
+        torch = self.torch
+        from transformers import DynamicCache
+
+        lm, head = self.model.model.language_model, self.model.lm_head
+        embed = lm.embed_tokens
+        parts, run, ai = [], [], 0
+        for t in layout + ["end"]:
+            if t is None:
+                if run:
+                    parts.append(embed(torch.tensor([run]))[0]); run = []
+                parts.append(torch.from_numpy(audio_embd[ai:ai + 1])); ai += 1
+            elif t == "end":
+                if run:
+                    parts.append(embed(torch.tensor([run]))[0])
+            else:
+                run.append(t)
+        with torch.no_grad():
+            cache = DynamicCache(config=self.model.config.text_config)
+            o = lm(inputs_embeds=torch.cat(parts)[None], past_key_values=cache, use_cache=True)
+            lg = head(o.last_hidden_state[:, -1])[0]
+            logits0, ids = lg.numpy().copy(), []
+            for _ in range(n):
+                nxt = int(torch.argmax(lg))
+                ids.append(nxt)
+                if nxt in self.eos:
+                    break
+                o = lm(inputs_embeds=embed(torch.tensor([[nxt]])), past_key_values=cache, use_cache=True)
+                lg = head(o.last_hidden_state[:, -1])[0]
+        return ids, logits0
+
+    def engine_layout(self, framing: str, n_audio: int) -> list:
+        """The token layout the engine builds (ChatML, no system prompt) with ``None`` per audio position."""
+        enc = lambda s: self.tok(s, add_special_tokens=False).input_ids  # noqa: E731
+        head, tail = enc("<|im_start|>user\n"), enc("<|im_end|>\n<|im_start|>assistant\n")
+        if framing == "llamacpp":  # mtmd: literal <sound>, the audio, the question right after it
+            return head + enc("<sound>") + [None] * n_audio + enc(QUESTION) + tail
+        return head + [None] * n_audio + enc("\n") + enc(QUESTION) + tail
+
+
+def agree(a: list[int], b: list[int]) -> int:
+    """Leading tokens in agreement."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def measure(lengths: list[float], n_tokens: int) -> dict:
+    import fetch_llama_cpp
+    from conftest import CACHE
+    from tiny_model import ensure_tiny_model
+
+    from music_flamingo import MusicFlamingoGGUF, Prompt
+
+    tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
+    ref = Reference(tiny.hf_dir)
+    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False, n_threads=2,
+                            kv_cache_type="f32", warmup=False)
+    music = load_music(max(lengths))
+    rows = []
+    for L in lengths:
+        pcm = np.ascontiguousarray(music[: int(L * SR)])
+        t0 = time.time()
+        ids_r, logits_r, prompt_ids = ref.reference(pcm, n_tokens)
+        n_ref_audio = sum(1 for t in prompt_ids if t == ref.model.config.audio_token_id)
+        for fr in FRAMINGS:
+            res = eng.generate(pcm, [Prompt(QUESTION, max_tokens=n_tokens)], framing=fr, debug=True)
+            ids_e, logits_e = res.tokens[0], np.asarray(res.debug["first_logits"])
+            embd = np.asarray(res.debug["audio_embd"])
+            layout = ref.engine_layout(fr, embd.shape[0])
+            if fr != "llamacpp":  # the engine's layout must be the reference's, token for token
+                expect = [None if t == ref.model.config.audio_token_id else t for t in prompt_ids]
+                assert layout == expect, f"{fr}: engine layout differs from the reference prompt"
+            ids_a, logits_a = ref.greedy_from_layout(layout, embd, n_tokens)
+            rows.append({
+                "seconds": L, "framing": fr, "audio_tokens": int(embd.shape[0]), "reference_audio_tokens": n_ref_audio,
+                "a_logits_max_abs_diff": float(np.abs(logits_a - logits_e).max()),
+                "a_greedy_agree": agree(ids_a, ids_e),
+                "b_logits_max_abs_diff": float(np.abs(logits_r - logits_e).max()),
+                "b_greedy_agree": agree(ids_r, ids_e),
+                "n_tokens": n_tokens,
+            })
+        print(f"{L:>5.0f} s done in {time.time() - t0:.1f} s", file=sys.stderr)
+    eng.close()
+    return {"question": QUESTION, "model": "tiny random AF3 (tests/tiny_model.py), f32 GGUF, f32 KV cache, flash attention off",
+            "rows": rows}
+
+
+def best_framing(result: dict) -> str:
+    """The framing closest to the reference: most greedy tokens in agreement, then smallest logit error."""
+    score = {}
+    for fr in FRAMINGS:
+        rs = [r for r in result["rows"] if r["framing"] == fr]
+        score[fr] = (-sum(r["b_greedy_agree"] for r in rs), sum(r["b_logits_max_abs_diff"] for r in rs))
+    return min(score, key=score.get)
+
+
+def table(result: dict) -> str:
+    lines = ["| audio | framing | audio tokens (engine / reference) | (a) logits max abs diff | (a) greedy agree "
+             "| (b) logits max abs diff vs reference | (b) greedy agree |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['seconds']:g} s | {r['framing']} | {r['audio_tokens']} / {r['reference_audio_tokens']} | "
+                     f"{r['a_logits_max_abs_diff']:.1e} | {r['a_greedy_agree']}/{r['n_tokens']} | "
+                     f"{r['b_logits_max_abs_diff']:.2e} | {r['b_greedy_agree']}/{r['n_tokens']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=float, nargs="+", default=[5, 30, 45, 95])
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args()
+    result = measure(a.lengths, a.tokens)
+    result["best_framing"] = best_framing(result)
+    print(table(result))
+    print(f"\nclosest to the reference: {result['best_framing']}")
+    if a.write:
+        (REPO / "bench" / "fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

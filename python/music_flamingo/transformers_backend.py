@@ -1,0 +1,463 @@
+"""The transformers backend: Music Flamingo through Hugging Face transformers' own classes, resident in this process.
+
+The fallback and reference next to the GGUF backend, with the same API (:class:`~music_flamingo.analyzer.Analyzer`).
+The checkpoint's ``model_type`` picks the class: ``audioflamingo3`` (``nvidia/music-flamingo-hf``) ->
+``AudioFlamingo3ForConditionalGeneration``, ``musicflamingo`` (``nvidia/music-flamingo-2601-hf``, rotary time
+embeddings) -> ``MusicFlamingoForConditionalGeneration``. Each track's audio goes through the audio encoder once;
+all prompts of a sampling group are answered by one batched ``generate`` on left-padded input embeddings.
+
+torch and transformers are imported only when a model is loaded, so ``import music_flamingo`` never needs them.
+"""
+from __future__ import annotations
+
+import gc
+import inspect
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from ._logging import logger
+from .analyzer import AnalysisOptions, Analyzer
+from .audio import TARGET_SAMPLE_RATE, load_audio
+from .datatypes import GenerationResult, GenerationStats, Prompt
+from .errors import EngineError, InvalidInputError, ModelFileError
+
+PromptLike = Union[Prompt, str]
+
+# model_type -> (transformers class, first transformers release that has it, seconds the model was trained for)
+MODEL_TYPES: dict[str, tuple[str, str, float]] = {
+    "audioflamingo3": ("AudioFlamingo3ForConditionalGeneration", "5.0.0", 600.0),
+    "musicflamingo": ("MusicFlamingoForConditionalGeneration", "5.5.0", 1200.0),
+}
+_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16",
+           "float32": "float32", "fp32": "float32", "float": "float32"}
+_WINDOW_SECONDS = 30
+
+
+def _import_torch_transformers():
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise ModelFileError(f"the transformers backend needs torch and transformers ({e}); install them with "
+                             "pip install 'music-flamingo[transformers]'") from e
+    return torch, transformers
+
+
+def _resolve_dtype(torch, dtype):
+    """``'bfloat16'``/``'float16'``/``'float32'`` (or short names), a ``torch.dtype``, or ``'auto'`` (the
+    checkpoint's own)."""
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
+    if name is None:
+        raise ValueError(f"dtype must be one of bfloat16, float16, float32 or 'auto', got {dtype!r}")
+    return getattr(torch, name)
+
+
+def _target_device(torch, device_map) -> "Any":
+    """The device the text model will mostly live on, as from_pretrained's ``device_map`` will place it."""
+    if device_map in (None, "auto", "balanced", "balanced_low_0", "sequential"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        mps = getattr(torch.backends, "mps", None)
+        if device_map is not None and mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if isinstance(device_map, dict):
+        first = next(iter(device_map.values()), "cpu")
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    return torch.device(device_map)
+
+
+def _flash_attn_importable() -> tuple[bool, str]:
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:  # ImportError, or an ABI mismatch surfacing as OSError/RuntimeError
+        return False, f"the flash_attn package does not import ({type(e).__name__}: {e})"
+    return True, ""
+
+
+def _choose_attention(torch, use_flash_attention: bool, device, dtype) -> str:
+    """``flash_attention_2`` when asked for and possible, else ``sdpa``, with one log line saying why."""
+    if not use_flash_attention:
+        logger.info("attention: SDPA (flash attention not requested)")
+        return "sdpa"
+    if device.type != "cuda":
+        logger.info("attention: SDPA (FlashAttention-2 needs a CUDA or ROCm device; the model runs on %s)",
+                    device.type)
+        return "sdpa"
+    if dtype not in (torch.float16, torch.bfloat16, "auto"):
+        logger.info("attention: SDPA (FlashAttention-2 needs float16 or bfloat16, not %s)",
+                    str(dtype).removeprefix("torch."))
+        return "sdpa"
+    ok, why = _flash_attn_importable()
+    if not ok:
+        logger.warning("attention: SDPA, not FlashAttention-2: %s", why)
+        return "sdpa"
+    logger.info("attention: FlashAttention-2")
+    return "flash_attention_2"
+
+
+class _FirstStepClock:
+    """A no-op logits processor that notes when the first token's logits exist: the end of the prefill."""
+
+    def __init__(self, sync) -> None:
+        self.sync = sync
+        self.t_first: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.t_first is None:
+            self.sync()
+            self.t_first = time.perf_counter()
+        return scores
+
+
+class MusicFlamingoTransformers(Analyzer):
+    """Music Flamingo from a Hugging Face checkpoint, resident in this process (torch + transformers).
+
+    ``model_id`` is a Hub repository (``nvidia/music-flamingo-hf``, ``nvidia/music-flamingo-2601-hf``) or a local
+    folder; ``local_files_only`` never touches the network. ``dtype``: ``'bfloat16'`` (default), ``'float16'``,
+    ``'float32'`` or ``'auto'``. ``use_flash_attention`` uses FlashAttention-2 where it can (CUDA/ROCm device,
+    ``flash_attn`` installed, half precision) and SDPA otherwise. ``device_map`` goes to ``from_pretrained``.
+    ``torch_compile=True`` compiles the model's forward (off by default: it crashes on ROCm). ``prompts``,
+    ``prompts_files``, ``temperature``, ``top_p``, ``seed`` and ``max_duration`` are the
+    :class:`~music_flamingo.analyzer.AnalysisOptions`, as for :class:`~music_flamingo.MusicFlamingoGGUF`.
+    """
+
+    backend = "transformers"
+
+    def __init__(
+        self,
+        model_id: str | os.PathLike = "nvidia/music-flamingo-hf",
+        *,
+        use_flash_attention: bool = True,
+        dtype: Any = "bfloat16",
+        device_map: Any = "auto",
+        local_files_only: bool = False,
+        torch_compile: bool = False,
+        prompts: Sequence[str] | None = None,
+        prompts_files: Sequence[str | os.PathLike] = (),
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        max_duration: float | None = None,
+        options: AnalysisOptions | None = None,
+    ) -> None:
+        super().__init__(options or AnalysisOptions(
+            prompts=prompts, prompts_files=tuple(prompts_files), temperature=temperature, top_p=top_p, seed=seed,
+            max_duration=max_duration))
+        torch, transformers = _import_torch_transformers()
+        self._torch = torch
+        self.model_id = str(model_id)
+        self.model_label = "transformers_" + Path(self.model_id.rstrip("/\\")).name
+
+        # --- which class: from config.json alone, so an old transformers still says what it lacks ---
+        try:
+            config_dict, _ = transformers.PretrainedConfig.get_config_dict(self.model_id,
+                                                                           local_files_only=local_files_only)
+        except (OSError, ValueError) as e:
+            raise ModelFileError(f"could not read the config of {self.model_id!r}: {e}") from e
+        self.model_type = str(config_dict.get("model_type", ""))
+        if self.model_type not in MODEL_TYPES:
+            raise ModelFileError(f"{self.model_id!r} is not a Music Flamingo checkpoint: model_type "
+                                 f"{self.model_type!r}, expected one of {sorted(MODEL_TYPES)}")
+        cls_name, min_version, trained_seconds = MODEL_TYPES[self.model_type]
+        model_cls = getattr(transformers, cls_name, None)
+        if model_cls is None:
+            raise ModelFileError(
+                f"{self.model_id!r} is a {self.model_type!r} checkpoint ({cls_name}), which needs transformers>="
+                f"{min_version}; this is transformers {transformers.__version__}. Upgrade with "
+                f"pip install -U 'transformers>={min_version}'")
+        self.max_duration_default = trained_seconds
+
+        # --- where, in what precision, with which attention ---
+        requested_dtype = _resolve_dtype(torch, dtype)
+        device = _target_device(torch, device_map)
+        self.attn_implementation = _choose_attention(torch, use_flash_attention, device, requested_dtype)
+        load_kw: dict[str, Any] = dict(dtype=requested_dtype, attn_implementation=self.attn_implementation,
+                                       local_files_only=local_files_only)
+        move_to = None
+        if device_map is not None:
+            from transformers.utils import is_accelerate_available
+
+            if is_accelerate_available():
+                load_kw["device_map"] = device_map
+            elif isinstance(device_map, (str, int)) or device_map is None:
+                move_to = device  # one device: load, then move (device_map itself needs accelerate)
+                logger.info("accelerate is not installed: loading on the CPU, then moving the model to %s", device)
+            else:
+                raise ModelFileError("a device_map other than one device needs accelerate: pip install accelerate")
+        logger.info("loading %s (%s) as %s", self.model_id, self.model_type, cls_name)
+        t0 = time.perf_counter()
+        try:
+            self._processor = transformers.AutoProcessor.from_pretrained(self.model_id,
+                                                                         local_files_only=local_files_only)
+            model = model_cls.from_pretrained(self.model_id, **load_kw)
+        except OSError as e:
+            raise ModelFileError(f"could not load {self.model_id!r}: {e}") from e
+        if move_to is not None:
+            model = model.to(move_to)
+        self._model = model.eval()
+        self.dtype = self._model.dtype
+        self.device = self._model.get_input_embeddings().weight.device
+        self.audio_device = next(self._model.model.audio_tower.parameters()).device
+        self.audio_dtype = next(self._model.model.audio_tower.parameters()).dtype
+        self.commit_hash = getattr(self._model.config, "_commit_hash", None) or config_dict.get("_commit_hash")
+        self._tokenizer = self._processor.tokenizer
+        self.audio_token_id = int(self._model.config.audio_token_id)
+        self._audio_features_takes_ids = "input_ids" in inspect.signature(
+            self._model.get_audio_features).parameters
+        gc_cfg = self._model.generation_config
+        eos = gc_cfg.eos_token_id if gc_cfg is not None else None
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if self._tokenizer.eos_token_id is not None and self._tokenizer.eos_token_id not in eos:
+            eos.append(self._tokenizer.eos_token_id)
+        if not eos:
+            raise ModelFileError(f"{self.model_id!r}: neither the generation config nor the tokenizer names an "
+                                 "end-of-sequence token")
+        self.eos_token_ids: list[int] = eos
+        pad = self._tokenizer.pad_token_id
+        if pad is None:
+            pad = gc_cfg.pad_token_id if gc_cfg is not None and gc_cfg.pad_token_id is not None else eos[0]
+        self.pad_token_id = int(pad)
+        self.bos_token_id = gc_cfg.bos_token_id if gc_cfg is not None else None
+        self.torch_compile = bool(torch_compile)
+        if self.torch_compile:
+            logger.info("compiling the model's forward with torch.compile")
+            self._model.forward = torch.compile(self._model.forward, dynamic=True)
+        logger.info("loaded in %.1f s: %s, %s attention, on %s", time.perf_counter() - t0,
+                    str(self.dtype).removeprefix("torch."), self.attn_implementation, self.device)
+
+    # --- Analyzer hooks -----------------------------------------------------------------------------------
+    def _generate(self, pcm, prompts):
+        res = self.generate(pcm, prompts)
+        return res.texts, res.stats
+
+    def _provenance(self) -> dict:
+        import transformers
+
+        return {
+            "backend": self.backend,
+            "model_id": self.model_id,
+            "model_commit": self.commit_hash,
+            "model_type": self.model_type,
+            "transformers_version": transformers.__version__,
+            "torch_version": self._torch.__version__,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "attn_implementation": self.attn_implementation,
+            "device": str(self.device),
+        }
+
+    # --- the work -----------------------------------------------------------------------------------------
+    def _require_model(self):
+        model = getattr(self, "_model", None)
+        if model is None:
+            raise EngineError("this MusicFlamingoTransformers was closed")
+        return model
+
+    def _chat_text(self, text: str, pcm: np.ndarray) -> str:
+        conversation = [{"role": "user", "content": [{"type": "audio", "audio": pcm}, {"type": "text", "text": text}]}]
+        return self._processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+    def _token_ids(self, pcm: np.ndarray, chats: list[str]):
+        """Token ids of every prompt with the audio placeholder expanded, the encoder inputs (one track, once),
+        and how many leading tokens all prompts share (chat head + audio)."""
+        torch = self._torch
+        first = self._processor(text=[chats[0]], audio=[pcm], return_tensors="pt")
+        ids0 = first["input_ids"][0][first["attention_mask"][0].bool()].tolist()
+        ids: list[list[int]] | None = [ids0]
+        # The processor expands the one audio placeholder of the chat text into the run the encoder output fills
+        # (AF3: <sound> x n; Music Flamingo: <|sound_bos|> <sound> x n <|sound_eos|>). Take that run from the first
+        # prompt and splice it into the others, so the mel spectrogram is computed once too.
+        raw0 = self._tokenizer(chats[0])["input_ids"]
+        run_len = len(ids0) - len(raw0) + 1
+        at = raw0.index(self.audio_token_id) if raw0.count(self.audio_token_id) == 1 else -1
+        if at < 0 or run_len < 1 or ids0[:at] != raw0[:at] or ids0[at + run_len:] != raw0[at + 1:]:
+            ids = None
+        else:
+            run = ids0[at:at + run_len]
+            for chat in chats[1:]:
+                raw = self._tokenizer(chat)["input_ids"]
+                if raw.count(self.audio_token_id) != 1:
+                    ids = None
+                    break
+                j = raw.index(self.audio_token_id)
+                ids.append(raw[:j] + run + raw[j + 1:])
+        if ids is None:  # an unusual template or tokenizer: let the processor expand each prompt (mel again)
+            logger.debug("audio placeholder not spliceable; expanding each prompt with the processor")
+            ids = [ids0]
+            for chat in chats[1:]:
+                out = self._processor(text=[chat], audio=[pcm], return_tensors="pt")
+                ids.append(out["input_ids"][0][out["attention_mask"][0].bool()].tolist())
+        shared = 0
+        for column in zip(*ids):
+            if any(c != column[0] for c in column):
+                break
+            shared += 1
+        return ids, first, torch.tensor([ids0], dtype=torch.long), shared
+
+    def _encode_audio(self, feats, ids0):
+        """The audio encoder + projector, once: one row of embeddings per audio token of the track."""
+        model = self._model
+        features = feats["input_features"].to(self.audio_device, self.audio_dtype)
+        mask = feats["input_features_mask"].to(self.audio_device)
+        kw = {"input_ids": ids0.to(self.audio_device)} if self._audio_features_takes_ids else {}
+        out = model.get_audio_features(features, mask, **kw)
+        return getattr(out, "pooler_output", out)
+
+    def generate(
+        self,
+        audio: str | os.PathLike | np.ndarray,
+        prompts: Sequence[PromptLike] | PromptLike,
+        *,
+        sample_rate: int = TARGET_SAMPLE_RATE,
+        max_tokens: int = 256,
+        render_special: bool = False,
+    ) -> GenerationResult:
+        """Answer every prompt about one track; the audio is encoded once.
+
+        ``audio`` is a path (decoded and resampled here) or a float32 mono array at 16 kHz. A bare string prompt
+        gets ``max_tokens`` and greedy decoding. Prompts with the same sampling settings are decoded together in
+        one batch; ``temperature <= 0`` is greedy; a sampled batch starts from ``torch.manual_seed(seed)``.
+        ``render_special`` keeps the text of special tokens in the answers.
+        """
+        torch = self._torch
+        model = self._require_model()
+        if isinstance(audio, (str, os.PathLike)):
+            audio = load_audio(audio)
+        elif not isinstance(audio, np.ndarray):
+            raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
+        if int(sample_rate) != TARGET_SAMPLE_RATE:
+            raise InvalidInputError(f"audio arrays must be at {TARGET_SAMPLE_RATE} Hz, got {sample_rate}; convert "
+                                    "with music_flamingo.audio.load_audio")
+        pcm = np.ascontiguousarray(audio, dtype=np.float32)
+        if pcm.ndim != 1 or pcm.size == 0:
+            raise InvalidInputError(f"audio must be a non-empty mono array, got shape {pcm.shape}")
+        if not np.isfinite(pcm).all():
+            raise InvalidInputError("audio contains NaN or infinite samples")
+        if isinstance(prompts, (str, Prompt)):
+            prompts = [prompts]
+        plist = [p if isinstance(p, Prompt) else Prompt(text=p, max_tokens=max_tokens) for p in prompts]
+        if not plist:
+            raise InvalidInputError("no prompts given")
+        # The processor cuts audio at its own max_audio_len; the Analyzer has already cut it where it should.
+        windows_s = math.ceil(len(pcm) / TARGET_SAMPLE_RATE / _WINDOW_SECONDS) * _WINDOW_SECONDS
+        if windows_s > getattr(self._processor, "max_audio_len", windows_s):
+            self._processor.max_audio_len = windows_s
+
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t_start = time.perf_counter()
+        with torch.inference_mode():
+            chats = [self._chat_text(p.text, pcm) for p in plist]
+            ids, feats, ids0, shared = self._token_ids(pcm, chats)
+            audio_embeds = self._encode_audio(feats, ids0)
+            n_audio = int((ids0 == self.audio_token_id).sum())
+            if audio_embeds.shape[0] != n_audio:
+                raise EngineError(f"the audio encoder gave {audio_embeds.shape[0]} embeddings for {n_audio} audio "
+                                  "tokens")
+            embed = model.get_input_embeddings()
+            audio_embeds = audio_embeds.to(self.device, embed.weight.dtype)
+            rows = []
+            for row_ids in ids:
+                t = torch.tensor(row_ids, dtype=torch.long, device=self.device)
+                e = embed(t)
+                e[t == self.audio_token_id] = audio_embeds
+                rows.append(e)
+            pad_embed = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+            sync()
+            t_encoded = time.perf_counter()
+
+            groups: dict[tuple, list[int]] = {}
+            for i, p in enumerate(plist):
+                key = (("greedy", p.repeat_penalty) if p.temperature <= 0 else
+                       ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed))
+                groups.setdefault(key, []).append(i)
+            tokens: list[list[int]] = [[] for _ in plist]
+            stops: list[str] = ["max_tokens"] * len(plist)
+            prefill_s = decode_s = 0.0
+            n_ctx = 0
+            for key, members in groups.items():
+                p0 = plist[members[0]]
+                max_new = max(plist[i].max_tokens for i in members)
+                width = max(rows[i].shape[0] for i in members)
+                n_ctx = max(n_ctx, width + max_new)
+                embeds = pad_embed.expand(len(members), width, -1).clone()
+                attention = torch.zeros(len(members), width, dtype=torch.long, device=self.device)
+                for b, i in enumerate(members):  # left padding
+                    n = rows[i].shape[0]
+                    embeds[b, width - n:] = rows[i]
+                    attention[b, width - n:] = 1
+                from transformers import GenerationConfig
+
+                sampled = key[0] == "sample"
+                gen_cfg = GenerationConfig(
+                    max_new_tokens=max_new, do_sample=sampled, num_beams=1,
+                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id,
+                    repetition_penalty=p0.repeat_penalty if p0.repeat_penalty != 1.0 else None,
+                    **(dict(temperature=p0.temperature, top_p=p0.top_p, top_k=p0.top_k or None,
+                            min_p=p0.min_p or None) if sampled else {}))
+                clock = _FirstStepClock(sync)
+                if sampled:
+                    torch.manual_seed(p0.seed)
+                t0 = time.perf_counter()
+                out = model.generate(inputs_embeds=embeds, attention_mask=attention, generation_config=gen_cfg,
+                                     logits_processor=[clock])
+                sync()
+                t1 = time.perf_counter()
+                first = clock.t_first if clock.t_first is not None else t1
+                prefill_s += first - t0
+                decode_s += t1 - first
+                seqs = out.sequences if hasattr(out, "sequences") else out
+                for b, i in enumerate(members):
+                    row = seqs[b].tolist()[:plist[i].max_tokens]
+                    for k, tok in enumerate(row):
+                        if tok in self.eos_token_ids:
+                            row, stops[i] = row[:k], "eog"
+                            break
+                    tokens[i] = row
+        t_end = time.perf_counter()
+
+        texts = [self._tokenizer.decode(t, skip_special_tokens=not render_special) for t in tokens]
+        n_gen = sum(len(t) + (s == "eog") for t, s in zip(tokens, stops))
+        stats = GenerationStats(
+            audio_seconds=len(pcm) / TARGET_SAMPLE_RATE,
+            audio_chunks=int(feats["input_features"].shape[0]),
+            audio_tokens=n_audio,
+            prefix_tokens=shared,
+            prompt_tokens=sum(len(r) - shared for r in ids),
+            n_ctx=n_ctx,
+            encode_ms=(t_encoded - t_start) * 1e3,
+            prefill_ms=prefill_s * 1e3,
+            decode_ms=decode_s * 1e3,
+            tokens_generated=n_gen,
+            decode_tokens_per_s=(n_gen / decode_s) if decode_s > 0 else 0.0,
+            total_ms=(t_end - t_start) * 1e3,
+            devices={"text_model": str(self.device), "audio_encoder": str(self.audio_device)},
+        )
+        return GenerationResult(texts=texts, stop_reasons=stops, tokens=tokens, stats=stats)
+
+    def close(self) -> None:
+        """Free the model and processor now (and the GPU memory they held) rather than at garbage collection."""
+        if getattr(self, "_model", None) is None:
+            return
+        on_cuda = self.device.type == "cuda"
+        self._model = None
+        self._processor = None
+        gc.collect()
+        if on_cuda:
+            self._torch.cuda.empty_cache()
+
+    def __enter__(self) -> "MusicFlamingoTransformers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
