@@ -1,6 +1,8 @@
 """music-flamingo: NVIDIA Music Flamingo resident in one process — music in, rich text descriptions out.
 
 The GGUF backend runs llama.cpp's mtmd in-process (``music_flamingo._core``); see :class:`MusicFlamingoGGUF`.
+:class:`MusicFlamingoTransformers` is the same API on Hugging Face transformers (torch is imported only when it loads
+a model: ``import music_flamingo`` never imports it).
 Data flows one way: path -> PCM (:mod:`.audio`) -> engine -> texts -> T5-safe text (:mod:`.text`) -> sidecar
 (:mod:`.sidecar`); :mod:`.analyzer` strings it together, :mod:`.batch` runs it over a dataset, :mod:`.cli` is the
 command line.
@@ -23,10 +25,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnalysisOptions", "AudioDecodeError", "EngineError", "GenerationResult", "GenerationStats", "InvalidInputError",
-    "ModelFileError", "MusicFlamingoError", "MusicFlamingoGGUF", "Prompt", "PromptConfigError", "SidecarError",
-    "TrackAnalysis", "load_audio", "load_catalogue", "logger", "normalize_music_flamingo_text", "system_info",
+    "ModelFileError", "MusicFlamingoError", "MusicFlamingoGGUF", "MusicFlamingoTransformers", "Prompt",
+    "PromptConfigError", "SidecarError", "TrackAnalysis", "load_audio", "load_catalogue", "logger", "normalize_music_flamingo_text", "system_info",
     "__version__",
 ]
+
+_LAZY = {"MusicFlamingoTransformers": ".transformers_backend"}
+
+
+def __getattr__(name: str) -> Any:
+    """Attributes loaded on first use: the transformers backend module (light itself, but kept out of the
+    package import)."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def system_info() -> dict[str, Any]:

@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, help="an audio file, or with --batch a dataset folder")
     p.add_argument("--batch", action="store_true", help="walk PATH and describe every track still missing a key")
     m = p.add_argument_group("model")
-    m.add_argument("--backend", choices=["gguf"], default="gguf", help="inference backend (default: gguf)")
+    m.add_argument("--backend", choices=["gguf", "transformers"], default="gguf",
+                   help="inference backend: gguf (llama.cpp, default) or transformers (PyTorch; needs "
+                        "pip install 'music-flamingo[transformers]')")
     m.add_argument("--model", default="Q6_K", help="quantization: Q8_0, Q6_K (default) or IQ3_M")
     m.add_argument("--model-dir", type=Path, default=None,
                    help="where the GGUF files are (default: $MUSIC_FLAMINGO_MODEL_DIR or models/music_flamingo)")
@@ -34,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--offline", action="store_true", help="never download; fail listing the expected files")
     m.add_argument("--n-gpu-layers", type=int, default=-1, help="layers on the GPU (-1: all)")
     m.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
+    m.add_argument("--model-id", default="nvidia/music-flamingo-hf",
+                   help="transformers backend: Hub repository or local folder (default: nvidia/music-flamingo-hf; "
+                        "also nvidia/music-flamingo-2601-hf)")
+    m.add_argument("--dtype", choices=["bfloat16", "float16", "float32", "auto"], default="bfloat16",
+                   help="transformers backend: weights and compute precision (default: bfloat16)")
+    m.add_argument("--local-files-only", action="store_true",
+                   help="transformers backend: never download, use the Hugging Face cache or a local folder")
     q = p.add_argument_group("prompts and sampling")
     q.add_argument("--prompts", default=None,
                    help="comma-separated catalogue names (default: full,technical,genre_mood,instrumentation,"
@@ -64,11 +73,21 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def _make_analyzer(a: argparse.Namespace):
-    from .gguf_backend import MusicFlamingoGGUF
-
     names = [n.strip() for n in a.prompts.split(",") if n.strip()] if a.prompts else None
     if a.prompt and names is None:
         names = []
+    if a.backend == "transformers":
+        from .transformers_backend import MusicFlamingoTransformers
+
+        mf = MusicFlamingoTransformers(
+            a.model_id, use_flash_attention=a.flash_attn != "off", dtype=a.dtype,
+            local_files_only=a.local_files_only, prompts=names or None, prompts_files=a.prompts_file,
+            temperature=a.temperature, top_p=a.top_p, seed=a.seed, max_duration=a.max_duration)
+        if a.prompt:
+            mf.entries = (mf.entries if names else []) + [mf.catalogue.free_text(a.prompt)]
+        return mf
+    from .gguf_backend import MusicFlamingoGGUF
+
     mf = MusicFlamingoGGUF(
         model_name=a.model, model_dir=a.model_dir, model_path=a.model_path, mmproj_path=a.mmproj,
         offline=a.offline, prompts=names or None, prompts_files=a.prompts_file, temperature=a.temperature,

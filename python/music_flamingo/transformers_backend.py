@@ -217,6 +217,7 @@ class MusicFlamingoTransformers(Analyzer):
         self._audio_features_takes_ids = "input_ids" in inspect.signature(
             self._model.get_audio_features).parameters
         gc_cfg = self._model.generation_config
+        self.hub_generation_config = gc_cfg
         eos = gc_cfg.eos_token_id if gc_cfg is not None else None
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         if self._tokenizer.eos_token_id is not None and self._tokenizer.eos_token_id not in eos:
@@ -230,12 +231,16 @@ class MusicFlamingoTransformers(Analyzer):
             pad = gc_cfg.pad_token_id if gc_cfg is not None and gc_cfg.pad_token_id is not None else eos[0]
         self.pad_token_id = int(pad)
         self.bos_token_id = gc_cfg.bos_token_id if gc_cfg is not None else None
+        # The prompts' own settings decide how to sample, as in the GGUF backend: nothing is inherited from the
+        # checkpoint's generation_config.json (kept as hub_generation_config).
+        self._model.generation_config = transformers.GenerationConfig(
+            eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id)
         self.torch_compile = bool(torch_compile)
         if self.torch_compile:
             logger.info("compiling the model's forward with torch.compile")
             self._model.forward = torch.compile(self._model.forward, dynamic=True)
-        logger.info("loaded in %.1f s: %s, %s attention, on %s", time.perf_counter() - t0,
-                    str(self.dtype).removeprefix("torch."), self.attn_implementation, self.device)
+        logger.info("loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."),
+                    self.device)
 
     # --- Analyzer hooks -----------------------------------------------------------------------------------
     def _generate(self, pcm, prompts):
@@ -354,6 +359,8 @@ class MusicFlamingoTransformers(Analyzer):
         if windows_s > getattr(self._processor, "max_audio_len", windows_s):
             self._processor.max_audio_len = windows_s
 
+        from transformers import GenerationConfig
+
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t_start = time.perf_counter()
         with torch.inference_mode():
@@ -396,15 +403,15 @@ class MusicFlamingoTransformers(Analyzer):
                     n = rows[i].shape[0]
                     embeds[b, width - n:] = rows[i]
                     attention[b, width - n:] = 1
-                from transformers import GenerationConfig
-
                 sampled = key[0] == "sample"
+                # Every sampling field explicit: generate() fills unset ones from its global defaults (top_k 50).
+                # top_k 0 disables top-k there as in llama.cpp; the neutral values keep greedy free of warnings.
                 gen_cfg = GenerationConfig(
                     max_new_tokens=max_new, do_sample=sampled, num_beams=1,
                     eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id,
-                    repetition_penalty=p0.repeat_penalty if p0.repeat_penalty != 1.0 else None,
-                    **(dict(temperature=p0.temperature, top_p=p0.top_p, top_k=p0.top_k or None,
-                            min_p=p0.min_p or None) if sampled else {}))
+                    repetition_penalty=p0.repeat_penalty,
+                    **(dict(temperature=p0.temperature, top_p=p0.top_p, top_k=p0.top_k, min_p=p0.min_p or None)
+                       if sampled else dict(temperature=1.0, top_p=1.0, top_k=50)))
                 clock = _FirstStepClock(sync)
                 if sampled:
                     torch.manual_seed(p0.seed)
