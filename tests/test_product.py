@@ -212,3 +212,31 @@ def test_cli_usage_errors_exit_2(tiny, tmp_path):
     assert cli("--help").returncode == 0
     env = dict(os.environ)
     assert subprocess.run(["music-flamingo", "--help"], capture_output=True, env=env).returncode == 0
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_summary(tiny, dataset, tmp_path):
+    import signal
+    import time
+
+    slow = tmp_path / "slow.yaml"  # long answers, so the run is still busy when Ctrl-C comes
+    slow.write_text("defaults: {temperature: 0}\nprompts:\n" + "".join(
+        f"  {n}: {{max_tokens: 60}}\n" for n in ["full", "technical", "genre_mood", "instrumentation", "structure"]))
+    proc = subprocess.Popen([sys.executable, "-m", "music_flamingo", str(dataset), "--batch", "--model-path",
+                             str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--prompts-file", str(slow),
+                             "--no-progress"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    sidecars_before = {p: p.read_bytes() for p in dataset.rglob("*.INFO")}
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(dataset.rglob("*.INFO"))) > len(sidecars_before):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "done" in err
+    for p in dataset.rglob("*.INFO"):
+        assert isinstance(json.loads(p.read_text()), dict)  # no half-written sidecar
+    leftovers = [p for p in dataset.rglob("*") if p.is_file() and p.suffix.lower() not in
+                 {".flac", ".ogg", ".m4a", ".info", ".lock", ".txt"}]
+    assert not leftovers, leftovers
