@@ -1,6 +1,6 @@
 """Model files: found locally without network, downloaded from the right repositories when missing, refused with a
 useful message offline or on errors. Downloads go to a real HTTP server on loopback that speaks the part of the
-Hugging Face Hub protocol ``hf_hub_download`` uses (HEAD/GET ``/{repo}/resolve/{revision}/{file}``, Range)."""
+Hugging Face Hub protocol the downloader uses (GET ``/{repo}/resolve/{revision}/{file}``, Range)."""
 from __future__ import annotations
 
 import hashlib
@@ -234,8 +234,8 @@ def test_downloads_missing_files_from_the_right_repositories(hub: FakeHub, tmp_p
     mmproj_url = resolve_path(STATIC, MMPROJ_FILE)
     assert set(hub.paths()) == {model_url, mmproj_url}
     assert hub.paths("GET") == [model_url, mmproj_url]
-    # nothing but the two files and huggingface_hub's bookkeeping folder
-    assert sorted(p.name for p in model_dir.iterdir()) == sorted([".cache", filename, MMPROJ_FILE])
+    # nothing but the two files (no partial files left)
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([filename, MMPROJ_FILE])
 
     hub.requests.clear()
     assert resolve_model_files(model_name, model_dir) == (model, mmproj)  # second time: local, no request
@@ -276,40 +276,42 @@ def test_not_found_names_file_and_repo(hub: FakeHub, tmp_path: Path, missing: st
         resolve_model_files("IQ3_M", tmp_path)
     msg = str(excinfo.value)
     assert MODEL_FILES["IQ3_M"] in msg and IMATRIX in msg
-    assert "NotFound" in msg  # the cause's type is in the message
+    assert "404" in msg  # the cause is in the message
     assert not (tmp_path / MODEL_FILES["IQ3_M"]).exists()
-    assert hub.paths("GET") == []  # failed at the HEAD; the mmproj was not fetched either
+    assert hub.paths("GET") == [resolve_path(IMATRIX, MODEL_FILES["IQ3_M"])]  # the mmproj was not fetched after it
 
 
 def test_dropped_connection_is_resumed_with_range(hub: FakeHub, tmp_path: Path) -> None:
-    """huggingface_hub retries a download whose connection dropped with ``Range: bytes=<received>-``.
-
-    It writes in 10 MiB chunks and only counts whole chunks as received (a partial chunk is lost with the
-    connection), so the file must be larger than one chunk for a resume to show.
-    """
+    """A connection that drops mid-file is resumed with ``Range: bytes=<received>-``, not restarted."""
     served = publish_all(hub)
     filename = MODEL_FILES["Q6_K"]
-    chunk = 10 * 1024 * 1024
-    served[filename] = hub.add(STATIC, filename, size=chunk + 3_000_000)
-    hub.cut_first_get[filename] = chunk + 1_000_000
+    served[filename] = hub.add(STATIC, filename, size=13_000_000)
+    hub.cut_first_get[filename] = 11_500_000
     model, _ = resolve_model_files("Q6_K", tmp_path)
     assert model.read_bytes() == served[filename]
     gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith(filename)]
-    assert [g.range for g in gets] == [None, f"bytes={chunk}-"]
+    assert [g.range for g in gets] == [None, "bytes=11500000-"]
 
 
-def test_stale_partial_download_does_not_corrupt_the_file(hub: FakeHub, tmp_path: Path) -> None:
-    """A partial file left by an interrupted earlier run, where huggingface_hub keeps partial downloads
-    (``<local_dir>/.cache/huggingface/download/<hash>.<etag>.incomplete``). huggingface_hub 2.x downloads into a
-    fresh uniquely named file each call: it neither resumes from this file nor removes it. What matters here is that
-    the result is right."""
-    from huggingface_hub._local_folder import get_local_download_paths
-
+def test_partial_file_of_an_interrupted_run_is_resumed(hub: FakeHub, tmp_path: Path) -> None:
+    """A killed process leaves ``<file>.part``; the next run asks only for the rest."""
     served = publish_all(hub)
     filename = MODEL_FILES["Q8_0"]
-    etag = hashlib.sha256(served[filename]).hexdigest()
-    partial = get_local_download_paths(tmp_path, filename).incomplete_path(etag)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_bytes(b"\0" * 10_000)  # wrong bytes: resuming from them would corrupt the file
+    (tmp_path / (filename + ".part")).write_bytes(served[filename][:10_000])
     model, _ = resolve_model_files("Q8_0", tmp_path)
     assert model.read_bytes() == served[filename]
+    gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith(filename)]
+    assert [g.range for g in gets] == ["bytes=10000-"]
+    assert not (tmp_path / (filename + ".part")).exists()
+
+
+def test_stale_partial_file_does_not_corrupt_the_download(hub: FakeHub, tmp_path: Path) -> None:
+    """Wrong bytes in ``<file>.part`` (another version of the file): the sha256 the Hub states catches it and the
+    file is fetched again from the start."""
+    served = publish_all(hub)
+    filename = MODEL_FILES["Q8_0"]
+    (tmp_path / (filename + ".part")).write_bytes(b"\0" * 10_000)
+    model, _ = resolve_model_files("Q8_0", tmp_path)
+    assert model.read_bytes() == served[filename]
+    gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith(filename)]
+    assert [g.range for g in gets] == ["bytes=10000-", None]

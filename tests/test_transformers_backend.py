@@ -234,8 +234,10 @@ def test_unknown_and_too_new_checkpoints_say_what_is_needed(tiny, tmp_path, monk
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     with pytest.raises(ModelFileError, match="not a Music Flamingo checkpoint"):
         load(tmp_path)
-    with pytest.raises(ModelFileError, match="could not read"):
+    with pytest.raises(ModelFileError, match="no checkpoint folder"):
         load(tmp_path / "missing")
+    with pytest.raises(ModelFileError, match="could not read the config"):
+        load(tmp_path.parent)  # a folder without config.json
 
 
 def test_import_stays_torch_free():

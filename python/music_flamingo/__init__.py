@@ -26,8 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AnalysisOptions", "AudioDecodeError", "EngineError", "GenerationResult", "GenerationStats", "InvalidInputError",
     "ModelFileError", "MusicFlamingoError", "MusicFlamingoGGUF", "MusicFlamingoTransformers", "Prompt",
-    "PromptConfigError", "SidecarError", "TrackAnalysis", "load_audio", "load_catalogue", "logger", "normalize_music_flamingo_text", "system_info",
-    "__version__",
+    "PromptConfigError", "SidecarError", "TrackAnalysis", "load_audio", "load_catalogue", "logger",
+    "normalize_music_flamingo_text", "system_info", "__version__",
 ]
 
 _LAZY = {"MusicFlamingoTransformers": ".transformers_backend"}

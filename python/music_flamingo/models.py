@@ -1,8 +1,9 @@
 """Which GGUF files make up each Music Flamingo quantization, where they live locally, and where to fetch them.
 
 mradermacher publishes nvidia/music-flamingo-hf as GGUF in two repositories: static quants (and the audio
-encoder's mmproj) in one, imatrix quants (``i1-*``) in the other. Missing files are downloaded with
-``huggingface_hub`` into the model folder on first use, so a fresh machine needs no manual step; ``offline=True``
+encoder's mmproj) in one, imatrix quants (``i1-*``) in the other. Missing files are downloaded (resumable, with
+progress; huggingface_hub supplies the token) into the model folder on first use, so a fresh machine needs no manual
+step; ``offline=True``
 or ``HF_HUB_OFFLINE=1`` turns that off and reports exactly which files to put where instead.
 """
 from __future__ import annotations
@@ -63,6 +64,75 @@ def file_url(filename: str, endpoint: str | None = None) -> str:
     return f"{base}/{FILE_REPOSITORIES[filename]}/resolve/{REVISION}/{filename}"
 
 
+def _download(url: str, dest: Path, token: str | None, attempts: int = 5) -> None:
+    """Fetch ``url`` into ``dest`` through ``dest.part``, resuming with HTTP Range requests.
+
+    Multi-GB GGUF files must survive a dropped connection or a killed process: the bytes received so far stay in
+    ``<file>.part`` and the next attempt (in this call or the next run) asks only for the rest. When the server
+    states the file's sha256 (the Hub's ETag of LFS files) the result is checked against it; a mismatch after a
+    resume means a stale partial file, so the file is fetched once more from the start.
+    """
+    import hashlib
+    import re
+    from http.client import HTTPException
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    from tqdm import tqdm
+
+    part = dest.with_name(dest.name + ".part")
+    headers = {"User-Agent": "music-flamingo"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    expected = None
+    restarted = False
+    for attempt in range(attempts):
+        start = part.stat().st_size if part.exists() else 0
+        req = Request(url, headers={**headers, **({"Range": f"bytes={start}-"} if start else {})})
+        try:
+            with urlopen(req, timeout=60) as r:
+                if start and r.status != 206:  # the server ignored the Range: start over
+                    start = 0
+                etag = (r.headers.get("X-Linked-Etag") or r.headers.get("ETag") or "").strip('W/"')
+                expected = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+                total = start + int(r.headers.get("Content-Length") or 0)
+                with open(part, "ab" if start else "wb") as f, tqdm(
+                        total=total or None, initial=start, unit="B", unit_scale=True, desc=dest.name,
+                        disable=None) as bar:
+                    while block := r.read(1 << 20):
+                        f.write(block)
+                        bar.update(len(block))
+            received = part.stat().st_size
+            if total and received < total:  # the connection ended early without an error
+                raise ConnectionError(f"connection closed after {received} of {total} bytes")
+        except HTTPError as e:
+            if e.code in (404, 401, 403):
+                raise
+            logger.warning("download of %s failed (%s); retrying", dest.name, e)
+            continue
+        except (URLError, HTTPException, ConnectionError, TimeoutError) as e:
+            logger.warning("download of %s interrupted at %d bytes (%s); resuming", dest.name,
+                           part.stat().st_size if part.exists() else 0, e)
+            continue
+        if expected is not None:
+            h = hashlib.sha256()
+            with open(part, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != expected:
+                part.unlink()
+                if restarted:
+                    raise ModelFileError(f"{dest.name}: sha256 does not match the server's after a clean download")
+                logger.warning("%s: checksum mismatch after resuming a stale partial file; downloading again",
+                               dest.name)
+                restarted = True
+                continue
+        os.replace(part, dest)
+        return
+    raise ModelFileError(f"could not download {dest.name} after {attempts} attempts; the partial file {part} is "
+                         "kept and the next run resumes it")
+
+
 def resolve_model_files(
     model_name: str,
     model_dir: PathLike | None = None,
@@ -72,13 +142,10 @@ def resolve_model_files(
 ) -> tuple[Path, Path]:
     """The text GGUF and the mmproj of quantization ``model_name`` in ``model_dir``, downloading missing ones.
 
-    Files already present are used as they are, without asking the network. Missing files are fetched with
-    :func:`huggingface_hub.hf_hub_download` into ``model_dir`` (progress bar, ``HF_TOKEN`` and ``HF_ENDPOINT``
-    handled there; ``endpoint`` overrides the latter). With ``offline=True`` or ``HF_HUB_OFFLINE=1`` nothing is
-    downloaded and the error lists the expected paths and their download URLs.
-
-    Note: huggingface_hub 2.x downloads each file into a fresh temporary file, so an interrupted process starts
-    that file again from zero; only a connection dropped during one call is resumed (with a Range request).
+    Files already present are used as they are, without asking the network. Missing files are fetched from the
+    Hub (``HF_ENDPOINT``, or ``endpoint``; ``HF_TOKEN`` or the saved huggingface_hub token) with a progress bar;
+    an interrupted download is resumed where it stopped, in this run or the next. With ``offline=True`` or
+    ``HF_HUB_OFFLINE=1`` nothing is downloaded and the error lists the expected paths and their download URLs.
     """
     if model_name not in MODEL_FILES:
         raise ModelFileError(f"unknown model_name {model_name!r}; choose one of {sorted(MODEL_FILES)}")
@@ -93,24 +160,23 @@ def resolve_model_files(
         why = "offline=True" if offline else "HF_HUB_OFFLINE is set"
         raise ModelFileError(f"model files not found and not downloaded ({why}); expected:\n{listing}")
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import get_token
     except ImportError as exc:
         raise ModelFileError(
             f"model files not found, and huggingface_hub (needed to download them) is not installed; "
             f"pip install huggingface_hub, or fetch them by hand:\n{listing}") from exc
 
+    directory.mkdir(parents=True, exist_ok=True)
     for path in missing:
-        repo = FILE_REPOSITORIES[path.name]
+        repo, url = FILE_REPOSITORIES[path.name], file_url(path.name, endpoint)
         logger.info("downloading %s from %s into %s", path.name, repo, directory)
         try:
-            hf_hub_download(repo_id=repo, filename=path.name, revision=REVISION, local_dir=directory,
-                            endpoint=_endpoint(endpoint))
-        except Exception as exc:  # huggingface_hub raises many types (HTTP, offline, OS); all mean "not downloaded"
-            raise ModelFileError(
-                f"could not download {path.name} from {repo} ({file_url(path.name, endpoint)}): "
-                f"{type(exc).__name__}: {exc}") from exc
-        if not path.is_file():
-            raise ModelFileError(f"downloaded {path.name} from {repo} but {path} is not there")
+            _download(url, path, os.environ.get("HF_TOKEN") or get_token())
+        except ModelFileError:
+            raise
+        except Exception as exc:  # HTTP errors (404, 401) and OS errors all mean "not downloaded"
+            raise ModelFileError(f"could not download {path.name} from {repo} ({url}): "
+                                 f"{type(exc).__name__}: {exc}") from exc
         logger.info("downloaded %s (%d bytes)", path, path.stat().st_size)
     return model, mmproj
 

@@ -160,6 +160,13 @@ class MusicFlamingoTransformers(Analyzer):
         self.model_id = str(model_id)
         self.model_label = "transformers_" + Path(self.model_id.rstrip("/\\")).name
 
+        mid = self.model_id
+        looks_local = os.path.isabs(mid) or mid.startswith((".", "~")) or mid.count("/") > 1
+        if looks_local and not Path(self.model_id).expanduser().is_dir():
+            raise ModelFileError(f"no checkpoint folder at {self.model_id!r} (give a local folder or a Hub id such as "
+                                 "nvidia/music-flamingo-hf)")
+        if looks_local:
+            self.model_id = str(Path(self.model_id).expanduser())
         # --- which class: from config.json alone, so an old transformers still says what it lacks ---
         try:
             config_dict, _ = transformers.PretrainedConfig.get_config_dict(self.model_id,
