@@ -135,7 +135,7 @@ def measure(lengths: list[float], n_tokens: int) -> dict:
 
     tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
     ref = Reference(tiny.hf_dir)
-    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False, n_threads=2,
+    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False, n_threads=1,
                             kv_cache_type="f32", warmup=False)
     music = load_music(max(lengths))
     rows = []

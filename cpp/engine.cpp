@@ -136,7 +136,10 @@ int reference_tokens(size_t n_samples) {
 Engine::Engine(const EngineParams & params) : params_(params) {
     if (params_.n_ubatch < 1) throw InputError("n_ubatch must be positive");
     if (params_.n_batch < params_.n_ubatch) params_.n_batch = params_.n_ubatch;
-    if (params_.n_threads <= 0) params_.n_threads = (int) std::max(1u, std::thread::hardware_concurrency());
+    // Default: half the logical CPUs, about the physical cores (llama.cpp's own default). ggml's thread pool spins
+    // while it waits, so a thread per logical CPU fights the audio-decoding thread and anything else running:
+    // measured on 2 cores with another process busy, 2 threads ran a decode step 25x slower than 1 (bench/RESULTS.md).
+    if (params_.n_threads <= 0) params_.n_threads = (int) std::max(1u, std::thread::hardware_concurrency() / 2);
     kv_ggml_type(params_.kv_type);  // validate early
 
     check_text_model_file(params_.model_path);

@@ -37,7 +37,7 @@ struct EngineParams {
     std::string mmproj_path;
     int n_gpu_layers = -1;       // -1: all layers
     bool mmproj_use_gpu = true;  // audio encoder on the first GPU when there is one
-    int n_threads = 0;           // 0: all cores
+    int n_threads = 0;           // 0: half the logical CPUs (about the physical cores)
     int flash_attn = -1;         // -1 auto, 0 off, 1 on (both the text model and the audio encoder)
     int n_ctx = 0;               // 0: sized per call from the audio length and the prompts' limits (grows, never shrinks)
     int n_batch = 2048;          // logical batch; grown when the prompts of one call need more

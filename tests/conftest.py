@@ -84,6 +84,6 @@ def engine(tiny):
     from music_flamingo import MusicFlamingoGGUF
 
     eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False,
-                            n_threads=2, warmup=False)
+                            n_threads=1, warmup=False)
     yield eng
     eng.close()

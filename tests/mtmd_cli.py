@@ -42,7 +42,7 @@ def ensure_mtmd_cli(llama_cpp_dir: Path, cache_dir: Path) -> Path:
 
 
 def run_mtmd_cli(exe: Path, model: Path, mmproj: Path, audio: Path, prompt: str, n_predict: int, *,
-                 n_ctx: int = 8192, n_batch: int = 2048, n_ubatch: int = 1024, n_threads: int = 2) -> str:
+                 n_ctx: int = 8192, n_batch: int = 2048, n_ubatch: int = 1024, n_threads: int = 1) -> str:
     """Greedy answer of llama-mtmd-cli, the way users call it today (one process per prompt).
 
     Flash attention off and the engine's batch sizes, so both sides compute with the same numerics.

@@ -76,7 +76,7 @@ def test_twenty_calls_load_the_model_once(tiny, clips, caplog):
 
     caplog.set_level(logging.DEBUG, logger="music_flamingo")
     with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False,
-                           n_threads=2, warmup=False, verbose=True) as eng:
+                           n_threads=1, warmup=False, verbose=True) as eng:
         texts = [eng.generate(clips["5s"], [Prompt(QUESTION, max_tokens=4)]).texts[0] for _ in range(20)]
     loads = [r for r in caplog.records if r.name == "music_flamingo.native" and "model size" in r.getMessage()]
     assert len(loads) == 1, f"model loaded {len(loads)} times"

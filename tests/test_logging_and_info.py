@@ -21,7 +21,7 @@ def native(records):
 
 def test_verbose_native_logs_reach_python_logging(tiny, caplog):
     caplog.set_level(logging.DEBUG, logger="music_flamingo")
-    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=2, warmup=False,
+    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
                             verbose=True)
     eng.close()
     lines = native(caplog.records)
@@ -32,7 +32,7 @@ def test_verbose_native_logs_reach_python_logging(tiny, caplog):
 
 def test_quiet_by_default(tiny, caplog):
     caplog.set_level(logging.DEBUG, logger="music_flamingo")
-    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=2, warmup=False)
+    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False)
     eng.close()
     assert all(r.levelno >= logging.WARNING for r in native(caplog.records))
     # mtmd warns that audio input is experimental: warnings do come through
@@ -44,7 +44,7 @@ def test_logs_from_a_worker_thread(tiny, clips, caplog):
     out = {}
 
     def work():
-        with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=2,
+        with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1,
                                warmup=False, verbose=True) as eng:
             out["text"] = eng.generate(clips["5s"], [Prompt("Describe it.", max_tokens=4)]).texts[0]
 
@@ -61,7 +61,7 @@ def test_interpreter_exit_with_a_live_engine_is_clean(tiny):
         logging.basicConfig(level=logging.DEBUG)
         import music_flamingo as mf
         eng = mf.MusicFlamingoGGUF(model_path={str(tiny.model_gguf)!r}, mmproj_path={str(tiny.mmproj_gguf)!r},
-                                   n_threads=2, warmup=False, verbose=True)
+                                   n_threads=1, warmup=False, verbose=True)
         eng.generate(np.zeros(16000, np.float32), ["Describe it."], max_tokens=2)
         print("DONE")
         # no close(): the engine is torn down during interpreter exit

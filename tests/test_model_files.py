@@ -59,7 +59,7 @@ CHILD = textwrap.dedent("""
     out = {}
     for case, (model, mmproj) in json.loads(sys.argv[1]).items():
         try:
-            mf.MusicFlamingoGGUF(model_path=model, mmproj_path=mmproj, n_threads=2, warmup=False)
+            mf.MusicFlamingoGGUF(model_path=model, mmproj_path=mmproj, n_threads=1, warmup=False)
             out[case] = ["no error", ""]
         except Exception as e:
             out[case] = [type(e).__name__, str(e)]

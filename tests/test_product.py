@@ -34,7 +34,7 @@ def small_prompts(tmp_path_factory) -> Path:
 def analyzer(tiny, small_prompts):
     from music_flamingo import MusicFlamingoGGUF
 
-    mf = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=2, warmup=False,
+    mf = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
                            prompts_files=[small_prompts])
     yield mf
     mf.close()
@@ -83,7 +83,7 @@ def make_m4a(path: Path, pcm: np.ndarray) -> Path:
 def test_analyze_returns_the_five_keys_and_prompt_type_returns_text(tiny, clips):
     from music_flamingo import MusicFlamingoGGUF
 
-    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=2,
+    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1,
                            warmup=False) as mf:
         out = mf.analyze(clips["5s"], sample_rate=SR)
         assert list(out) == DEFAULT_KEYS

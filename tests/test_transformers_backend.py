@@ -213,7 +213,7 @@ def test_sidecar_fields_match_the_gguf_backend(af3, tiny, small_prompts, clips, 
     wav = tmp_path / "clip.wav"
     sf.write(str(wav), clips["5s"], SR)
     ours = af3.analyze_track(wav).sidecar_fields()
-    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=2, warmup=False,
+    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
                            prompts_files=[small_prompts]) as g:
         theirs = g.analyze_track(wav).sidecar_fields()
     assert ours.keys() == theirs.keys()
@@ -236,7 +236,7 @@ def test_unknown_and_too_new_checkpoints_say_what_is_needed(tiny, tmp_path, monk
         load(tmp_path)
     with pytest.raises(ModelFileError, match="no checkpoint folder"):
         load(tmp_path / "missing")
-    with pytest.raises(ModelFileError, match="could not read the config"):
+    with pytest.raises(ModelFileError, match="no config.json"):
         load(tmp_path.parent)  # a folder without config.json
 
 

@@ -174,6 +174,9 @@ class MusicFlamingoTransformers(Analyzer):
         except (OSError, ValueError) as e:
             raise ModelFileError(f"could not read the config of {self.model_id!r}: {e}") from e
         self.model_type = str(config_dict.get("model_type", ""))
+        if not self.model_type:
+            raise ModelFileError(f"{self.model_id!r} has no config.json naming a model_type: not a transformers "
+                                 "checkpoint")
         if self.model_type not in MODEL_TYPES:
             raise ModelFileError(f"{self.model_id!r} is not a Music Flamingo checkpoint: model_type "
                                  f"{self.model_type!r}, expected one of {sorted(MODEL_TYPES)}")
