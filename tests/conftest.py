@@ -21,6 +21,8 @@ from tiny_model import ensure_tiny_model  # noqa: E402
 
 CACHE = fetch_llama_cpp.cache_root()
 SR = 16000
+DEFAULT_KEYS = ["music_flamingo_full", "music_flamingo_technical", "music_flamingo_genre_mood",
+                "music_flamingo_instrumentation", "music_flamingo_structure"]
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +89,12 @@ def engine(tiny):
                             n_threads=1, warmup=False)
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def small_prompts(tmp_path_factory) -> Path:
+    """The default five prompts with short limits, so a track takes well under a second."""
+    p = tmp_path_factory.mktemp("prompts") / "small.yaml"
+    p.write_text("prompts:\n" + "".join(f"  {n}: {{max_tokens: 6}}\n" for n in
+                                        ["full", "technical", "genre_mood", "instrumentation", "structure"]))
+    return p

@@ -19,7 +19,7 @@ from music_flamingo.errors import ModelFileError
 from music_flamingo.models import (FILE_REPOSITORIES, MMPROJ_FILE, MODEL_FILES, default_model_dir,
                                    resolve_model_files)
 
-pytest.importorskip("huggingface_hub")
+import huggingface_hub  # noqa: F401  (a core dependency: missing must fail, not skip)
 
 STATIC = "mradermacher/music-flamingo-hf-GGUF"
 IMATRIX = "mradermacher/music-flamingo-hf-i1-GGUF"

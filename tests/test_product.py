@@ -13,21 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SR
+from conftest import DEFAULT_KEYS, SR
 
-DEFAULT_KEYS = ["music_flamingo_full", "music_flamingo_technical", "music_flamingo_genre_mood",
-                "music_flamingo_instrumentation", "music_flamingo_structure"]
 OTHER_TOOL = {"bpm": 128.0, "key": "F# minor", "essentia": {"danceability": 1.234567e-07, "n": 12345678901234},
               "caption_blip": "Ünïcode — kept “as is”", "music_flamingo_note": "not ours either"}
 
-
-@pytest.fixture(scope="module")
-def small_prompts(tmp_path_factory) -> Path:
-    """The default five prompts with short limits, so a track takes well under a second."""
-    p = tmp_path_factory.mktemp("prompts") / "small.yaml"
-    p.write_text("prompts:\n" + "".join(f"  {n}: {{max_tokens: 6}}\n" for n in
-                                        ["full", "technical", "genre_mood", "instrumentation", "structure"]))
-    return p
 
 
 @pytest.fixture(scope="module")

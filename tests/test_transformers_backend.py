@@ -14,22 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SR
+from conftest import DEFAULT_KEYS, SR
 
-pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-DEFAULT_KEYS = ["music_flamingo_full", "music_flamingo_technical", "music_flamingo_genre_mood",
-                "music_flamingo_instrumentation", "music_flamingo_structure"]
+import torch  # noqa: F401  (the test extra installs it; a missing one must fail, not skip)
+import transformers
 
 
-@pytest.fixture(scope="module")
-def small_prompts(tmp_path_factory) -> Path:
-    """The default five prompts with short limits, so a track takes about a second."""
-    p = tmp_path_factory.mktemp("prompts") / "small.yaml"
-    p.write_text("prompts:\n" + "".join(f"  {n}: {{max_tokens: 6}}\n" for n in
-                                        ["full", "technical", "genre_mood", "instrumentation", "structure"]))
-    return p
 
 
 @pytest.fixture(scope="module")
