@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <memory>
 
 namespace py = pybind11;
 
@@ -81,6 +82,66 @@ py::dict stats_dict(const mf::GenerateStats & st) {
     return d;
 }
 
+mf::Framing to_framing(int framing) {
+    if (framing < 0 || framing > 2) throw mf::InputError("framing must be 0 (mtmd), 1 (reference trim) or 2 (reference tail)");
+    return static_cast<mf::Framing>(framing);
+}
+
+// Checked here, with the GIL held, so the message names what the caller passed. Returns a private copy: the
+// caller may reuse its buffer while the engine runs.
+std::vector<float> to_pcm(const py::array & audio, int sample_rate, int engine_rate) {
+    if (!audio.dtype().is(py::dtype::of<float>())) {
+        throw mf::InputError("audio must be a float32 array (got " + std::string(py::str(audio.dtype())) +
+                             "); music_flamingo.audio.load_audio() converts anything else");
+    }
+    if (audio.ndim() != 1) {
+        throw mf::InputError("audio must be mono, a 1-D array (got " + std::to_string(audio.ndim()) + " dimensions)");
+    }
+    if (sample_rate != engine_rate) {
+        throw mf::InputError("audio must be sampled at " + std::to_string(engine_rate) + " Hz (got " +
+                             std::to_string(sample_rate) + ")");
+    }
+    auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(audio);
+    return std::vector<float>(a.data(), a.data() + a.size());
+}
+
+std::vector<mf::PromptRequest> to_prompts(const py::list & prompts) {
+    std::vector<mf::PromptRequest> reqs;
+    for (auto h : prompts) reqs.push_back(to_prompt(h));
+    return reqs;
+}
+
+// Ctrl-C: only the main thread receives signals; check them at most every 100 ms (a GIL round trip each).
+mf::InterruptCheck interrupt_check() {
+    const bool main_thread = PyThread_get_thread_ident() ==
+                             py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+    if (!main_thread) return nullptr;
+    auto last = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+    return [last]() {
+        auto now = std::chrono::steady_clock::now();
+        if (now - *last < std::chrono::milliseconds(100)) return false;
+        *last = now;
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) { PyErr_Clear(); return true; }
+        return false;
+    };
+}
+
+py::dict result_dict(const mf::GenerateResult & r) {
+    py::list outs;
+    for (const auto & o : r.outputs) {
+        py::dict d;
+        d["text"] = py::bytes(o.text);
+        d["tokens"] = o.tokens;
+        d["stop_reason"] = o.stop_reason;
+        outs.append(d);
+    }
+    py::dict out;
+    out["outputs"] = outs;
+    out["stats"] = stats_dict(r.stats);
+    return out;
+}
+
 // Owns the engine; close() frees the model before the Python object goes away.
 class PyEngine {
 public:
@@ -97,60 +158,44 @@ public:
 
     py::dict generate(py::array audio, int sample_rate, py::list prompts, const std::string & system_prompt,
                       bool render_special, int framing, bool debug) {
-        if (framing < 0 || framing > 2) throw mf::InputError("framing must be 0 (mtmd), 1 (reference trim) or 2 (reference tail)");
         mf::Engine & eng = get();
-        // Checked here, with the GIL held, so the message names what the caller passed.
-        if (!audio.dtype().is(py::dtype::of<float>())) {
-            throw mf::InputError("audio must be a float32 array (got " + std::string(py::str(audio.dtype())) +
-                                 "); music_flamingo.audio.load_audio() converts anything else");
-        }
-        if (audio.ndim() != 1) {
-            throw mf::InputError("audio must be mono, a 1-D array (got " + std::to_string(audio.ndim()) + " dimensions)");
-        }
-        if (sample_rate != eng.sample_rate()) {
-            throw mf::InputError("audio must be sampled at " + std::to_string(eng.sample_rate()) + " Hz (got " +
-                                 std::to_string(sample_rate) + ")");
-        }
-        auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(audio);
-        std::vector<float> pcm(a.data(), a.data() + a.size());  // a private copy: the caller may reuse its buffer
-        std::vector<mf::PromptRequest> reqs;
-        for (auto h : prompts) reqs.push_back(to_prompt(h));
-
-        // Ctrl-C: only the main thread receives signals; check them at most every 100 ms (a GIL round trip each).
-        const bool main_thread = PyThread_get_thread_ident() ==
-                                 py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
-        auto last = std::chrono::steady_clock::now();
-        mf::InterruptCheck check = [&]() {
-            if (!main_thread) return false;
-            auto now = std::chrono::steady_clock::now();
-            if (now - last < std::chrono::milliseconds(100)) return false;
-            last = now;
-            py::gil_scoped_acquire gil;
-            if (PyErr_CheckSignals() != 0) { PyErr_Clear(); return true; }
-            return false;
-        };
-
+        const mf::Framing fr = to_framing(framing);
+        std::vector<float> pcm = to_pcm(audio, sample_rate, eng.sample_rate());
+        std::vector<mf::PromptRequest> reqs = to_prompts(prompts);
+        mf::InterruptCheck check = interrupt_check();
         mf::GenerateResult r;
         {
             py::gil_scoped_release nogil;
-            r = eng.generate(pcm, reqs, system_prompt, render_special, static_cast<mf::Framing>(framing), debug, check);
+            r = eng.generate(pcm, reqs, system_prompt, render_special, fr, debug, check);
         }
-        py::list outs;
-        for (const auto & o : r.outputs) {
-            py::dict d;
-            d["text"] = py::bytes(o.text);
-            d["tokens"] = o.tokens;
-            d["stop_reason"] = o.stop_reason;
-            outs.append(d);
-        }
-        py::dict out;
-        out["outputs"] = outs;
-        out["stats"] = stats_dict(r.stats);
+        py::dict out = result_dict(r);
         if (debug) {
             const py::ssize_t n_embd = r.stats.audio_tokens ? (py::ssize_t) (r.audio_embd.size() / r.stats.audio_tokens) : 0;
             out["audio_embd"] = py::array_t<float>({(py::ssize_t) r.stats.audio_tokens, n_embd}, r.audio_embd.data());
             out["first_logits"] = py::array_t<float>((py::ssize_t) r.first_logits.size(), r.first_logits.data());
         }
+        return out;
+    }
+
+    py::list generate_many(py::list tracks, int sample_rate, const std::string & system_prompt, bool render_special,
+                           int framing, int max_in_flight) {
+        mf::Engine & eng = get();
+        const mf::Framing fr = to_framing(framing);
+        std::vector<mf::TrackRequest> reqs;
+        for (auto h : tracks) {
+            auto pair = h.cast<py::tuple>();
+            if (pair.size() != 2) throw mf::InputError("each track is an (audio, prompts) pair");
+            reqs.push_back({to_pcm(pair[0].cast<py::array>(), sample_rate, eng.sample_rate()),
+                            to_prompts(pair[1].cast<py::list>())});
+        }
+        mf::InterruptCheck check = interrupt_check();
+        std::vector<mf::GenerateResult> rs;
+        {
+            py::gil_scoped_release nogil;
+            rs = eng.generate_many(reqs, system_prompt, render_special, fr, max_in_flight, false, check);
+        }
+        py::list out;
+        for (const auto & r : rs) out.append(result_dict(r));
         return out;
     }
 
@@ -206,6 +251,10 @@ PYBIND11_MODULE(_core, m) {
              py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
              py::arg("debug") = false,
              "Encode the audio once and answer every prompt from the shared prefix. GIL released while running.")
+        .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"),
+             py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
+             py::arg("max_in_flight") = 4,
+             "Several (audio, prompts) tracks with continuous batching: up to max_in_flight tracks per decode step.")
         .def("info", &PyEngine::info)
         .def_property_readonly("sample_rate", &PyEngine::sample_rate)
         .def("close", &PyEngine::close, "Free the model, the audio encoder and the context now.");

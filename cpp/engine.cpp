@@ -283,8 +283,8 @@ std::vector<float> Engine::encode_window(const float * pcm, size_t n, double & e
     throw EngineError("mtmd produced no audio window");
 }
 
-// Feeds embeddings to sequence 0 in n_batch slices (what mtmd_helper_decode_image_chunk does, for any token range).
-void Engine::decode_embd(const float * embd, int n_tokens, llama_pos & n_past) {
+// Feeds embeddings to sequence `seq` in n_batch slices (what mtmd_helper_decode_image_chunk does, for any token range).
+void Engine::decode_embd(const float * embd, int n_tokens, llama_seq_id seq, llama_pos & n_past) {
     const int n_embd = llama_model_n_embd_inp(model_);
     llama_batch b = llama_batch_init(ctx_n_batch_, n_embd, 1);
     struct Free { llama_batch & b; ~Free() { llama_batch_free(b); } } free_b{b};
@@ -292,7 +292,7 @@ void Engine::decode_embd(const float * embd, int n_tokens, llama_pos & n_past) {
         const int n = std::min(ctx_n_batch_, n_tokens - off);
         std::memcpy(b.embd, embd + (size_t) off * n_embd, sizeof(float) * (size_t) n * n_embd);
         for (int i = 0; i < n; i++) {
-            b.pos[i] = n_past + i; b.n_seq_id[i] = 1; b.seq_id[i][0] = 0; b.logits[i] = false;
+            b.pos[i] = n_past + i; b.n_seq_id[i] = 1; b.seq_id[i][0] = seq; b.logits[i] = false;
         }
         b.n_tokens = n;
         if (llama_decode(ctx_, b)) throw EngineError("llama.cpp failed to decode the audio embeddings");
@@ -300,38 +300,34 @@ void Engine::decode_embd(const float * embd, int n_tokens, llama_pos & n_past) {
     }
 }
 
-void Engine::decode_tokens(const std::vector<int32_t> & toks, llama_pos & n_past) {
+void Engine::decode_tokens(const std::vector<int32_t> & toks, llama_seq_id seq, llama_pos & n_past) {
     Batch b(ctx_n_batch_);
     for (size_t off = 0; off < toks.size(); off += ctx_n_batch_) {
         b.clear();
-        for (size_t i = off; i < std::min(toks.size(), off + ctx_n_batch_); i++) b.add(toks[i], n_past++, 0, false);
+        for (size_t i = off; i < std::min(toks.size(), off + ctx_n_batch_); i++) b.add(toks[i], n_past++, seq, false);
         if (llama_decode(ctx_, b.b)) throw EngineError("llama.cpp failed to evaluate the prompt prefix");
     }
 }
 
-GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
-                                const std::string & system_prompt, bool render_special, Framing framing,
-                                bool debug, const InterruptCheck & interrupted) {
-    // --- validate (before llama.cpp sees anything) ---
-    if (pcm.empty()) throw InputError("audio is empty");
-    for (float x : pcm) {
+namespace {
+
+void validate_track(const TrackRequest & t) {
+    if (t.pcm.empty()) throw InputError("audio is empty");
+    for (float x : t.pcm) {
         if (!std::isfinite(x)) throw InputError("audio contains NaN or infinite samples");
     }
-    if (pcm.size() > 0xFFFFFFF0u) throw InputError("audio is too long");
-    if (prompts.empty()) throw InputError("no prompts given");
-    for (const auto & p : prompts) {
+    if (t.pcm.size() > 0xFFFFFFF0u) throw InputError("audio is too long");
+    if (t.prompts.empty()) throw InputError("no prompts given");
+    for (const auto & p : t.prompts) {
         if (p.max_tokens < 1) throw InputError("max_tokens must be >= 1");
         if (p.text.find('\0') != std::string::npos) throw InputError("prompt text contains a NUL character");
     }
+}
 
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto t_start = Clock::now();
-    const llama_vocab * vocab = llama_model_get_vocab(model_);
-    GenerateResult res;
-    GenerateStats & st = res.stats;
-    st.audio_seconds = (double) pcm.size() / sample_rate();
+}  // namespace
 
-    // --- format the chat with the model's template ---
+// The chat formatted by the model's template, cut at the media marker and the prompt slot (see struct Prompt).
+Engine::Prompt Engine::format_chat(const std::string & system_prompt) const {
     const std::string marker = mtmd_default_marker();
     std::vector<llama_chat_message> msgs;
     if (!system_prompt.empty()) msgs.push_back({"system", system_prompt.c_str()});
@@ -355,184 +351,300 @@ GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vecto
     if (at_marker == std::string::npos || at_slot == std::string::npos || at_slot < at_marker) {
         throw EngineError("the chat template dropped the audio marker or the prompt");
     }
-    Prompt fp{formatted.substr(0, at_marker), formatted.substr(at_marker + marker.size(), at_slot - at_marker - marker.size()),
-              formatted.substr(at_slot + std::string(kPromptSlot).size())};
+    return {formatted.substr(0, at_marker), formatted.substr(at_marker + marker.size(), at_slot - at_marker - marker.size()),
+            formatted.substr(at_slot + std::string(kPromptSlot).size())};
+}
 
-    // --- plan the shared prefix: chat head + audio (+ "\n" in the reference framing) ---
-    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks;   // Mtmd framing
-    std::vector<int32_t> head_toks, sep_toks;                    // reference framings
+// What one track puts in front of its prompts: planned (tokenized, windows chosen) before any decoding, so its
+// length is known; evaluated into one sequence when the track is admitted.
+struct Engine::Prefix {
+    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks;  // Mtmd framing
+    std::vector<int32_t> head_toks, sep_toks;                   // reference framings
     std::vector<Window> windows;
-    llama_pos n_prefix = 0;
+    llama_pos n_pos = 0;
+};
+
+Engine::Prefix Engine::plan_prefix(const std::vector<float> & pcm, const Prompt & fp, Framing framing,
+                                   GenerateStats & st) const {
+    Prefix px;
     if (framing == Framing::Mtmd) {
+        const std::string marker = mtmd_default_marker();
         std::unique_ptr<mtmd_bitmap, BitmapDeleter> bmp(mtmd_bitmap_init_from_audio(pcm.size(), pcm.data()));
         if (!bmp) throw EngineError("mtmd could not take the audio");
-        chunks.reset(mtmd_input_chunks_init());
+        px.chunks.reset(mtmd_input_chunks_init());
         const std::string prefix_text = fp.head + marker;
         mtmd_input_text txt{prefix_text.c_str(), prefix_text.size(), /*add_special*/ true, /*parse_special*/ true};
         const mtmd_bitmap * bitmaps[1] = {bmp.get()};
-        if (int r = mtmd_tokenize(mtmd_, chunks.get(), &txt, bitmaps, 1)) {
+        if (int r = mtmd_tokenize(mtmd_, px.chunks.get(), &txt, bitmaps, 1)) {
             throw EngineError("mtmd could not tokenize the audio prompt (code " + std::to_string(r) + ")");
         }
-        n_prefix = mtmd_helper_get_n_pos(chunks.get());
-        for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
-            const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
+        px.n_pos = mtmd_helper_get_n_pos(px.chunks.get());
+        for (size_t i = 0; i < mtmd_input_chunks_size(px.chunks.get()); i++) {
+            const mtmd_input_chunk * ch = mtmd_input_chunks_get(px.chunks.get(), i);
             if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_AUDIO) {
                 st.audio_chunks++;
                 st.audio_tokens += (int) mtmd_input_chunk_get_n_tokens(ch);
             }
         }
-    } else {
-        const llama_vocab * v = vocab;
-        head_toks = tokenize(fp.head, true);
-        if (llama_vocab_get_add_bos(v)) head_toks.insert(head_toks.begin(), llama_vocab_bos(v));
-        sep_toks = tokenize("\n", false);
-        const size_t L = pcm.size();
-        const size_t n_win = (L + kWindowSamples - 1) / kWindowSamples;
-        for (size_t w = 0; w < n_win; w++) {
-            const size_t start = w * kWindowSamples, len = std::min(kWindowSamples, L - start);
-            const int keep = len == kWindowSamples ? kWindowTokens : reference_tokens(len);
-            if (len < kWindowSamples && framing == Framing::ReferenceTail && L >= kWindowSamples) {
-                // the final 30 s of real audio; its last `keep` tokens cover [start, L)
-                windows.push_back({L - kWindowSamples, kWindowSamples, kWindowTokens - keep, keep});
-            } else {
-                windows.push_back({start, len, 0, keep});
-            }
-            st.audio_tokens += keep;
-        }
-        st.audio_chunks = (int) windows.size();
-        n_prefix = (llama_pos) (head_toks.size() + sep_toks.size()) + st.audio_tokens;
+        return px;
     }
-    const size_t N = prompts.size();
-    std::vector<std::vector<int32_t>> suffix(N);
-    const auto mid_toks = tokenize(fp.mid, true), tail_toks = tokenize(fp.tail, true);
-    int n_suffix_total = 0, n_ctx_needed = n_prefix;
-    for (size_t s = 0; s < N; s++) {
-        auto & t = suffix[s];
-        t = mid_toks;
-        auto u = tokenize(prompts[s].text, /*parse_special*/ false);  // the user's text never becomes control tokens
-        t.insert(t.end(), u.begin(), u.end());
-        t.insert(t.end(), tail_toks.begin(), tail_toks.end());
-        n_suffix_total += (int) t.size();
-        n_ctx_needed += (int) t.size() + prompts[s].max_tokens;
-        const long per_seq = (long) n_prefix + (long) t.size() + prompts[s].max_tokens;
-        if (per_seq > n_ctx_train()) {
-            throw InputError("audio (" + std::to_string(n_prefix) + " positions) + prompt " + std::to_string(s) +
-                             " + max_tokens = " + std::to_string(per_seq) + " exceeds the model's trained context of " +
-                             std::to_string(n_ctx_train()) + " (shorten the audio or lower max_tokens)");
+    const llama_vocab * vocab = llama_model_get_vocab(model_);
+    px.head_toks = tokenize(fp.head, true);
+    if (llama_vocab_get_add_bos(vocab)) px.head_toks.insert(px.head_toks.begin(), llama_vocab_bos(vocab));
+    px.sep_toks = tokenize("\n", false);
+    const size_t L = pcm.size();
+    const size_t n_win = (L + kWindowSamples - 1) / kWindowSamples;
+    for (size_t w = 0; w < n_win; w++) {
+        const size_t start = w * kWindowSamples, len = std::min(kWindowSamples, L - start);
+        const int keep = len == kWindowSamples ? kWindowTokens : reference_tokens(len);
+        if (len < kWindowSamples && framing == Framing::ReferenceTail && L >= kWindowSamples) {
+            // the final 30 s of real audio; its last `keep` tokens cover [start, L)
+            px.windows.push_back({L - kWindowSamples, kWindowSamples, kWindowTokens - keep, keep});
+        } else {
+            px.windows.push_back({start, len, 0, keep});
         }
+        st.audio_tokens += keep;
     }
-    st.prefix_tokens = n_prefix;
-    st.prompt_tokens = n_suffix_total;
+    st.audio_chunks = (int) px.windows.size();
+    px.n_pos = (llama_pos) (px.head_toks.size() + px.sep_toks.size()) + st.audio_tokens;
+    return px;
+}
 
-    ensure_context(n_ctx_needed, (int) N, std::max(n_suffix_total, 1));
-    st.n_ctx = ctx_n_ctx_;
-    llama_memory_t mem = llama_get_memory(ctx_);
-    llama_memory_clear(mem, true);
-
-    // --- prefix into sequence 0 ---
-    const int n_batch = ctx_n_batch_;
+// Evaluates a planned prefix into sequence `seq`; returns the next position. `embd_out` (debug) receives the audio
+// embeddings as fed.
+llama_pos Engine::eval_prefix(Prefix & px, const std::vector<float> & pcm, llama_seq_id seq, GenerateStats & st,
+                              std::vector<float> * embd_out, const InterruptCheck & interrupted) {
     llama_pos n_past = 0;
     const size_t n_embd = (size_t) llama_model_n_embd_inp(model_);
-    if (framing == Framing::Mtmd) {
-        for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
-            const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
+    if (px.chunks) {
+        for (size_t i = 0; i < mtmd_input_chunks_size(px.chunks.get()); i++) {
+            const mtmd_input_chunk * ch = mtmd_input_chunks_get(px.chunks.get(), i);
             llama_pos new_n_past = n_past;
+            auto t0 = Clock::now();
             if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
-                auto t0 = Clock::now();
-                if (mtmd_helper_eval_chunk_single(mtmd_, ctx_, ch, n_past, 0, n_batch, false, &new_n_past)) {
+                if (mtmd_helper_eval_chunk_single(mtmd_, ctx_, ch, n_past, seq, ctx_n_batch_, false, &new_n_past)) {
                     throw EngineError("llama.cpp failed to evaluate the prompt prefix");
                 }
-                st.prefill_ms += ms_since(t0);
             } else {
-                auto t0 = Clock::now();
                 if (mtmd_encode_chunk(mtmd_, ch)) throw EngineError("mtmd failed to encode an audio window");
                 st.encode_ms += ms_since(t0);
                 t0 = Clock::now();
                 float * embd = mtmd_get_output_embd(mtmd_);
-                if (debug) res.audio_embd.insert(res.audio_embd.end(), embd, embd + mtmd_input_chunk_get_n_tokens(ch) * n_embd);
-                if (mtmd_helper_decode_image_chunk(mtmd_, ctx_, ch, embd, n_past, 0, n_batch, &new_n_past, nullptr, nullptr)) {
+                if (embd_out) embd_out->insert(embd_out->end(), embd, embd + mtmd_input_chunk_get_n_tokens(ch) * n_embd);
+                if (mtmd_helper_decode_image_chunk(mtmd_, ctx_, ch, embd, n_past, seq, ctx_n_batch_, &new_n_past,
+                                                   nullptr, nullptr)) {
                     throw EngineError("llama.cpp failed to decode the audio embeddings");
                 }
-                st.prefill_ms += ms_since(t0);
             }
+            st.prefill_ms += ms_since(t0);
             n_past = new_n_past;
             if (interrupted && interrupted()) throw Interrupted("interrupted");
         }
-    } else {
-        auto t0 = Clock::now();
-        decode_tokens(head_toks, n_past);
-        st.prefill_ms += ms_since(t0);
-        for (const Window & w : windows) {
-            std::vector<float> e = encode_window(pcm.data() + w.start, w.len, st.encode_ms);
-            const float * kept = e.data() + (size_t) w.keep_from * n_embd;
-            if (debug) res.audio_embd.insert(res.audio_embd.end(), kept, kept + (size_t) w.keep_n * n_embd);
-            t0 = Clock::now();
-            decode_embd(kept, w.keep_n, n_past);
-            st.prefill_ms += ms_since(t0);
-            if (interrupted && interrupted()) throw Interrupted("interrupted");
-        }
+        return n_past;
+    }
+    auto t0 = Clock::now();
+    decode_tokens(px.head_toks, seq, n_past);
+    st.prefill_ms += ms_since(t0);
+    for (const Window & w : px.windows) {
+        std::vector<float> e = encode_window(pcm.data() + w.start, w.len, st.encode_ms);
+        const float * kept = e.data() + (size_t) w.keep_from * n_embd;
+        if (embd_out) embd_out->insert(embd_out->end(), kept, kept + (size_t) w.keep_n * n_embd);
         t0 = Clock::now();
-        decode_tokens(sep_toks, n_past);
+        decode_embd(kept, w.keep_n, seq, n_past);
         st.prefill_ms += ms_since(t0);
-    }
-
-    // --- fork the prefix to N sequences (metadata only in a unified cache) and add each prompt ---
-    auto t_prompts = Clock::now();
-    for (size_t s = 1; s < N; s++) llama_memory_seq_cp(mem, 0, (llama_seq_id) s, -1, -1);
-    Batch batch(std::max(n_suffix_total, (int) N));
-    std::vector<int> logit_idx(N);
-    std::vector<llama_pos> pos(N);
-    for (size_t s = 0; s < N; s++) {
-        for (size_t i = 0; i < suffix[s].size(); i++) {
-            int k = batch.add(suffix[s][i], n_past + (llama_pos) i, (llama_seq_id) s, i + 1 == suffix[s].size());
-            if (i + 1 == suffix[s].size()) logit_idx[s] = k;
-        }
-        pos[s] = n_past + (llama_pos) suffix[s].size();
-    }
-    if (llama_decode(ctx_, batch.b)) throw EngineError("llama.cpp failed to evaluate the prompts");
-    st.prefill_ms += ms_since(t_prompts);
-
-    // --- decode all live sequences together, one batch per step ---
-    std::vector<SamplerPtr> samplers;
-    for (const auto & p : prompts) samplers.push_back(make_sampler(vocab, p.sampling));
-    res.outputs.resize(N);
-    std::vector<bool> live(N, true);
-    auto t_decode = Clock::now();
-    size_t n_live = N;
-    while (n_live > 0) {
-        batch.clear();
-        for (size_t s = 0; s < N; s++) {
-            if (!live[s]) continue;
-            if (debug && s == 0 && res.first_logits.empty()) {
-                const float * lg = llama_get_logits_ith(ctx_, logit_idx[0]);
-                res.first_logits.assign(lg, lg + llama_vocab_n_tokens(vocab));
-            }
-            const llama_token tok = llama_sampler_sample(samplers[s].get(), ctx_, logit_idx[s]);
-            PromptOutput & out = res.outputs[s];
-            if (llama_vocab_is_eog(vocab, tok)) {
-                out.stop_reason = "eog";
-                live[s] = false; n_live--;
-                continue;
-            }
-            out.tokens.push_back(tok);
-            st.tokens_generated++;
-            if ((int) out.tokens.size() >= prompts[s].max_tokens) {
-                out.stop_reason = "max_tokens";
-                live[s] = false; n_live--;
-                continue;
-            }
-            logit_idx[s] = batch.add(tok, pos[s]++, (llama_seq_id) s, true);
-        }
-        if (batch.b.n_tokens == 0) break;
         if (interrupted && interrupted()) throw Interrupted("interrupted");
-        if (llama_decode(ctx_, batch.b)) throw EngineError("llama.cpp failed during generation");
     }
-    st.decode_ms = ms_since(t_decode);
-    st.decode_tokens_per_s = st.decode_ms > 0 ? st.tokens_generated / (st.decode_ms / 1000.0) : 0.0;
-    for (auto & o : res.outputs) o.text = detokenize(vocab, o.tokens, render_special);
+    t0 = Clock::now();
+    decode_tokens(px.sep_toks, seq, n_past);
+    st.prefill_ms += ms_since(t0);
+    return n_past;
+}
+
+GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
+                                const std::string & system_prompt, bool render_special, Framing framing,
+                                bool debug, const InterruptCheck & interrupted) {
+    std::vector<TrackRequest> one(1);
+    one[0].pcm = pcm;
+    one[0].prompts = prompts;
+    return std::move(generate_many(one, system_prompt, render_special, framing, 1, debug, interrupted)[0]);
+}
+
+// Continuous batching over tracks. Up to `max_in_flight` tracks are active; each owns one sequence per prompt,
+// forked from its own prefix. Every step decodes the next token of every live sequence of every active track in
+// one batch; when a track's last sequence ends, its cells are freed and the next track is admitted (its prefix
+// is evaluated between two steps). With max_in_flight = 1 this is the plain one-track path.
+std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest> & tracks,
+                                                  const std::string & system_prompt, bool render_special,
+                                                  Framing framing, int max_in_flight, bool debug,
+                                                  const InterruptCheck & interrupted) {
+    if (tracks.empty()) return {};
+    for (const auto & t : tracks) validate_track(t);
+    max_in_flight = std::max(1, std::min<int>(max_in_flight, (int) tracks.size()));
+
+    std::lock_guard<std::mutex> lock(mutex_);
+    const llama_vocab * vocab = llama_model_get_vocab(model_);
+    const Prompt fp = format_chat(system_prompt);
+    const auto mid_toks = tokenize(fp.mid, true), tail_toks = tokenize(fp.tail, true);
+    const int n_vocab = llama_vocab_n_tokens(vocab);
+
+    // Per-prompt suffix tokens, and a context big enough for the `max_in_flight` largest tracks at once.
+    // The audio's share is bounded from its length (exact counts come at admission): 750 per started 30 s + 2.
+    std::vector<std::vector<std::vector<int32_t>>> suffix(tracks.size());
+    std::vector<int> need(tracks.size());
+    int max_prompts = 0, max_suffix_total = 1;
+    for (size_t t = 0; t < tracks.size(); t++) {
+        int n = 8 + kWindowTokens * (int) (tracks[t].pcm.size() / kWindowSamples + 2), n_suffix = 0;
+        for (const auto & p : tracks[t].prompts) {
+            std::vector<int32_t> toks = mid_toks;
+            auto u = tokenize(p.text, /*parse_special*/ false);  // the user's text never becomes control tokens
+            toks.insert(toks.end(), u.begin(), u.end());
+            toks.insert(toks.end(), tail_toks.begin(), tail_toks.end());
+            n += (int) toks.size() + p.max_tokens;
+            n_suffix += (int) toks.size();
+            suffix[t].push_back(std::move(toks));
+        }
+        need[t] = n;
+        max_prompts = std::max(max_prompts, (int) tracks[t].prompts.size());
+        max_suffix_total = std::max(max_suffix_total, n_suffix);
+    }
+    std::vector<int> sorted_need = need;
+    std::sort(sorted_need.rbegin(), sorted_need.rend());
+    int n_ctx_needed = 0;
+    for (int i = 0; i < max_in_flight; i++) n_ctx_needed += sorted_need[i];
+    ensure_context(n_ctx_needed, max_in_flight * max_prompts, max_suffix_total);
+    llama_memory_t mem = llama_get_memory(ctx_);
     llama_memory_clear(mem, true);
-    st.total_ms = ms_since(t_start);
-    return res;
+
+    struct Active {
+        size_t track;
+        std::vector<llama_seq_id> seqs;
+        std::vector<SamplerPtr> samplers;
+        std::vector<int> logit_idx;
+        std::vector<llama_pos> pos;
+        std::vector<bool> live;
+        size_t n_live = 0;
+        Clock::time_point t_start, t_decode;
+    };
+    std::vector<GenerateResult> results(tracks.size());
+    std::vector<Active> active;
+    std::vector<llama_seq_id> free_seqs;
+    for (int s = ctx_n_seq_ - 1; s >= 0; s--) free_seqs.push_back(s);
+    size_t next_track = 0;
+    const int n_seq_total = max_in_flight * max_prompts;
+    Batch step(std::max(n_seq_total, 1));
+
+    // Samples sequence i of track a from the logits at a.logit_idx[i]; queues the token in `into` or retires it.
+    auto sample = [&](Active & a, size_t i, Batch & into) {
+        const PromptRequest & p = tracks[a.track].prompts[i];
+        PromptOutput & out = results[a.track].outputs[i];
+        if (debug && a.track == 0 && i == 0 && results[0].first_logits.empty()) {
+            const float * lg = llama_get_logits_ith(ctx_, a.logit_idx[i]);
+            results[0].first_logits.assign(lg, lg + n_vocab);
+        }
+        const llama_token tok = llama_sampler_sample(a.samplers[i].get(), ctx_, a.logit_idx[i]);
+        if (llama_vocab_is_eog(vocab, tok)) {
+            out.stop_reason = "eog";
+        } else {
+            out.tokens.push_back(tok);
+            results[a.track].stats.tokens_generated++;
+            if ((int) out.tokens.size() < p.max_tokens) {
+                a.logit_idx[i] = into.add(tok, a.pos[i]++, a.seqs[i], true);
+                return;
+            }
+            out.stop_reason = "max_tokens";
+        }
+        a.live[i] = false;
+        a.n_live--;
+    };
+
+    // Evaluates the next track's prefix into its first sequence, forks it, decodes its prompts and samples their
+    // first tokens into `step`.
+    auto admit = [&](size_t t) {
+        const TrackRequest & tr = tracks[t];
+        GenerateResult & res = results[t];
+        GenerateStats & st = res.stats;
+        Active a;
+        a.track = t;
+        a.t_start = Clock::now();
+        st.audio_seconds = (double) tr.pcm.size() / sample_rate();
+        st.n_ctx = ctx_n_ctx_;
+        Prefix px = plan_prefix(tr.pcm, fp, framing, st);
+        for (size_t i = 0; i < tr.prompts.size(); i++) {
+            const long per_seq = (long) px.n_pos + (long) suffix[t][i].size() + tr.prompts[i].max_tokens;
+            if (per_seq > n_ctx_train()) {
+                throw InputError("audio (" + std::to_string(px.n_pos) + " positions) + prompt " + std::to_string(i) +
+                                 " + max_tokens = " + std::to_string(per_seq) + " exceeds the model's trained context of " +
+                                 std::to_string(n_ctx_train()) + " (shorten the audio or lower max_tokens)");
+            }
+            st.prompt_tokens += (int) suffix[t][i].size();
+        }
+        st.prefix_tokens = px.n_pos;
+        for (size_t i = 0; i < tr.prompts.size(); i++) {
+            a.seqs.push_back(free_seqs.back());
+            free_seqs.pop_back();
+        }
+        const llama_pos n_past = eval_prefix(px, tr.pcm, a.seqs[0], st, debug && t == 0 ? &res.audio_embd : nullptr,
+                                             interrupted);
+        auto t0 = Clock::now();
+        for (size_t i = 1; i < a.seqs.size(); i++) llama_memory_seq_cp(mem, a.seqs[0], a.seqs[i], -1, -1);
+        Batch prompts_batch(std::max(st.prompt_tokens, 1));
+        for (size_t i = 0; i < tr.prompts.size(); i++) {
+            const auto & toks = suffix[t][i];
+            for (size_t k = 0; k < toks.size(); k++) {
+                const int idx = prompts_batch.add(toks[k], n_past + (llama_pos) k, a.seqs[i], k + 1 == toks.size());
+                if (k + 1 == toks.size()) a.logit_idx.push_back(idx);
+            }
+            a.pos.push_back(n_past + (llama_pos) toks.size());
+            a.samplers.push_back(make_sampler(vocab, tr.prompts[i].sampling));
+        }
+        if (llama_decode(ctx_, prompts_batch.b)) throw EngineError("llama.cpp failed to evaluate the prompts");
+        st.prefill_ms += ms_since(t0);
+        res.outputs.resize(tr.prompts.size());
+        a.live.assign(tr.prompts.size(), true);
+        a.n_live = tr.prompts.size();
+        a.t_decode = Clock::now();
+        for (size_t i = 0; i < tr.prompts.size(); i++) sample(a, i, step);
+        active.push_back(std::move(a));
+    };
+
+    // Frees the cells and sequences of finished tracks and completes their results.
+    auto retire = [&]() {
+        for (size_t k = 0; k < active.size();) {
+            Active & a = active[k];
+            if (a.n_live > 0) { k++; continue; }
+            GenerateResult & res = results[a.track];
+            for (auto s : a.seqs) {
+                llama_memory_seq_rm(mem, s, -1, -1);
+                free_seqs.push_back(s);
+            }
+            res.stats.decode_ms = ms_since(a.t_decode);
+            res.stats.decode_tokens_per_s =
+                res.stats.decode_ms > 0 ? res.stats.tokens_generated / (res.stats.decode_ms / 1000.0) : 0.0;
+            res.stats.total_ms = ms_since(a.t_start);
+            for (auto & o : res.outputs) o.text = detokenize(vocab, o.tokens, render_special);
+            active.erase(active.begin() + (long) k);
+        }
+    };
+
+    while (next_track < tracks.size() || !active.empty()) {
+        step.clear();
+        for (auto & a : active) {
+            for (size_t i = 0; i < a.live.size(); i++) {
+                if (a.live[i]) sample(a, i, step);
+            }
+        }
+        retire();
+        while (next_track < tracks.size() && (int) active.size() < max_in_flight &&
+               free_seqs.size() >= tracks[next_track].prompts.size()) {
+            admit(next_track++);
+            retire();  // a track whose prompts all ended on their first token
+        }
+        if (step.b.n_tokens == 0) continue;
+        if (interrupted && interrupted()) throw Interrupted("interrupted");
+        if (llama_decode(ctx_, step.b)) throw EngineError("llama.cpp failed during generation");
+    }
+    llama_memory_clear(mem, true);
+    return results;
 }
 
 std::map<std::string, std::string> build_info() {

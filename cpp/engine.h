@@ -108,6 +108,12 @@ struct GenerateResult {
     std::vector<float> first_logits;
 };
 
+// One track of a generate_many() call.
+struct TrackRequest {
+    std::vector<float> pcm;
+    std::vector<PromptRequest> prompts;
+};
+
 // Called between decode steps; returns true to stop (used for Ctrl-C from Python).
 using InterruptCheck = std::function<bool()>;
 
@@ -125,6 +131,13 @@ public:
                             Framing framing = Framing::Mtmd, bool debug = false,
                             const InterruptCheck & interrupted = nullptr);
 
+    // Several tracks with continuous batching: up to max_in_flight tracks decode in the same steps, and a finished
+    // track's sequences go to the next track. Results in the order of `tracks`; with greedy decoding and flash
+    // attention off each equals generate() of that track alone.
+    std::vector<GenerateResult> generate_many(const std::vector<TrackRequest> & tracks, const std::string & system_prompt,
+                                              bool render_special, Framing framing, int max_in_flight,
+                                              bool debug = false, const InterruptCheck & interrupted = nullptr);
+
     int sample_rate() const;
     int n_ctx_train() const;
     // Static facts about the loaded model: file names, architecture, template, devices used.
@@ -133,9 +146,14 @@ public:
 private:
     struct Prompt;  // formatted prompt pieces
     struct Window;  // one audio window of the reference framing
+    struct Prefix;  // a track's planned prefix
+    Prompt format_chat(const std::string & system_prompt) const;
+    Prefix plan_prefix(const std::vector<float> & pcm, const Prompt & fp, Framing framing, GenerateStats & st) const;
+    int32_t eval_prefix(Prefix & px, const std::vector<float> & pcm, int32_t seq, GenerateStats & st,
+                        std::vector<float> * embd_out, const InterruptCheck & interrupted);  // returns llama_pos
     std::vector<float> encode_window(const float * pcm, size_t n, double & encode_ms);
-    void decode_embd(const float * embd, int n_tokens, int32_t & n_past);  // n_past: llama_pos
-    void decode_tokens(const std::vector<int32_t> & toks, int32_t & n_past);
+    void decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past);  // seq: llama_seq_id, n_past: llama_pos
+    void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
     void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed);
     std::vector<int32_t> tokenize(const std::string & text, bool parse_special) const;
 

@@ -134,6 +134,29 @@ def test_batch_writes_sidecars_keeps_other_keys_and_resumes(analyzer, dataset):
     assert (again.done, again.skipped_complete) == (0, len(tracks))
 
 
+def test_tracks_in_flight_give_the_same_sidecars_as_one_at_a_time(tiny, dataset, tmp_path):
+    """Continuous batching over tracks changes the schedule, not the answers (greedy, flash attention off)."""
+    from music_flamingo import MusicFlamingoGGUF
+    from music_flamingo.batch import BatchOptions, run_batch
+
+    greedy = tmp_path / "greedy.yaml"
+    greedy.write_text("defaults: {temperature: 0}\nprompts:\n" + "".join(
+        f"  {n}: {{max_tokens: {8 + 3 * i}}}\n" for i, n in
+        enumerate(["full", "technical", "genre_mood", "instrumentation", "structure"])))
+    texts = {}
+    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
+                           flash_attn=False, prompts_files=[greedy]) as mf:
+        for k in (1, 3):
+            got = {}
+            s = run_batch(mf, dataset, BatchOptions(progress=False, overwrite=True, write_sidecars=False,
+                                                    tracks_in_flight=k),
+                          on_result=lambda t, f: got.__setitem__(str(t), {k_: v for k_, v in f.items()
+                                                                          if k_ in DEFAULT_KEYS}))
+            assert s.done == s.total and s.failed == 0
+            texts[k] = got
+    assert texts[1] == texts[3]
+
+
 def test_corrupt_sidecar_is_left_untouched_and_counted(analyzer, dataset):
     from music_flamingo.batch import BatchOptions, run_batch
 
@@ -213,7 +236,7 @@ def test_ctrl_c_stops_cleanly_and_prints_the_summary(tiny, dataset, tmp_path):
         f"  {n}: {{max_tokens: 60}}\n" for n in ["full", "technical", "genre_mood", "instrumentation", "structure"]))
     proc = subprocess.Popen([sys.executable, "-m", "music_flamingo", str(dataset), "--batch", "--model-path",
                              str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--prompts-file", str(slow),
-                             "--no-progress"], stderr=subprocess.PIPE, text=True)
+                             "--no-progress", "--tracks-in-flight", "1"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     sidecars_before = {p: p.read_bytes() for p in dataset.rglob("*.INFO")}
     while time.monotonic() < deadline and proc.poll() is None:

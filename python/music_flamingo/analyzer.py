@@ -67,6 +67,11 @@ class Analyzer:
     def _generate(self, pcm, prompts: list[Prompt]) -> tuple[list[str], GenerationStats | None]:
         raise NotImplementedError
 
+    def _generate_many(self, pcms: Sequence[Any], prompts: list[Prompt],
+                       tracks_in_flight: int) -> list[tuple[list[str], GenerationStats | None]]:
+        """Several tracks with the same prompts. Backends that can decode tracks together override this."""
+        return [self._generate(pcm, prompts) for pcm in pcms]
+
     def _provenance(self) -> dict[str, Any]:
         """Backend, model files and their hashes, library versions (computed once, see :meth:`provenance`)."""
         raise NotImplementedError
@@ -103,6 +108,21 @@ class Analyzer:
             prepared = prepare_audio(audio, sample_rate, self._max_samples_seconds(), name=name)
         prompts = self.to_prompts(entries)
         texts, stats = self._generate(prepared.pcm, prompts)
+        return self._analysis(entries, prompts, prepared, texts, stats, with_provenance)
+
+    def analyze_many(self, prepared: Sequence[PreparedAudio], tracks_in_flight: int = 4) -> list[TrackAnalysis]:
+        """Several decoded tracks with the current prompts, decoded together where the backend can (continuous
+        batching on the GGUF engine). Results in order; one bad track fails the call (the batch runner then
+        retries the tracks one by one)."""
+        entries = self.entries
+        prompts = self.to_prompts(entries)
+        outs = self._generate_many([p.pcm for p in prepared], prompts, tracks_in_flight)
+        return [self._analysis(entries, prompts, audio, texts, stats, True)
+                for audio, (texts, stats) in zip(prepared, outs)]
+
+    def _analysis(self, entries: Sequence[PromptEntry], prompts: Sequence[Prompt], prepared: PreparedAudio,
+                  texts: Sequence[str], stats: GenerationStats | None, with_provenance: bool) -> TrackAnalysis:
+        """Texts by key -> T5-safe descriptions + provenance."""
         raw = {e.key: t for e, t in zip(entries, texts)}
         clean = {k: normalize_music_flamingo_text(t) if self.options.normalize else t for k, t in raw.items()}
         meta = self.track_meta(entries, prompts, prepared) if with_provenance else {}

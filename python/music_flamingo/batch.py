@@ -5,7 +5,8 @@ Built for runs of days over tens of thousands of tracks, possibly by several pro
 - one failing track never stops the run: it is logged, counted and written to a failures JSONL;
 - each track is locked (filelock, in ``<root>/.music-flamingo/locks``) while it is analysed, so processes sharing
   a dataset do each track once; a locked track is skipped, not waited for;
-- the next track is decoded and resampled on a background thread while the engine works on the current one;
+- the next tracks are decoded and resampled on a background thread while the engine works on the current ones;
+- with ``tracks_in_flight > 1`` several tracks decode together in the engine's batch steps (continuous batching);
 - Ctrl-C stops between tracks or decode steps; sidecars are written atomically, so none is left half-written.
 """
 from __future__ import annotations
@@ -60,6 +61,7 @@ class BatchOptions:
     failures: Path | None = None       # default: <root>/.music-flamingo/failures.jsonl
     progress: bool = True
     prefetch: bool = True
+    tracks_in_flight: int = 4          # >1: tracks decoded together in the engine's batch steps (continuous batching)
 
 
 @dataclass
@@ -106,6 +108,11 @@ class _Prefetcher:
     def get(self, path: Path) -> PreparedAudio:
         fut = self._pending.pop(path, None)
         return fut.result() if fut is not None else self._load(path)
+
+    def drop(self, path: Path) -> None:
+        fut = self._pending.pop(path, None)
+        if fut is not None:
+            fut.cancel()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -157,41 +164,78 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
     jsonl = open(opts.jsonl, "a", encoding="utf-8") if opts.jsonl else None
     bar = _progress(len(todo), opts.progress)
-    try:
-        for i, track in enumerate(todo):
-            lock = FileLock(str(_lock_path(state_dir, track)))
+    def analyze(group: list[tuple[Path, PreparedAudio]]) -> list[tuple[Path, Any]]:
+        """(track, TrackAnalysis or the exception) for each; decoded together where the engine can."""
+        if len(group) > 1:
             try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                summary.skipped_locked += 1
-                logger.info("locked by another process, skipped: %s", track)
-                bar.update(1)
-                continue
+                results = analyzer.analyze_many([p for _, p in group], opts.tracks_in_flight)
+                return [(t, r) for (t, _), r in zip(group, results)]
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # find the bad track: one at a time
+                logger.warning("a group of %d tracks failed (%s); retrying them one by one", len(group), e)
+        out: list[tuple[Path, Any]] = []
+        for t, p in group:
             try:
-                if complete(track):  # another process finished it since we looked
-                    summary.skipped_complete += 1
-                    continue
-                prefetch.want(track)
-                prefetch.want(todo[i + 1] if i + 1 < len(todo) else None)
-                prepared = prefetch.get(track)
-                result = analyzer.analyze_track(track, prepared=prepared)
-                fields = result.sidecar_fields()
-                if opts.write_sidecars:
-                    update_sidecar(sidecar_path(track), fields)
-                if jsonl is not None:
-                    jsonl.write(json.dumps({"path": str(track), **fields}, ensure_ascii=False) + "\n")
-                    jsonl.flush()
-                if on_result is not None:
-                    on_result(track, fields)
-                summary.done += 1
+                out.append((t, analyzer.analyze_track(t, prepared=p)))
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # one bad track never stops the run
-                fail(track, e)
+                out.append((t, e))
+        return out
+
+    # Groups of tracks_in_flight x 2 keep the engine's slots refilled from within a group.
+    size = 1 if opts.tracks_in_flight <= 1 else opts.tracks_in_flight * 2
+    groups = [todo[i:i + size] for i in range(0, len(todo), size)]
+    try:
+        for g, tracks_of_group in enumerate(groups):
+            locks, ready = [], []
+            try:
+                for track in tracks_of_group:
+                    prefetch.want(track)
+                for track in groups[g + 1] if g + 1 < len(groups) else []:
+                    prefetch.want(track)
+                for track in tracks_of_group:
+                    lock = FileLock(str(_lock_path(state_dir, track)))
+                    try:
+                        lock.acquire(timeout=0)
+                    except Timeout:
+                        summary.skipped_locked += 1
+                        logger.info("locked by another process, skipped: %s", track)
+                        prefetch.drop(track)
+                        bar.update(1)
+                        continue
+                    locks.append(lock)
+                    if complete(track):  # another process finished it since we looked
+                        summary.skipped_complete += 1
+                        prefetch.drop(track)
+                        bar.update(1)
+                        continue
+                    try:
+                        ready.append((track, prefetch.get(track)))
+                    except Exception as e:  # undecodable audio
+                        fail(track, e)
+                        bar.update(1)
+                for track, result in analyze(ready):
+                    try:
+                        if isinstance(result, Exception):
+                            raise result
+                        fields = result.sidecar_fields()
+                        if opts.write_sidecars:
+                            update_sidecar(sidecar_path(track), fields)
+                        if jsonl is not None:
+                            jsonl.write(json.dumps({"path": str(track), **fields}, ensure_ascii=False) + "\n")
+                            jsonl.flush()
+                        if on_result is not None:
+                            on_result(track, fields)
+                        summary.done += 1
+                    except Exception as e:  # one bad track never stops the run
+                        fail(track, e)
+                    bar.update(1)
+                    bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
             finally:
-                lock.release()
-                bar.update(1)
-                bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
+                for lock in locks:
+                    lock.release()
     except KeyboardInterrupt:
         summary.interrupted = True
         logger.warning("interrupted: stopping; no sidecar is left half-written")

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--failures", type=Path, default=None,
                    help="JSONL of failed tracks (default: PATH/.music-flamingo/failures.jsonl)")
     o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--tracks-in-flight", type=int, default=4,
+                   help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress details; -vv: llama.cpp too")
     return p
 
@@ -120,7 +122,7 @@ def _run_batch(mf, a: argparse.Namespace) -> int:
 
     summary = run_batch(mf, a.path, BatchOptions(
         overwrite=a.overwrite, write_sidecars=not a.no_sidecar, jsonl=a.jsonl, failures=a.failures,
-        progress=not a.no_progress))
+        progress=not a.no_progress, tracks_in_flight=a.tracks_in_flight))
     print(summary.line(), file=sys.stderr)
     return summary.exit_code
 
@@ -151,7 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"music-flamingo: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        mf.close()
+        try:
+            mf.close()
+        except KeyboardInterrupt:  # Ctrl-C while freeing the model: the work is already saved
+            pass
 
 
 if __name__ == "__main__":

@@ -122,6 +122,10 @@ class MusicFlamingoGGUF(Analyzer):
         res = self.generate(pcm, prompts)
         return res.texts, res.stats
 
+    def _generate_many(self, pcms, prompts, tracks_in_flight):
+        results = self.generate_many([(pcm, prompts) for pcm in pcms], tracks_in_flight=tracks_in_flight)
+        return [(r.texts, r.stats) for r in results]
+
     def _provenance(self) -> dict:
         from .sidecar import FileHashCache
 
@@ -164,20 +168,55 @@ class MusicFlamingoGGUF(Analyzer):
         trained, see bench/FIDELITY.md). ``debug`` also returns the audio embeddings fed to the LLM and the first
         step's logits of prompt 0 (``result.debug``), for fidelity measurements.
         """
+        audio, plist = self._audio(audio), self._prompts(prompts, max_tokens)
+        raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
+                                     render_special, self._framing_code(framing), debug)
+        result = self._result(raw)
+        if debug:
+            result.debug = {"audio_embd": raw["audio_embd"], "first_logits": raw["first_logits"]}
+        return result
+
+    def generate_many(
+        self,
+        tracks: Sequence[tuple[str | os.PathLike | np.ndarray, Sequence[PromptLike] | PromptLike]],
+        *,
+        tracks_in_flight: int = 4,
+        sample_rate: int = TARGET_SAMPLE_RATE,
+        max_tokens: int = 256,
+        framing: str | None = None,
+    ) -> list[GenerationResult]:
+        """Several tracks at once with continuous batching: up to ``tracks_in_flight`` tracks decode in the same
+        batch steps, and a finished track's slots go to the next one. Results in the order of ``tracks``; with
+        greedy decoding and ``flash_attn=False`` each equals :meth:`generate` of that track alone."""
+        native = [(self._audio(a), [p.to_native() for p in self._prompts(ps, max_tokens)]) for a, ps in tracks]
+        raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False,
+                                          self._framing_code(framing), max(1, int(tracks_in_flight)))
+        return [self._result(r) for r in raws]
+
+    @staticmethod
+    def _audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
         if isinstance(audio, (str, os.PathLike)):
-            audio = load_audio(audio)
-        elif not isinstance(audio, np.ndarray):
+            return load_audio(audio)
+        if not isinstance(audio, np.ndarray):
             raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
+        return audio
+
+    @staticmethod
+    def _prompts(prompts: Sequence[PromptLike] | PromptLike, max_tokens: int) -> list[Prompt]:
         if isinstance(prompts, (str, Prompt)):
             prompts = [prompts]
         plist = [p if isinstance(p, Prompt) else Prompt(text=p, max_tokens=max_tokens) for p in prompts]
         if not plist:
             raise InvalidInputError("no prompts given")
+        return plist
+
+    def _framing_code(self, framing: str | None) -> int:
         framing = framing or self.framing
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
-        raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
-                                     render_special, FRAMINGS[framing], debug)
+        return FRAMINGS[framing]
+
+    def _result(self, raw: dict) -> GenerationResult:
         stats = GenerationStats(**raw["stats"], devices={
             "text_model": self.info["text_model_device"], "audio_encoder": self.info["audio_encoder_device"]})
         outs = raw["outputs"]
@@ -186,7 +225,6 @@ class MusicFlamingoGGUF(Analyzer):
             stop_reasons=[o["stop_reason"] for o in outs],
             tokens=[list(o["tokens"]) for o in outs],
             stats=stats,
-            debug={"audio_embd": raw["audio_embd"], "first_logits": raw["first_logits"]} if debug else None,
         )
 
     def close(self) -> None:
