@@ -412,7 +412,8 @@ def worker_overhead(spec) -> dict[str, Any]:
     eng = MusicFlamingoGGUF(model_path=spec["model"], mmproj_path=spec["mmproj"], n_threads=spec["threads"],
                             n_gpu_layers=spec["n_gpu_layers"], framing=spec["framing"])
     music = load_audio(spec["tracks"][0]["file"])
-    pcm = np.ascontiguousarray(music[20 * SR:21 * SR])  # 1 s of real music
+    start = max(0, min(20 * SR, len(music) - SR))
+    pcm = np.ascontiguousarray(music[start:start + SR])  # 1 s of real music (from 20 s in)
     prompts = [Prompt(p["text"], max_tokens=1, temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
                       seed=p["seed"], name=p["name"]) for p in spec["prompts"]]
 
@@ -541,7 +542,10 @@ def summarize(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
         else:
             tok = sum(r["tokens_generated"] for r in rows)
             dec = sum(r["decode_s"] for r in rows)
+            for r in rows:  # native time no stage claims (the engine: the log-mel of each window)
+                r.setdefault("unattributed_s", r["native_total_s"] - r["encode_s"] - r["prefill_s"] - r["decode_s"])
             d.update(decode_resample_s=_mean(rows, "decode_resample_s"), encode_s=_mean(rows, "encode_s"),
+                     unattributed_s=_mean(rows, "unattributed_s"),
                      prefill_s=_mean(rows, "prefill_s"), decode_s=_mean(rows, "decode_s"),
                      decode_tokens_per_s=tok / dec if dec else None, tokens_per_track=tok / len(rows),
                      other_s=_mean(rows, "other_s"))
@@ -558,18 +562,20 @@ def _f(x, fmt="{:.2f}", none="–"):
 
 def table(summary: dict[str, dict[str, Any]]) -> str:
     head = ("| method | s/track | tracks/h | speed-up vs (b) | CPU s/track | load (once) s | decode+resample s | encode s | "
-            "prefill s | decode s | decode tok/s | tokens/track | peak RSS MB | GPU mem MB |")
+            "other in-call s | prefill s | decode s | decode tok/s | tokens/track | peak RSS MB | GPU mem MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key in ("engine", "transformers", "cli"):
         d = summary.get(key)
         if not d:
             continue
         if key == "cli":
-            stages = (f"(in CLI) | {_f(d['encode_s'])} (5×) | {_f(d['rest_s'])} (prefill+decode+exit, 5×) | | | "
+            stages = (f"(in CLI start-up) | {_f(d['encode_s'])} (5×) | (in start-up) | "
+                      f"{_f(d['rest_s'])} (prefill+decode+exit, 5×) | | | "
                       f"{_f(d['approx_tokens_per_track'], '~{:.0f}', '')} | ")
             load = f"{_f(d['startup_s'])} per track (5× start-up)"
         else:
-            stages = (f"{_f(d['decode_resample_s'])} | {_f(d['encode_s'])} | {_f(d['prefill_s'])} | "
+            stages = (f"{_f(d['decode_resample_s'])} | {_f(d['encode_s'])} | {_f(d['unattributed_s'])} | "
+                      f"{_f(d['prefill_s'])} | "
                       f"{_f(d['decode_s'])} | {_f(d['decode_tokens_per_s'], '{:.1f}')} | "
                       f"{_f(d['tokens_per_track'], '{:.0f}')} | ")
             load = _f(d["load_s"])
@@ -596,9 +602,16 @@ def overhead_table(o: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _git_state() -> dict[str, Any]:
+    def git(*args):
+        r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    return {"head": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-path", type=Path, help="text model GGUF (default: the tiny test model)")
     ap.add_argument("--mmproj", type=Path, help="mmproj GGUF (default: the tiny test model's)")
     ap.add_argument("--hf-dir", type=Path, help="HF checkpoint for --transformers (default: the tiny test model's)")
@@ -606,22 +619,24 @@ def main() -> None:
     ap.add_argument("--cli-ctx", type=int, default=0,
                     help="-c for the CLI; 0: per track, max(8192, audio + prompt + limit rounded up to 1024)")
     ap.add_argument("--audio", nargs="+", help="audio files to time (default: corpus tracks of 2-4 minutes)")
-    ap.add_argument("--tracks", type=int, default=3, help="number of tracks")
-    ap.add_argument("--min-seconds", type=float, default=120)
-    ap.add_argument("--max-seconds", type=float, default=240)
+    ap.add_argument("--tracks", type=int, default=3, help="number of tracks (default 3)")
+    ap.add_argument("--min-seconds", type=float, default=120, help="corpus tracks at least this long (default 120)")
+    ap.add_argument("--max-seconds", type=float, default=240, help="corpus tracks at most this long (default 240)")
     ap.add_argument("--max-tokens", type=int, default=None, help="cap every prompt's token limit (quick runs)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads, both methods")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads, every method (default: all cores)")
     ap.add_argument("--n-gpu-layers", type=int, default=-1, help="-1: all (passed to the CLI as -ngl 999)")
-    ap.add_argument("--framing", default=None, help="engine framing (default: the engine's, reference_tail)")
+    ap.add_argument("--framing", default=None, choices=["llamacpp", "reference_trim", "reference_tail"],
+                    help="engine framing (default: the engine's, reference_tail; llamacpp = what the CLI feeds)")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="time each track this many times and keep its fastest run (for a busy machine)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed tracks first for (a)/(c); (b): one short process")
+                    help="time each track this many times and keep its fastest run (default 1)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed tracks first for (a)/(c); (b): one short process (default 1)")
     ap.add_argument("--transformers", action="store_true", help="also time (c) the transformers backend")
     ap.add_argument("--transformers-dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--skip", nargs="*", default=[], choices=["engine", "cli"], help="methods not to run")
     ap.add_argument("--overhead", action="store_true", help="also measure the binding overhead")
-    ap.add_argument("--overhead-calls", type=int, default=200)
-    ap.add_argument("--json", type=Path, default=OUT_DEFAULT, help="where to write the results")
+    ap.add_argument("--overhead-calls", type=int, default=200, help="calls per overhead measurement (default 200)")
+    ap.add_argument("--json", type=Path, default=OUT_DEFAULT, help="where to write the results (default bench/out/benchmark.json)")
+    ap.add_argument("--report", type=Path, help="print the tables of a saved result JSON and exit")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
@@ -630,6 +645,14 @@ def main() -> None:
     if a.worker:
         spec = json.loads(a.spec.read_text())
         a.worker_out.write_text(json.dumps(WORKERS[a.worker](spec)))
+        return
+
+    if a.report:
+        saved = json.loads(a.report.read_text())
+        print(f"{saved['command']}\n{saved['machine']}\n")
+        print(table(summarize(saved)))
+        if "overhead" in saved:
+            print("\n" + overhead_table(saved["overhead"]))
         return
 
     from music_flamingo import _core
@@ -653,6 +676,10 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(),
         "build": {k: v for k, v in dict(_core.build_info()).items()},
+        "native_module": {"file": str(Path(_core.__file__).resolve()),
+                          "mtime": _dt.datetime.fromtimestamp(Path(_core.__file__).stat().st_mtime,
+                                                              _dt.timezone.utc).isoformat(timespec="seconds")},
+        "git": _git_state(),
         "model": str(model), "mmproj": str(mmproj), "cli": spec["cli"],
         "tracks": tracks, "prompts": [{k: p[k] for k in ("name", "max_tokens", "temperature", "top_p", "top_k",
                                                           "seed")} for p in prompts],
@@ -663,18 +690,14 @@ def main() -> None:
     _log("prompts: " + ", ".join(f"{p['name']}={p['max_tokens']}" for p in prompts))
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as td:
         tmp = Path(td)
-        if "engine" not in a.skip:
-            result["engine"] = run_worker("engine", spec, tmp)
-        if "cli" not in a.skip:
-            result["cli"] = run_worker("cli", spec, tmp)
-        if a.transformers:
+        todo = [k for k in ("engine", "cli") if k not in a.skip]
+        todo += ["transformers"] * a.transformers + ["overhead"] * a.overhead
+        for kind in todo:  # a failed method is reported, the others still run
             try:
-                result["transformers"] = run_worker("transformers", spec, tmp)
+                result[kind] = run_worker(kind, spec, tmp)
             except RuntimeError as e:
-                _log(f"(c) transformers skipped: {e}")
-                result["transformers_error"] = str(e)
-        if a.overhead:
-            result["overhead"] = run_worker("overhead", spec, tmp)
+                _log(f"{kind}: {e}")
+                result[f"{kind}_error"] = str(e)
     result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["summary"] = summarize(result)
     t = table(result["summary"])
