@@ -479,7 +479,11 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
                                                   const InterruptCheck & interrupted) {
     if (tracks.empty()) return {};
     for (const auto & t : tracks) validate_track(t);
-    max_in_flight = std::max(1, std::min<int>(max_in_flight, (int) tracks.size()));
+    size_t most_prompts = 1;
+    for (const auto & t : tracks) most_prompts = std::max(most_prompts, t.prompts.size());
+    // llama.cpp allows at most 256 sequences in one context (LLAMA_MAX_SEQ, src/llama-cparams.h: not public)
+    const int seq_cap = std::max(1, (int) (256 / most_prompts));
+    max_in_flight = std::max(1, std::min({max_in_flight, (int) tracks.size(), seq_cap}));
 
     std::lock_guard<std::mutex> lock(mutex_);
     const llama_vocab * vocab = llama_model_get_vocab(model_);

@@ -81,7 +81,8 @@ class Analyzer:
     def max_duration(self) -> float:
         return self.options.max_duration if self.options.max_duration is not None else self.max_duration_default
 
-    def _max_samples_seconds(self) -> float:
+    def max_analysed_seconds(self) -> float:
+        """Where audio is cut before it reaches the engine (backends may stay just short of max_duration)."""
         return self.max_duration
 
     def provenance(self) -> dict[str, Any]:
@@ -105,7 +106,7 @@ class Analyzer:
         entries = list(entries) if entries is not None else self.entries
         name = str(audio) if not hasattr(audio, "shape") else "audio array"
         if prepared is None:
-            prepared = prepare_audio(audio, sample_rate, self._max_samples_seconds(), name=name)
+            prepared = prepare_audio(audio, sample_rate, self.max_analysed_seconds(), name=name)
         prompts = self.to_prompts(entries)
         texts, stats = self._generate(prepared.pcm, prompts)
         return self._analysis(entries, prompts, prepared, texts, stats, with_provenance)

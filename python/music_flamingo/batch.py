@@ -160,7 +160,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
         todo.append(t)
     logger.info("%d tracks: %d to analyse, %d already complete", len(tracks), len(todo), summary.skipped_complete)
 
-    max_s = analyzer._max_samples_seconds()
+    max_s = analyzer.max_analysed_seconds()
     prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
     jsonl = open(opts.jsonl, "a", encoding="utf-8") if opts.jsonl else None
     bar = _progress(len(todo), opts.progress)

@@ -112,7 +112,7 @@ class MusicFlamingoGGUF(Analyzer):
         self.model_label = "gguf_" + (model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
 
     # --- Analyzer hooks -----------------------------------------------------------------------------------
-    def _max_samples_seconds(self) -> float:
+    def max_analysed_seconds(self) -> float:
         # mtmd frames audio in 30 s windows and adds a silent one at exact multiples of 30 s: stay 10 ms short
         # of a multiple so 10 minutes are 20 windows, as the model was trained, not 21.
         limit = self.max_duration
