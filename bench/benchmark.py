@@ -686,7 +686,7 @@ def main() -> None:
         "threads": a.threads, "n_gpu_layers": a.n_gpu_layers, "framing": spec["framing"], "warmup": a.warmup,
         "repeat": a.repeat,
     }
-    _log(f"tracks: " + ", ".join(f"{t['name']} ({t['seconds']:.0f} s)" for t in tracks))
+    _log("tracks: " + ", ".join(f"{t['name']} ({t['seconds']:.0f} s)" for t in tracks))
     _log("prompts: " + ", ".join(f"{p['name']}={p['max_tokens']}" for p in prompts))
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as td:
         tmp = Path(td)

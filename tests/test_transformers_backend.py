@@ -103,7 +103,6 @@ def test_model_type_picks_class_limit_and_label(af3, mflam, tiny, mf_hf_dir):
 
 
 def test_attention_choice_logs_why(caplog):
-    import torch
 
     from music_flamingo.transformers_backend import _choose_attention
 

@@ -150,3 +150,12 @@ def prepare_audio(source: AudioSource, sample_rate: int | None = None, max_secon
         logger.warning("%s is %.1f s long; analysing its first %.1f s (max_duration)", name, total, max_seconds)
     return PreparedAudio(pcm=pcm, source_seconds=total, analysed_seconds=len(pcm) / TARGET_SAMPLE_RATE,
                          truncated=truncated)
+
+
+def as_engine_audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """A path is decoded to float32 mono 16 kHz; an array is passed through for the engine to validate."""
+    if isinstance(audio, (str, os.PathLike)):
+        return load_audio(audio)
+    if not isinstance(audio, np.ndarray):
+        raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
+    return audio

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,15 @@ class GenerationResult:
     tokens: list[list[int]]
     stats: GenerationStats
     debug: dict[str, Any] | None = None
+
+
+def as_prompts(prompts: Sequence[Prompt | str] | Prompt | str, max_tokens: int) -> list[Prompt]:
+    """One prompt or several, as Prompt objects; a bare string gets ``max_tokens`` and greedy decoding."""
+    if isinstance(prompts, (str, Prompt)):
+        prompts = [prompts]
+    plist = [p if isinstance(p, Prompt) else Prompt(text=p, max_tokens=max_tokens) for p in prompts]
+    if not plist:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError("no prompts given")
+    return plist

@@ -13,9 +13,9 @@ import numpy as np
 
 from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer
-from .audio import TARGET_SAMPLE_RATE, load_audio
-from .datatypes import GenerationResult, GenerationStats, Prompt
-from .errors import InvalidInputError, ModelFileError
+from .audio import TARGET_SAMPLE_RATE, as_engine_audio
+from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
+from .errors import ModelFileError
 from .models import resolve_model_files
 
 PromptLike = Union[Prompt, str]
@@ -168,7 +168,7 @@ class MusicFlamingoGGUF(Analyzer):
         trained, see bench/FIDELITY.md). ``debug`` also returns the audio embeddings fed to the LLM and the first
         step's logits of prompt 0 (``result.debug``), for fidelity measurements.
         """
-        audio, plist = self._audio(audio), self._prompts(prompts, max_tokens)
+        audio, plist = as_engine_audio(audio), as_prompts(prompts, max_tokens)
         raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
                                      render_special, self._framing_code(framing), debug)
         result = self._result(raw)
@@ -188,27 +188,10 @@ class MusicFlamingoGGUF(Analyzer):
         """Several tracks at once with continuous batching: up to ``tracks_in_flight`` tracks decode in the same
         batch steps, and a finished track's slots go to the next one. Results in the order of ``tracks``; with
         greedy decoding and ``flash_attn=False`` each equals :meth:`generate` of that track alone."""
-        native = [(self._audio(a), [p.to_native() for p in self._prompts(ps, max_tokens)]) for a, ps in tracks]
+        native = [(as_engine_audio(a), [p.to_native() for p in as_prompts(ps, max_tokens)]) for a, ps in tracks]
         raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False,
                                           self._framing_code(framing), max(1, int(tracks_in_flight)))
         return [self._result(r) for r in raws]
-
-    @staticmethod
-    def _audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
-        if isinstance(audio, (str, os.PathLike)):
-            return load_audio(audio)
-        if not isinstance(audio, np.ndarray):
-            raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
-        return audio
-
-    @staticmethod
-    def _prompts(prompts: Sequence[PromptLike] | PromptLike, max_tokens: int) -> list[Prompt]:
-        if isinstance(prompts, (str, Prompt)):
-            prompts = [prompts]
-        plist = [p if isinstance(p, Prompt) else Prompt(text=p, max_tokens=max_tokens) for p in prompts]
-        if not plist:
-            raise InvalidInputError("no prompts given")
-        return plist
 
     def _framing_code(self, framing: str | None) -> int:
         framing = framing or self.framing

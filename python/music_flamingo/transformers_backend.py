@@ -22,8 +22,8 @@ import numpy as np
 
 from ._logging import logger
 from .analyzer import AnalysisOptions, Analyzer
-from .audio import TARGET_SAMPLE_RATE, load_audio
-from .datatypes import GenerationResult, GenerationStats, Prompt
+from .audio import TARGET_SAMPLE_RATE, as_engine_audio
+from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError
 
 PromptLike = Union[Prompt, str]
@@ -347,10 +347,7 @@ class MusicFlamingoTransformers(Analyzer):
         """
         torch = self._torch
         model = self._require_model()
-        if isinstance(audio, (str, os.PathLike)):
-            audio = load_audio(audio)
-        elif not isinstance(audio, np.ndarray):
-            raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
+        audio = as_engine_audio(audio)
         if int(sample_rate) != TARGET_SAMPLE_RATE:
             raise InvalidInputError(f"audio arrays must be at {TARGET_SAMPLE_RATE} Hz, got {sample_rate}; convert "
                                     "with music_flamingo.audio.load_audio")
@@ -359,11 +356,7 @@ class MusicFlamingoTransformers(Analyzer):
             raise InvalidInputError(f"audio must be a non-empty mono array, got shape {pcm.shape}")
         if not np.isfinite(pcm).all():
             raise InvalidInputError("audio contains NaN or infinite samples")
-        if isinstance(prompts, (str, Prompt)):
-            prompts = [prompts]
-        plist = [p if isinstance(p, Prompt) else Prompt(text=p, max_tokens=max_tokens) for p in prompts]
-        if not plist:
-            raise InvalidInputError("no prompts given")
+        plist = as_prompts(prompts, max_tokens)
         # The processor cuts audio at its own max_audio_len; the Analyzer has already cut it where it should.
         windows_s = math.ceil(len(pcm) / TARGET_SAMPLE_RATE / _WINDOW_SECONDS) * _WINDOW_SECONDS
         if windows_s > getattr(self._processor, "max_audio_len", windows_s):
