@@ -495,7 +495,7 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
     // The audio's share is bounded from its length (exact counts come at admission): 750 per started 30 s + 2.
     std::vector<std::vector<std::vector<int32_t>>> suffix(tracks.size());
     std::vector<int> need(tracks.size());
-    int max_prompts = 0, max_suffix_total = 1;
+    int max_suffix_total = 1;
     for (size_t t = 0; t < tracks.size(); t++) {
         int n = 8 + kWindowTokens * (int) (tracks[t].pcm.size() / kWindowSamples + 2), n_suffix = 0;
         for (const auto & p : tracks[t].prompts) {
@@ -508,14 +508,13 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
             suffix[t].push_back(std::move(toks));
         }
         need[t] = n;
-        max_prompts = std::max(max_prompts, (int) tracks[t].prompts.size());
         max_suffix_total = std::max(max_suffix_total, n_suffix);
     }
-    std::vector<int> sorted_need = need;
-    std::sort(sorted_need.rbegin(), sorted_need.rend());
+    std::sort(need.rbegin(), need.rend());
     int n_ctx_needed = 0;
-    for (int i = 0; i < max_in_flight; i++) n_ctx_needed += sorted_need[i];
-    ensure_context(n_ctx_needed, max_in_flight * max_prompts, max_suffix_total);
+    for (int i = 0; i < max_in_flight; i++) n_ctx_needed += need[i];
+    const int n_seq_total = max_in_flight * (int) most_prompts;
+    ensure_context(n_ctx_needed, n_seq_total, max_suffix_total);
     llama_memory_t mem = llama_get_memory(ctx_);
     llama_memory_clear(mem, true);
 
@@ -534,7 +533,6 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
     std::vector<llama_seq_id> free_seqs;
     for (int s = ctx_n_seq_ - 1; s >= 0; s--) free_seqs.push_back(s);
     size_t next_track = 0;
-    const int n_seq_total = max_in_flight * max_prompts;
     Batch step(std::max(n_seq_total, 1));
 
     // Samples sequence i of track a from the logits at a.logit_idx[i]; queues the token in `into` or retires it.
