@@ -74,6 +74,14 @@ def clips(track) -> dict[str, np.ndarray]:
     return {"5s": clip(track, 5), "30s": clip(track, 30), "45s": clip(track, 45)}
 
 
+def write_clip(path: Path, track: np.ndarray, seconds: float, offset: float) -> Path:
+    """``seconds`` of real music from ``offset`` into ``path`` (format from the suffix), folders created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = int(offset * SR)
+    sf.write(str(path), track[a:a + int(seconds * SR)], SR)
+    return path
+
+
 def write_float_wav(path: Path, pcm: np.ndarray) -> Path:
     """float32 WAV: llama-mtmd-cli reads it bit-exactly (no int16 rounding on either side)."""
     sf.write(str(path), pcm, SR, subtype="FLOAT")

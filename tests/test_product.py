@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import DEFAULT_KEYS, SR
+from conftest import DEFAULT_KEYS, SR, write_clip
 
 OTHER_TOOL = {"bpm": 128.0, "key": "F# minor", "essentia": {"danceability": 1.234567e-07, "n": 12345678901234},
               "caption_blip": "Ünïcode — kept “as is”", "music_flamingo_note": "not ours either"}
@@ -30,13 +30,6 @@ def analyzer(tiny, small_prompts):
     mf.close()
 
 
-def write_clip(path: Path, track: np.ndarray, seconds: float, offset: float) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = int(offset * SR)
-    sf.write(str(path), track[a:a + int(seconds * SR)], SR)
-    return path
-
-
 @pytest.fixture
 def dataset(tmp_path, track, music_dir) -> Path:
     """Organized folders (full_mix + stems + crops), loose files (flac, real ogg, m4a), existing sidecars."""
@@ -44,7 +37,7 @@ def dataset(tmp_path, track, music_dir) -> Path:
     org = root / "Artist - Song"
     write_clip(org / "full_mix.flac", track, 6, 10)
     write_clip(org / "vocals.flac", track, 6, 10)  # a stem: not a track
-    write_clip(org / "full_mix_crop_01.flac", track, 4, 30)
+    write_clip(org / "crops" / "Artist - Song_0.flac", track, 4, 30)  # a crop (shared/notes/dataset-layout.md)
     (org / "Artist - Song.INFO").write_text(json.dumps(OTHER_TOOL, indent=4, ensure_ascii=False))
     loose = root / "loose"
     write_clip(loose / "intro.flac", track, 5, 50)
@@ -109,12 +102,13 @@ def test_long_audio_is_cut_with_a_flag(analyzer, track, caplog):
 
 
 def test_batch_writes_sidecars_keeps_other_keys_and_resumes(analyzer, dataset):
-    from music_flamingo.batch import BatchOptions, discover_tracks, run_batch
+    from music_flamingo.batch import BatchOptions, run_batch
+    from music_flamingo.discovery import discover_tracks
 
-    tracks = discover_tracks(dataset)
+    tracks = [t.path for t in discover_tracks(dataset) if t.selected]
     names = sorted(p.name for p in tracks)
     assert "vocals.flac" not in names and "notes.txt" not in names
-    assert {"full_mix.flac", "full_mix_crop_01.flac", "intro.flac", "phone recording, take 2.m4a"} <= set(names)
+    assert {"full_mix.flac", "Artist - Song_0.flac", "intro.flac", "phone recording, take 2.m4a"} <= set(names)
 
     s = run_batch(analyzer, dataset, BatchOptions(progress=False))
     assert (s.done, s.failed, s.skipped_complete) == (len(tracks), 0, 0), s.failures
@@ -126,7 +120,7 @@ def test_batch_writes_sidecars_keeps_other_keys_and_resumes(analyzer, dataset):
     assert meta["backend"] == "gguf" and meta["model"] == Path(analyzer.model_path).name
     assert len(meta["model_sha256"]) == 64 and meta["prompts"][0] == "full"
     assert organized["music_flamingo_model"].startswith("gguf_")
-    crop = json.loads((dataset / "Artist - Song" / "full_mix_crop_01.INFO").read_text())
+    crop = json.loads((dataset / "Artist - Song" / "crops" / "Artist - Song_0.INFO").read_text())
     assert set(DEFAULT_KEYS) <= set(crop)
     assert (dataset / "loose" / "phone recording, take 2.INFO").is_file()
 
@@ -184,7 +178,7 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_two_processes_share_a_dataset_and_do_each_track_once(tiny, dataset, small_prompts, tmp_path):
-    from music_flamingo.batch import discover_tracks
+    from music_flamingo.discovery import discover_tracks
 
     common = ["--batch", "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf),
               "--prompts-file", str(small_prompts), "--no-progress"]
@@ -196,7 +190,7 @@ def test_two_processes_share_a_dataset_and_do_each_track_once(tiny, dataset, sma
     done = [[json.loads(line)["path"] for line in (tmp_path / f"p{i}.jsonl").read_text().splitlines()]
             if (tmp_path / f"p{i}.jsonl").exists() else [] for i in range(2)]
     assert not set(done[0]) & set(done[1]), "a track was analysed twice"
-    assert sorted(done[0] + done[1]) == sorted(str(t) for t in discover_tracks(dataset))
+    assert sorted(done[0] + done[1]) == sorted(str(t.path) for t in discover_tracks(dataset) if t.selected)
 
 
 def test_cli_single_file_prints_and_writes_sidecar(tiny, dataset, small_prompts):

@@ -112,6 +112,33 @@ def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     raise AudioDecodeError(f"could not decode audio file {p}: " + "; ".join(errors))
 
 
+def probe_duration(path: str | os.PathLike) -> float | None:
+    """Seconds of audio in a file, read from its header without decoding (for the dry run's hours); None when
+    neither decoder can tell. Same decoder order as :func:`read_file`."""
+    p = Path(path)
+    if p.suffix.lower() not in _PYAV_FIRST:
+        try:
+            import soundfile as sf
+
+            info = sf.info(str(p))
+            if info.samplerate > 0 and info.frames > 0:
+                return info.frames / info.samplerate
+        except Exception:  # libsndfile refuses it: ask ffmpeg
+            pass
+    try:
+        import av
+
+        with av.open(str(p)) as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is not None and stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+            if container.duration:
+                return container.duration / av.time_base
+    except Exception:  # not decodable: the run will report it
+        pass
+    return None
+
+
 def load_audio(source: AudioSource, sample_rate: int | None = None) -> np.ndarray:
     """A path, or an array with its ``sample_rate``, -> float32 mono 16 kHz, ready for the engine."""
     if isinstance(source, np.ndarray):

@@ -1,4 +1,9 @@
-"""The dataset runner: walk a tree, describe every track that still lacks our keys, write sidecars safely.
+"""The dataset runner: find the tracks of a tree, describe every one that still lacks our keys, write sidecars safely.
+
+Which files are tracks, and which of them a run takes, is :mod:`music_flamingo.discovery` (the users' layout:
+full mixes, crops, loose files; stems and skip-list folders are not tracks). :func:`plan_batch` adds each track's
+status (done, pending, failed last time, locked) without touching anything; :func:`run_batch` runs that plan and
+:func:`dry_run` shows it.
 
 Built for runs of days over tens of thousands of tracks, possibly by several processes on one dataset:
 - a track whose sidecar already has every requested key is skipped (resume after a crash = run again);
@@ -11,6 +16,7 @@ Built for runs of days over tens of thousands of tracks, possibly by several pro
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,39 +24,198 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from ._logging import logger
 from .analyzer import Analyzer
 from .audio import PreparedAudio, prepare_audio
+from .discovery import EXCLUDED_AS, NOT_SELECTED, Selection, Track, discover_tracks
 from .errors import SidecarError
 from .sidecar import has_keys, sidecar_path, update_sidecar
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".alac",
-                    ".mp4", ".webm", ".mka"}
 STATE_DIR = ".music-flamingo"
 
+# What a run does with each path discovery looked at (one of these per PlannedTrack).
+DONE = "done"                        # the sidecar already has every requested key
+PENDING = "pending"                  # to describe
+FAILED_LAST_TIME = "failed last time"  # to describe; listed in the failures file
+LOCKED = "locked"                    # to describe, but another process holds its lock now (dry run only)
+SIDECAR_ERROR = "sidecar unreadable"  # its sidecar cannot be read: the run counts it as failed, touches nothing
+EXCLUDED = "excluded"                # not a track, or not selected (the Track's kind and reason say which)
+TO_DESCRIBE = (PENDING, FAILED_LAST_TIME)
 
-def is_audio(p: Path) -> bool:
-    return p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
+
+@dataclass(frozen=True)
+class PlannedTrack:
+    track: Track
+    status: str
+    detail: str = ""  # the sidecar error, for SIDECAR_ERROR
+
+    @property
+    def path(self) -> Path:
+        return self.track.path
 
 
-def discover_tracks(root: Path) -> list[Path]:
-    """Every track under ``root``, sorted. In an organized track folder (one holding ``full_mix.<ext>``) the tracks
-    are the full mix and its crops (files with "crop" in the name); stems and other files there are not tracks.
-    Elsewhere every audio file is a track. Hidden folders are skipped."""
+def state_dir_of(root: str | os.PathLike) -> Path:
     root = Path(root)
-    if root.is_file():
-        return [root]
-    tracks: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files = sorted(Path(dirpath) / f for f in filenames)
-        audio = [f for f in files if is_audio(f)]
-        if any(f.stem == "full_mix" for f in audio):
-            audio = [f for f in audio if f.stem == "full_mix" or "crop" in f.stem.lower()]
-        tracks.extend(audio)
-    return tracks
+    return (root if root.is_dir() else root.parent) / STATE_DIR
+
+
+def failures_path(root: str | os.PathLike, failures: str | os.PathLike | None = None) -> Path:
+    """Where the failures of a run on ``root`` are listed (``--failures``, else ``<root>/.music-flamingo/``)."""
+    return Path(failures) if failures else state_dir_of(root) / "failures.jsonl"
+
+
+def read_failed_tracks(path: str | os.PathLike) -> list[str]:
+    """The track paths listed in a failures file, in order, once each; [] when there is none.
+
+    The one place that reads the failures file (JSON lines with a ``"path"``), for ``--retry-failed`` and the dry
+    run's "failed last time": a line that is not such a record is skipped with a warning.
+    """
+    out: dict[str, None] = {}
+    try:
+        f = open(path, encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return []
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out[str(rec["path"])] = None
+            except (ValueError, KeyError, TypeError):
+                logger.warning("%s:%d is not a failure record; skipped", path, n)
+    return list(out)
+
+
+def _same_file_key(p: str | os.PathLike) -> str:
+    return os.path.normpath(os.path.abspath(p))
+
+
+def _lock_path(state_dir: Path, track: Path) -> Path:
+    digest = hashlib.sha1(str(track.resolve()).encode("utf-8", "surrogatepass")).hexdigest()
+    return state_dir / "locks" / f"{digest}.lock"
+
+
+def is_locked(state_dir: Path, track: Path) -> bool:
+    """Whether another process holds ``track``'s lock right now. Creates no file: no lock file, no lock."""
+    from filelock import FileLock, Timeout
+
+    path = _lock_path(state_dir, track)
+    if not path.exists():
+        return False
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:  # cannot even open it (read-only dataset): nobody we could race with
+        return False
+    lock.release()
+    return False
+
+
+def plan_batch(root: str | os.PathLike, keys: Sequence[str], selection: Selection | None = None, *,
+               overwrite: bool = False, check_sidecars: bool = True, retry_failed: bool = False,
+               failures: str | os.PathLike | None = None, check_locks: bool = False) -> list[PlannedTrack]:
+    """What a run over ``root`` would do with each path, without doing it: discovery + selection (see
+    :mod:`music_flamingo.discovery`), then each selected track's status from its sidecar (``keys`` present: done),
+    the failures file and, with ``check_locks``, the per-track locks. Reads only; the runner and the dry run both
+    use it, so the dry run's counts are the run's.
+
+    ``retry_failed``: only the tracks listed in the failures file (still subject to ``selection``'s rules).
+    ``check_sidecars=False`` (no sidecars written) or ``overwrite``: no track is done.
+    """
+    sel = selection or Selection()
+    failed = read_failed_tracks(failures_path(root, failures))
+    if retry_failed:
+        sel = dataclasses.replace(sel, paths=tuple(failed))
+    failed_keys = {_same_file_key(p) for p in failed}
+    state_dir = state_dir_of(root)
+    plan: list[PlannedTrack] = []
+    for t in discover_tracks(root, sel):
+        if not t.selected:
+            plan.append(PlannedTrack(t, EXCLUDED))
+            continue
+        if check_sidecars and not overwrite:
+            try:
+                if has_keys(sidecar_path(t.path), keys):
+                    plan.append(PlannedTrack(t, DONE))
+                    continue
+            except SidecarError as e:
+                plan.append(PlannedTrack(t, SIDECAR_ERROR, str(e)))
+                continue
+        if check_locks and is_locked(state_dir, t.path):
+            plan.append(PlannedTrack(t, LOCKED))
+        elif _same_file_key(t.path) in failed_keys:
+            plan.append(PlannedTrack(t, FAILED_LAST_TIME))
+        else:
+            plan.append(PlannedTrack(t, PENDING))
+    return plan
+
+
+# The dry run's rows, in this order: what the run would find for the selected tracks, then what it leaves out.
+_STATUS_ROWS = (DONE, PENDING, FAILED_LAST_TIME, LOCKED, SIDECAR_ERROR)
+
+
+@dataclass
+class DryRun:
+    """A run's plan as the user sees it: one line per path (``listing``), counts per row (``counts``: each status
+    of the selected tracks, then ``excluded: <why>``) and the audio hours to describe (pending + failed last
+    time)."""
+
+    root: Path
+    plan: list[PlannedTrack]
+    counts: dict[str, int]
+    seconds_to_describe: float
+    unknown_duration: int
+
+    @property
+    def to_describe(self) -> int:
+        return sum(self.counts[s] for s in TO_DESCRIBE)
+
+    def listing(self) -> Iterator[str]:
+        """One line per path: row, path below the root, why; tab-separated, easy to grep or cut."""
+        for item in self.plan:
+            t = item.track
+            row = f"excluded: {t.excluded_as}" if item.status == EXCLUDED else item.status
+            why = item.detail or t.reason
+            yield f"{row}\t{t.rel or t.path}\t{why}"
+
+    def table(self) -> str:
+        width = max(len(k) for k in self.counts) + 2
+        lines = [f"dry run of {self.root}: nothing was written", f"{'':{width}}{'count':>8}"]
+        for row, n in self.counts.items():
+            if n or not row.startswith("excluded"):
+                lines.append(f"{row:{width}}{n:>8}")
+        hours = self.seconds_to_describe / 3600
+        unknown = f" ({self.unknown_duration} of unknown length)" if self.unknown_duration else ""
+        lines.append(f"to describe: {self.to_describe} tracks, {hours:.2f} h of audio{unknown}")
+        return "\n".join(lines)
+
+
+def dry_run(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions | None = None) -> DryRun:
+    """What :func:`run_batch` with these options would do, from :func:`plan_batch` with the locks checked, plus the
+    length of the audio to describe (read from file headers). Writes nothing."""
+    from .audio import probe_duration
+
+    opts = options or BatchOptions()
+    plan = plan_batch(root, keys, opts.selection, overwrite=opts.overwrite, check_sidecars=opts.write_sidecars,
+                      retry_failed=opts.retry_failed, failures=opts.failures, check_locks=True)
+    counts = {s: 0 for s in _STATUS_ROWS}
+    counts.update({f"excluded: {why}": 0 for why in (*EXCLUDED_AS.values(), NOT_SELECTED)})
+    seconds, unknown = 0.0, 0
+    for item in plan:
+        row = f"excluded: {item.track.excluded_as}" if item.status == EXCLUDED else item.status
+        counts[row] = counts.get(row, 0) + 1
+        if item.status in TO_DESCRIBE:
+            d = probe_duration(item.path)
+            if d is None:
+                unknown += 1
+            else:
+                seconds += d
+    return DryRun(Path(root), plan, counts, seconds, unknown)
 
 
 @dataclass
@@ -62,6 +227,8 @@ class BatchOptions:
     progress: bool = True
     prefetch: bool = True
     tracks_in_flight: int = 4          # >1: tracks decoded together in the engine's batch steps (continuous batching)
+    selection: Selection | None = None  # which tracks (discovery.Selection); None: every track, no stems
+    retry_failed: bool = False         # only the tracks listed in the failures file
 
 
 @dataclass
@@ -75,6 +242,7 @@ class BatchSummary:
     seconds: float = 0.0
     failures_file: str | None = None
     failures: list[dict[str, str]] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=dict)  # paths not taken, by Track.excluded_as
 
     @property
     def exit_code(self) -> int:
@@ -86,6 +254,8 @@ class BatchSummary:
     def line(self) -> str:
         s = (f"{self.done} done, {self.skipped_complete} skipped (complete), {self.skipped_locked} skipped (locked), "
              f"{self.failed} failed of {self.total} tracks in {self.seconds:.1f} s")
+        if self.excluded:
+            s += "; not taken: " + ", ".join(f"{n} {k}" for k, n in sorted(self.excluded.items()))
         if self.interrupted:
             s += " (interrupted)"
         if self.failures_file:
@@ -119,11 +289,6 @@ class _Prefetcher:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _lock_path(state_dir: Path, track: Path) -> Path:
-    digest = hashlib.sha1(str(track.resolve()).encode("utf-8", "surrogatepass")).hexdigest()
-    return state_dir / "locks" / f"{digest}.lock"
-
-
 def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions | None = None,
               on_result: Callable[[Path, dict[str, Any]], None] | None = None) -> BatchSummary:
     """Describe every incomplete track under ``root``; returns the counts. Never raises for a single track."""
@@ -131,14 +296,11 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
 
     opts = options or BatchOptions()
     root = Path(root)
-    base = root if root.is_dir() else root.parent
-    state_dir = base / STATE_DIR
+    state_dir = state_dir_of(root)
     (state_dir / "locks").mkdir(parents=True, exist_ok=True)
     keys = [e.key for e in analyzer.entries]
     t0 = time.monotonic()
     summary = BatchSummary()
-    tracks = discover_tracks(root)
-    summary.total = len(tracks)
 
     def fail(track: Path, err: BaseException) -> None:
         summary.failed += 1
@@ -149,16 +311,22 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
         return not opts.overwrite and opts.write_sidecars and has_keys(sidecar_path(track), keys)
 
     todo: list[Path] = []
-    for t in tracks:
-        try:
-            if complete(t):
-                summary.skipped_complete += 1
-                continue
-        except SidecarError as e:
-            fail(t, e)
+    for item in plan_batch(root, keys, opts.selection, overwrite=opts.overwrite,
+                           check_sidecars=opts.write_sidecars, retry_failed=opts.retry_failed,
+                           failures=opts.failures):
+        if item.status == EXCLUDED:
+            label = item.track.excluded_as or ""
+            summary.excluded[label] = summary.excluded.get(label, 0) + 1
             continue
-        todo.append(t)
-    logger.info("%d tracks: %d to analyse, %d already complete", len(tracks), len(todo), summary.skipped_complete)
+        summary.total += 1
+        if item.status == DONE:
+            summary.skipped_complete += 1
+        elif item.status == SIDECAR_ERROR:
+            fail(item.path, SidecarError(item.detail))
+        else:
+            todo.append(item.path)
+    logger.info("%d tracks: %d to analyse, %d already complete; not taken: %s", summary.total, len(todo),
+                summary.skipped_complete, summary.excluded or "none")
 
     max_s = analyzer.max_analysed_seconds()
     prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
@@ -246,7 +414,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
             jsonl.close()
     summary.seconds = time.monotonic() - t0
     if summary.failures:
-        path = Path(opts.failures) if opts.failures else state_dir / "failures.jsonl"
+        path = failures_path(root, opts.failures)
         with open(path, "w", encoding="utf-8") as f:
             for rec in summary.failures:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -283,5 +451,5 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-__all__ = ["BatchOptions", "BatchSummary", "discover_tracks", "run_batch", "summary_dict", "iter_jsonl",
-           "AUDIO_EXTENSIONS"]
+__all__ = ["BatchOptions", "BatchSummary", "DryRun", "PlannedTrack", "dry_run", "failures_path", "is_locked", "plan_batch",
+           "read_failed_tracks", "run_batch", "summary_dict", "iter_jsonl"]
