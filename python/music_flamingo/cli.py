@@ -64,6 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--tracks-in-flight", type=int, default=4,
                    help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time)")
+    d = p.add_argument_group(
+        "dataset selection (with --batch)",
+        "Tracks: the full_mix.<ext> of each organized folder, the crops <name>_<n> in crops folders, loose audio "
+        "elsewhere; stems, crop stems and the pipeline's skip-list folders are not tracks (README: Datasets).")
+    d.add_argument("--only", action="append", default=None, metavar="full_mix|crops|loose",
+                   help="only these kinds of track (repeatable or comma-separated; default: all three)")
+    d.add_argument("--stems", action="store_true",
+                   help="describe stems too: the Demucs/DrumSep stems of organized folders and the crops' stems")
+    d.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="only tracks whose path below PATH matches (repeatable): '*Live*', 'Rock/*', '*.mp3'")
+    d.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching tracks (repeatable)")
+    src = d.add_mutually_exclusive_group()
+    src.add_argument("--from-list", metavar="FILE", default=None,
+                     help="only the files listed in FILE ('-': stdin), one path a line, relative to PATH or "
+                          "absolute; the rules above still apply")
+    src.add_argument("--retry-failed", action="store_true",
+                     help="only the tracks listed in the failures file of the last run")
+    d.add_argument("--dry-run", action="store_true",
+                   help="list what would be done and why, with counts and the audio hours pending; loads no "
+                        "model and writes nothing")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress details; -vv: llama.cpp too")
     return p
 
@@ -74,10 +94,21 @@ def _setup_logging(verbosity: int) -> None:
     logging.getLogger("music_flamingo").setLevel(level)
 
 
+def _prompt_names(a: argparse.Namespace) -> list[str] | None:
+    return [n.strip() for n in a.prompts.split(",") if n.strip()] if a.prompts else None
+
+
+def _entries(catalogue, a: argparse.Namespace) -> list:
+    """The prompts a run asks: --prompts (default: the catalogue's set), or only --prompt, or both."""
+    names = _prompt_names(a)
+    entries = catalogue.select(names or None) if names or not a.prompt else []
+    if a.prompt:
+        entries = entries + [catalogue.free_text(a.prompt)]
+    return entries
+
+
 def _make_analyzer(a: argparse.Namespace):
-    names = [n.strip() for n in a.prompts.split(",") if n.strip()] if a.prompts else None
-    if a.prompt and names is None:
-        names = []
+    names = _prompt_names(a)
     if a.backend == "transformers":
         from .transformers_backend import MusicFlamingoTransformers
 
@@ -85,8 +116,7 @@ def _make_analyzer(a: argparse.Namespace):
             a.model_id, use_flash_attention=a.flash_attn != "off", dtype=a.dtype,
             local_files_only=a.local_files_only, prompts=names or None, prompts_files=a.prompts_file,
             temperature=a.temperature, top_p=a.top_p, seed=a.seed, max_duration=a.max_duration)
-        if a.prompt:
-            mf.entries = (mf.entries if names else []) + [mf.catalogue.free_text(a.prompt)]
+        mf.entries = _entries(mf.catalogue, a)
         return mf
     from .gguf_backend import MusicFlamingoGGUF
 
@@ -95,8 +125,7 @@ def _make_analyzer(a: argparse.Namespace):
         offline=a.offline, prompts=names or None, prompts_files=a.prompts_file, temperature=a.temperature,
         top_p=a.top_p, seed=a.seed, max_duration=a.max_duration, n_gpu_layers=a.n_gpu_layers,
         flash_attn={"auto": "auto", "on": True, "off": False}[a.flash_attn], verbose=a.verbose >= 2)
-    if a.prompt:
-        mf.entries = (mf.entries if names else []) + [mf.catalogue.free_text(a.prompt)]
+    mf.entries = _entries(mf.catalogue, a)
     return mf
 
 
@@ -117,14 +146,49 @@ def _run_single(mf, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_batch(mf, a: argparse.Namespace) -> int:
-    from .batch import BatchOptions, run_batch
+def _selection(a: argparse.Namespace):
+    """--only/--stems/--include/--exclude/--from-list as a discovery.Selection (ValueError: a usage error)."""
+    from .discovery import GROUPS, Selection, read_path_list
 
-    summary = run_batch(mf, a.path, BatchOptions(
+    only = {g.strip() for v in a.only for g in v.split(",") if g.strip()} if a.only else set(GROUPS)
+    paths = None
+    if a.from_list is not None:
+        try:
+            paths = read_path_list(a.from_list)
+        except OSError as e:
+            raise ValueError(f"--from-list: cannot read {a.from_list}: {e}") from e
+    return Selection(only=frozenset(only), stems=a.stems, include=tuple(a.include), exclude=tuple(a.exclude),
+                     paths=paths)
+
+
+def _batch_options(a: argparse.Namespace, selection):
+    from .batch import BatchOptions
+
+    return BatchOptions(
         overwrite=a.overwrite, write_sidecars=not a.no_sidecar, jsonl=a.jsonl, failures=a.failures,
-        progress=not a.no_progress, tracks_in_flight=a.tracks_in_flight))
+        progress=not a.no_progress, tracks_in_flight=a.tracks_in_flight, selection=selection,
+        retry_failed=a.retry_failed)
+
+
+def _run_batch(mf, a: argparse.Namespace, selection) -> int:
+    from .batch import run_batch
+
+    summary = run_batch(mf, a.path, _batch_options(a, selection))
     print(summary.line(), file=sys.stderr)
     return summary.exit_code
+
+
+def _dry_run(a: argparse.Namespace, selection) -> int:
+    """The plan of the run these options would start, on stdout; no model is loaded, nothing is written."""
+    from .batch import dry_run
+    from .prompts import load_catalogue
+
+    keys = [e.key for e in _entries(load_catalogue(a.prompts_file), a)]
+    report = dry_run(a.path, keys, _batch_options(a, selection))
+    for line in report.listing():
+        print(line)
+    print(report.table())
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,6 +201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{a.path} does not exist")
     if a.batch != a.path.is_dir():
         parser.error("--batch needs a folder" if a.batch else f"{a.path} is a folder: add --batch")
+    batch_only = [o for o, v in [("--only", a.only), ("--stems", a.stems), ("--include", a.include),
+                                 ("--exclude", a.exclude), ("--from-list", a.from_list),
+                                 ("--retry-failed", a.retry_failed), ("--dry-run", a.dry_run)] if v]
+    if batch_only and not a.batch:
+        parser.error(f"{', '.join(batch_only)}: only with --batch")
+    selection = None
+    if a.batch:
+        try:
+            selection = _selection(a)
+        except ValueError as e:
+            parser.error(str(e))
+    if a.dry_run:
+        try:
+            return _dry_run(a, selection)
+        except PromptConfigError as e:
+            print(f"music-flamingo: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
     try:
         mf = _make_analyzer(a)
     except (ModelFileError, PromptConfigError) as e:
@@ -145,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     try:
-        return _run_batch(mf, a) if a.batch else _run_single(mf, a)
+        return _run_batch(mf, a, selection) if a.batch else _run_single(mf, a)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
