@@ -4,8 +4,8 @@ The GGUF backend runs llama.cpp's mtmd in-process (``music_flamingo._core``); se
 :class:`MusicFlamingoTransformers` is the same API on Hugging Face transformers (torch is imported only when it loads
 a model: ``import music_flamingo`` never imports it).
 Data flows one way: path -> PCM (:mod:`.audio`) -> engine -> texts -> T5-safe text (:mod:`.text`) -> sidecar
-(:mod:`.sidecar`); :mod:`.analyzer` strings it together, :mod:`.batch` runs it over a dataset, :mod:`.cli` is the
-command line.
+(:mod:`.sidecar`); :mod:`.analyzer` strings it together, :mod:`.discovery` finds a dataset's tracks, :mod:`.batch`
+runs them, :mod:`.cli` is the command line.
 """
 from __future__ import annotations
 

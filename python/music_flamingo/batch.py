@@ -184,11 +184,10 @@ class DryRun:
             yield f"{row}\t{t.rel or t.path}\t{why}"
 
     def table(self) -> str:
-        width = max(len(k) for k in self.counts) + 2
+        rows = [(row, n) for row, n in self.counts.items() if n or not row.startswith("excluded")]
+        width = max(len(row) for row, _ in rows) + 2
         lines = [f"dry run of {self.root}: nothing was written", f"{'':{width}}{'count':>8}"]
-        for row, n in self.counts.items():
-            if n or not row.startswith("excluded"):
-                lines.append(f"{row:{width}}{n:>8}")
+        lines += [f"{row:{width}}{n:>8}" for row, n in rows]
         hours = self.seconds_to_describe / 3600
         unknown = f" ({self.unknown_duration} of unknown length)" if self.unknown_duration else ""
         lines.append(f"to describe: {self.to_describe} tracks, {hours:.2f} h of audio{unknown}")

@@ -196,7 +196,7 @@ def _track(path: Path, kind: str, reason: str, rel: str, sel: Selection) -> Trac
 
     if kind in STEM_KINDS:
         if not sel.stems:
-            return out(f"{reason}; not a track (--stems to describe stems)")
+            return out(f"{reason}; not a track (--stems takes it)")
         reason += " (--stems)"
     elif kind not in TRACK_KINDS:
         return out(reason)
