@@ -106,3 +106,14 @@ def small_prompts(tmp_path_factory) -> Path:
     p.write_text("prompts:\n" + "".join(f"  {n}: {{max_tokens: 6}}\n" for n in
                                         ["full", "technical", "genre_mood", "instrumentation", "structure"]))
     return p
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny, small_prompts):
+    """A resident engine with the short prompts, one per test module (the batch and product tests)."""
+    from music_flamingo import MusicFlamingoGGUF
+
+    mf = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
+                           prompts_files=[small_prompts])
+    yield mf
+    mf.close()

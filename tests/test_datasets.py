@@ -75,16 +75,6 @@ def layout(tmp_path, track):
     return root, groups
 
 
-@pytest.fixture(scope="module")
-def analyzer(tiny, small_prompts):
-    from music_flamingo import MusicFlamingoGGUF
-
-    mf = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
-                           prompts_files=[small_prompts])
-    yield mf
-    mf.close()
-
-
 def snapshot(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

@@ -20,16 +20,6 @@ OTHER_TOOL = {"bpm": 128.0, "key": "F# minor", "essentia": {"danceability": 1.23
 
 
 
-@pytest.fixture(scope="module")
-def analyzer(tiny, small_prompts):
-    from music_flamingo import MusicFlamingoGGUF
-
-    mf = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
-                           prompts_files=[small_prompts])
-    yield mf
-    mf.close()
-
-
 @pytest.fixture
 def dataset(tmp_path, track, music_dir) -> Path:
     """Organized folders (full_mix + stems + crops), loose files (flac, real ogg, m4a), existing sidecars."""
