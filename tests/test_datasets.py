@@ -224,3 +224,26 @@ def test_retry_failed_takes_only_the_tracks_that_failed(analyzer, layout, track)
     assert sorted(described) == sorted(["loose/broken.flac", g["crops"][0]]) and s.failed == 0
     assert s.total == 2  # nothing else was looked at, though the full mixes are still pending
     assert json.loads((root / sidecar_of(g["crops"][0])).read_text())["position"] == 0.0
+
+
+def test_locked_and_damaged_tracks_count_the_same_in_the_dry_run_and_the_run(analyzer, layout):
+    from filelock import FileLock
+
+    from music_flamingo.batch import _lock_path, dry_run, state_dir_of
+
+    root, g = layout
+    (root / sidecar_of(g["loose"][0])).write_text("[1, 2")  # damaged: never overwritten
+    held = root / g["full_mix"][0]
+    (state_dir_of(root) / "locks").mkdir(parents=True)
+    lock = FileLock(str(_lock_path(state_dir_of(root), held)))
+    lock.acquire()  # "another process" is describing this track
+    try:
+        report = dry_run(root, DEFAULT_KEYS)
+        assert [report.counts[k] for k in ("locked", "sidecar unreadable", "pending")] == [1, 1, 5]
+        assert [p.path for p in report.plan if p.status == "locked"] == [held]
+        s, described = run(analyzer, root)
+    finally:
+        lock.release()
+    assert (s.skipped_locked, s.failed, s.done) == (1, 1, 5)
+    assert held.relative_to(root).as_posix() not in described
+    assert (root / sidecar_of(g["loose"][0])).read_text() == "[1, 2"

@@ -130,6 +130,8 @@ def plan_batch(root: str | os.PathLike, keys: Sequence[str], selection: Selectio
     sel = selection or Selection()
     failed = read_failed_tracks(failures_path(root, failures))
     if retry_failed:
+        if not failed:
+            logger.warning("no failures listed in %s: nothing to retry", failures_path(root, failures))
         sel = dataclasses.replace(sel, paths=tuple(failed))
     failed_keys = {_same_file_key(p) for p in failed}
     state_dir = state_dir_of(root)

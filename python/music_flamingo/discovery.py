@@ -41,6 +41,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ._logging import logger
 from .sidecar import ORGANIZED_MIX_STEM
 
 # Preference order when a folder holds several full mixes (the pipeline's extensions first): one sidecar, one track.
@@ -237,7 +238,10 @@ def _skip_reason(folder_name: str) -> str | None:
 
 
 def _walk(root: Path, sel: Selection) -> Iterator[Track]:
-    for dirpath, dirnames, filenames in os.walk(root):
+    def unreadable(err: OSError) -> None:
+        logger.warning("cannot list %s (%s): its tracks are not found", err.filename, err.strerror)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         here = Path(dirpath)
         rel_dir = _rel(root, here) or ""
         keep = []
@@ -289,7 +293,10 @@ def _listed(root: Path, sel: Selection) -> Iterator[Track]:
             continue
         folder = path.parent
         if folder not in folders:
-            names = [f.name for f in folder.iterdir() if f.is_file() and is_audio(f)]
+            try:
+                names = [f.name for f in folder.iterdir() if f.is_file() and is_audio(f)]
+            except OSError:  # a folder we may read files in but not list: the file alone decides
+                names = [path.name]
             folders[folder] = {n: (k, r) for n, k, r in classify_folder(folder.name, names)}
         kind, reason = folders[folder].get(path.name, (LOOSE, "a loose audio file"))
         yield _track(path, kind, reason, rel, sel)
