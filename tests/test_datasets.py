@@ -247,3 +247,23 @@ def test_locked_and_damaged_tracks_count_the_same_in_the_dry_run_and_the_run(ana
     assert (s.skipped_locked, s.failed, s.done) == (1, 1, 5)
     assert held.relative_to(root).as_posix() not in described
     assert (root / sidecar_of(g["loose"][0])).read_text() == "[1, 2"
+
+
+def test_cli_selection_options_and_their_usage_errors(layout, tmp_path):
+    root, g = layout
+
+    def pending(*args: str) -> list[str]:
+        r = cli(str(root), "--batch", "--dry-run", *args)
+        assert r.returncode == 0, r.stderr
+        return sorted(line.split("\t")[1] for line in r.stdout.splitlines() if line.startswith("pending\t"))
+
+    assert pending("--only", "crops,loose", "--only", "full_mix") == sorted(g["full_mix"] + g["crops"] + g["loose"])
+    assert pending("--only", "full_mix", "--stems", "--include", f"{T1}/*", "--exclude", "*[ks].flac") == sorted(
+        [g["full_mix"][0]] + [f"{T1}/{s}.flac" for s in ("other", "snare", "percussion")])
+    assert pending("--retry-failed") == []
+    for bad in (["--only", "stems"], ["--from-list", str(tmp_path / "none.txt")],
+                ["--from-list", "-", "--retry-failed"]):
+        r = cli(str(root), "--batch", "--dry-run", *bad)
+        assert r.returncode == 2 and "error" in r.stderr, bad
+    r = cli(str(root / g["loose"][0]), "--stems")
+    assert r.returncode == 2 and "only with --batch" in r.stderr
