@@ -2,6 +2,7 @@
 // all llama.cpp work, maps C++ errors to the package's Python exceptions and native log lines to Python logging.
 #include "engine.h"
 #include "log_bridge.h"
+#include "sampling.h"
 
 #include <pybind11/pybind11.h>
 #include <pybind11/numpy.h>
@@ -62,6 +63,7 @@ mf::PromptRequest to_prompt(const py::handle & h) {
     s.repeat_penalty = get_or<float>(d, "repeat_penalty", s.repeat_penalty);
     s.repeat_last_n = get_or<int>(d, "repeat_last_n", s.repeat_last_n);
     s.seed = get_or<uint32_t>(d, "seed", s.seed);
+    s.ignore_eos = get_or<bool>(d, "ignore_eos", s.ignore_eos);
     return p;
 }
 
@@ -73,6 +75,7 @@ py::dict stats_dict(const mf::GenerateStats & st) {
     d["prefix_tokens"] = st.prefix_tokens;
     d["prompt_tokens"] = st.prompt_tokens;
     d["n_ctx"] = st.n_ctx;
+    d["mel_ms"] = st.mel_ms;
     d["encode_ms"] = st.encode_ms;
     d["prefill_ms"] = st.prefill_ms;
     d["decode_ms"] = st.decode_ms;
@@ -139,34 +142,63 @@ py::dict result_dict(const mf::GenerateResult & r) {
     py::dict out;
     out["outputs"] = outs;
     out["stats"] = stats_dict(r.stats);
+    out["error_kind"] = r.error_kind;
+    out["error"] = r.error;
     return out;
 }
 
-// Owns the engine; close() frees the model before the Python object goes away.
+py::dict run_stats_dict(const mf::RunStats & s) {
+    py::dict d;
+    d["tracks"] = s.tracks;
+    d["tracks_failed"] = s.tracks_failed;
+    d["tracks_in_flight"] = s.tracks_in_flight;
+    d["peak_in_flight"] = s.peak_in_flight;
+    d["n_ctx"] = s.n_ctx;
+    d["n_seq"] = s.n_seq;
+    d["kv_budget_mb"] = s.kv_budget_mb;
+    d["steps"] = s.steps;
+    d["step_tokens"] = s.step_tokens;
+    d["decode_ms"] = s.decode_ms;
+    d["sample_ms"] = s.sample_ms;
+    d["host_ms"] = s.host_ms;
+    d["admit_ms"] = s.admit_ms;
+    d["wait_ms"] = s.wait_ms;
+    d["prepare_ms"] = s.prepare_ms;
+    d["wall_ms"] = s.wall_ms;
+    d["sampling_threads"] = s.sampling_threads;
+    d["step_batch"] = s.step_batch;
+    d["step_host_ms"] = s.step_host_ms;
+    d["step_decode_ms"] = s.step_decode_ms;
+    return d;
+}
+
+// Owns the engine. Every call holds its own reference for as long as it runs, so close() racing a running call
+// (another thread) frees the engine when that call returns instead of under it. The GIL orders close() against
+// the start of a call: both take the reference while holding it.
 class PyEngine {
 public:
     explicit PyEngine(const mf::EngineParams & p) {
         py::gil_scoped_release nogil;
-        engine_ = std::make_unique<mf::Engine>(p);
+        engine_ = std::make_shared<mf::Engine>(p);
     }
 
     void close() {
-        std::unique_ptr<mf::Engine> e = std::move(engine_);
-        py::gil_scoped_release nogil;  // the destructor waits for a running generate()
+        std::shared_ptr<mf::Engine> e = std::move(engine_);
+        py::gil_scoped_release nogil;  // the destructor waits for a running call (the engine's mutex)
         e.reset();
     }
 
     py::dict generate(py::array audio, int sample_rate, py::list prompts, const std::string & system_prompt,
                       bool render_special, int framing, bool debug) {
-        mf::Engine & eng = get();
+        std::shared_ptr<mf::Engine> eng = get();
         const mf::Framing fr = to_framing(framing);
-        std::vector<float> pcm = to_pcm(audio, sample_rate, eng.sample_rate());
+        std::vector<float> pcm = to_pcm(audio, sample_rate, eng->sample_rate());
         std::vector<mf::PromptRequest> reqs = to_prompts(prompts);
         mf::InterruptCheck check = interrupt_check();
         mf::GenerateResult r;
         {
             py::gil_scoped_release nogil;
-            r = eng.generate(pcm, reqs, system_prompt, render_special, fr, debug, check);
+            r = eng->generate(pcm, reqs, system_prompt, render_special, fr, debug, check);
         }
         py::dict out = result_dict(r);
         if (debug) {
@@ -179,35 +211,75 @@ public:
 
     py::list generate_many(py::list tracks, int sample_rate, const std::string & system_prompt, bool render_special,
                            int framing, int max_in_flight) {
-        mf::Engine & eng = get();
+        std::shared_ptr<mf::Engine> eng = get();
         const mf::Framing fr = to_framing(framing);
         std::vector<mf::TrackRequest> reqs;
         for (auto h : tracks) {
             auto pair = h.cast<py::tuple>();
             if (pair.size() != 2) throw mf::InputError("each track is an (audio, prompts) pair");
-            reqs.push_back({to_pcm(pair[0].cast<py::array>(), sample_rate, eng.sample_rate()),
+            reqs.push_back({to_pcm(pair[0].cast<py::array>(), sample_rate, eng->sample_rate()),
                             to_prompts(pair[1].cast<py::list>())});
         }
         mf::InterruptCheck check = interrupt_check();
         std::vector<mf::GenerateResult> rs;
         {
             py::gil_scoped_release nogil;
-            rs = eng.generate_many(reqs, system_prompt, render_special, fr, max_in_flight, false, check);
+            rs = eng->generate_many(reqs, system_prompt, render_special, fr, max_in_flight, false, check);
         }
         py::list out;
         for (const auto & r : rs) out.append(result_dict(r));
         return out;
     }
 
-    std::map<std::string, std::string> info() { return get().info(); }
-    int sample_rate() { return get().sample_rate(); }
+    // A stream of tracks sharing one list of prompts: next_audio() -> float32 array or None (called from the
+    // engine's helper thread), on_result(index, result) as each track finishes (in the caller's thread).
+    py::dict run_stream(py::object next_audio, py::object on_result, py::list prompts, int sample_rate,
+                        const std::string & system_prompt, bool render_special, int framing, int tracks_in_flight,
+                        double max_audio_seconds, bool profile, int prepare_ahead) {
+        std::shared_ptr<mf::Engine> eng = get();
+        mf::RunOptions o;
+        o.system_prompt = system_prompt;
+        o.render_special = render_special;
+        o.framing = to_framing(framing);
+        o.tracks_in_flight = std::max(0, tracks_in_flight);
+        o.profile = profile;
+        o.prepare_ahead = prepare_ahead;
+        o.interrupted = interrupt_check();
+        const std::vector<mf::PromptRequest> reqs = to_prompts(prompts);
+        o.max_prompts = std::max<int>(1, (int) reqs.size());
+        o.max_text_cells = eng->prompts_cells(reqs, system_prompt);
+        if (max_audio_seconds > 0) o.max_audio_samples = (size_t) (max_audio_seconds * eng->sample_rate());
+        const int engine_rate = eng->sample_rate();
+        mf::NextTrack next = [&](mf::TrackRequest & out) {
+            py::gil_scoped_acquire gil;
+            py::object a = next_audio();
+            if (a.is_none()) return false;
+            out.pcm = to_pcm(a.cast<py::array>(), sample_rate, engine_rate);
+            out.prompts = reqs;
+            return true;
+        };
+        mf::TrackDone done = [&](size_t index, mf::GenerateResult && r) {
+            py::gil_scoped_acquire gil;
+            on_result(index, result_dict(r));
+        };
+        mf::RunStats st;
+        {
+            py::gil_scoped_release nogil;
+            st = eng->run(next, done, o);
+        }
+        return run_stats_dict(st);
+    }
+
+    py::dict last_run_stats() { return run_stats_dict(get()->last_run_stats()); }
+    std::map<std::string, std::string> info() { return get()->info(); }
+    int sample_rate() { return get()->sample_rate(); }
 
 private:
-    mf::Engine & get() {
+    std::shared_ptr<mf::Engine> get() {
         if (!engine_) throw mf::EngineError("engine is closed");
-        return *engine_;
+        return engine_;
     }
-    std::unique_ptr<mf::Engine> engine_;
+    std::shared_ptr<mf::Engine> engine_;
 };
 
 }  // namespace
@@ -234,31 +306,43 @@ PYBIND11_MODULE(_core, m) {
     py::class_<PyEngine>(m, "Engine")
         .def(py::init([](const std::string & model_path, const std::string & mmproj_path, int n_gpu_layers,
                          bool mmproj_use_gpu, int n_threads, int flash_attn, int n_ctx, int n_batch, int n_ubatch,
-                         int n_seq_max, const std::string & kv_type, bool warmup) {
+                         int n_seq_max, const std::string & kv_type, bool warmup, int n_sampling_threads,
+                         double memory_budget_mb, bool prepare_ahead) {
                  mf::EngineParams p;
                  p.model_path = model_path; p.mmproj_path = mmproj_path; p.n_gpu_layers = n_gpu_layers;
                  p.mmproj_use_gpu = mmproj_use_gpu; p.n_threads = n_threads; p.flash_attn = flash_attn;
                  p.n_ctx = n_ctx; p.n_batch = n_batch; p.n_ubatch = n_ubatch; p.n_seq_max = n_seq_max;
-                 p.kv_type = kv_type; p.warmup = warmup;
+                 p.kv_type = kv_type; p.warmup = warmup; p.n_sampling_threads = n_sampling_threads;
+                 p.memory_budget_mb = memory_budget_mb; p.prepare_ahead = prepare_ahead;
                  return std::make_unique<PyEngine>(p);
              }),
              py::arg("model_path"), py::arg("mmproj_path"), py::arg("n_gpu_layers") = -1,
              py::arg("mmproj_use_gpu") = true, py::arg("n_threads") = 0, py::arg("flash_attn") = -1,
              py::arg("n_ctx") = 0, py::arg("n_batch") = 2048, py::arg("n_ubatch") = 1024, py::arg("n_seq_max") = 8,
-             py::arg("kv_type") = "f16",
-             py::arg("warmup") = true)
+             py::arg("kv_type") = "f16", py::arg("warmup") = true, py::arg("n_sampling_threads") = 0,
+             py::arg("memory_budget_mb") = 0.0, py::arg("prepare_ahead") = true)
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
              py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
              py::arg("debug") = false,
              "Encode the audio once and answer every prompt from the shared prefix. GIL released while running.")
         .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"),
              py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
-             py::arg("max_in_flight") = 4,
-             "Several (audio, prompts) tracks with continuous batching: up to max_in_flight tracks per decode step.")
+             py::arg("max_in_flight") = 0,
+             "Several (audio, prompts) tracks with continuous batching: up to max_in_flight tracks per decode step "
+             "(0: automatic). Raises the first failing track's error after all ran.")
+        .def("run_stream", &PyEngine::run_stream, py::arg("next_audio"), py::arg("on_result"), py::arg("prompts"),
+             py::arg("sample_rate"), py::arg("system_prompt") = "", py::arg("render_special") = false,
+             py::arg("framing") = 0, py::arg("tracks_in_flight") = 0, py::arg("max_audio_seconds") = 0.0,
+             py::arg("profile") = false, py::arg("prepare_ahead") = -1,
+             "Continuous batching over a stream: next_audio() -> array or None (helper thread), on_result(index, "
+             "result) per finished track; a failing track is reported in its result. Returns the run's stats.")
+        .def("last_run_stats", &PyEngine::last_run_stats, "Where the last run's time went (steps, host, decode).")
         .def("info", &PyEngine::info)
         .def_property_readonly("sample_rate", &PyEngine::sample_rate)
         .def("close", &PyEngine::close, "Free the model, the audio encoder and the context now.");
 
+    m.def("set_force_full_sampling", &mf::SequenceSampler::set_force_full_path, py::arg("on"),
+          "Tests/benchmarks: hand every sampler all n_vocab candidates (llama_sampler_sample's path).");
     m.def("build_info", &mf::build_info, "llama.cpp commit and source, compiled backends, CPU features.");
     m.def("list_devices", &mf::list_devices, "Devices ggml found: name, description, type, memory.");
     m.def("set_log_callback", &set_log_callback, py::arg("callback"),

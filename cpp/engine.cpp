@@ -1,13 +1,12 @@
 #include "engine.h"
 
+#include "batch_run.h"
 #include "ggml-backend.h"
 #include "gguf_check.h"
 #include "llama.h"
-#include "mtmd-helper.h"
 #include "mtmd.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -23,62 +22,20 @@
 namespace mf {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) {
-    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
 // Stands in for the user's text while the chat template is applied, so the formatted chat can be cut into
 // template pieces (tokenized with special tokens) and the user's text (tokenized as plain text). Plain letters
 // survive templates that trim or escape content.
 constexpr const char * kPromptSlot = "MUSICFLAMINGOPROMPTSLOT";
 
-struct ChunksDeleter { void operator()(mtmd_input_chunks * c) const { mtmd_input_chunks_free(c); } };
-struct BitmapDeleter { void operator()(mtmd_bitmap * b) const { mtmd_bitmap_free(b); } };
-struct SamplerDeleter { void operator()(llama_sampler * s) const { llama_sampler_free(s); } };
-using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
-
-struct Batch {
-    llama_batch b;
-    explicit Batch(int n) : b(llama_batch_init(n, 0, 1)) {}
-    ~Batch() { llama_batch_free(b); }
-    void clear() { b.n_tokens = 0; }
-    int add(llama_token tok, llama_pos pos, llama_seq_id seq, bool logits) {
-        const int k = b.n_tokens++;
-        b.token[k] = tok; b.pos[k] = pos; b.n_seq_id[k] = 1; b.seq_id[k][0] = seq; b.logits[k] = logits;
-        return k;
-    }
-};
-
-// HF order (temperature before top-k/top-p), so a given temperature/top_p means what it means in transformers.
-SamplerPtr make_sampler(const llama_vocab * vocab, const SamplingParams & s) {
-    SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
-    if (s.repeat_penalty != 1.0f) {
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_penalties(llama_vocab_n_tokens(vocab), s.repeat_last_n, s.repeat_penalty, 0.0f, 0.0f));
-    }
-    if (s.temperature <= 0.0f) {
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
-        return chain;
-    }
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(s.temperature));
-    if (s.top_k > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(s.top_k));
-    if (s.top_p < 1.0f) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(s.top_p, 1));
-    if (s.min_p > 0.0f) llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(s.min_p, 1));
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(s.seed));
-    return chain;
-}
-
-std::string detokenize(const llama_vocab * vocab, const std::vector<int32_t> & toks, bool special) {
-    if (toks.empty()) return "";
-    std::string out(toks.size() * 8 + 16, '\0');
-    int n = llama_detokenize(vocab, toks.data(), (int32_t) toks.size(), out.data(), (int32_t) out.size(), false, special);
-    if (n < 0) {
-        out.resize(-n);
-        n = llama_detokenize(vocab, toks.data(), (int32_t) toks.size(), out.data(), (int32_t) out.size(), false, special);
-    }
-    out.resize(std::max(n, 0));
-    return out;
-}
+// Automatic tracks in flight, at most. On a GPU a decode step is memory-bound, so more sequences per step are
+// nearly free until attention over the unified KV cache (every query reads every track's cells) and the KQ mask
+// llama.cpp builds on one CPU thread per step outgrow the gain (bench/RESULTS.md, GPU table). On a CPU a step is
+// compute-bound and 2 in flight gained most (bench/in_flight.py).
+constexpr int kAutoInFlightGpu = 12;
+constexpr int kAutoInFlightCpu = 2;
+// llama.cpp allows at most 256 sequences in one context (LLAMA_MAX_SEQ, src/llama-cparams.h: not public).
+constexpr int kMaxSequences = 256;
+constexpr size_t kTenMinutes = 600 * 16000;
 
 std::string device_label(ggml_backend_dev_t dev) {
     if (!dev) return "CPU";
@@ -101,45 +58,59 @@ llama_flash_attn_type fa_type(int v) {
     return v < 0 ? LLAMA_FLASH_ATTN_TYPE_AUTO : v ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
 }
 
-}  // namespace
+std::vector<int32_t> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special) {
+    if (text.empty()) return {};
+    std::vector<int32_t> toks(text.size() + 8);
+    int n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
+                           parse_special);
+    if (n < 0) {
+        toks.resize((size_t) -n);
+        n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
+                           parse_special);
+    }
+    if (n < 0) throw InputError("could not tokenize prompt text");
+    toks.resize((size_t) n);
+    return toks;
+}
 
-// The chat, formatted by the model's template and cut at the media marker and the prompt slot:
-//   head  <marker>  mid  <user text>  tail
-// head+marker go to mtmd (which puts the audio where the marker is); mid, user text and tail are the per-prompt
-// suffix. For ChatML: head = "<|im_start|>user\n", mid = "", tail = "<|im_end|>\n<|im_start|>assistant\n".
-struct Engine::Prompt {
-    std::string head, mid, tail;
-};
+// The KV cells a track can ever need besides its prefix: every prompt's suffix and token limit. A sequence never
+// runs past the trained context (such a track fails before anything is decoded), so no prompt counts for more:
+// an absurd max_tokens cannot size an absurd context.
+int text_cells(const llama_vocab * vocab, const ChatPieces & chat, const std::vector<PromptRequest> & prompts,
+               int n_ctx_train) {
+    const int around = (int) (tokenize(vocab, chat.mid, true).size() + tokenize(vocab, chat.tail, true).size());
+    long n = 0;
+    for (const auto & p : prompts) {
+        const long one = around + (long) tokenize(vocab, p.text, false).size() + std::max(p.max_tokens, 0);
+        n += std::min<long>(one, n_ctx_train);
+    }
+    return (int) std::min<long>(n, 1L << 30);
+}
 
-// One 30 s window of the reference framing: encode pcm[start, start+len) (mtmd pads it to 30 s) and feed the LLM
-// tokens [keep_from, keep_from+keep_n) of its 750.
-struct Engine::Window {
-    size_t start, len;
-    int keep_from, keep_n;
-};
-
-namespace {
-
-constexpr size_t kWindowSamples = 30 * 16000;
-constexpr int kWindowTokens = 750;
-
-// Tokens the reference keeps for n real samples of a window: mel frames ceil(n/160), then the stride-2 conv and
-// the stride-2 average pool (transformers AudioFlamingo3Encoder._get_feat_extract_output_lengths).
-int reference_tokens(size_t n_samples) {
-    const long frames = std::min<long>((long) ((n_samples + 159) / 160), 3000);
-    const long conv = (frames - 1) / 2 + 1;
-    return (int) ((conv - 2) / 2 + 1);
+[[noreturn]] void rethrow_track_error(const GenerateResult & r) {
+    if (r.error_kind == "InputError") throw InputError(r.error);
+    if (r.error_kind == "ModelFileError") throw ModelFileError(r.error);
+    throw EngineError(r.error);
 }
 
 }  // namespace
 
-Engine::Engine(const EngineParams & params) : params_(params) {
+// How one run is sized: the tracks that may decode together, the context's cells and sequences.
+struct Engine::Sizing {
+    int in_flight = 1;
+    int n_ctx = 0;
+    int n_seq = 1;
+    double kv_budget_mb = 0;
+};
+
+Engine::Engine(const EngineParams & params) : params_(params), res_(std::make_unique<Resources>()) {
     if (params_.n_ubatch < 1) throw InputError("n_ubatch must be positive");
     if (params_.n_batch < params_.n_ubatch) params_.n_batch = params_.n_ubatch;
     // Default: half the logical CPUs, about the physical cores (llama.cpp's own default). ggml's thread pool spins
     // while it waits, so a thread per logical CPU fights the audio-decoding thread and anything else running:
     // measured on 2 cores with another process busy, 2 threads ran a decode step 25x slower than 1 (bench/RESULTS.md).
-    if (params_.n_threads <= 0) params_.n_threads = (int) std::max(1u, std::thread::hardware_concurrency() / 2);
+    const int n_cpu = (int) std::max(1u, std::thread::hardware_concurrency());
+    if (params_.n_threads <= 0) params_.n_threads = std::max(1, n_cpu / 2);
     kv_ggml_type(params_.kv_type);  // validate early
 
     check_text_model_file(params_.model_path);
@@ -149,8 +120,9 @@ Engine::Engine(const EngineParams & params) : params_(params) {
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params_.n_gpu_layers < 0 ? 999 : params_.n_gpu_layers;
-    model_ = llama_model_load_from_file(params_.model_path.c_str(), mp);
-    if (!model_) throw ModelFileError("llama.cpp could not load the model: " + params_.model_path + " (see the log)");
+    res_->model.reset(llama_model_load_from_file(params_.model_path.c_str(), mp));
+    if (!res_->model) throw ModelFileError("llama.cpp could not load the model: " + params_.model_path + " (see the log)");
+    llama_model * model = res_->model.get();
 
     mtmd_context_params cp = mtmd_context_params_default();
     cp.use_gpu = params_.mmproj_use_gpu;
@@ -158,24 +130,29 @@ Engine::Engine(const EngineParams & params) : params_(params) {
     cp.n_threads = params_.n_threads;
     cp.flash_attn_type = fa_type(params_.flash_attn);
     cp.warmup = params_.warmup;
-    mtmd_ = mtmd_init_from_file(params_.mmproj_path.c_str(), model_, cp);
-    if (!mtmd_) {
-        llama_model_free(model_);
+    res_->mtmd.reset(mtmd_init_from_file(params_.mmproj_path.c_str(), model, cp));
+    if (!res_->mtmd) {
         throw ModelFileError("mtmd could not load the mmproj (does it belong to this model?): " + params_.mmproj_path +
                              " (see the log)");
     }
-    if (!mtmd_support_audio(mtmd_)) {
-        mtmd_free(mtmd_);
-        llama_model_free(model_);
-        throw ModelFileError("mmproj has no audio support: " + params_.mmproj_path);
-    }
+    if (!mtmd_support_audio(res_->mtmd.get())) throw ModelFileError("mmproj has no audio support: " + params_.mmproj_path);
 
-    const char * tmpl = llama_model_chat_template(model_, nullptr);
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    for (int32_t id = 0; id < llama_vocab_n_tokens(vocab); id++) {
+        if (llama_vocab_is_eog(vocab, id)) res_->eog_ids.push_back(id);
+    }
+    // Sampling threads: a quarter of the CPUs, at most 4 (a step's rows are few and short; more threads only add
+    // wake-up latency), at least 1.
+    const int n_samp = params_.n_sampling_threads > 0 ? params_.n_sampling_threads : std::clamp(n_cpu / 4, 1, 4);
+    if (n_samp > 1) res_->pool = std::make_unique<SamplerPool>(n_samp);
+
+    const char * tmpl = llama_model_chat_template(model, nullptr);
     chat_template_ = tmpl ? tmpl : "chatml";
 
-    const int n_layer = llama_model_n_layer(model_);
+    const int n_layer = llama_model_n_layer(model);
     ggml_backend_dev_t gpu = first_gpu();
     const int offloaded = gpu ? std::min(mp.n_gpu_layers, n_layer + 1) : 0;
+    text_on_gpu_ = offloaded > n_layer;  // every layer and the output: the KV cache lives on the GPU
     text_device_ = offloaded > 0 ? device_label(gpu) + ", " + std::to_string(offloaded) + "/" +
                                        std::to_string(n_layer + 1) + " layers"
                                  : "CPU";
@@ -184,150 +161,47 @@ Engine::Engine(const EngineParams & params) : params_(params) {
 
 Engine::~Engine() {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (ctx_) llama_free(ctx_);
-    if (mtmd_) mtmd_free(mtmd_);
-    if (model_) llama_model_free(model_);
+    res_.reset();  // context, then audio encoder, then model (Resources' members in reverse order)
 }
 
-int Engine::sample_rate() const { return mtmd_get_audio_sample_rate(mtmd_); }
-int Engine::n_ctx_train() const { return llama_model_n_ctx_train(model_); }
+int Engine::sample_rate() const { return mtmd_get_audio_sample_rate(res_->mtmd.get()); }
+
+// Bytes one KV cell takes: K and V of every layer's key/value heads.
+double Engine::kv_cell_bytes() const {
+    const llama_model * model = res_->model.get();
+    const ggml_type t = kv_ggml_type(params_.kv_type);
+    const double type_bytes = (double) ggml_type_size(t) / (double) ggml_blck_size(t);
+    const double head_dim = (double) llama_model_n_embd(model) / std::max(1, llama_model_n_head(model));
+    return 2.0 * llama_model_n_layer(model) * llama_model_n_head_kv(model) * head_dim * type_bytes;
+}
+int Engine::n_ctx_train() const { return llama_model_n_ctx_train(res_->model.get()); }
 
 std::map<std::string, std::string> Engine::info() const {
     char desc[256];
-    llama_model_desc(model_, desc, sizeof desc);
+    llama_model_desc(res_->model.get(), desc, sizeof desc);
     return {
         {"model_path", params_.model_path},
         {"mmproj_path", params_.mmproj_path},
         {"model_desc", desc},
         {"n_ctx_train", std::to_string(n_ctx_train())},
-        {"n_embd", std::to_string(llama_model_n_embd(model_))},
-        {"n_layer", std::to_string(llama_model_n_layer(model_))},
+        {"n_embd", std::to_string(llama_model_n_embd(res_->model.get()))},
+        {"n_layer", std::to_string(llama_model_n_layer(res_->model.get()))},
         {"chat_template", chat_template_},
         {"sample_rate", std::to_string(sample_rate())},
         {"text_model_device", text_device_},
         {"audio_encoder_device", audio_device_},
         {"n_threads", std::to_string(params_.n_threads)},
+        {"sampling_threads", std::to_string(res_->pool ? res_->pool->threads() : 1)},
+        {"auto_tracks_in_flight_cap", std::to_string(text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu)},
         {"flash_attn", params_.flash_attn < 0 ? "auto" : params_.flash_attn ? "on" : "off"},
         {"n_ctx", std::to_string(ctx_n_ctx_)},
         {"kv_type", params_.kv_type},
+        {"kv_cell_bytes", std::to_string((long) kv_cell_bytes())},
     };
 }
 
-std::vector<int32_t> Engine::tokenize(const std::string & text, bool parse_special) const {
-    const llama_vocab * vocab = llama_model_get_vocab(model_);
-    if (text.empty()) return {};
-    std::vector<int32_t> toks(text.size() + 8);
-    int n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
-                           parse_special);
-    if (n < 0) {
-        toks.resize(-n);
-        n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
-                           parse_special);
-    }
-    if (n < 0) throw InputError("could not tokenize prompt text");
-    toks.resize(n);
-    return toks;
-}
-
-// (Re)creates the llama context when a call needs more cells, sequences or batch than the current one has.
-// Grows only, rounded up, so a long run settles on one context instead of reallocating per track.
-void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed) {
-    int n_ctx = params_.n_ctx > 0 ? params_.n_ctx : n_ctx_needed;
-    if (params_.n_ctx > 0 && n_ctx_needed > params_.n_ctx) {
-        throw InputError("audio and prompts need " + std::to_string(n_ctx_needed) + " context tokens but n_ctx is " +
-                         std::to_string(params_.n_ctx) + " (shorten the audio, lower max_tokens or raise n_ctx)");
-    }
-    if (ctx_ && n_ctx <= ctx_n_ctx_ && n_seq <= ctx_n_seq_ && n_batch_needed <= ctx_n_batch_) return;
-    if (params_.n_ctx <= 0) n_ctx = std::max(((n_ctx + 1023) / 1024) * 1024, ctx_n_ctx_);
-    n_seq = std::max({n_seq, params_.n_seq_max, ctx_n_seq_});
-    int n_batch = std::max({params_.n_batch, n_batch_needed, ctx_n_batch_});
-
-    if (ctx_) { llama_free(ctx_); ctx_ = nullptr; ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0; }
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n_ctx;
-    cp.n_batch = n_batch;
-    cp.n_ubatch = std::min(params_.n_ubatch, n_batch);
-    cp.n_seq_max = n_seq;
-    cp.kv_unified = true;  // the forked sequences share the prefix cells instead of copying them
-    cp.n_threads = params_.n_threads;
-    cp.n_threads_batch = params_.n_threads;
-    cp.flash_attn_type = fa_type(params_.flash_attn);
-    cp.type_k = cp.type_v = kv_ggml_type(params_.kv_type);
-    cp.no_perf = true;
-    ctx_ = llama_init_from_model(model_, cp);
-    if (!ctx_) {
-        throw EngineError("llama.cpp could not create a context of " + std::to_string(n_ctx) +
-                          " tokens (out of memory? see the log)");
-    }
-    ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch;
-}
-
-// Encodes the first 30 s window of pcm[0, n) (mtmd pads shorter audio with silence). Returns 750 x n_embd floats.
-std::vector<float> Engine::encode_window(const float * pcm, size_t n, double & encode_ms) {
-    std::unique_ptr<mtmd_bitmap, BitmapDeleter> bmp(mtmd_bitmap_init_from_audio(n, pcm));
-    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks(mtmd_input_chunks_init());
-    const char * marker = mtmd_default_marker();
-    mtmd_input_text txt{marker, std::strlen(marker), false, true};
-    const mtmd_bitmap * bitmaps[1] = {bmp.get()};
-    if (!bmp || mtmd_tokenize(mtmd_, chunks.get(), &txt, bitmaps, 1)) throw EngineError("mtmd could not take the audio");
-    for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
-        const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
-        if (mtmd_input_chunk_get_type(ch) != MTMD_INPUT_CHUNK_TYPE_AUDIO) continue;
-        auto t0 = Clock::now();
-        if (mtmd_encode_chunk(mtmd_, ch)) throw EngineError("mtmd failed to encode an audio window");
-        encode_ms += ms_since(t0);
-        const size_t n_embd = (size_t) llama_model_n_embd_inp(model_);
-        const float * e = mtmd_get_output_embd(mtmd_);
-        return std::vector<float>(e, e + mtmd_input_chunk_get_n_tokens(ch) * n_embd);
-    }
-    throw EngineError("mtmd produced no audio window");
-}
-
-// Feeds embeddings to sequence `seq` in n_batch slices (what mtmd_helper_decode_image_chunk does, for any token range).
-void Engine::decode_embd(const float * embd, int n_tokens, llama_seq_id seq, llama_pos & n_past) {
-    const int n_embd = llama_model_n_embd_inp(model_);
-    llama_batch b = llama_batch_init(ctx_n_batch_, n_embd, 1);
-    struct Free { llama_batch & b; ~Free() { llama_batch_free(b); } } free_b{b};
-    for (int off = 0; off < n_tokens; off += ctx_n_batch_) {
-        const int n = std::min(ctx_n_batch_, n_tokens - off);
-        std::memcpy(b.embd, embd + (size_t) off * n_embd, sizeof(float) * (size_t) n * n_embd);
-        for (int i = 0; i < n; i++) {
-            b.pos[i] = n_past + i; b.n_seq_id[i] = 1; b.seq_id[i][0] = seq; b.logits[i] = false;
-        }
-        b.n_tokens = n;
-        if (llama_decode(ctx_, b)) throw EngineError("llama.cpp failed to decode the audio embeddings");
-        n_past += n;
-    }
-}
-
-void Engine::decode_tokens(const std::vector<int32_t> & toks, llama_seq_id seq, llama_pos & n_past) {
-    Batch b(ctx_n_batch_);
-    for (size_t off = 0; off < toks.size(); off += ctx_n_batch_) {
-        b.clear();
-        for (size_t i = off; i < std::min(toks.size(), off + ctx_n_batch_); i++) b.add(toks[i], n_past++, seq, false);
-        if (llama_decode(ctx_, b.b)) throw EngineError("llama.cpp failed to evaluate the prompt prefix");
-    }
-}
-
-namespace {
-
-void validate_track(const TrackRequest & t) {
-    if (t.pcm.empty()) throw InputError("audio is empty");
-    for (float x : t.pcm) {
-        if (!std::isfinite(x)) throw InputError("audio contains NaN or infinite samples");
-    }
-    if (t.pcm.size() > 0xFFFFFFF0u) throw InputError("audio is too long");
-    if (t.prompts.empty()) throw InputError("no prompts given");
-    for (const auto & p : t.prompts) {
-        if (p.max_tokens < 1) throw InputError("max_tokens must be >= 1");
-        if (p.text.find('\0') != std::string::npos) throw InputError("prompt text contains a NUL character");
-    }
-}
-
-}  // namespace
-
-// The chat formatted by the model's template, cut at the media marker and the prompt slot (see struct Prompt).
-Engine::Prompt Engine::format_chat(const std::string & system_prompt) const {
+// The chat formatted by the model's template, cut at the media marker and the prompt slot (see ChatPieces).
+ChatPieces Engine::format_chat(const std::string & system_prompt) const {
     const std::string marker = mtmd_default_marker();
     std::vector<llama_chat_message> msgs;
     if (!system_prompt.empty()) msgs.push_back({"system", system_prompt.c_str()});
@@ -337,7 +211,7 @@ Engine::Prompt Engine::format_chat(const std::string & system_prompt) const {
     auto apply = [&](const char * tmpl) {
         int n = llama_chat_apply_template(tmpl, msgs.data(), msgs.size(), true, formatted.data(), (int32_t) formatted.size());
         if (n > (int) formatted.size()) {
-            formatted.resize(n);
+            formatted.resize((size_t) n);
             n = llama_chat_apply_template(tmpl, msgs.data(), msgs.size(), true, formatted.data(), (int32_t) formatted.size());
         }
         return n;
@@ -345,7 +219,7 @@ Engine::Prompt Engine::format_chat(const std::string & system_prompt) const {
     int n_fmt = apply(chat_template_.c_str());
     if (n_fmt < 0) n_fmt = apply("chatml");  // a template llama.cpp does not know: fall back to ChatML
     if (n_fmt < 0) throw EngineError("could not apply the chat template");
-    formatted.resize(n_fmt);
+    formatted.resize((size_t) n_fmt);
     const size_t at_marker = formatted.find(marker);
     const size_t at_slot = formatted.find(kPromptSlot);
     if (at_marker == std::string::npos || at_slot == std::string::npos || at_slot < at_marker) {
@@ -355,109 +229,163 @@ Engine::Prompt Engine::format_chat(const std::string & system_prompt) const {
             formatted.substr(at_slot + std::string(kPromptSlot).size())};
 }
 
-// What one track puts in front of its prompts: planned (tokenized, windows chosen) before any decoding, so its
-// length is known; evaluated into one sequence when the track is admitted.
-struct Engine::Prefix {
-    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks;  // Mtmd framing
-    std::vector<int32_t> head_toks, sep_toks;                   // reference framings
-    std::vector<Window> windows;
-    llama_pos n_pos = 0;
-};
+// (Re)creates the llama context when a run needs more cells, sequences or batch than the current one has.
+// Grows only, rounded up, so a long run settles on one context instead of reallocating per call.
+void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed) {
+    int n_ctx = params_.n_ctx > 0 ? params_.n_ctx : n_ctx_needed;
+    n_seq = std::min(kMaxSequences, std::max({n_seq, params_.n_seq_max, ctx_n_seq_}));
+    const int n_batch = std::max({params_.n_batch, n_batch_needed, ctx_n_batch_});
+    if (res_->ctx && n_ctx <= ctx_n_ctx_ && n_seq <= ctx_n_seq_ && n_batch <= ctx_n_batch_) return;
+    if (params_.n_ctx <= 0) n_ctx = std::max(((n_ctx + 255) / 256) * 256, ctx_n_ctx_);  // llama.cpp pads to 256
 
-Engine::Prefix Engine::plan_prefix(const std::vector<float> & pcm, const Prompt & fp, Framing framing,
-                                   GenerateStats & st) const {
-    Prefix px;
-    if (framing == Framing::Mtmd) {
-        const std::string marker = mtmd_default_marker();
-        std::unique_ptr<mtmd_bitmap, BitmapDeleter> bmp(mtmd_bitmap_init_from_audio(pcm.size(), pcm.data()));
-        if (!bmp) throw EngineError("mtmd could not take the audio");
-        px.chunks.reset(mtmd_input_chunks_init());
-        const std::string prefix_text = fp.head + marker;
-        mtmd_input_text txt{prefix_text.c_str(), prefix_text.size(), /*add_special*/ true, /*parse_special*/ true};
-        const mtmd_bitmap * bitmaps[1] = {bmp.get()};
-        if (int r = mtmd_tokenize(mtmd_, px.chunks.get(), &txt, bitmaps, 1)) {
-            throw EngineError("mtmd could not tokenize the audio prompt (code " + std::to_string(r) + ")");
-        }
-        px.n_pos = mtmd_helper_get_n_pos(px.chunks.get());
-        for (size_t i = 0; i < mtmd_input_chunks_size(px.chunks.get()); i++) {
-            const mtmd_input_chunk * ch = mtmd_input_chunks_get(px.chunks.get(), i);
-            if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_AUDIO) {
-                st.audio_chunks++;
-                st.audio_tokens += (int) mtmd_input_chunk_get_n_tokens(ch);
-            }
-        }
-        return px;
+    res_->ctx.reset();
+    ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0;
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t) n_ctx;
+    cp.n_batch = (uint32_t) n_batch;
+    cp.n_ubatch = (uint32_t) std::min(params_.n_ubatch, n_batch);
+    cp.n_seq_max = (uint32_t) n_seq;
+    // A decode outputs at most one row per sequence (a step: one per live sequence; a track's prompts: one each).
+    // Left at 0 llama.cpp reserves n_batch rows of logits in the compute buffer (~1.2 GB for Qwen's vocabulary).
+    cp.n_outputs_max = (uint32_t) n_seq;
+    cp.kv_unified = true;  // the forked sequences share the prefix cells instead of copying them
+    cp.n_threads = params_.n_threads;
+    cp.n_threads_batch = params_.n_threads;
+    cp.flash_attn_type = fa_type(params_.flash_attn);
+    cp.type_k = cp.type_v = kv_ggml_type(params_.kv_type);
+    cp.no_perf = true;
+    res_->ctx.reset(llama_init_from_model(res_->model.get(), cp));
+    if (!res_->ctx) {
+        throw EngineError("llama.cpp could not create a context of " + std::to_string(n_ctx) +
+                          " tokens (out of memory? see the log)");
     }
-    const llama_vocab * vocab = llama_model_get_vocab(model_);
-    px.head_toks = tokenize(fp.head, true);
-    if (llama_vocab_get_add_bos(vocab)) px.head_toks.insert(px.head_toks.begin(), llama_vocab_bos(vocab));
-    px.sep_toks = tokenize("\n", false);
-    const size_t L = pcm.size();
-    const size_t n_win = (L + kWindowSamples - 1) / kWindowSamples;
-    for (size_t w = 0; w < n_win; w++) {
-        const size_t start = w * kWindowSamples, len = std::min(kWindowSamples, L - start);
-        const int keep = len == kWindowSamples ? kWindowTokens : reference_tokens(len);
-        if (len < kWindowSamples && framing == Framing::ReferenceTail && L >= kWindowSamples) {
-            // the final 30 s of real audio; its last `keep` tokens cover [start, L)
-            px.windows.push_back({L - kWindowSamples, kWindowSamples, kWindowTokens - keep, keep});
-        } else {
-            px.windows.push_back({start, len, 0, keep});
-        }
-        st.audio_tokens += keep;
-    }
-    st.audio_chunks = (int) px.windows.size();
-    px.n_pos = (llama_pos) (px.head_toks.size() + px.sep_toks.size()) + st.audio_tokens;
-    return px;
+    ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch;
 }
 
-// Evaluates a planned prefix into sequence `seq`; returns the next position. `embd_out` (debug) receives the audio
-// embeddings as fed.
-llama_pos Engine::eval_prefix(Prefix & px, const std::vector<float> & pcm, llama_seq_id seq, GenerateStats & st,
-                              std::vector<float> * embd_out, const InterruptCheck & interrupted) {
-    llama_pos n_past = 0;
-    const size_t n_embd = (size_t) llama_model_n_embd_inp(model_);
-    if (px.chunks) {
-        for (size_t i = 0; i < mtmd_input_chunks_size(px.chunks.get()); i++) {
-            const mtmd_input_chunk * ch = mtmd_input_chunks_get(px.chunks.get(), i);
-            llama_pos new_n_past = n_past;
-            auto t0 = Clock::now();
-            if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
-                if (mtmd_helper_eval_chunk_single(mtmd_, ctx_, ch, n_past, seq, ctx_n_batch_, false, &new_n_past)) {
-                    throw EngineError("llama.cpp failed to evaluate the prompt prefix");
-                }
+// Tracks in flight and context size for a run. `cells` (largest first) are the KV cells the tracks can need: each
+// known track's, or for a stream the longest expected track's. Automatic sizing fills at most the memory budget
+// (free device memory after the model, less room for compute buffers) up to the cap; the KV cells actually free
+// decide admissions inside the run, so short tracks fill the same context more densely than long ones.
+Engine::Sizing Engine::size_run(const RunOptions & opts) {
+    Sizing sz;
+    const int max_prompts = std::max(1, opts.max_prompts);
+    const int seq_cap = std::max(1, kMaxSequences / max_prompts);
+    std::vector<int> cells = opts.track_cells;
+    std::sort(cells.rbegin(), cells.rend());
+    auto sum_top = [&](int t) {
+        long s = 0;
+        for (int i = 0; i < t; i++) s += cells.empty() ? 0 : cells[std::min((size_t) i, cells.size() - 1)];
+        return (int) std::min<long>(s, 1L << 30);
+    };
+    if (opts.tracks_in_flight > 0) {
+        sz.in_flight = opts.tracks_in_flight;
+        if (opts.known_tracks > 0) sz.in_flight = std::min<int>(sz.in_flight, (int) opts.known_tracks);
+        sz.in_flight = std::min(sz.in_flight, seq_cap);
+        sz.n_ctx = sum_top(sz.in_flight);
+    } else {
+        const double cell_bytes = kv_cell_bytes();
+        double budget = params_.memory_budget_mb * 1024.0 * 1024.0;
+        if (budget <= 0) {
+            size_t free = 0, total = 0;
+            if (text_on_gpu_) {
+                ggml_backend_dev_memory(first_gpu(), &free, &total);
+                // room for the compute buffers of the context (made after this) and of the encoder's windows
+                budget = 0.9 * (double) free - 1.5 * 1024.0 * 1024.0 * 1024.0 + (double) ctx_n_ctx_ * cell_bytes;
             } else {
-                if (mtmd_encode_chunk(mtmd_, ch)) throw EngineError("mtmd failed to encode an audio window");
-                st.encode_ms += ms_since(t0);
-                t0 = Clock::now();
-                float * embd = mtmd_get_output_embd(mtmd_);
-                if (embd_out) embd_out->insert(embd_out->end(), embd, embd + mtmd_input_chunk_get_n_tokens(ch) * n_embd);
-                if (mtmd_helper_decode_image_chunk(mtmd_, ctx_, ch, embd, n_past, seq, ctx_n_batch_, &new_n_past,
-                                                   nullptr, nullptr)) {
-                    throw EngineError("llama.cpp failed to decode the audio embeddings");
-                }
+                ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+                if (cpu) ggml_backend_dev_memory(cpu, &free, &total);
+                budget = 0.5 * (double) free;
             }
-            st.prefill_ms += ms_since(t0);
-            n_past = new_n_past;
-            if (interrupted && interrupted()) throw Interrupted("interrupted");
         }
-        return n_past;
+        sz.kv_budget_mb = budget / (1024.0 * 1024.0);
+        const int fit = (int) std::clamp(budget / cell_bytes, 0.0, (double) (1 << 30));
+        sz.in_flight = text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu;
+        if (opts.known_tracks > 0) sz.in_flight = std::min<int>(sz.in_flight, (int) opts.known_tracks);
+        sz.in_flight = std::min(sz.in_flight, seq_cap);
+        // cells are upper bounds (a silent window more than any track has): tracks usually fit more densely
+        sz.n_ctx = std::min(sum_top(sz.in_flight), fit);
     }
-    auto t0 = Clock::now();
-    decode_tokens(px.head_toks, seq, n_past);
-    st.prefill_ms += ms_since(t0);
-    for (const Window & w : px.windows) {
-        std::vector<float> e = encode_window(pcm.data() + w.start, w.len, st.encode_ms);
-        const float * kept = e.data() + (size_t) w.keep_from * n_embd;
-        if (embd_out) embd_out->insert(embd_out->end(), kept, kept + (size_t) w.keep_n * n_embd);
-        t0 = Clock::now();
-        decode_embd(kept, w.keep_n, seq, n_past);
-        st.prefill_ms += ms_since(t0);
-        if (interrupted && interrupted()) throw Interrupted("interrupted");
+    sz.n_ctx = std::max(sz.n_ctx, 256);
+    sz.n_seq = sz.in_flight * max_prompts;
+    return sz;
+}
+
+RunStats Engine::run(const NextTrack & next, const TrackDone & done, const RunOptions & opts) {
+    if (opts.max_prompts < 1) throw InputError("max_prompts must be >= 1");
+    std::lock_guard<std::mutex> lock(mutex_);
+    const ChatPieces chat = format_chat(opts.system_prompt);
+    RunOptions o = opts;
+    if (o.track_cells.empty()) {
+        // a stream: size for its longest expected track
+        o.track_cells.push_back(
+            std::min(max_prefix_positions(chat, o.max_audio_samples ? o.max_audio_samples : kTenMinutes), n_ctx_train()) +
+            o.max_text_cells);
     }
-    t0 = Clock::now();
-    decode_tokens(px.sep_toks, seq, n_past);
-    st.prefill_ms += ms_since(t0);
-    return n_past;
+    Sizing sz = size_run(o);
+    // Out of memory for the context: fewer tracks in flight, down to one.
+    for (;;) {
+        try {
+            ensure_context(sz.n_ctx, sz.n_seq, o.n_batch_needed);
+            break;
+        } catch (const EngineError &) {
+            if (sz.in_flight <= 1) throw;
+            sz.in_flight = std::max(1, sz.in_flight / 2);
+            sz.n_ctx = std::max(256, sz.n_ctx / 2);
+            sz.n_seq = sz.in_flight * std::max(1, o.max_prompts);
+        }
+    }
+    const bool ahead = o.prepare_ahead < 0 ? params_.prepare_ahead : o.prepare_ahead > 0;
+    BatchRun::Limits lim{sz.in_flight, ctx_n_ctx_, ctx_n_seq_, ctx_n_batch_, n_ctx_train(), ahead};
+    BatchRun run(*res_, o, lim, chat, next, done);
+    last_run_ = RunStats{};
+    last_run_ = run.run();
+    last_run_.kv_budget_mb = sz.kv_budget_mb;
+    return last_run_;
+}
+
+int Engine::prompts_cells(const std::vector<PromptRequest> & prompts, const std::string & system_prompt) const {
+    return text_cells(llama_model_get_vocab(res_->model.get()), format_chat(system_prompt), prompts, n_ctx_train());
+}
+
+std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest> & tracks,
+                                                  const std::string & system_prompt, bool render_special,
+                                                  Framing framing, int max_in_flight, bool debug,
+                                                  const InterruptCheck & interrupted) {
+    if (tracks.empty()) return {};
+    RunOptions o;
+    o.system_prompt = system_prompt;
+    o.render_special = render_special;
+    o.framing = framing;
+    o.tracks_in_flight = max_in_flight;
+    o.known_tracks = tracks.size();
+    o.debug = debug;
+    o.interrupted = interrupted;
+    {
+        const ChatPieces chat = format_chat(system_prompt);
+        const llama_vocab * vocab = llama_model_get_vocab(res_->model.get());
+        const auto mid = tokenize(vocab, chat.mid, true), tail = tokenize(vocab, chat.tail, true);
+        for (const auto & t : tracks) {
+            o.max_prompts = std::max(o.max_prompts, (int) t.prompts.size());
+            o.track_cells.push_back(std::min(max_prefix_positions(chat, t.pcm.size()), n_ctx_train()) +
+                                    text_cells(vocab, chat, t.prompts, n_ctx_train()));
+            int suffix = 0;
+            for (const auto & p : t.prompts) suffix += (int) (mid.size() + tail.size() + tokenize(vocab, p.text, false).size());
+            o.n_batch_needed = std::max(o.n_batch_needed, suffix);  // all prompts of a track in one batch
+        }
+    }
+    o.max_prompts = std::max(o.max_prompts, 1);
+    size_t i = 0;
+    std::vector<GenerateResult> results(tracks.size());
+    run([&](TrackRequest & out) {
+            if (i == tracks.size()) return false;
+            out = tracks[i++];
+            return true;
+        },
+        [&](size_t index, GenerateResult && r) { results[index] = std::move(r); }, o);
+    for (const auto & r : results) {
+        if (!r.error_kind.empty()) rethrow_track_error(r);
+    }
+    return results;
 }
 
 GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
@@ -467,186 +395,6 @@ GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vecto
     one[0].pcm = pcm;
     one[0].prompts = prompts;
     return std::move(generate_many(one, system_prompt, render_special, framing, 1, debug, interrupted)[0]);
-}
-
-// Continuous batching over tracks. Up to `max_in_flight` tracks are active; each owns one sequence per prompt,
-// forked from its own prefix. Every step decodes the next token of every live sequence of every active track in
-// one batch; when a track's last sequence ends, its cells are freed and the next track is admitted (its prefix
-// is evaluated between two steps). With max_in_flight = 1 this is the plain one-track path.
-std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest> & tracks,
-                                                  const std::string & system_prompt, bool render_special,
-                                                  Framing framing, int max_in_flight, bool debug,
-                                                  const InterruptCheck & interrupted) {
-    if (tracks.empty()) return {};
-    for (const auto & t : tracks) validate_track(t);
-    size_t most_prompts = 1;
-    for (const auto & t : tracks) most_prompts = std::max(most_prompts, t.prompts.size());
-    // llama.cpp allows at most 256 sequences in one context (LLAMA_MAX_SEQ, src/llama-cparams.h: not public)
-    const int seq_cap = std::max(1, (int) (256 / most_prompts));
-    max_in_flight = std::max(1, std::min({max_in_flight, (int) tracks.size(), seq_cap}));
-
-    std::lock_guard<std::mutex> lock(mutex_);
-    const llama_vocab * vocab = llama_model_get_vocab(model_);
-    const Prompt fp = format_chat(system_prompt);
-    const auto mid_toks = tokenize(fp.mid, true), tail_toks = tokenize(fp.tail, true);
-    const int n_vocab = llama_vocab_n_tokens(vocab);
-
-    // Per-prompt suffix tokens, and a context big enough for the `max_in_flight` largest tracks at once.
-    // The audio's share is bounded from its length (exact counts come at admission): 750 per started 30 s + 2.
-    std::vector<std::vector<std::vector<int32_t>>> suffix(tracks.size());
-    std::vector<int> need(tracks.size());
-    int max_suffix_total = 1;
-    for (size_t t = 0; t < tracks.size(); t++) {
-        int n = 8 + kWindowTokens * (int) (tracks[t].pcm.size() / kWindowSamples + 2), n_suffix = 0;
-        for (const auto & p : tracks[t].prompts) {
-            std::vector<int32_t> toks = mid_toks;
-            auto u = tokenize(p.text, /*parse_special*/ false);  // the user's text never becomes control tokens
-            toks.insert(toks.end(), u.begin(), u.end());
-            toks.insert(toks.end(), tail_toks.begin(), tail_toks.end());
-            n += (int) toks.size() + p.max_tokens;
-            n_suffix += (int) toks.size();
-            suffix[t].push_back(std::move(toks));
-        }
-        need[t] = n;
-        max_suffix_total = std::max(max_suffix_total, n_suffix);
-    }
-    std::sort(need.rbegin(), need.rend());
-    int n_ctx_needed = 0;
-    for (int i = 0; i < max_in_flight; i++) n_ctx_needed += need[i];
-    const int n_seq_total = max_in_flight * (int) most_prompts;
-    ensure_context(n_ctx_needed, n_seq_total, max_suffix_total);
-    llama_memory_t mem = llama_get_memory(ctx_);
-    llama_memory_clear(mem, true);
-
-    struct Active {
-        size_t track;
-        std::vector<llama_seq_id> seqs;
-        std::vector<SamplerPtr> samplers;
-        std::vector<int> logit_idx;
-        std::vector<llama_pos> pos;
-        std::vector<bool> live;
-        size_t n_live = 0;
-        Clock::time_point t_start, t_decode;
-    };
-    std::vector<GenerateResult> results(tracks.size());
-    std::vector<Active> active;
-    std::vector<llama_seq_id> free_seqs;
-    for (int s = ctx_n_seq_ - 1; s >= 0; s--) free_seqs.push_back(s);
-    size_t next_track = 0;
-    Batch step(std::max(n_seq_total, 1));
-
-    // Samples sequence i of track a from the logits at a.logit_idx[i]; queues the token in `into` or retires it.
-    auto sample = [&](Active & a, size_t i, Batch & into) {
-        const PromptRequest & p = tracks[a.track].prompts[i];
-        PromptOutput & out = results[a.track].outputs[i];
-        if (debug && a.track == 0 && i == 0 && results[0].first_logits.empty()) {
-            const float * lg = llama_get_logits_ith(ctx_, a.logit_idx[i]);
-            results[0].first_logits.assign(lg, lg + n_vocab);
-        }
-        const llama_token tok = llama_sampler_sample(a.samplers[i].get(), ctx_, a.logit_idx[i]);
-        if (llama_vocab_is_eog(vocab, tok)) {
-            out.stop_reason = "eog";
-        } else {
-            out.tokens.push_back(tok);
-            results[a.track].stats.tokens_generated++;
-            if ((int) out.tokens.size() < p.max_tokens) {
-                a.logit_idx[i] = into.add(tok, a.pos[i]++, a.seqs[i], true);
-                return;
-            }
-            out.stop_reason = "max_tokens";
-        }
-        a.live[i] = false;
-        a.n_live--;
-    };
-
-    // Evaluates the next track's prefix into its first sequence, forks it, decodes its prompts and samples their
-    // first tokens into `step`.
-    auto admit = [&](size_t t) {
-        const TrackRequest & tr = tracks[t];
-        GenerateResult & res = results[t];
-        GenerateStats & st = res.stats;
-        Active a;
-        a.track = t;
-        a.t_start = Clock::now();
-        st.audio_seconds = (double) tr.pcm.size() / sample_rate();
-        st.n_ctx = ctx_n_ctx_;
-        Prefix px = plan_prefix(tr.pcm, fp, framing, st);
-        for (size_t i = 0; i < tr.prompts.size(); i++) {
-            const long per_seq = (long) px.n_pos + (long) suffix[t][i].size() + tr.prompts[i].max_tokens;
-            if (per_seq > n_ctx_train()) {
-                throw InputError("audio (" + std::to_string(px.n_pos) + " positions) + prompt " + std::to_string(i) +
-                                 " + max_tokens = " + std::to_string(per_seq) + " exceeds the model's trained context of " +
-                                 std::to_string(n_ctx_train()) + " (shorten the audio or lower max_tokens)");
-            }
-            st.prompt_tokens += (int) suffix[t][i].size();
-        }
-        st.prefix_tokens = px.n_pos;
-        for (size_t i = 0; i < tr.prompts.size(); i++) {
-            a.seqs.push_back(free_seqs.back());
-            free_seqs.pop_back();
-        }
-        const llama_pos n_past = eval_prefix(px, tr.pcm, a.seqs[0], st, debug && t == 0 ? &res.audio_embd : nullptr,
-                                             interrupted);
-        auto t0 = Clock::now();
-        for (size_t i = 1; i < a.seqs.size(); i++) llama_memory_seq_cp(mem, a.seqs[0], a.seqs[i], -1, -1);
-        Batch prompts_batch(std::max(st.prompt_tokens, 1));
-        for (size_t i = 0; i < tr.prompts.size(); i++) {
-            const auto & toks = suffix[t][i];
-            for (size_t k = 0; k < toks.size(); k++) {
-                const int idx = prompts_batch.add(toks[k], n_past + (llama_pos) k, a.seqs[i], k + 1 == toks.size());
-                if (k + 1 == toks.size()) a.logit_idx.push_back(idx);
-            }
-            a.pos.push_back(n_past + (llama_pos) toks.size());
-            a.samplers.push_back(make_sampler(vocab, tr.prompts[i].sampling));
-        }
-        if (llama_decode(ctx_, prompts_batch.b)) throw EngineError("llama.cpp failed to evaluate the prompts");
-        st.prefill_ms += ms_since(t0);
-        res.outputs.resize(tr.prompts.size());
-        a.live.assign(tr.prompts.size(), true);
-        a.n_live = tr.prompts.size();
-        a.t_decode = Clock::now();
-        for (size_t i = 0; i < tr.prompts.size(); i++) sample(a, i, step);
-        active.push_back(std::move(a));
-    };
-
-    // Frees the cells and sequences of finished tracks and completes their results.
-    auto retire = [&]() {
-        for (size_t k = 0; k < active.size();) {
-            Active & a = active[k];
-            if (a.n_live > 0) { k++; continue; }
-            GenerateResult & res = results[a.track];
-            for (auto s : a.seqs) {
-                llama_memory_seq_rm(mem, s, -1, -1);
-                free_seqs.push_back(s);
-            }
-            res.stats.decode_ms = ms_since(a.t_decode);
-            res.stats.decode_tokens_per_s =
-                res.stats.decode_ms > 0 ? res.stats.tokens_generated / (res.stats.decode_ms / 1000.0) : 0.0;
-            res.stats.total_ms = ms_since(a.t_start);
-            for (auto & o : res.outputs) o.text = detokenize(vocab, o.tokens, render_special);
-            active.erase(active.begin() + (long) k);
-        }
-    };
-
-    while (next_track < tracks.size() || !active.empty()) {
-        step.clear();
-        for (auto & a : active) {
-            for (size_t i = 0; i < a.live.size(); i++) {
-                if (a.live[i]) sample(a, i, step);
-            }
-        }
-        retire();
-        while (next_track < tracks.size() && (int) active.size() < max_in_flight &&
-               free_seqs.size() >= tracks[next_track].prompts.size()) {
-            admit(next_track++);
-            retire();  // a track whose prompts all ended on their first token
-        }
-        if (step.b.n_tokens == 0) continue;
-        if (interrupted && interrupted()) throw Interrupted("interrupted");
-        if (llama_decode(ctx_, step.b)) throw EngineError("llama.cpp failed during generation");
-    }
-    llama_memory_clear(mem, true);
-    return results;
 }
 
 std::map<std::string, std::string> build_info() {

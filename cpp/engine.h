@@ -1,19 +1,21 @@
 // The resident Music Flamingo engine: llama.cpp's text model + mtmd audio encoder, loaded once.
 //
-// One call = one track: the audio is encoded once, the shared prefix (chat head + audio) is evaluated once into
-// sequence 0, forked to N sequences in a unified KV cache (the prefix cells are shared, not copied), and the N
-// prompts are decoded together, one batch per step, each with its own sampler chain and token limit.
+// Per track: the audio is encoded once, the shared prefix (chat head + audio) is evaluated once into one sequence,
+// forked to N sequences in a unified KV cache (the prefix cells are shared, not copied), and the N prompts are
+// decoded together, each with its own sampler chain and token limit. Several tracks decode in the same batch steps
+// (continuous batching, cpp/batch_run.cpp); the next tracks' audio is encoded on a helper thread meanwhile.
 //
 // Plain C++ (no Python types): bindings.cpp adapts it. Errors are C++ exceptions of the types below; nothing here
 // may abort the process on bad input.
 #pragma once
+
+#include "errors.h"
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -22,15 +24,6 @@ struct llama_context;
 struct mtmd_context;
 
 namespace mf {
-
-// A model/mmproj file that is missing, unreadable, not a GGUF, or the wrong kind of GGUF.
-struct ModelFileError : std::runtime_error { using std::runtime_error::runtime_error; };
-// Audio or prompts the engine cannot take (empty, wrong format, non-finite, too long for the context).
-struct InputError : std::invalid_argument { using std::invalid_argument::invalid_argument; };
-// llama.cpp failed while running (allocation, decode).
-struct EngineError : std::runtime_error { using std::runtime_error::runtime_error; };
-// The caller asked to stop (Ctrl-C) between two decode steps.
-struct Interrupted : std::runtime_error { using std::runtime_error::runtime_error; };
 
 struct EngineParams {
     std::string model_path;
@@ -42,10 +35,13 @@ struct EngineParams {
     int n_ctx = 0;               // 0: sized per call from the audio length and the prompts' limits (grows, never shrinks)
     int n_batch = 2048;          // logical batch; grown when the prompts of one call need more
     int n_ubatch = 1024;         // physical batch; >= 750 so one 30 s audio window is not split (the compute
-                                 // buffer holds n_ubatch rows of logits: 2048 would cost 1.2 GB for Qwen's vocabulary)
+                                 // buffer holds n_ubatch rows of activations)
     int n_seq_max = 8;           // sequences the context is made for; grown when a call has more prompts
     std::string kv_type = "f16"; // KV cache element type: f16, f32 (exact comparisons), q8_0 (half the memory)
     bool warmup = true;          // mtmd encodes one dummy window at load (finds unsupported GPU ops early)
+    int n_sampling_threads = 0;  // threads that sample the rows of a step; 0: up to 4, a quarter of the CPUs
+    double memory_budget_mb = 0; // KV cache budget for automatic sizing; 0: from the device's free memory
+    bool prepare_ahead = true;   // encode the next tracks' audio on a helper thread while others decode
 };
 
 struct SamplingParams {
@@ -56,6 +52,7 @@ struct SamplingParams {
     float repeat_penalty = 1.0f; // 1: off
     int repeat_last_n = 64;
     uint32_t seed = 0;
+    bool ignore_eos = false;     // never sample end-of-generation tokens: every answer runs to max_tokens (benchmarks)
 };
 
 struct PromptRequest {
@@ -86,26 +83,36 @@ struct PromptOutput {
 
 struct GenerateStats {
     double audio_seconds = 0;
-    int audio_chunks = 0;        // 30 s windows as mtmd frames them
+    int audio_chunks = 0;        // 30 s windows as the framing cuts them
     int audio_tokens = 0;
     int prefix_tokens = 0;       // shared prefix positions (chat head + audio)
     int prompt_tokens = 0;       // sum over prompts of the per-prompt suffix
     int n_ctx = 0;
-    double encode_ms = 0;        // audio encoder
+    double mel_ms = 0;           // log-mel of the audio (helper thread with prepare_ahead)
+    double encode_ms = 0;        // audio encoder (helper thread with prepare_ahead)
     double prefill_ms = 0;       // prefix text + audio embeddings + prompt suffixes through the LLM
-    double decode_ms = 0;        // generation loop
+    double decode_ms = 0;        // from the first generated token to the last
     int tokens_generated = 0;
     double decode_tokens_per_s = 0;
-    double total_ms = 0;
+    double total_ms = 0;         // from admission (after the audio was encoded) to the last token
 };
 
 struct GenerateResult {
     std::vector<PromptOutput> outputs;
     GenerateStats stats;
+    // Set when this track failed alone (Engine::run): the exception's kind ("InputError", "EngineError") and message.
+    std::string error_kind, error;
     // Only with `debug`: the audio embeddings as fed to the LLM (audio_tokens x n_embd) and the logits of the
     // first generated position of prompt 0 (n_vocab). For fidelity measurements against transformers.
     std::vector<float> audio_embd;
     std::vector<float> first_logits;
+};
+
+// The chat, formatted by the model's template and cut at the media marker and at the user's text:
+//   head <audio> mid <user text> tail
+// For ChatML: head = "<|im_start|>user\n", mid = "", tail = "<|im_end|>\n<|im_start|>assistant\n".
+struct ChatPieces {
+    std::string head, mid, tail;
 };
 
 // One track of a generate_many() call.
@@ -116,6 +123,53 @@ struct TrackRequest {
 
 // Called between decode steps; returns true to stop (used for Ctrl-C from Python).
 using InterruptCheck = std::function<bool()>;
+// Engine::run's source: fills the next track and returns true, or returns false when there is none left.
+// Called from the helper thread that encodes audio (or the caller's thread without prepare_ahead).
+using NextTrack = std::function<bool(TrackRequest &)>;
+// Engine::run's sink: the result of the index-th track taken from the source. Called on the caller's thread.
+using TrackDone = std::function<void(size_t, GenerateResult &&)>;
+
+struct RunOptions {
+    std::string system_prompt;
+    bool render_special = false;     // keep the text of special tokens in the output (as llama-mtmd-cli prints them)
+    Framing framing = Framing::Mtmd;
+    int tracks_in_flight = 0;        // 0: automatic (from free memory, capped where attention cost outgrows the gain)
+    int max_prompts = 0;             // most prompts any track has (sizes the sequences); required by run()
+    size_t max_audio_samples = 0;    // longest audio expected (sizes the context for a stream); 0: 10 minutes
+    size_t known_tracks = 0;         // how many tracks the source holds, when known (0: a stream)
+    std::vector<int> track_cells;    // when known: each track's KV cells at most (sizes the context exactly)
+    int max_text_cells = 0;          // a stream: KV cells of a track's prompts, suffixes and token limits
+                                     // (Engine::prompts_cells); with max_audio_samples it bounds a track's cells
+    int n_batch_needed = 0;          // tokens of the largest track's prompt suffixes together (one batch)
+    bool debug = false;              // audio embeddings and first logits of the first track
+    bool profile = false;            // record every decode step (RunStats::step_*)
+    int prepare_ahead = -1;          // -1: the engine's setting; 0/1: encode on the decode thread / a helper thread
+    InterruptCheck interrupted;
+};
+
+// What one run did, for benchmarks: where the time went between and inside decode steps.
+struct RunStats {
+    int tracks = 0;
+    int tracks_failed = 0;
+    int tracks_in_flight = 0;        // the limit used (chosen automatically or given)
+    int peak_in_flight = 0;
+    int n_ctx = 0;
+    int n_seq = 0;
+    double kv_budget_mb = 0;         // memory the automatic sizing allowed the KV cache (0: not used)
+    int steps = 0;
+    long step_tokens = 0;            // sum over steps of the sequences decoded
+    double decode_ms = 0;            // inside llama_decode (+ synchronize) for the steps
+    double sample_ms = 0;            // sampling the rows of the steps
+    double host_ms = 0;              // all per-step work outside llama_decode (sampling, batch, bookkeeping)
+    double admit_ms = 0;             // prefill of admitted tracks on the decode thread
+    double wait_ms = 0;              // decode thread waiting for the helper thread's encoded audio
+    double prepare_ms = 0;           // mel + encoder of all tracks (helper thread with prepare_ahead)
+    double wall_ms = 0;
+    int sampling_threads = 1;
+    // with RunOptions::profile, one entry per step: live sequences, host ms before the step, decode ms
+    std::vector<int> step_batch;
+    std::vector<float> step_host_ms, step_decode_ms;
+};
 
 class Engine {
 public:
@@ -131,39 +185,43 @@ public:
                             Framing framing = Framing::Mtmd, bool debug = false,
                             const InterruptCheck & interrupted = nullptr);
 
-    // Several tracks with continuous batching: up to max_in_flight tracks decode in the same steps, and a finished
-    // track's sequences go to the next track. Results in the order of `tracks`; with greedy decoding and flash
-    // attention off each equals generate() of that track alone.
+    // Several tracks with continuous batching: up to max_in_flight tracks (0: automatic) decode in the same steps,
+    // and a finished track's sequences go to the next track. Results in the order of `tracks`; with greedy
+    // decoding and flash attention off each equals generate() of that track alone. The first failing track's
+    // error is thrown (after all tracks ran).
     std::vector<GenerateResult> generate_many(const std::vector<TrackRequest> & tracks, const std::string & system_prompt,
                                               bool render_special, Framing framing, int max_in_flight,
                                               bool debug = false, const InterruptCheck & interrupted = nullptr);
 
+    // The general form: tracks come from `next` (a stream), results go to `done` as each track finishes; a track
+    // that fails alone (too long, out of memory) is reported through `done` with its error and the others go on.
+    RunStats run(const NextTrack & next, const TrackDone & done, const RunOptions & opts);
+
     int sample_rate() const;
     int n_ctx_train() const;
+    double kv_cell_bytes() const;
+    // KV cells that `prompts` can need besides the audio prefix (their suffixes and token limits).
+    int prompts_cells(const std::vector<PromptRequest> & prompts, const std::string & system_prompt) const;
+    const RunStats & last_run_stats() const { return last_run_; }
     // Static facts about the loaded model: file names, architecture, template, devices used.
     std::map<std::string, std::string> info() const;
 
+    // Internals shared with BatchRun (cpp/batch_run.cpp).
+    struct Resources;
+
 private:
-    struct Prompt;  // formatted prompt pieces
-    struct Window;  // one audio window of the reference framing
-    struct Prefix;  // a track's planned prefix
-    Prompt format_chat(const std::string & system_prompt) const;
-    Prefix plan_prefix(const std::vector<float> & pcm, const Prompt & fp, Framing framing, GenerateStats & st) const;
-    int32_t eval_prefix(Prefix & px, const std::vector<float> & pcm, int32_t seq, GenerateStats & st,
-                        std::vector<float> * embd_out, const InterruptCheck & interrupted);  // returns llama_pos
-    std::vector<float> encode_window(const float * pcm, size_t n, double & encode_ms);
-    void decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past);  // seq: llama_seq_id, n_past: llama_pos
-    void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
+    struct Sizing;
+    Sizing size_run(const RunOptions & opts);
     void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed);
-    std::vector<int32_t> tokenize(const std::string & text, bool parse_special) const;
+    ChatPieces format_chat(const std::string & system_prompt) const;
 
     EngineParams params_;
-    llama_model * model_ = nullptr;
-    mtmd_context * mtmd_ = nullptr;
-    llama_context * ctx_ = nullptr;
+    std::unique_ptr<Resources> res_;
     int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0;
     std::string chat_template_;  // as stored in the GGUF ("chatml" when absent)
     std::string text_device_, audio_device_;
+    bool text_on_gpu_ = false;
+    RunStats last_run_;
     mutable std::mutex mutex_;
 };
 

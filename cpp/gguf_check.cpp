@@ -1,6 +1,6 @@
 #include "gguf_check.h"
 
-#include "engine.h"
+#include "errors.h"
 #include "gguf.h"
 
 #include <cerrno>

@@ -22,6 +22,7 @@ class Prompt:
     repeat_penalty: float = 1.0
     seed: int = 0
     name: str = ""
+    ignore_eos: bool = False  # never stop at end-of-generation: every answer runs to max_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -59,6 +60,7 @@ class GenerationStats:
     tokens_generated: int
     decode_tokens_per_s: float
     total_ms: float
+    mel_ms: float = 0.0        # log-mel, where the backend times it apart from the encoder (GGUF)
     devices: dict[str, str] = field(default_factory=dict)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
-from .errors import ModelFileError
+from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .models import resolve_model_files
 
 PromptLike = Union[Prompt, str]
@@ -25,6 +25,15 @@ PromptLike = Union[Prompt, str]
 # framing whose answers came closest to transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
 FRAMINGS = {"llamacpp": 0, "reference_trim": 1, "reference_tail": 2}
 DEFAULT_FRAMING = "reference_tail"
+
+
+def tracks_in_flight_code(value: int | str) -> int:
+    """``'auto'`` (or 0) -> 0, the engine's automatic sizing; a positive int as is."""
+    if value in ("auto", 0):
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"tracks_in_flight must be 'auto' or a positive integer, got {value!r}")
+    return value
 
 
 def _flash_attn_code(flash_attn: bool | str | None) -> int:
@@ -47,6 +56,9 @@ class MusicFlamingoGGUF(Analyzer):
     ``framing``: ``'reference_tail'`` (default; closest to the reference implementation, see bench/FIDELITY.md),
     ``'reference_trim'``, or ``'llamacpp'`` (exactly what llama-mtmd-cli feeds the model).
     ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
+    Throughput (see README, "Throughput knobs"): ``n_sampling_threads`` (0: up to 4) sample the sequences of a step;
+    ``memory_budget_mb`` caps the KV cache that automatic tracks in flight may fill (0: the device's free memory);
+    ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode.
     """
 
     backend = "gguf"
@@ -79,6 +91,9 @@ class MusicFlamingoGGUF(Analyzer):
         framing: str = DEFAULT_FRAMING,
         warmup: bool = True,
         verbose: bool = False,
+        n_sampling_threads: int = 0,
+        memory_budget_mb: float = 0.0,
+        prepare_ahead: bool = True,
     ) -> None:
         super().__init__(options or AnalysisOptions(
             prompts=prompts, prompts_files=tuple(prompts_files), temperature=temperature, top_p=top_p, seed=seed,
@@ -105,7 +120,8 @@ class MusicFlamingoGGUF(Analyzer):
         self._engine = _core.Engine(
             str(self.model_path), str(self.mmproj_path), n_gpu_layers=n_gpu_layers, mmproj_use_gpu=mmproj_use_gpu,
             n_threads=n_threads or 0, flash_attn=_flash_attn_code(flash_attn), n_ctx=n_ctx, n_batch=n_batch,
-            n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_type=kv_cache_type, warmup=warmup)
+            n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_type=kv_cache_type, warmup=warmup,
+            n_sampling_threads=n_sampling_threads, memory_budget_mb=memory_budget_mb, prepare_ahead=prepare_ahead)
         self.info = dict(self._engine.info())
         logger.info("loaded: text model on %s, audio encoder on %s",
                     self.info["text_model_device"], self.info["audio_encoder_device"])
@@ -180,18 +196,65 @@ class MusicFlamingoGGUF(Analyzer):
         self,
         tracks: Sequence[tuple[str | os.PathLike | np.ndarray, Sequence[PromptLike] | PromptLike]],
         *,
-        tracks_in_flight: int = 4,
+        tracks_in_flight: int | str = "auto",
         sample_rate: int = TARGET_SAMPLE_RATE,
         max_tokens: int = 256,
         framing: str | None = None,
     ) -> list[GenerationResult]:
         """Several tracks at once with continuous batching: up to ``tracks_in_flight`` tracks decode in the same
-        batch steps, and a finished track's slots go to the next one. Results in the order of ``tracks``; with
-        greedy decoding and ``flash_attn=False`` each equals :meth:`generate` of that track alone."""
+        batch steps, and a finished track's slots go to the next one. ``'auto'`` (default) sizes it from the
+        device's free memory and the tracks' lengths. Results in the order of ``tracks``; with greedy decoding and
+        ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
+        raised after all tracks ran."""
         native = [(as_engine_audio(a), [p.to_native() for p in as_prompts(ps, max_tokens)]) for a, ps in tracks]
         raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False,
-                                          self._framing_code(framing), max(1, int(tracks_in_flight)))
+                                          self._framing_code(framing), tracks_in_flight_code(tracks_in_flight))
         return [self._result(r) for r in raws]
+
+    def generate_stream(
+        self,
+        audio: Iterable[np.ndarray],
+        prompts: Sequence[PromptLike] | PromptLike,
+        on_result: Callable[[int, GenerationResult | Exception], None],
+        *,
+        tracks_in_flight: int | str = "auto",
+        max_tokens: int = 256,
+        max_audio_seconds: float = 0.0,
+        framing: str | None = None,
+        profile: bool = False,
+        prepare_ahead: bool | None = None,
+    ) -> dict[str, Any]:
+        """Continuous batching over a stream of tracks that share ``prompts``: the engine takes the next array
+        from ``audio`` (float32 mono 16 kHz, on its helper thread) whenever it has room, and calls
+        ``on_result(index, result)`` as each track finishes — ``result`` is a :class:`GenerationResult` or, for a
+        track that failed alone (too short, too long for the context), the exception. Keep ``on_result`` short:
+        the decode loop waits for it. ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
+        10 minutes). ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
+        went (steps, host and decode ms, tracks in flight)."""
+        plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
+        it = iter(audio)
+
+        def next_audio():
+            try:
+                return as_engine_audio(next(it))
+            except StopIteration:
+                return None
+
+        def done(index: int, raw: dict) -> None:
+            try:
+                on_result(index, self._result(raw))
+            except MusicFlamingoError as e:
+                on_result(index, e)
+
+        stats = self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, self.system_prompt, False,
+                                        self._framing_code(framing), tracks_in_flight_code(tracks_in_flight),
+                                        float(max_audio_seconds), bool(profile),
+                                        -1 if prepare_ahead is None else int(bool(prepare_ahead)))
+        return dict(stats)
+
+    def last_run_stats(self) -> dict[str, Any]:
+        """Where the time of the last generate/generate_many/generate_stream went (steps, host, decode, admit)."""
+        return dict(self._engine.last_run_stats())
 
     def _framing_code(self, framing: str | None) -> int:
         framing = framing or self.framing
@@ -200,6 +263,9 @@ class MusicFlamingoGGUF(Analyzer):
         return FRAMINGS[framing]
 
     def _result(self, raw: dict) -> GenerationResult:
+        if raw.get("error_kind"):
+            raise {"InputError": InvalidInputError, "ModelFileError": ModelFileError}.get(
+                raw["error_kind"], EngineError)(raw["error"])
         stats = GenerationStats(**raw["stats"], devices={
             "text_model": self.info["text_model_device"], "audio_encoder": self.info["audio_encoder_device"]})
         outs = raw["outputs"]

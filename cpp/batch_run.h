@@ -1,0 +1,153 @@
+// Continuous batching over tracks (one Engine::run call). Internal to the engine.
+//
+//   helper thread:  next track from the source -> plan + encode its audio (PrefixPlanner) -> ready queue
+//   decode thread:  admit (prefill the prefix, fork one sequence per prompt, first tokens)
+//                   step  (sample every live sequence, one llama_decode for all of them)
+//                   retire (free a finished track's cells and sequences, hand its result to the sink)
+//
+// A track is admitted only when the KV cells it can ever need (prefix + every prompt's suffix and token limit) are
+// free, so a running track never runs out of cells; a track that cannot fit even alone fails alone.
+#pragma once
+
+#include "engine.h"
+#include "prefix.h"
+#include "sampling.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+struct llama_context;
+struct llama_model;
+struct mtmd_context;
+
+namespace mf {
+
+struct ModelDeleter { void operator()(llama_model * m) const; };
+struct MtmdDeleter { void operator()(mtmd_context * m) const; };
+struct ContextDeleter { void operator()(llama_context * c) const; };
+
+// An owned llama_batch of token ids (n_embd = 0) or embeddings (n_embd > 0), one sequence per entry.
+struct Batch {
+    llama_batch b;
+    const int n_embd;
+    Batch(int n, int n_embd_ = 0) : b(llama_batch_init(n, n_embd_, 1)), n_embd(n_embd_) {}
+    ~Batch() { llama_batch_free(b); }
+    Batch(const Batch &) = delete;
+    Batch & operator=(const Batch &) = delete;
+    void clear() { b.n_tokens = 0; }
+    // Appends a token (or, for an embedding batch, the embedding row at `embd`); returns its index in the batch.
+    int add(int32_t tok, int32_t pos, int32_t seq, bool logits, const float * embd = nullptr) {
+        const int k = b.n_tokens++;
+        if (n_embd > 0) {
+            std::copy(embd, embd + n_embd, b.embd + (size_t) k * n_embd);
+        } else {
+            b.token[k] = tok;
+        }
+        b.pos[k] = pos; b.n_seq_id[k] = 1; b.seq_id[k][0] = seq; b.logits[k] = logits;
+        return k;
+    }
+};
+
+// What the engine owns, each handle freed by its owner (context before model).
+struct Engine::Resources {
+    std::unique_ptr<llama_model, ModelDeleter> model;
+    std::unique_ptr<mtmd_context, MtmdDeleter> mtmd;
+    std::unique_ptr<llama_context, ContextDeleter> ctx;
+    std::vector<int32_t> eog_ids;       // end-of-generation tokens (banned with ignore_eos)
+    std::unique_ptr<SamplerPool> pool;  // samples the rows of a step
+};
+
+class BatchRun {
+public:
+    struct Limits {
+        int max_in_flight;  // tracks decoding together at most
+        int n_ctx;          // KV cells of the context
+        int n_seq;          // sequences of the context
+        int n_batch;
+        int n_ctx_train;
+        bool prepare_ahead;
+    };
+    BatchRun(Engine::Resources & res, const RunOptions & opts, const Limits & lim, const ChatPieces & chat,
+             const NextTrack & next, const TrackDone & done);
+    ~BatchRun();
+    RunStats run();
+
+private:
+    using Clock = std::chrono::steady_clock;
+
+    // A track taken from the source, its prefix encoded (or the error that stopped it).
+    struct Pending {
+        size_t index = 0;
+        TrackRequest req;
+        PreparedPrefix px;
+        std::vector<std::vector<int32_t>> suffix;  // per prompt: mid + user text + tail tokens
+        int cells = 0;                             // KV cells the track can ever need
+        std::exception_ptr error;
+    };
+    struct Active {
+        size_t index;
+        TrackRequest req;
+        GenerateResult res;
+        std::vector<int32_t> seqs;
+        std::vector<std::unique_ptr<SequenceSampler>> samplers;
+        std::vector<int> logit_idx;   // row of the last decode's logits for each live sequence
+        std::vector<int32_t> pos;
+        std::vector<bool> live;
+        size_t n_live = 0;
+        int cells = 0;
+        Clock::time_point t_start, t_decode;
+    };
+
+    // helper thread (or inline without prepare_ahead)
+    void preparer_loop();
+    bool prepare_one(Pending & p);                // false: the source is exhausted
+    bool take_ready(Pending & out, bool block);   // next prepared track, in source order
+    void stop_preparer();
+
+    // decode thread
+    void admit_ready(bool block);
+    bool admit(Pending & p);                      // false: no room now (retry after a retire)
+    int32_t eval_prefix(const PreparedPrefix & px, int32_t seq);
+    void decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past);
+    void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
+    void sample_step();
+    void accept(Active & a, size_t i, int32_t tok);
+    void retire();
+    void fail(size_t index, const std::exception_ptr & e, GenerateResult res = {});
+
+    Engine::Resources & res_;
+    const RunOptions & opts_;
+    Limits lim_;
+    ChatPieces chat_;
+    const NextTrack & next_;
+    const TrackDone & done_;
+    std::unique_ptr<PrefixPlanner> planner_;
+    std::vector<int32_t> mid_toks_, tail_toks_;
+    int n_vocab_ = 0;
+
+    // ready queue between the threads
+    std::mutex m_;
+    std::condition_variable cv_ready_, cv_space_;
+    std::deque<Pending> ready_;
+    bool source_done_ = false, stop_ = false;
+    std::exception_ptr source_error_;
+    size_t n_taken_ = 0;
+    double prepare_ms_ = 0;
+    std::thread preparer_;
+
+    // decode thread state
+    std::vector<Active> active_;
+    std::vector<int32_t> free_seqs_;
+    int reserved_cells_ = 0;
+    bool have_next_ = false;
+    Pending next_pending_;
+    Batch step_;  // the next step's tokens, one per live sequence
+    RunStats stats_;
+};
+
+}  // namespace mf
