@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
 from .datatypes import GenerationStats, Prompt
@@ -111,7 +111,8 @@ class Analyzer:
         texts, stats = self._generate(prepared.pcm, prompts)
         return self._analysis(entries, prompts, prepared, texts, stats, with_provenance)
 
-    def analyze_many(self, prepared: Sequence[PreparedAudio], tracks_in_flight: int = 4) -> list[TrackAnalysis]:
+    def analyze_many(self, prepared: Sequence[PreparedAudio],
+                     tracks_in_flight: int | str = "auto") -> list[TrackAnalysis]:
         """Several decoded tracks with the current prompts, decoded together where the backend can (continuous
         batching on the GGUF engine). Results in order; one bad track fails the call (the batch runner then
         retries the tracks one by one)."""
@@ -120,6 +121,23 @@ class Analyzer:
         outs = self._generate_many([p.pcm for p in prepared], prompts, tracks_in_flight)
         return [self._analysis(entries, prompts, audio, texts, stats, True)
                 for audio, (texts, stats) in zip(prepared, outs)]
+
+    def analyze_stream(self, items: Iterable[tuple[Hashable, PreparedAudio]],
+                       on_result: Callable[[Hashable, "TrackAnalysis | Exception"], None],
+                       tracks_in_flight: int | str = "auto") -> None:
+        """Describe decoded tracks as they come, each reported as it finishes: ``on_result(key, analysis)`` or
+        ``on_result(key, exception)`` for a track that failed alone. ``items`` may be a generator (the batch runner
+        locks and decodes tracks inside it). This base version takes one track at a time; the GGUF backend keeps
+        up to ``tracks_in_flight`` tracks decoding together and pulls the next as soon as one finishes."""
+        for key, prepared in items:
+            try:
+                result = self.analyze_track(key, prepared=prepared)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one bad track never stops the stream
+                on_result(key, e)
+                continue
+            on_result(key, result)
 
     def _analysis(self, entries: Sequence[PromptEntry], prompts: Sequence[Prompt], prepared: PreparedAudio,
                   texts: Sequence[str], stats: GenerationStats | None, with_provenance: bool) -> TrackAnalysis:

@@ -11,7 +11,8 @@ Built for runs of days over tens of thousands of tracks, possibly by several pro
 - each track is locked (filelock, in ``<root>/.music-flamingo/locks``) while it is analysed, so processes sharing
   a dataset do each track once; a locked track is skipped, not waited for;
 - the next tracks are decoded and resampled on a background thread while the engine works on the current ones;
-- with ``tracks_in_flight > 1`` several tracks decode together in the engine's batch steps (continuous batching);
+- tracks stream into the engine: up to ``tracks_in_flight`` decode together in its batch steps, and a finished
+  track's place goes to the next one at once (continuous batching; the batch never drains between groups);
 - Ctrl-C stops between tracks or decode steps; sidecars are written atomically, so none is left half-written.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -227,7 +229,8 @@ class BatchOptions:
     failures: Path | None = None       # default: <root>/.music-flamingo/failures.jsonl
     progress: bool = True
     prefetch: bool = True
-    tracks_in_flight: int = 4          # >1: tracks decoded together in the engine's batch steps (continuous batching)
+    tracks_in_flight: int | str = "auto"  # tracks decoded together in the engine's batch steps (continuous
+                                          # batching); "auto": sized by the engine from free device memory
     selection: Selection | None = None  # which tracks (discovery.Selection); None: every track, no stems
     retry_failed: bool = False         # only the tracks listed in the failures file
 
@@ -262,6 +265,15 @@ class BatchSummary:
         if self.failures_file:
             s += f"; failures: {self.failures_file}"
         return s
+
+
+class _Skip(Exception):
+    """A locked track turned out complete: release it and go on."""
+
+
+# Tracks decoded ahead of the one the engine takes next (one decoding thread): enough to keep the engine's helper
+# thread from waiting on a slow decode, few enough to hold little audio in memory.
+PREFETCH_AHEAD = 2
 
 
 class _Prefetcher:
@@ -333,82 +345,78 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
     jsonl = open(opts.jsonl, "a", encoding="utf-8") if opts.jsonl else None
     bar = _progress(len(todo), opts.progress)
-    def analyze(group: list[tuple[Path, PreparedAudio]]) -> list[tuple[Path, Any]]:
-        """(track, TrackAnalysis or the exception) for each; decoded together where the engine can."""
-        if len(group) > 1:
-            try:
-                results = analyzer.analyze_many([p for _, p in group], opts.tracks_in_flight)
-                return [(t, r) for (t, _), r in zip(group, results)]
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # find the bad track: one at a time
-                logger.warning("a group of %d tracks failed (%s); retrying them one by one", len(group), e)
-        out: list[tuple[Path, Any]] = []
-        for t, p in group:
-            try:
-                out.append((t, analyzer.analyze_track(t, prepared=p)))
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # one bad track never stops the run
-                out.append((t, e))
-        return out
+    held: dict[Path, Any] = {}  # track -> its FileLock, from admission until its result is written
+    counting = threading.Lock()  # the summary is updated from the engine's helper thread and this one
 
-    # Groups of tracks_in_flight x 2 keep the engine's slots refilled from within a group.
-    size = 1 if opts.tracks_in_flight <= 1 else opts.tracks_in_flight * 2
-    groups = [todo[i:i + size] for i in range(0, len(todo), size)]
-    try:
-        for g, tracks_of_group in enumerate(groups):
-            locks, ready = [], []
+    def admitted() -> Iterator[tuple[Path, PreparedAudio]]:
+        """The tracks to analyse, in order, each locked and decoded. The engine pulls from this on its helper
+        thread whenever it can take a track, so locking and decoding stay off the decode loop."""
+        for i, track in enumerate(todo):
+            for ahead in todo[i:i + 1 + PREFETCH_AHEAD]:
+                prefetch.want(ahead)
+            lock = FileLock(str(_lock_path(state_dir, track)), thread_local=False)  # released on another thread
             try:
-                for track in tracks_of_group:
-                    prefetch.want(track)
-                for track in groups[g + 1] if g + 1 < len(groups) else []:
-                    prefetch.want(track)
-                for track in tracks_of_group:
-                    lock = FileLock(str(_lock_path(state_dir, track)))
-                    try:
-                        lock.acquire(timeout=0)
-                    except Timeout:
-                        summary.skipped_locked += 1
-                        logger.info("locked by another process, skipped: %s", track)
-                        prefetch.drop(track)
-                        bar.update(1)
-                        continue
-                    locks.append(lock)
-                    if complete(track):  # another process finished it since we looked
+                lock.acquire(timeout=0)
+            except Timeout:
+                with counting:
+                    summary.skipped_locked += 1
+                logger.info("locked by another process, skipped: %s", track)
+                prefetch.drop(track)
+                bar.update(1)
+                continue
+            try:
+                if complete(track):  # another process finished it since we looked
+                    with counting:
                         summary.skipped_complete += 1
-                        prefetch.drop(track)
-                        bar.update(1)
-                        continue
-                    try:
-                        ready.append((track, prefetch.get(track)))
-                    except Exception as e:  # undecodable audio
-                        fail(track, e)
-                        bar.update(1)
-                for track, result in analyze(ready):
-                    try:
-                        if isinstance(result, Exception):
-                            raise result
-                        fields = result.sidecar_fields()
-                        if opts.write_sidecars:
-                            update_sidecar(sidecar_path(track), fields)
-                        if jsonl is not None:
-                            jsonl.write(json.dumps({"path": str(track), **fields}, ensure_ascii=False) + "\n")
-                            jsonl.flush()
-                        if on_result is not None:
-                            on_result(track, fields)
-                        summary.done += 1
-                    except Exception as e:  # one bad track never stops the run
-                        fail(track, e)
-                    bar.update(1)
-                    bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
-            finally:
-                for lock in locks:
-                    lock.release()
+                    raise _Skip
+                prepared = prefetch.get(track)
+            except _Skip:
+                prefetch.drop(track)
+                lock.release()
+                bar.update(1)
+                continue
+            except Exception as e:  # undecodable audio, unreadable sidecar
+                lock.release()
+                with counting:
+                    fail(track, e)
+                bar.update(1)
+                continue
+            held[track] = lock
+            yield track, prepared
+
+    def finish(track: Path, result: Any) -> None:
+        """One track's result: written (sidecar, manifest) or counted as failed; its lock released."""
+        try:
+            if isinstance(result, Exception):
+                raise result
+            fields = result.sidecar_fields()
+            if opts.write_sidecars:
+                update_sidecar(sidecar_path(track), fields)
+            if jsonl is not None:
+                jsonl.write(json.dumps({"path": str(track), **fields}, ensure_ascii=False) + "\n")
+                jsonl.flush()
+            if on_result is not None:
+                on_result(track, fields)
+            with counting:
+                summary.done += 1
+        except Exception as e:  # one bad track never stops the run
+            with counting:
+                fail(track, e)
+        finally:
+            lock = held.pop(track, None)
+            if lock is not None:
+                lock.release()
+        bar.update(1)
+        bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
+
+    try:
+        analyzer.analyze_stream(admitted(), finish, opts.tracks_in_flight)
     except KeyboardInterrupt:
         summary.interrupted = True
         logger.warning("interrupted: stopping; no sidecar is left half-written")
     finally:
+        for lock in held.values():  # tracks in flight when interrupted: nothing of theirs was written
+            lock.release()
         bar.close()
         prefetch.close()
         if jsonl is not None:

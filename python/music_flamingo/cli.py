@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--failures", type=Path, default=None,
                    help="JSONL of failed tracks (default: PATH/.music-flamingo/failures.jsonl)")
     o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--tracks-in-flight", type=int, default=4,
-                   help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time)")
+    o.add_argument("--tracks-in-flight", type=_in_flight, default="auto",
+                   help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time; "
+                        "default auto: sized from the device's free memory)")
     d = p.add_argument_group(
         "dataset selection (with --batch)",
         "Tracks: the full_mix.<ext> of each organized folder, the crops <name>_<n> in crops folders, loose audio "
@@ -189,6 +190,16 @@ def _dry_run(a: argparse.Namespace, selection) -> int:
         print(line)
     print(report.table())
     return EXIT_OK
+
+
+def _in_flight(value: str) -> int | str:
+    """--tracks-in-flight: 'auto' or a positive integer (argparse turns the ValueError into a usage error)."""
+    if value == "auto":
+        return value
+    n = int(value)
+    if n < 1:
+        raise ValueError(value)
+    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:

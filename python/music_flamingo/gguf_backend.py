@@ -142,6 +142,30 @@ class MusicFlamingoGGUF(Analyzer):
         results = self.generate_many([(pcm, prompts) for pcm in pcms], tracks_in_flight=tracks_in_flight)
         return [(r.texts, r.stats) for r in results]
 
+    def analyze_stream(self, items, on_result, tracks_in_flight="auto") -> None:
+        """Continuous batching over a stream of decoded tracks (see :meth:`Analyzer.analyze_stream`): the engine's
+        helper thread pulls the next item whenever a track can be admitted, so the batch never drains between
+        groups; results arrive in the order tracks finish."""
+        entries = self.entries
+        prompts = self.to_prompts(entries)
+        taken: list = []  # (key, prepared) in the order the engine took them: its index is the engine's
+
+        def audio():
+            for key, prepared in items:
+                taken.append((key, prepared))
+                yield prepared.pcm
+
+        def done(index: int, result) -> None:
+            key, prepared = taken[index]
+            taken[index] = None  # the audio is no longer needed
+            if isinstance(result, Exception):
+                on_result(key, result)
+            else:
+                on_result(key, self._analysis(entries, prompts, prepared, result.texts, result.stats, True))
+
+        self.generate_stream(audio(), prompts, done, tracks_in_flight=tracks_in_flight,
+                             max_audio_seconds=self.max_analysed_seconds())
+
     def _provenance(self) -> dict:
         from .sidecar import FileHashCache
 
