@@ -3,13 +3,14 @@
 #include "engine.h"  // the error types
 
 // mtmd's internal headers (tools/mtmd is mtmd's public include directory): the clip encoder, its image type and
-// hparams, and the Whisper log-mel preprocessor mtmd itself uses for this projector.
+// hparams, and a Whisper log-mel preprocessor.
 #include "clip-impl.h"
 #include "clip-model.h"
 #include "clip.h"
 #include "mtmd-audio.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace mf {
 
@@ -17,7 +18,8 @@ namespace {
 
 constexpr size_t kHop = 160;            // samples per mel frame (10 ms at 16 kHz)
 constexpr int kWindowFrames = 3000;     // mel frames of a 30 s window
-constexpr size_t kReflect = 200;        // the STFT's centre padding: n_fft / 2 samples
+// sqrt(2^-24 / 1e-10): maps mtmd's mel energy floor (filter_params::mel_floor) onto the reference's (see encode())
+const float kMelScale = (float) std::sqrt(5.960464477539063e-08 / 1e-10);
 
 int real_frames(size_t n_samples) {
     return (int) std::min<size_t>((n_samples + kHop - 1) / kHop, kWindowFrames);
@@ -68,8 +70,8 @@ AudioWindowEncoder::AudioWindowEncoder(const Params & p) {
                              std::to_string((int) type) + ")");
     }
     ctx_ = r.ctx_a;
-    // the preprocessor mtmd uses for this projector (mtmd.cpp init_audio): Whisper log-mel, 30 s padding
-    mel_ = std::make_unique<mtmd_audio_preprocessor_whisper>(ctx_);
+    // Whisper's log-mel of one 30 s chunk, normalised within the chunk (see encode())
+    mel_ = std::make_unique<mtmd_audio_preprocessor_dots3note>(ctx_);
     mel_->initialize();
 }
 
@@ -87,27 +89,31 @@ std::vector<float> AudioWindowEncoder::encode(const float * pcm, size_t n, int n
     const int n_tokens = reference_tokens(n);
     if (n_tokens < 1) throw InputError("audio shorter than 20 ms gives no audio token");
 
-    // The preprocessor pads the samples with 30 s of silence and cuts 3000-frame windows: the first is this window
-    // padded to 30 s, normalised by its own maximum, frame for frame the reference's input_features. Except at the
-    // end of a whole window: the reference's STFT (center=True) reflects the window's last 200 samples there, mtmd
-    // pads zeros, so the last frame would differ; hand it the reflection. (A partial window is zero-padded to 30 s
-    // before the reflection in the reference, so zeros are right for it.)
-    std::vector<float> reflected;
-    if (n == kWindowSamples) {
-        reflected.assign(pcm, pcm + n);
-        for (size_t i = 0; i < kReflect; i++) reflected.push_back(pcm[n - 2 - i]);
-        pcm = reflected.data();
-    }
+    // The reference's input_features: the window zero-padded to 30 s, an STFT with reflect padding at both ends
+    // (center=True), 3000 frames, log10, clamped at the maximum of those 3000 frames minus 8, (x + 4) / 4. mtmd's
+    // preprocessor for Dots3Note computes exactly that for a full 30 s chunk; its Whisper preprocessor (what
+    // mtmd uses for this projector) does not: it pads zeros where the reference reflects, and takes the maximum
+    // over frames past the window too, which shifts the clamp wherever the window ends on its loudest sound.
+    //
+    // One more difference: mtmd floors the mel energy at 2^-24 before log10, the reference at 1e-10. Both then clamp
+    // at max - 8, so the floors only part in a quiet window (peak log-energy under 0.78), where mtmd's lifts the
+    // quietest bins. Scaling the samples by s = sqrt(2^-24 / 1e-10) puts mtmd's floor exactly where the reference's
+    // is (energies scale by s^2, both clamps move with them), and (x + 4) / 4 then reads log10(s) / 2 high, which
+    // is subtracted below.
+    std::vector<float> window(kWindowSamples, 0.0f);
+    std::transform(pcm, pcm + n, window.begin(), [](float x) { return x * kMelScale; });
     std::vector<mtmd_audio_mel> mels;
-    if (!mel_->preprocess(pcm, reflected.empty() ? n : reflected.size(), mels) || mels.empty() ||
+    if (!mel_->preprocess(window.data(), window.size(), mels) || mels.size() != 1 ||
         mels[0].n_len != kWindowFrames) {
         throw EngineError("could not compute the log-mel spectrogram of an audio window");
     }
     const mtmd_audio_mel & mel = mels[0];
     const int nx = encoder_frames(n);
     std::vector<float> buf((size_t) mel.n_mel * nx);
+    const float shift = (float) (std::log10((double) kMelScale) / 2.0);
     for (int64_t m = 0; m < mel.n_mel; m++) {  // mel-major rows, as clip reads them
-        std::copy_n(mel.data.begin() + (size_t) m * mel.n_len, nx, buf.begin() + (size_t) m * nx);
+        const float * row = mel.data.data() + (size_t) m * mel.n_len;
+        std::transform(row, row + nx, buf.begin() + (size_t) m * nx, [shift](float v) { return v - shift; });
     }
     clip_image_f32_batch batch;  // as mtmd builds an audio chunk (mtmd.cpp, add_media for audio)
     batch.is_audio = true;
