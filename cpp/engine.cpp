@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include "audio_window.h"
 #include "ggml-backend.h"
 #include "gguf_check.h"
 #include "llama.h"
@@ -103,35 +104,12 @@ llama_flash_attn_type fa_type(int v) {
 
 }  // namespace
 
-// The chat, formatted by the model's template and cut at the media marker and the prompt slot:
-//   head  <marker>  mid  <user text>  tail
-// head+marker go to mtmd (which puts the audio where the marker is); mid, user text and tail are the per-prompt
-// suffix. For ChatML: head = "<|im_start|>user\n", mid = "", tail = "<|im_end|>\n<|im_start|>assistant\n".
-struct Engine::Prompt {
-    std::string head, mid, tail;
-};
-
-// One 30 s window of the reference framing: encode pcm[start, start+len) (mtmd pads it to 30 s) and feed the LLM
-// tokens [keep_from, keep_from+keep_n) of its 750.
+// One window of a reference framing: encode pcm[start, start+len) (over its real frames with Framing::Reference,
+// else padded to 30 s by mtmd, 750 tokens) and feed the LLM tokens [keep_from, keep_from+keep_n) of the result.
 struct Engine::Window {
     size_t start, len;
     int keep_from, keep_n;
 };
-
-namespace {
-
-constexpr size_t kWindowSamples = 30 * 16000;
-constexpr int kWindowTokens = 750;
-
-// Tokens the reference keeps for n real samples of a window: mel frames ceil(n/160), then the stride-2 conv and
-// the stride-2 average pool (transformers AudioFlamingo3Encoder._get_feat_extract_output_lengths).
-int reference_tokens(size_t n_samples) {
-    const long frames = std::min<long>((long) ((n_samples + 159) / 160), 3000);
-    const long conv = (frames - 1) / 2 + 1;
-    return (int) ((conv - 2) / 2 + 1);
-}
-
-}  // namespace
 
 Engine::Engine(const EngineParams & params) : params_(params) {
     if (params_.n_ubatch < 1) throw InputError("n_ubatch must be positive");
@@ -152,22 +130,21 @@ Engine::Engine(const EngineParams & params) : params_(params) {
     model_ = llama_model_load_from_file(params_.model_path.c_str(), mp);
     if (!model_) throw ModelFileError("llama.cpp could not load the model: " + params_.model_path + " (see the log)");
 
-    mtmd_context_params cp = mtmd_context_params_default();
-    cp.use_gpu = params_.mmproj_use_gpu;
-    cp.print_timings = false;
-    cp.n_threads = params_.n_threads;
-    cp.flash_attn_type = fa_type(params_.flash_attn);
-    cp.warmup = params_.warmup;
-    mtmd_ = mtmd_init_from_file(params_.mmproj_path.c_str(), model_, cp);
-    if (!mtmd_) {
+    // The audio encoder of the default framing; mtmd's own (a second copy) loads only when a framing that uses it
+    // is asked for (ensure_mtmd).
+    try {
+        encoder_ = std::make_unique<AudioWindowEncoder>(AudioWindowEncoder::Params{
+            params_.mmproj_path, params_.mmproj_use_gpu, params_.flash_attn, params_.warmup});
+    } catch (...) {
         llama_model_free(model_);
-        throw ModelFileError("mtmd could not load the mmproj (does it belong to this model?): " + params_.mmproj_path +
-                             " (see the log)");
+        throw;
     }
-    if (!mtmd_support_audio(mtmd_)) {
-        mtmd_free(mtmd_);
+    if (encoder_->n_embd() != llama_model_n_embd_inp(model_)) {
+        const std::string got = std::to_string(encoder_->n_embd());
+        encoder_.reset();
         llama_model_free(model_);
-        throw ModelFileError("mmproj has no audio support: " + params_.mmproj_path);
+        throw ModelFileError("the mmproj does not belong to this model (audio embeddings of " + got + ", text model " +
+                             std::to_string(llama_model_n_embd_inp(model_)) + "): " + params_.mmproj_path);
     }
 
     const char * tmpl = llama_model_chat_template(model_, nullptr);
@@ -186,11 +163,36 @@ Engine::~Engine() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (ctx_) llama_free(ctx_);
     if (mtmd_) mtmd_free(mtmd_);
+    encoder_.reset();
     if (model_) llama_model_free(model_);
 }
 
-int Engine::sample_rate() const { return mtmd_get_audio_sample_rate(mtmd_); }
+int Engine::sample_rate() const { return encoder_->sample_rate(); }
 int Engine::n_ctx_train() const { return llama_model_n_ctx_train(model_); }
+
+// mtmd's audio path (Framing::Mtmd, ReferenceTrim, ReferenceTail) needs an mtmd context, which loads the mmproj's
+// encoder a second time: made on first use, so an engine that only uses Framing::Reference holds one copy.
+void Engine::ensure_mtmd() {
+    if (mtmd_) return;
+    mtmd_context_params cp = mtmd_context_params_default();
+    cp.use_gpu = params_.mmproj_use_gpu;
+    cp.print_timings = false;
+    cp.n_threads = params_.n_threads;
+    cp.flash_attn_type = fa_type(params_.flash_attn);
+    cp.warmup = params_.warmup;
+    mtmd_ = mtmd_init_from_file(params_.mmproj_path.c_str(), model_, cp);
+    if (!mtmd_ || !mtmd_support_audio(mtmd_)) {
+        if (mtmd_) mtmd_free(mtmd_);
+        mtmd_ = nullptr;
+        throw EngineError("mtmd could not load the mmproj: " + params_.mmproj_path + " (see the log)");
+    }
+}
+
+std::string Engine::token_text(bool used, int32_t token) const {
+    if (!used || token == LLAMA_TOKEN_NULL) return "";
+    const char * t = llama_vocab_get_text(llama_model_get_vocab(model_), token);
+    return t ? t : "";
+}
 
 std::map<std::string, std::string> Engine::info() const {
     char desc[256];
@@ -203,6 +205,10 @@ std::map<std::string, std::string> Engine::info() const {
         {"n_embd", std::to_string(llama_model_n_embd(model_))},
         {"n_layer", std::to_string(llama_model_n_layer(model_))},
         {"chat_template", chat_template_},
+        // for rendering the template as transformers does (it passes the tokenizer's special tokens)
+        {"bos_token", token_text(llama_vocab_get_add_bos(llama_model_get_vocab(model_)),
+                                 llama_vocab_bos(llama_model_get_vocab(model_)))},
+        {"eos_token", token_text(true, llama_vocab_eos(llama_model_get_vocab(model_)))},
         {"sample_rate", std::to_string(sample_rate())},
         {"text_model_device", text_device_},
         {"audio_encoder_device", audio_device_},
@@ -262,8 +268,16 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed) {
     ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch;
 }
 
-// Encodes the first 30 s window of pcm[0, n) (mtmd pads shorter audio with silence). Returns 750 x n_embd floats.
-std::vector<float> Engine::encode_window(const float * pcm, size_t n, double & encode_ms) {
+// Encodes the first 30 s window of pcm[0, n): over its real frames only (audio_window.h; returns the reference's
+// token count), or as mtmd does, padded with silence to 30 s (returns 750 tokens). x n_embd floats. encode_ms gets
+// the time from PCM to embeddings (log-mel included).
+std::vector<float> Engine::encode_window(const float * pcm, size_t n, bool real_frames_only, double & encode_ms) {
+    const auto t0 = Clock::now();
+    if (real_frames_only) {
+        std::vector<float> e = encoder_->encode(pcm, n, params_.n_threads);
+        encode_ms += ms_since(t0);
+        return e;
+    }
     std::unique_ptr<mtmd_bitmap, BitmapDeleter> bmp(mtmd_bitmap_init_from_audio(n, pcm));
     std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks(mtmd_input_chunks_init());
     const char * marker = mtmd_default_marker();
@@ -273,7 +287,6 @@ std::vector<float> Engine::encode_window(const float * pcm, size_t n, double & e
     for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); i++) {
         const mtmd_input_chunk * ch = mtmd_input_chunks_get(chunks.get(), i);
         if (mtmd_input_chunk_get_type(ch) != MTMD_INPUT_CHUNK_TYPE_AUDIO) continue;
-        auto t0 = Clock::now();
         if (mtmd_encode_chunk(mtmd_, ch)) throw EngineError("mtmd failed to encode an audio window");
         encode_ms += ms_since(t0);
         const size_t n_embd = (size_t) llama_model_n_embd_inp(model_);
@@ -326,8 +339,11 @@ void validate_track(const TrackRequest & t) {
 
 }  // namespace
 
-// The chat formatted by the model's template, cut at the media marker and the prompt slot (see struct Prompt).
-Engine::Prompt Engine::format_chat(const std::string & system_prompt) const {
+// The chat as llama-mtmd-cli formats it (llama.cpp's built-in template for the GGUF's, no default system message),
+// cut at the media marker and the prompt slot: head+marker go to mtmd (which puts the audio where the marker is);
+// mid, user text and tail are the per-prompt suffix. For ChatML: head = "<|im_start|>user\n", mid = "",
+// tail = "<|im_end|>\n<|im_start|>assistant\n".
+ChatPieces Engine::format_chat(const std::string & system_prompt) const {
     const std::string marker = mtmd_default_marker();
     std::vector<llama_chat_message> msgs;
     if (!system_prompt.empty()) msgs.push_back({"system", system_prompt.c_str()});
@@ -359,12 +375,13 @@ Engine::Prompt Engine::format_chat(const std::string & system_prompt) const {
 // length is known; evaluated into one sequence when the track is admitted.
 struct Engine::Prefix {
     std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks;  // Mtmd framing
-    std::vector<int32_t> head_toks, sep_toks;                   // reference framings
+    std::vector<int32_t> head_toks;                             // reference framings
     std::vector<Window> windows;
+    bool real_frames_only = false;                              // Framing::Reference
     llama_pos n_pos = 0;
 };
 
-Engine::Prefix Engine::plan_prefix(const std::vector<float> & pcm, const Prompt & fp, Framing framing,
+Engine::Prefix Engine::plan_prefix(const std::vector<float> & pcm, const ChatPieces & fp, Framing framing,
                                    GenerateStats & st) const {
     Prefix px;
     if (framing == Framing::Mtmd) {
@@ -391,22 +408,20 @@ Engine::Prefix Engine::plan_prefix(const std::vector<float> & pcm, const Prompt 
     const llama_vocab * vocab = llama_model_get_vocab(model_);
     px.head_toks = tokenize(fp.head, true);
     if (llama_vocab_get_add_bos(vocab)) px.head_toks.insert(px.head_toks.begin(), llama_vocab_bos(vocab));
-    px.sep_toks = tokenize("\n", false);
     const size_t L = pcm.size();
-    const size_t n_win = (L + kWindowSamples - 1) / kWindowSamples;
-    for (size_t w = 0; w < n_win; w++) {
-        const size_t start = w * kWindowSamples, len = std::min(kWindowSamples, L - start);
-        const int keep = len == kWindowSamples ? kWindowTokens : reference_tokens(len);
-        if (len < kWindowSamples && framing == Framing::ReferenceTail && L >= kWindowSamples) {
-            // the final 30 s of real audio; its last `keep` tokens cover [start, L)
-            px.windows.push_back({L - kWindowSamples, kWindowSamples, kWindowTokens - keep, keep});
+    px.real_frames_only = framing == Framing::Reference;
+    for (const AudioWindow & w : plan_reference_windows(L)) {
+        if (framing == Framing::ReferenceTail && w.len < kWindowSamples && L >= kWindowSamples) {
+            // the final 30 s of real audio; its last `n_tokens` tokens cover [w.start, L)
+            px.windows.push_back({L - kWindowSamples, kWindowSamples, kWindowTokens - w.n_tokens, w.n_tokens});
         } else {
-            px.windows.push_back({start, len, 0, keep});
+            px.windows.push_back({w.start, w.len, 0, w.n_tokens});  // ReferenceTrim: mtmd pads it to 30 s
         }
-        st.audio_tokens += keep;
+        st.audio_tokens += w.n_tokens;
     }
+    if (px.windows.empty()) throw InputError("audio shorter than 20 ms gives no audio token");
     st.audio_chunks = (int) px.windows.size();
-    px.n_pos = (llama_pos) (px.head_toks.size() + px.sep_toks.size()) + st.audio_tokens;
+    px.n_pos = (llama_pos) px.head_toks.size() + st.audio_tokens;
     return px;
 }
 
@@ -446,7 +461,7 @@ llama_pos Engine::eval_prefix(Prefix & px, const std::vector<float> & pcm, llama
     decode_tokens(px.head_toks, seq, n_past);
     st.prefill_ms += ms_since(t0);
     for (const Window & w : px.windows) {
-        std::vector<float> e = encode_window(pcm.data() + w.start, w.len, st.encode_ms);
+        std::vector<float> e = encode_window(pcm.data() + w.start, w.len, px.real_frames_only, st.encode_ms);
         const float * kept = e.data() + (size_t) w.keep_from * n_embd;
         if (embd_out) embd_out->insert(embd_out->end(), kept, kept + (size_t) w.keep_n * n_embd);
         t0 = Clock::now();
@@ -454,19 +469,16 @@ llama_pos Engine::eval_prefix(Prefix & px, const std::vector<float> & pcm, llama
         st.prefill_ms += ms_since(t0);
         if (interrupted && interrupted()) throw Interrupted("interrupted");
     }
-    t0 = Clock::now();
-    decode_tokens(px.sep_toks, seq, n_past);
-    st.prefill_ms += ms_since(t0);
     return n_past;
 }
 
 GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
                                 const std::string & system_prompt, bool render_special, Framing framing,
-                                bool debug, const InterruptCheck & interrupted) {
+                                bool debug, const InterruptCheck & interrupted, const std::optional<ChatPieces> & chat) {
     std::vector<TrackRequest> one(1);
     one[0].pcm = pcm;
     one[0].prompts = prompts;
-    return std::move(generate_many(one, system_prompt, render_special, framing, 1, debug, interrupted)[0]);
+    return std::move(generate_many(one, system_prompt, render_special, framing, 1, debug, interrupted, chat)[0]);
 }
 
 // Continuous batching over tracks. Up to `max_in_flight` tracks are active; each owns one sequence per prompt,
@@ -476,9 +488,13 @@ GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vecto
 std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest> & tracks,
                                                   const std::string & system_prompt, bool render_special,
                                                   Framing framing, int max_in_flight, bool debug,
-                                                  const InterruptCheck & interrupted) {
+                                                  const InterruptCheck & interrupted,
+                                                  const std::optional<ChatPieces> & chat) {
     if (tracks.empty()) return {};
     for (const auto & t : tracks) validate_track(t);
+    if (framing != Framing::Mtmd && !chat) {
+        throw InputError("this framing needs the chat rendered from the model's template (ChatPieces)");
+    }
     size_t most_prompts = 1;
     for (const auto & t : tracks) most_prompts = std::max(most_prompts, t.prompts.size());
     // llama.cpp allows at most 256 sequences in one context (LLAMA_MAX_SEQ, src/llama-cparams.h: not public)
@@ -486,8 +502,9 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
     max_in_flight = std::max(1, std::min({max_in_flight, (int) tracks.size(), seq_cap}));
 
     std::lock_guard<std::mutex> lock(mutex_);
+    if (framing != Framing::Reference) ensure_mtmd();
     const llama_vocab * vocab = llama_model_get_vocab(model_);
-    const Prompt fp = format_chat(system_prompt);
+    const ChatPieces fp = framing == Framing::Mtmd ? format_chat(system_prompt) : *chat;
     const auto mid_toks = tokenize(fp.mid, true), tail_toks = tokenize(fp.tail, true);
     const int n_vocab = llama_vocab_n_tokens(vocab);
 
@@ -581,6 +598,24 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
             st.prompt_tokens += (int) suffix[t][i].size();
         }
         st.prefix_tokens = px.n_pos;
+        if (debug && t == 0) {  // prompt 0 as fed, -1 per audio position
+            auto & pt = res.prompt_tokens;
+            if (px.chunks) {
+                for (size_t i = 0; i < mtmd_input_chunks_size(px.chunks.get()); i++) {
+                    const mtmd_input_chunk * ch = mtmd_input_chunks_get(px.chunks.get(), i);
+                    size_t n = 0;
+                    if (mtmd_input_chunk_get_type(ch) != MTMD_INPUT_CHUNK_TYPE_TEXT) {
+                        pt.insert(pt.end(), mtmd_input_chunk_get_n_tokens(ch), -1);
+                    } else if (const llama_token * tk = mtmd_input_chunk_get_tokens_text(ch, &n)) {
+                        pt.insert(pt.end(), tk, tk + n);
+                    }
+                }
+            } else {
+                pt = px.head_toks;
+                pt.insert(pt.end(), (size_t) st.audio_tokens, -1);
+            }
+            pt.insert(pt.end(), suffix[t][0].begin(), suffix[t][0].end());
+        }
         for (size_t i = 0; i < tr.prompts.size(); i++) {
             a.seqs.push_back(free_seqs.back());
             free_seqs.pop_back();

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,6 +23,8 @@ struct llama_context;
 struct mtmd_context;
 
 namespace mf {
+
+class AudioWindowEncoder;
 
 // A model/mmproj file that is missing, unreadable, not a GGUF, or the wrong kind of GGUF.
 struct ModelFileError : std::runtime_error { using std::runtime_error::runtime_error; };
@@ -76,6 +79,18 @@ enum class Framing {
     // As ReferenceTrim, but (for audio of 30 s or more) the last window is the final 30 s of real audio, so no
     // padding is encoded; only its tokens after the previous window are kept.
     ReferenceTail = 2,
+    // The reference at every length: each window's log-mel (padded to 30 s, normalised per window, as the
+    // reference's) is cut to its real frames and only those go through the encoder, so the encoder attends to what
+    // the reference's mask leaves; the reference's token count per window (audio_window.h).
+    Reference = 3,
+};
+
+// The chat around the audio and the user's text, rendered by the caller from the model's own chat template
+// (python/music_flamingo/chat_template.py): head <audio> mid <user text> tail. head, mid and tail are tokenized with
+// special tokens honoured, the user's text as plain text. Required by every framing but Mtmd, which formats the
+// chat as llama-mtmd-cli does (llama.cpp's built-in template, no default system message).
+struct ChatPieces {
+    std::string head, mid, tail;
 };
 
 struct PromptOutput {
@@ -106,6 +121,9 @@ struct GenerateResult {
     // first generated position of prompt 0 (n_vocab). For fidelity measurements against transformers.
     std::vector<float> audio_embd;
     std::vector<float> first_logits;
+    // Only with `debug`: the token ids of prompt 0 as fed (chat head, -1 per audio position, separator, question,
+    // tail), to compare with the reference processor's.
+    std::vector<int32_t> prompt_tokens;
 };
 
 // One track of a generate_many() call.
@@ -126,17 +144,20 @@ public:
 
     // pcm: mono float32 at sample_rate() Hz. Thread-safe: concurrent callers are serialized.
     // render_special: keep the text of special tokens in the output (as llama-mtmd-cli prints them).
+    // chat: the rendered template pieces (see ChatPieces); system_prompt only serves the Mtmd framing.
     GenerateResult generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
                             const std::string & system_prompt, bool render_special = false,
                             Framing framing = Framing::Mtmd, bool debug = false,
-                            const InterruptCheck & interrupted = nullptr);
+                            const InterruptCheck & interrupted = nullptr,
+                            const std::optional<ChatPieces> & chat = std::nullopt);
 
     // Several tracks with continuous batching: up to max_in_flight tracks decode in the same steps, and a finished
     // track's sequences go to the next track. Results in the order of `tracks`; with greedy decoding and flash
     // attention off each equals generate() of that track alone.
     std::vector<GenerateResult> generate_many(const std::vector<TrackRequest> & tracks, const std::string & system_prompt,
                                               bool render_special, Framing framing, int max_in_flight,
-                                              bool debug = false, const InterruptCheck & interrupted = nullptr);
+                                              bool debug = false, const InterruptCheck & interrupted = nullptr,
+                                              const std::optional<ChatPieces> & chat = std::nullopt);
 
     int sample_rate() const;
     int n_ctx_train() const;
@@ -144,22 +165,24 @@ public:
     std::map<std::string, std::string> info() const;
 
 private:
-    struct Prompt;  // formatted prompt pieces
     struct Window;  // one audio window of the reference framing
     struct Prefix;  // a track's planned prefix
-    Prompt format_chat(const std::string & system_prompt) const;
-    Prefix plan_prefix(const std::vector<float> & pcm, const Prompt & fp, Framing framing, GenerateStats & st) const;
+    ChatPieces format_chat(const std::string & system_prompt) const;
+    Prefix plan_prefix(const std::vector<float> & pcm, const ChatPieces & fp, Framing framing, GenerateStats & st) const;
     int32_t eval_prefix(Prefix & px, const std::vector<float> & pcm, int32_t seq, GenerateStats & st,
                         std::vector<float> * embd_out, const InterruptCheck & interrupted);  // returns llama_pos
-    std::vector<float> encode_window(const float * pcm, size_t n, double & encode_ms);
+    std::vector<float> encode_window(const float * pcm, size_t n, bool real_frames_only, double & encode_ms);
     void decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past);  // seq: llama_seq_id, n_past: llama_pos
     void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
     void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed);
+    void ensure_mtmd();
     std::vector<int32_t> tokenize(const std::string & text, bool parse_special) const;
+    std::string token_text(bool used, int32_t token) const;  // "" when unused or absent
 
     EngineParams params_;
     llama_model * model_ = nullptr;
-    mtmd_context * mtmd_ = nullptr;
+    mtmd_context * mtmd_ = nullptr;               // the other framings' encoder, made on first use (ensure_mtmd)
+    std::unique_ptr<AudioWindowEncoder> encoder_;  // Framing::Reference
     llama_context * ctx_ = nullptr;
     int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0;
     std::string chat_template_;  // as stored in the GGUF ("chatml" when absent)
