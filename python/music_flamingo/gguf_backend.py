@@ -25,7 +25,7 @@ PromptLike = Union[Prompt, str]
 # How audio is put in front of the LLM (see cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the
 # framing whose answers came closest to transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
 FRAMINGS = {"llamacpp": 0, "reference_trim": 1, "reference_tail": 2, "reference": 3}
-DEFAULT_FRAMING = "reference_tail"
+DEFAULT_FRAMING = "reference"
 
 
 def _flash_attn_code(flash_attn: bool | str | None) -> int:
@@ -45,8 +45,9 @@ class MusicFlamingoGGUF(Analyzer):
     ``top_p``, ``seed`` and ``max_duration`` are the :class:`~music_flamingo.analyzer.AnalysisOptions`. ``n_gpu_layers=-1`` offloads every layer when a GPU backend was compiled in;
     the audio encoder goes to the GPU too unless ``mmproj_use_gpu=False``. ``flash_attn``: ``'auto'`` (fastest),
     or ``True``/``False`` to pin the numerics (``False`` makes batched decoding bit-identical to decoding alone).
-    ``framing``: ``'reference_tail'`` (default), ``'reference'`` (each window encoded over its real frames),
-    ``'reference_trim'``, or ``'llamacpp'`` (exactly what llama-mtmd-cli feeds the model); see bench/FIDELITY.md. ``system_prompt``: the system message; by default
+    ``framing``: ``'reference'`` (default; closest to the reference implementation at every length: each window
+    encoded over its real frames, see bench/FIDELITY.md), ``'reference_tail'``, ``'reference_trim'``, or
+    ``'llamacpp'`` (exactly what llama-mtmd-cli feeds the model). ``system_prompt``: the system message; by default
     the GGUF chat template's own (``You are a helpful assistant.`` for Music Flamingo), as transformers renders it.
     ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
     """
