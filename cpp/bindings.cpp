@@ -262,11 +262,13 @@ PYBIND11_MODULE(_core, m) {
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
              py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
              py::arg("debug") = false, py::arg("chat") = py::none(),
-             "Encode the audio once and answer every prompt from the shared prefix. GIL released while running.")
+             "Encode the audio once and answer every prompt from the shared prefix. GIL released while running. "
+             "chat: (head, mid, tail) rendered from the model's chat template, required by every framing but 0.")
         .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"),
              py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
              py::arg("max_in_flight") = 4, py::arg("chat") = py::none(),
-             "Several (audio, prompts) tracks with continuous batching: up to max_in_flight tracks per decode step.")
+             "Several (audio, prompts) tracks with continuous batching: up to max_in_flight tracks per decode step. "
+             "chat: as for generate.")
         .def("info", &PyEngine::info)
         .def_property_readonly("sample_rate", &PyEngine::sample_rate)
         .def("close", &PyEngine::close, "Free the model, the audio encoder and the context now.");

@@ -126,8 +126,9 @@ class MusicFlamingoGGUF(Analyzer):
 
     # --- Analyzer hooks -----------------------------------------------------------------------------------
     def max_analysed_seconds(self) -> float:
-        # mtmd frames audio in 30 s windows and adds a silent one at exact multiples of 30 s: stay 10 ms short
-        # of a multiple so 10 minutes are 20 windows, as the model was trained, not 21.
+        # framing="llamacpp" (mtmd) adds a silent window at exact multiples of 30 s: stay 10 ms short of a
+        # multiple so 10 minutes are 20 windows, as the model was trained, not 21. (The reference framings need no
+        # margin; 10 ms less gives them the same 750 tokens for the last window.)
         limit = self.max_duration
         return limit - 0.01 if limit % 30 == 0 else limit
 
