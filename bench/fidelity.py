@@ -4,15 +4,18 @@
 On one tiny random Music Flamingo (AF3 architecture) held both as a transformers checkpoint and as the GGUF files
 converted from it, with real music cut to several lengths:
 
-- reference: transformers' own path (per-window log-mel, masked encoder, last window trimmed, ``<sound>``
-  replaced by the embeddings, the audio on its own line before the question), greedy;
-- for each engine framing (``llamacpp`` = what llama-mtmd-cli does, ``reference_trim``, ``reference_tail``):
-  (a) transformers' text model fed the engine's own audio embeddings in the engine's token layout — isolates the
-      LLM arithmetic (expect ~1e-5);
+- reference: transformers' own path (the checkpoint's chat template with its default system message, per-window
+  log-mel, masked encoder, last window trimmed, ``<sound>`` replaced by the embeddings, the audio on its own line
+  before the question), greedy;
+- for each engine framing (``llamacpp`` = what llama-mtmd-cli does, ``reference_trim``, ``reference_tail``,
+  ``reference``):
+  (a) transformers' text model fed the engine's own audio embeddings in the engine's own prompt tokens — isolates
+      the LLM arithmetic (expect ~1e-5);
   (b) the engine against the reference: first-step logits max |diff| and how many greedy tokens agree.
+Every framing but ``llamacpp`` must feed the reference's prompt tokens exactly (checked on every row).
 
-Usage: python bench/fidelity.py [--lengths 5 30 45 95] [--tokens 16] [--write]
-``--write`` stores bench/fidelity.json and the table in bench/FIDELITY.md.
+Usage: python bench/fidelity.py [--lengths 0.5 5 17.5 ...] [--tokens 16] [--write]
+``--write`` stores bench/fidelity.json (bench/FIDELITY.md quotes its table).
 """
 from __future__ import annotations
 
@@ -28,13 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "cmake"))
 sys.path.insert(0, str(REPO / "tests"))
 
-FRAMINGS = ["llamacpp", "reference_trim", "reference_tail"]
+FRAMINGS = ["llamacpp", "reference_trim", "reference_tail", "reference"]
+# Under 1 s, a loop-length clip, the users' 47.55 s crops' partial window, just under / at / just over one window,
+# the crops themselves, a long track, and the 10 minutes the model was trained for.
+LENGTHS = [0.5, 5, 17.5, 29.99, 30, 30.01, 47.55, 95, 600]
 QUESTION = "Describe this track: genre, tempo, key, instruments and mood."
 SR = 16000
 
 
 def load_music(seconds_needed: float) -> np.ndarray:
-    """The first corpus MP3 (real music), 16 kHz mono, from 20 s in."""
+    """Real music, 16 kHz mono: the corpus MP3s in order, from 20 s into the first, joined until long enough (the
+    first alone covers 4 minutes; 10 minutes need all three)."""
     from conftest import CACHE  # the tests' cache and corpus location
     from music_flamingo.audio import load_audio
 
@@ -45,10 +52,25 @@ def load_music(seconds_needed: float) -> np.ndarray:
 
         subprocess.run(["sh", str(REPO.parent / "shared" / "corpus" / "dev-music.sh"), str(corpus)], check=True)
         mp3s = sorted(corpus.glob("mp3/*.mp3"))
-    x = load_audio(mp3s[0])
-    start = 20 * SR
-    assert len(x) >= start + seconds_needed * SR, "corpus track too short"
-    return x[start:]
+    parts, n = [], -20 * SR
+    for mp3 in mp3s:
+        parts.append(load_audio(mp3))
+        n += len(parts[-1])
+        if n >= seconds_needed * SR:
+            return np.concatenate(parts)[20 * SR:]
+    raise AssertionError(f"the corpus holds less than {seconds_needed} s of music")
+
+
+def model_files(model_path: str | None = None, mmproj_path: str | None = None) -> tuple:
+    """The GGUF pair to benchmark: the given one, else the tests' tiny model (built and cached on first use)."""
+    if model_path:
+        return model_path, mmproj_path
+    import fetch_llama_cpp
+    from conftest import CACHE
+    from tiny_model import ensure_tiny_model
+
+    tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
+    return tiny.model_gguf, tiny.mmproj_gguf
 
 
 class Reference:
@@ -66,7 +88,8 @@ class Reference:
         self.eos = {self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
 
     def reference(self, pcm: np.ndarray, n: int) -> tuple[list[int], np.ndarray, list[int]]:
-        """Greedy ids, first-step logits and the prompt ids of the standard path (audio, "\\n", question)."""
+        """Greedy ids, first-step logits and the prompt ids of the standard path (the template's default system
+        message; the audio, "\\n", the question)."""
         conv = [{"role": "user", "content": [{"type": "audio", "audio": pcm}, {"type": "text", "text": "\n" + QUESTION}]}]
         inp = self.proc.apply_chat_template(conv, tokenize=True, add_generation_prompt=True, return_dict=True)
         with self.torch.no_grad():
@@ -107,14 +130,6 @@ class Reference:
                 lg = head(o.last_hidden_state[:, -1])[0]
         return ids, logits0
 
-    def engine_layout(self, framing: str, n_audio: int) -> list:
-        """The token layout the engine builds (ChatML, no system prompt) with ``None`` per audio position."""
-        enc = lambda s: self.tok(s, add_special_tokens=False).input_ids  # noqa: E731
-        head, tail = enc("<|im_start|>user\n"), enc("<|im_end|>\n<|im_start|>assistant\n")
-        if framing == "llamacpp":  # mtmd: literal <sound>, the audio, the question right after it
-            return head + enc("<sound>") + [None] * n_audio + enc(QUESTION) + tail
-        return head + [None] * n_audio + enc("\n") + enc(QUESTION) + tail
-
 
 def agree(a: list[int], b: list[int]) -> int:
     """Leading tokens in agreement."""
@@ -138,20 +153,21 @@ def measure(lengths: list[float], n_tokens: int) -> dict:
     eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False, n_threads=1,
                             kv_cache_type="f32", warmup=False)
     music = load_music(max(lengths))
+    audio_id = ref.model.config.audio_token_id
     rows = []
     for L in lengths:
-        pcm = np.ascontiguousarray(music[: int(L * SR)])
+        pcm = np.ascontiguousarray(music[: int(round(L * SR))])
         t0 = time.time()
         ids_r, logits_r, prompt_ids = ref.reference(pcm, n_tokens)
-        n_ref_audio = sum(1 for t in prompt_ids if t == ref.model.config.audio_token_id)
+        n_ref_audio = sum(1 for t in prompt_ids if t == audio_id)
         for fr in FRAMINGS:
             res = eng.generate(pcm, [Prompt(QUESTION, max_tokens=n_tokens)], framing=fr, debug=True)
             ids_e, logits_e = res.tokens[0], np.asarray(res.debug["first_logits"])
             embd = np.asarray(res.debug["audio_embd"])
-            layout = ref.engine_layout(fr, embd.shape[0])
-            if fr != "llamacpp":  # the engine's layout must be the reference's, token for token
-                expect = [None if t == ref.model.config.audio_token_id else t for t in prompt_ids]
-                assert layout == expect, f"{fr}: engine layout differs from the reference prompt"
+            layout = [None if t < 0 else t for t in res.debug["prompt_tokens"]]  # the engine's own prompt
+            if fr != "llamacpp":  # the engine's prompt must be the reference's, token for token
+                expect = [None if t == audio_id else t for t in prompt_ids]
+                assert layout == expect, f"{fr}: engine prompt differs from the reference prompt at {L} s"
             ids_a, logits_a = ref.greedy_from_layout(layout, embd, n_tokens)
             rows.append({
                 "seconds": L, "framing": fr, "audio_tokens": int(embd.shape[0]), "reference_audio_tokens": n_ref_audio,
@@ -188,7 +204,7 @@ def table(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", type=float, nargs="+", default=[5, 30, 45, 95])
+    ap.add_argument("--lengths", type=float, nargs="+", default=LENGTHS)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()

@@ -29,18 +29,10 @@ def main() -> None:
 
     import numpy as np
 
-    from fidelity import load_music
+    from fidelity import load_music, model_files
     from music_flamingo import MusicFlamingoGGUF, Prompt
 
-    if a.model_path:
-        model, mmproj = a.model_path, a.mmproj
-    else:
-        import fetch_llama_cpp
-        from conftest import CACHE
-        from tiny_model import ensure_tiny_model
-
-        tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
-        model, mmproj = tiny.model_gguf, tiny.mmproj_gguf
+    model, mmproj = model_files(a.model_path, a.mmproj)
     music = load_music(10 + 8 * a.tracks + 3 * a.tracks ** 2)
     sr = 16000
     tracks = [np.ascontiguousarray(music[sr * (8 * i):sr * (8 * i + 5 + 3 * i)]) for i in range(a.tracks)]

@@ -78,7 +78,8 @@ BatchRun::BatchRun(Engine::Resources & res, const RunOptions & opts, const Limit
     n_vocab_ = llama_vocab_n_tokens(vocab);
     mid_toks_ = tokenize(vocab, chat_.mid, true);
     tail_toks_ = tokenize(vocab, chat_.tail, true);
-    planner_ = make_planner(opts_.framing, res_.mtmd.get(), res_.model.get(), chat_);
+    planner_ = make_planner(opts_.framing, PlannerContext{res_.model.get(), res_.encoder.get(), res_.mtmd.get(), lim_.n_threads},
+                            chat_);
     for (int s = lim_.n_seq - 1; s >= 0; s--) free_seqs_.push_back(s);
     stats_.tracks_in_flight = lim_.max_in_flight;
     stats_.n_ctx = lim_.n_ctx;
@@ -372,8 +373,17 @@ bool BatchRun::admit(Pending & p) {
         throw;
     }
     st.prefill_ms = ms_between(a.t_start, Clock::now());
-    if (opts_.debug && a.index == 0) {
-        for (const auto & piece : p.px.pieces) a.res.audio_embd.insert(a.res.audio_embd.end(), piece.embd.begin(), piece.embd.end());
+    if (opts_.debug && a.index == 0) {  // the audio as fed, and prompt 0's tokens with -1 per audio position
+        auto & pt = a.res.prompt_tokens;
+        for (const auto & piece : p.px.pieces) {
+            a.res.audio_embd.insert(a.res.audio_embd.end(), piece.embd.begin(), piece.embd.end());
+            if (piece.n_embd_tokens > 0) {
+                pt.insert(pt.end(), (size_t) piece.n_embd_tokens, -1);
+            } else {
+                pt.insert(pt.end(), piece.tokens.begin(), piece.tokens.end());
+            }
+        }
+        pt.insert(pt.end(), p.suffix[0].begin(), p.suffix[0].end());
     }
     reserved_cells_ += a.cells;
     active_.push_back(std::move(a));

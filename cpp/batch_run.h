@@ -9,6 +9,7 @@
 // free, so a running track never runs out of cells; a track that cannot fit even alone fails alone.
 #pragma once
 
+#include "audio_window.h"
 #include "engine.h"
 #include "prefix.h"
 #include "sampling.h"
@@ -53,10 +54,12 @@ struct Batch {
     }
 };
 
-// What the engine owns, each handle freed by its owner (context before model).
+// What the engine owns, each handle freed by its owner (in reverse order: context first, model last).
 struct Engine::Resources {
     std::unique_ptr<llama_model, ModelDeleter> model;
-    std::unique_ptr<mtmd_context, MtmdDeleter> mtmd;
+    std::unique_ptr<AudioWindowEncoder> encoder;       // Framing::Reference (the default)
+    std::unique_ptr<mtmd_context, MtmdDeleter> mtmd;   // the other framings: a second copy of the encoder, made
+                                                       // on first use (Engine::ensure_mtmd)
     std::unique_ptr<llama_context, ContextDeleter> ctx;
     std::vector<int32_t> eog_ids;       // end-of-generation tokens (banned with ignore_eos)
     std::unique_ptr<SamplerPool> pool;  // samples the rows of a step
@@ -71,6 +74,7 @@ public:
         int n_batch;
         int n_ctx_train;
         bool prepare_ahead;
+        int n_threads;      // CPU threads of the log-mel and the encoder
     };
     BatchRun(Engine::Resources & res, const RunOptions & opts, const Limits & lim, const ChatPieces & chat,
              const NextTrack & next, const TrackDone & done);

@@ -8,6 +8,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+#include <tuple>
+
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -86,8 +89,17 @@ py::dict stats_dict(const mf::GenerateStats & st) {
 }
 
 mf::Framing to_framing(int framing) {
-    if (framing < 0 || framing > 2) throw mf::InputError("framing must be 0 (mtmd), 1 (reference trim) or 2 (reference tail)");
+    if (framing < 0 || framing > 3) {
+        throw mf::InputError("framing must be 0 (mtmd), 1 (reference trim), 2 (reference tail) or 3 (reference)");
+    }
     return static_cast<mf::Framing>(framing);
+}
+
+// None, or the (head, mid, tail) the Python layer rendered from the model's chat template.
+std::optional<mf::ChatPieces> to_chat(const py::object & chat) {
+    if (chat.is_none()) return std::nullopt;
+    auto t = chat.cast<std::tuple<std::string, std::string, std::string>>();
+    return mf::ChatPieces{std::get<0>(t), std::get<1>(t), std::get<2>(t)};
 }
 
 // Checked here, with the GIL held, so the message names what the caller passed. Returns a private copy: the
@@ -189,30 +201,33 @@ public:
     }
 
     py::dict generate(py::array audio, int sample_rate, py::list prompts, const std::string & system_prompt,
-                      bool render_special, int framing, bool debug) {
+                      bool render_special, int framing, bool debug, py::object chat) {
         std::shared_ptr<mf::Engine> eng = get();
         const mf::Framing fr = to_framing(framing);
+        const std::optional<mf::ChatPieces> pieces = to_chat(chat);
         std::vector<float> pcm = to_pcm(audio, sample_rate, eng->sample_rate());
         std::vector<mf::PromptRequest> reqs = to_prompts(prompts);
         mf::InterruptCheck check = interrupt_check();
         mf::GenerateResult r;
         {
             py::gil_scoped_release nogil;
-            r = eng->generate(pcm, reqs, system_prompt, render_special, fr, debug, check);
+            r = eng->generate(pcm, reqs, system_prompt, render_special, fr, debug, check, pieces);
         }
         py::dict out = result_dict(r);
         if (debug) {
             const py::ssize_t n_embd = r.stats.audio_tokens ? (py::ssize_t) (r.audio_embd.size() / r.stats.audio_tokens) : 0;
             out["audio_embd"] = py::array_t<float>({(py::ssize_t) r.stats.audio_tokens, n_embd}, r.audio_embd.data());
             out["first_logits"] = py::array_t<float>((py::ssize_t) r.first_logits.size(), r.first_logits.data());
+            out["prompt_tokens"] = r.prompt_tokens;
         }
         return out;
     }
 
     py::list generate_many(py::list tracks, int sample_rate, const std::string & system_prompt, bool render_special,
-                           int framing, int max_in_flight) {
+                           int framing, int max_in_flight, py::object chat) {
         std::shared_ptr<mf::Engine> eng = get();
         const mf::Framing fr = to_framing(framing);
+        const std::optional<mf::ChatPieces> pieces = to_chat(chat);
         std::vector<mf::TrackRequest> reqs;
         for (auto h : tracks) {
             auto pair = h.cast<py::tuple>();
@@ -224,7 +239,7 @@ public:
         std::vector<mf::GenerateResult> rs;
         {
             py::gil_scoped_release nogil;
-            rs = eng->generate_many(reqs, system_prompt, render_special, fr, max_in_flight, false, check);
+            rs = eng->generate_many(reqs, system_prompt, render_special, fr, max_in_flight, false, check, pieces);
         }
         py::list out;
         for (const auto & r : rs) out.append(result_dict(r));
@@ -235,10 +250,11 @@ public:
     // engine's helper thread), on_result(index, result) as each track finishes (in the caller's thread).
     py::dict run_stream(py::object next_audio, py::object on_result, py::list prompts, int sample_rate,
                         const std::string & system_prompt, bool render_special, int framing, int tracks_in_flight,
-                        double max_audio_seconds, bool profile, int prepare_ahead) {
+                        double max_audio_seconds, bool profile, int prepare_ahead, py::object chat) {
         std::shared_ptr<mf::Engine> eng = get();
         mf::RunOptions o;
         o.system_prompt = system_prompt;
+        o.chat = to_chat(chat);
         o.render_special = render_special;
         o.framing = to_framing(framing);
         o.tracks_in_flight = std::max(0, tracks_in_flight);
@@ -247,7 +263,7 @@ public:
         o.interrupted = interrupt_check();
         const std::vector<mf::PromptRequest> reqs = to_prompts(prompts);
         o.max_prompts = std::max<int>(1, (int) reqs.size());
-        o.max_text_cells = eng->prompts_cells(reqs, system_prompt);
+        o.max_text_cells = eng->prompts_cells(reqs, o);
         if (max_audio_seconds > 0) o.max_audio_samples = (size_t) (max_audio_seconds * eng->sample_rate());
         const int engine_rate = eng->sample_rate();
         mf::NextTrack next = [&](mf::TrackRequest & out) {
@@ -323,17 +339,18 @@ PYBIND11_MODULE(_core, m) {
              py::arg("memory_budget_mb") = 0.0, py::arg("prepare_ahead") = true)
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
              py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
-             py::arg("debug") = false,
-             "Encode the audio once and answer every prompt from the shared prefix. GIL released while running.")
+             py::arg("debug") = false, py::arg("chat") = py::none(),
+             "Encode the audio once and answer every prompt from the shared prefix. GIL released while running. "
+             "chat: (head, mid, tail) rendered from the model's chat template, required by every framing but 0.")
         .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"),
              py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
-             py::arg("max_in_flight") = 0,
+             py::arg("max_in_flight") = 0, py::arg("chat") = py::none(),
              "Several (audio, prompts) tracks with continuous batching: up to max_in_flight tracks per decode step "
              "(0: automatic). Raises the first failing track's error after all ran.")
         .def("run_stream", &PyEngine::run_stream, py::arg("next_audio"), py::arg("on_result"), py::arg("prompts"),
              py::arg("sample_rate"), py::arg("system_prompt") = "", py::arg("render_special") = false,
              py::arg("framing") = 0, py::arg("tracks_in_flight") = 0, py::arg("max_audio_seconds") = 0.0,
-             py::arg("profile") = false, py::arg("prepare_ahead") = -1,
+             py::arg("profile") = false, py::arg("prepare_ahead") = -1, py::arg("chat") = py::none(),
              "Continuous batching over a stream: next_audio() -> array or None (helper thread), on_result(index, "
              "result) per finished track; a failing track is reported in its result. Returns the run's stats.")
         .def("last_run_stats", &PyEngine::last_run_stats, "Where the last run's time went (steps, host, decode).")

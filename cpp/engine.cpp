@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include "audio_window.h"
 #include "batch_run.h"
 #include "ggml-backend.h"
 #include "gguf_check.h"
@@ -124,18 +125,15 @@ Engine::Engine(const EngineParams & params) : params_(params), res_(std::make_un
     if (!res_->model) throw ModelFileError("llama.cpp could not load the model: " + params_.model_path + " (see the log)");
     llama_model * model = res_->model.get();
 
-    mtmd_context_params cp = mtmd_context_params_default();
-    cp.use_gpu = params_.mmproj_use_gpu;
-    cp.print_timings = false;
-    cp.n_threads = params_.n_threads;
-    cp.flash_attn_type = fa_type(params_.flash_attn);
-    cp.warmup = params_.warmup;
-    res_->mtmd.reset(mtmd_init_from_file(params_.mmproj_path.c_str(), model, cp));
-    if (!res_->mtmd) {
-        throw ModelFileError("mtmd could not load the mmproj (does it belong to this model?): " + params_.mmproj_path +
-                             " (see the log)");
+    // The audio encoder of the default framing; mtmd's own (a second copy) loads only when a framing that uses it
+    // is asked for (ensure_mtmd).
+    res_->encoder = std::make_unique<AudioWindowEncoder>(AudioWindowEncoder::Params{
+        params_.mmproj_path, params_.mmproj_use_gpu, params_.flash_attn, params_.warmup});
+    if (res_->encoder->n_embd() != llama_model_n_embd_inp(model)) {
+        throw ModelFileError("the mmproj does not belong to this model (audio embeddings of " +
+                             std::to_string(res_->encoder->n_embd()) + ", text model " +
+                             std::to_string(llama_model_n_embd_inp(model)) + "): " + params_.mmproj_path);
     }
-    if (!mtmd_support_audio(res_->mtmd.get())) throw ModelFileError("mmproj has no audio support: " + params_.mmproj_path);
 
     const llama_vocab * vocab = llama_model_get_vocab(model);
     for (int32_t id = 0; id < llama_vocab_n_tokens(vocab); id++) {
@@ -164,7 +162,37 @@ Engine::~Engine() {
     res_.reset();  // context, then audio encoder, then model (Resources' members in reverse order)
 }
 
-int Engine::sample_rate() const { return mtmd_get_audio_sample_rate(res_->mtmd.get()); }
+int Engine::sample_rate() const { return res_->encoder->sample_rate(); }
+
+// mtmd's audio path (Framing::Mtmd, ReferenceTrim, ReferenceTail) needs an mtmd context, which loads the mmproj's
+// encoder a second time: made on first use, so an engine that only uses Framing::Reference holds one copy.
+void Engine::ensure_mtmd() {
+    if (res_->mtmd) return;
+    mtmd_context_params cp = mtmd_context_params_default();
+    cp.use_gpu = params_.mmproj_use_gpu;
+    cp.print_timings = false;
+    cp.n_threads = params_.n_threads;
+    cp.flash_attn_type = fa_type(params_.flash_attn);
+    cp.warmup = params_.warmup;
+    res_->mtmd.reset(mtmd_init_from_file(params_.mmproj_path.c_str(), res_->model.get(), cp));
+    if (!res_->mtmd || !mtmd_support_audio(res_->mtmd.get())) {
+        res_->mtmd.reset();
+        throw EngineError("mtmd could not load the mmproj: " + params_.mmproj_path + " (see the log)");
+    }
+}
+
+std::string Engine::token_text(bool used, int32_t token) const {
+    if (!used || token == LLAMA_TOKEN_NULL) return "";
+    const char * t = llama_vocab_get_text(llama_model_get_vocab(res_->model.get()), token);
+    return t ? t : "";
+}
+
+// The chat a run feeds: llama-mtmd-cli's formatting for the Mtmd framing, the caller's rendered template otherwise.
+ChatPieces Engine::chat_for(const RunOptions & opts) const {
+    if (opts.framing == Framing::Mtmd) return format_chat(opts.system_prompt);
+    if (!opts.chat) throw InputError("this framing needs the chat rendered from the model's template (ChatPieces)");
+    return *opts.chat;
+}
 
 // Bytes one KV cell takes: K and V of every layer's key/value heads.
 double Engine::kv_cell_bytes() const {
@@ -187,6 +215,10 @@ std::map<std::string, std::string> Engine::info() const {
         {"n_embd", std::to_string(llama_model_n_embd(res_->model.get()))},
         {"n_layer", std::to_string(llama_model_n_layer(res_->model.get()))},
         {"chat_template", chat_template_},
+        // for rendering the template as transformers does (it passes the tokenizer's special tokens)
+        {"bos_token", token_text(llama_vocab_get_add_bos(llama_model_get_vocab(res_->model.get())),
+                                 llama_vocab_bos(llama_model_get_vocab(res_->model.get())))},
+        {"eos_token", token_text(true, llama_vocab_eos(llama_model_get_vocab(res_->model.get())))},
         {"sample_rate", std::to_string(sample_rate())},
         {"text_model_device", text_device_},
         {"audio_encoder_device", audio_device_},
@@ -313,7 +345,8 @@ Engine::Sizing Engine::size_run(const RunOptions & opts) {
 RunStats Engine::run(const NextTrack & next, const TrackDone & done, const RunOptions & opts) {
     if (opts.max_prompts < 1) throw InputError("max_prompts must be >= 1");
     std::lock_guard<std::mutex> lock(mutex_);
-    const ChatPieces chat = format_chat(opts.system_prompt);
+    const ChatPieces chat = chat_for(opts);
+    if (opts.framing != Framing::Reference) ensure_mtmd();
     RunOptions o = opts;
     if (o.track_cells.empty()) {
         // a stream: size for its longest expected track
@@ -335,7 +368,7 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const RunOp
         }
     }
     const bool ahead = o.prepare_ahead < 0 ? params_.prepare_ahead : o.prepare_ahead > 0;
-    BatchRun::Limits lim{sz.in_flight, ctx_n_ctx_, ctx_n_seq_, ctx_n_batch_, n_ctx_train(), ahead};
+    BatchRun::Limits lim{sz.in_flight, ctx_n_ctx_, ctx_n_seq_, ctx_n_batch_, n_ctx_train(), ahead, params_.n_threads};
     BatchRun run(*res_, o, lim, chat, next, done);
     last_run_ = RunStats{};
     last_run_ = run.run();
@@ -343,17 +376,19 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const RunOp
     return last_run_;
 }
 
-int Engine::prompts_cells(const std::vector<PromptRequest> & prompts, const std::string & system_prompt) const {
-    return text_cells(llama_model_get_vocab(res_->model.get()), format_chat(system_prompt), prompts, n_ctx_train());
+int Engine::prompts_cells(const std::vector<PromptRequest> & prompts, const RunOptions & opts) const {
+    return text_cells(llama_model_get_vocab(res_->model.get()), chat_for(opts), prompts, n_ctx_train());
 }
 
 std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest> & tracks,
                                                   const std::string & system_prompt, bool render_special,
                                                   Framing framing, int max_in_flight, bool debug,
-                                                  const InterruptCheck & interrupted) {
+                                                  const InterruptCheck & interrupted,
+                                                  const std::optional<ChatPieces> & chat_pieces) {
     if (tracks.empty()) return {};
     RunOptions o;
     o.system_prompt = system_prompt;
+    o.chat = chat_pieces;
     o.render_special = render_special;
     o.framing = framing;
     o.tracks_in_flight = max_in_flight;
@@ -361,7 +396,7 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
     o.debug = debug;
     o.interrupted = interrupted;
     {
-        const ChatPieces chat = format_chat(system_prompt);
+        const ChatPieces chat = chat_for(o);
         const llama_vocab * vocab = llama_model_get_vocab(res_->model.get());
         const auto mid = tokenize(vocab, chat.mid, true), tail = tokenize(vocab, chat.tail, true);
         for (const auto & t : tracks) {
@@ -390,11 +425,11 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
 
 GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
                                 const std::string & system_prompt, bool render_special, Framing framing,
-                                bool debug, const InterruptCheck & interrupted) {
+                                bool debug, const InterruptCheck & interrupted, const std::optional<ChatPieces> & chat) {
     std::vector<TrackRequest> one(1);
     one[0].pcm = pcm;
     one[0].prompts = prompts;
-    return std::move(generate_many(one, system_prompt, render_special, framing, 1, debug, interrupted)[0]);
+    return std::move(generate_many(one, system_prompt, render_special, framing, 1, debug, interrupted, chat)[0]);
 }
 
 std::map<std::string, std::string> build_info() {

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,10 @@ enum class Framing {
     // As ReferenceTrim, but (for audio of 30 s or more) the last window is the final 30 s of real audio, so no
     // padding is encoded; only its tokens after the previous window are kept.
     ReferenceTail = 2,
+    // The reference at every length: each window's log-mel (padded to 30 s, normalised per window, as the
+    // reference's) is cut to its real frames and only those go through the encoder, so the encoder attends to what
+    // the reference's mask leaves; the reference's token count per window (audio_window.h).
+    Reference = 3,
 };
 
 struct PromptOutput {
@@ -106,11 +111,17 @@ struct GenerateResult {
     // first generated position of prompt 0 (n_vocab). For fidelity measurements against transformers.
     std::vector<float> audio_embd;
     std::vector<float> first_logits;
+    // Only with `debug`: the token ids of prompt 0 as fed (chat head, -1 per audio position, mid, question, tail),
+    // to compare with the reference processor's.
+    std::vector<int32_t> prompt_tokens;
 };
 
-// The chat, formatted by the model's template and cut at the media marker and at the user's text:
-//   head <audio> mid <user text> tail
-// For ChatML: head = "<|im_start|>user\n", mid = "", tail = "<|im_end|>\n<|im_start|>assistant\n".
+// The chat around the audio and the user's text: head <audio> mid <user text> tail. head, mid and tail are
+// tokenized with special tokens honoured, the user's text as plain text. For every framing but Mtmd the caller
+// renders them from the model's own chat template (python/music_flamingo/chat_template.py, as transformers does,
+// default system message included; mid = "\n"); Mtmd formats the chat as llama-mtmd-cli does (llama.cpp's
+// built-in template, no default system message; for ChatML head = "<|im_start|>user\n", mid = "",
+// tail = "<|im_end|>\n<|im_start|>assistant\n").
 struct ChatPieces {
     std::string head, mid, tail;
 };
@@ -130,7 +141,8 @@ using NextTrack = std::function<bool(TrackRequest &)>;
 using TrackDone = std::function<void(size_t, GenerateResult &&)>;
 
 struct RunOptions {
-    std::string system_prompt;
+    std::string system_prompt;       // Mtmd framing only: the others take `chat`
+    std::optional<ChatPieces> chat;  // rendered template pieces; required by every framing but Mtmd
     bool render_special = false;     // keep the text of special tokens in the output (as llama-mtmd-cli prints them)
     Framing framing = Framing::Mtmd;
     int tracks_in_flight = 0;        // 0: automatic (from free memory, capped where attention cost outgrows the gain)
@@ -183,7 +195,8 @@ public:
     GenerateResult generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
                             const std::string & system_prompt, bool render_special = false,
                             Framing framing = Framing::Mtmd, bool debug = false,
-                            const InterruptCheck & interrupted = nullptr);
+                            const InterruptCheck & interrupted = nullptr,
+                            const std::optional<ChatPieces> & chat = std::nullopt);
 
     // Several tracks with continuous batching: up to max_in_flight tracks (0: automatic) decode in the same steps,
     // and a finished track's sequences go to the next track. Results in the order of `tracks`; with greedy
@@ -191,7 +204,8 @@ public:
     // error is thrown (after all tracks ran).
     std::vector<GenerateResult> generate_many(const std::vector<TrackRequest> & tracks, const std::string & system_prompt,
                                               bool render_special, Framing framing, int max_in_flight,
-                                              bool debug = false, const InterruptCheck & interrupted = nullptr);
+                                              bool debug = false, const InterruptCheck & interrupted = nullptr,
+                                              const std::optional<ChatPieces> & chat = std::nullopt);
 
     // The general form: tracks come from `next` (a stream), results go to `done` as each track finishes; a track
     // that fails alone (too long, out of memory) is reported through `done` with its error and the others go on.
@@ -201,7 +215,7 @@ public:
     int n_ctx_train() const;
     double kv_cell_bytes() const;
     // KV cells that `prompts` can need besides the audio prefix (their suffixes and token limits).
-    int prompts_cells(const std::vector<PromptRequest> & prompts, const std::string & system_prompt) const;
+    int prompts_cells(const std::vector<PromptRequest> & prompts, const RunOptions & opts) const;
     const RunStats & last_run_stats() const { return last_run_; }
     // Static facts about the loaded model: file names, architecture, template, devices used.
     std::map<std::string, std::string> info() const;
@@ -213,7 +227,10 @@ private:
     struct Sizing;
     Sizing size_run(const RunOptions & opts);
     void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed);
+    void ensure_mtmd();
     ChatPieces format_chat(const std::string & system_prompt) const;
+    ChatPieces chat_for(const RunOptions & opts) const;
+    std::string token_text(bool used, int32_t token) const;  // "" when unused or absent
 
     EngineParams params_;
     std::unique_ptr<Resources> res_;

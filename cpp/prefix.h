@@ -16,6 +16,17 @@ struct mtmd_context;
 
 namespace mf {
 
+class AudioWindowEncoder;
+
+// What a planner may use: the text model (vocabulary, embedding width), the encoder of the default framing and
+// mtmd's (the other framings; null until the engine made it), the CPU threads for the log-mel and encoder.
+struct PlannerContext {
+    const llama_model * model = nullptr;
+    AudioWindowEncoder * encoder = nullptr;
+    mtmd_context * mtmd = nullptr;
+    int n_threads = 1;
+};
+
 struct PreparedPrefix {
     // A run of tokens or a run of audio embeddings (n_embd_tokens x n_embd floats), in order.
     struct Piece {
@@ -33,8 +44,7 @@ struct PreparedPrefix {
 
 class PrefixPlanner {
 public:
-    PrefixPlanner(mtmd_context * mtmd, const llama_model * model, ChatPieces chat)
-        : mtmd_(mtmd), model_(model), chat_(std::move(chat)) {}
+    PrefixPlanner(const PlannerContext & ctx, ChatPieces chat) : ctx_(ctx), chat_(std::move(chat)) {}
     virtual ~PrefixPlanner() = default;
 
     // Tokenizes the text, computes the mel and runs the audio encoder. Uses mtmd: one caller at a time.
@@ -42,11 +52,13 @@ public:
 
 protected:
     std::vector<int32_t> tokenize(const std::string & text, bool parse_special) const;
-    // Encodes the first 30 s window of pcm[0, n) (mtmd pads shorter audio with zeros): 750 x n_embd floats.
-    std::vector<float> encode_window(const float * pcm, size_t n, PreparedPrefix & px);
+    // The chat head as the first piece (BOS first when the vocabulary asks for it).
+    void add_head(PreparedPrefix & px) const;
+    // Encodes the first 30 s window of pcm[0, n) through mtmd (which pads shorter audio with zeros): 750 x n_embd.
+    std::vector<float> encode_window_mtmd(const float * pcm, size_t n, PreparedPrefix & px);
+    void add_audio(PreparedPrefix & px, const float * embd, int n_tokens) const;
 
-    mtmd_context * mtmd_;
-    const llama_model * model_;
+    PlannerContext ctx_;
     ChatPieces chat_;
 };
 
@@ -54,10 +66,10 @@ protected:
 // encoding): 750 per started 30 s window, one silent window more, and the text around it.
 int max_prefix_positions(const ChatPieces & chat, size_t n_samples);
 
-std::unique_ptr<PrefixPlanner> make_planner(Framing framing, mtmd_context * mtmd, const llama_model * model,
-                                            ChatPieces chat);
+std::unique_ptr<PrefixPlanner> make_planner(Framing framing, const PlannerContext & ctx, ChatPieces chat);
 
-// Audio shorter than this cannot be framed (mtmd's log-mel needs more than one hop): an InputError, not an abort.
-constexpr size_t kMinAudioSamples = 400;  // 25 ms at 16 kHz (one n_fft window)
+// Audio shorter than this gives the reference no audio token (and mtmd's log-mel aborts on a few samples): an
+// InputError before anything reaches mtmd.
+constexpr size_t kMinAudioSamples = 321;  // 20 ms at 16 kHz
 
 }  // namespace mf

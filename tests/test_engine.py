@@ -148,10 +148,21 @@ def test_concurrent_callers_are_serialized(engine, clips):
     (np.zeros((SR, 2), np.float32), "mono"),
     (np.array([0.0, np.nan] * SR, np.float32), "NaN"),
     (np.array([0.0, np.inf] * SR, np.float32), "NaN or infinite"),
+    (np.full(320, 0.1, np.float32), "shorter than 20 ms"),  # the reference gives it no audio token
 ])
 def test_bad_audio_raises(engine, bad, message):
     with pytest.raises(InvalidInputError, match=message):
         engine.generate(bad, [Prompt(QUESTION, max_tokens=2)])
+
+
+def test_audio_token_counts_follow_the_reference(engine, track):
+    """Per 30 s window the reference keeps its post-conv/pool length of the real frames, and nothing for a window
+    under 20 ms; mtmd's own framing pads every window to 750 and adds a silent one at exact multiples of 30 s."""
+    for n, expected in [(321, 1), (SR // 2, 12), (30 * SR, 750), (30 * SR + 160, 750), (30 * SR + 321, 751)]:
+        pcm = np.ascontiguousarray(track[:n])
+        assert engine.generate(pcm, [Prompt(QUESTION, max_tokens=1)]).stats.audio_tokens == expected, n
+    assert engine.generate(np.ascontiguousarray(track[:30 * SR]), [Prompt(QUESTION, max_tokens=1)],
+                           framing="llamacpp").stats.audio_tokens == 1500
 
 
 def test_wrong_sample_rate_raises(engine):

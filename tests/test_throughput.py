@@ -128,19 +128,23 @@ def test_the_engine_refuses_audio_too_short_for_the_mel_without_aborting(tiny):
         import os, numpy as np
         from music_flamingo import _core, InvalidInputError
         e = _core.Engine(os.environ["MODEL"], os.environ["MMPROJ"], n_threads=1, warmup=False)
-        for n in (1, 2, 3, 4, 100, 399):
-            for framing in (0, 1, 2):
+        chat = ("<|im_start|>user\n", "\n", "<|im_end|>\n<|im_start|>assistant\n")
+        for n in (1, 2, 3, 4, 100, 320):
+            for framing in (0, 1, 2, 3):
                 try:
-                    e.generate(np.zeros(n, np.float32), 16000, [{"text": "hi", "max_tokens": 2}], "", False, framing)
+                    e.generate(np.zeros(n, np.float32), 16000, [{"text": "hi", "max_tokens": 2}], "", False, framing,
+                               chat=None if framing == 0 else chat)
                     print("accepted", n)
                 except InvalidInputError as x:
                     assert "too short" in str(x), x
-        # a sliver after a whole window is padded for the mel, not refused
-        r = e.generate(np.zeros(30 * 16000 + 1, np.float32), 16000, [{"text": "hi", "max_tokens": 2}], "", False, 1)
-        print("ok", r["stats"]["audio_chunks"])
+        # a sliver after a whole window (one token's worth) is padded for mtmd's mel, not refused
+        for framing in (1, 2, 3):
+            r = e.generate(np.zeros(30 * 16000 + 400, np.float32), 16000, [{"text": "hi", "max_tokens": 2}], "",
+                           False, framing, chat=chat)
+            print("ok", r["stats"]["audio_chunks"])
     """, tiny)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "accepted" not in r.stdout and "ok 2" in r.stdout
+    assert "accepted" not in r.stdout and r.stdout.count("ok 2") == 3
 
 
 def test_close_racing_a_running_call_neither_crashes_nor_hangs(tiny):

@@ -53,19 +53,35 @@ FILLER = [(f"<|mf_reserved_{i}|>", True) for i in range(4)]
 AUDIO = [("<sound>", True), ("<|sound_bos|>", True), ("<|sound_eos|>", True)]
 PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                      r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Plain ChatML, no built-in system prompt, so prompts are fully controlled by the tests. One template
-# serves tokenizer and processor (both write chat_template.jinja); list content puts <sound> in order.
+# The template transformers' AudioFlamingo3 conversion writes (convert_audioflamingo3_to_hf.py, the processor's):
+# ChatML with a default system message when the conversation has none, as the real checkpoints' templates have,
+# string content as is and list content as <sound> then the texts. One template serves tokenizer and processor
+# (both write chat_template.jinja), so it is also the GGUF's tokenizer.chat_template.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'audio' %}{{ '<sound>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
+    "{% if messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "{% for m in messages if m['content'] is not none %}"
+    "<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}"
+    "{{ m['content'] }}"
+    "{% else %}"
+    "{% set audio = namespace(found=False) %}"
+    "{% set text_buf = namespace(v='') %}"
+    "{% for c in m['content'] %}"
+    "{% if c.get('type') == 'audio' or 'audio' in c %}"
+    "{% set audio.found = True %}"
+    "{% elif c.get('type') == 'text' or 'text' in c %}"
+    "{% set text_buf.v = text_buf.v + c['text'] %}"
+    "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}"
+    "{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n"
+    "{% endif %}"
 )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
+from .chat_template import ChatPieces, render_pieces
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .models import resolve_model_files
@@ -23,8 +24,8 @@ PromptLike = Union[Prompt, str]
 
 # How audio is put in front of the LLM (see cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the
 # framing whose answers came closest to transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
-FRAMINGS = {"llamacpp": 0, "reference_trim": 1, "reference_tail": 2}
-DEFAULT_FRAMING = "reference_tail"
+FRAMINGS = {"llamacpp": 0, "reference_trim": 1, "reference_tail": 2, "reference": 3}
+DEFAULT_FRAMING = "reference"
 
 
 def tracks_in_flight_code(value: int | str) -> int:
@@ -53,8 +54,10 @@ class MusicFlamingoGGUF(Analyzer):
     ``top_p``, ``seed`` and ``max_duration`` are the :class:`~music_flamingo.analyzer.AnalysisOptions`. ``n_gpu_layers=-1`` offloads every layer when a GPU backend was compiled in;
     the audio encoder goes to the GPU too unless ``mmproj_use_gpu=False``. ``flash_attn``: ``'auto'`` (fastest),
     or ``True``/``False`` to pin the numerics (``False`` makes batched decoding bit-identical to decoding alone).
-    ``framing``: ``'reference_tail'`` (default; closest to the reference implementation, see bench/FIDELITY.md),
-    ``'reference_trim'``, or ``'llamacpp'`` (exactly what llama-mtmd-cli feeds the model).
+    ``framing``: ``'reference'`` (default; closest to the reference implementation at every length: each window
+    encoded over its real frames, see bench/FIDELITY.md), ``'reference_tail'``, ``'reference_trim'``, or
+    ``'llamacpp'`` (exactly what llama-mtmd-cli feeds the model). ``system_prompt``: the system message; by default
+    the GGUF chat template's own (``You are a helpful assistant.`` for Music Flamingo), as transformers renders it.
     ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
     Throughput (see README, "Throughput knobs"): ``n_sampling_threads`` (0: up to 4) sample the sequences of a step;
     ``memory_budget_mb`` caps the KV cache that automatic tracks in flight may fill (0: the device's free memory);
@@ -127,10 +130,21 @@ class MusicFlamingoGGUF(Analyzer):
                     self.info["text_model_device"], self.info["audio_encoder_device"])
         self.model_label = "gguf_" + (model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
 
+    def chat_pieces(self, system_prompt: str | None = None) -> ChatPieces:
+        """The GGUF's own chat template rendered around the audio and the question, as transformers renders it:
+        with ``system_prompt`` (default: this analyzer's) as the system message, else the template's default one.
+        What every framing but ``llamacpp`` feeds the model (see music_flamingo.chat_template)."""
+        template = self.info.get("chat_template", "")
+        special = {k: self.info[k] for k in ("bos_token", "eos_token") if self.info.get(k)}
+        # the engine reports "chatml" for a GGUF without a template: llama.cpp's assumption, rendered as such
+        return render_pieces(None if template in ("", "chatml") else template,
+                             self.system_prompt if system_prompt is None else system_prompt, special)
+
     # --- Analyzer hooks -----------------------------------------------------------------------------------
     def max_analysed_seconds(self) -> float:
-        # mtmd frames audio in 30 s windows and adds a silent one at exact multiples of 30 s: stay 10 ms short
-        # of a multiple so 10 minutes are 20 windows, as the model was trained, not 21.
+        # framing="llamacpp" (mtmd) adds a silent window at exact multiples of 30 s: stay 10 ms short of a
+        # multiple so 10 minutes are 20 windows, as the model was trained, not 21. (The reference framings need no
+        # margin; 10 ms less gives them the same 750 tokens for the last window.)
         limit = self.max_duration
         return limit - 0.01 if limit % 30 == 0 else limit
 
@@ -204,16 +218,18 @@ class MusicFlamingoGGUF(Analyzer):
         format; convert other arrays with :func:`music_flamingo.audio.load_audio`. A bare string prompt gets
         ``max_tokens`` and greedy decoding. ``render_special`` keeps the text of special tokens the model emits
         (llama-mtmd-cli prints them); by default they are dropped from the texts. ``framing`` overrides the
-        engine's (``'llamacpp'``: as llama-mtmd-cli; ``'reference_trim'``/``'reference_tail'``: as the model was
-        trained, see bench/FIDELITY.md). ``debug`` also returns the audio embeddings fed to the LLM and the first
-        step's logits of prompt 0 (``result.debug``), for fidelity measurements.
+        engine's (``'llamacpp'``: as llama-mtmd-cli; ``'reference'`` and the older ``'reference_trim'``/
+        ``'reference_tail'``: as the model was trained, see bench/FIDELITY.md). ``debug`` also returns the audio
+        embeddings fed to the LLM, the first step's logits of prompt 0 and its prompt token ids, -1 per audio
+        position (``result.debug``), for fidelity measurements.
         """
         audio, plist = as_engine_audio(audio), as_prompts(prompts, max_tokens)
+        code = self._framing_code(framing)
         raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
-                                     render_special, self._framing_code(framing), debug)
+                                     render_special, code, debug, self._chat(code))
         result = self._result(raw)
         if debug:
-            result.debug = {"audio_embd": raw["audio_embd"], "first_logits": raw["first_logits"]}
+            result.debug = {k: raw[k] for k in ("audio_embd", "first_logits", "prompt_tokens")}
         return result
 
     def generate_many(
@@ -231,8 +247,9 @@ class MusicFlamingoGGUF(Analyzer):
         ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
         raised after all tracks ran."""
         native = [(as_engine_audio(a), [p.to_native() for p in as_prompts(ps, max_tokens)]) for a, ps in tracks]
-        raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False,
-                                          self._framing_code(framing), tracks_in_flight_code(tracks_in_flight))
+        code = self._framing_code(framing)
+        raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False, code,
+                                          tracks_in_flight_code(tracks_in_flight), self._chat(code))
         return [self._result(r) for r in raws]
 
     def generate_stream(
@@ -270,15 +287,20 @@ class MusicFlamingoGGUF(Analyzer):
             except MusicFlamingoError as e:
                 on_result(index, e)
 
+        code = self._framing_code(framing)
         stats = self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, self.system_prompt, False,
-                                        self._framing_code(framing), tracks_in_flight_code(tracks_in_flight),
-                                        float(max_audio_seconds), bool(profile),
-                                        -1 if prepare_ahead is None else int(bool(prepare_ahead)))
+                                        code, tracks_in_flight_code(tracks_in_flight), float(max_audio_seconds),
+                                        bool(profile), -1 if prepare_ahead is None else int(bool(prepare_ahead)),
+                                        self._chat(code))
         return dict(stats)
 
     def last_run_stats(self) -> dict[str, Any]:
         """Where the time of the last generate/generate_many/generate_stream went (steps, host, decode, admit)."""
         return dict(self._engine.last_run_stats())
+
+    def _chat(self, framing_code: int) -> tuple[str, str, str] | None:
+        """The rendered template pieces for the engine; ``llamacpp`` formats its chat as llama-mtmd-cli does."""
+        return None if framing_code == FRAMINGS["llamacpp"] else self.chat_pieces().as_tuple()
 
     def _framing_code(self, framing: str | None) -> int:
         framing = framing or self.framing

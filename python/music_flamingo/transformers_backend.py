@@ -23,6 +23,7 @@ import numpy as np
 from ._logging import logger
 from .analyzer import AnalysisOptions, Analyzer
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
+from .chat_template import AUDIO_TEXT_SEPARATOR, TEXT_SLOT, ChatPieces, split_rendered
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError
 
@@ -128,7 +129,8 @@ class MusicFlamingoTransformers(Analyzer):
     folder; ``local_files_only`` never touches the network. ``dtype``: ``'bfloat16'`` (default), ``'float16'``,
     ``'float32'`` or ``'auto'``. ``use_flash_attention`` uses FlashAttention-2 where it can (CUDA/ROCm device,
     ``flash_attn`` installed, half precision) and SDPA otherwise. ``device_map`` goes to ``from_pretrained``.
-    ``torch_compile=True`` compiles the model's forward (off by default: it crashes on ROCm). ``prompts``,
+    ``torch_compile=True`` compiles the model's forward (off by default: it crashes on ROCm). ``system_prompt``:
+    the system message (default: the chat template's own, e.g. "You are a helpful assistant."). ``prompts``,
     ``prompts_files``, ``temperature``, ``top_p``, ``seed`` and ``max_duration`` are the
     :class:`~music_flamingo.analyzer.AnalysisOptions`, as for :class:`~music_flamingo.MusicFlamingoGGUF`.
     """
@@ -151,10 +153,12 @@ class MusicFlamingoTransformers(Analyzer):
         seed: int | None = None,
         max_duration: float | None = None,
         options: AnalysisOptions | None = None,
+        system_prompt: str = "",
     ) -> None:
         super().__init__(options or AnalysisOptions(
             prompts=prompts, prompts_files=tuple(prompts_files), temperature=temperature, top_p=top_p, seed=seed,
             max_duration=max_duration))
+        self.system_prompt = system_prompt
         torch, transformers = _import_torch_transformers()
         self._torch = torch
         self.model_id = str(model_id)
@@ -279,46 +283,37 @@ class MusicFlamingoTransformers(Analyzer):
             raise EngineError("this MusicFlamingoTransformers was closed")
         return model
 
-    def _chat_text(self, text: str, pcm: np.ndarray) -> str:
-        conversation = [{"role": "user", "content": [{"type": "audio", "audio": pcm}, {"type": "text", "text": text}]}]
-        return self._processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    def chat_pieces(self, pcm: np.ndarray) -> ChatPieces:
+        """The processor's chat template rendered by transformers for one user turn (the audio, a newline, the
+        question; the system message is ``system_prompt`` or the template's default), cut at the audio placeholder
+        and the question. The same pieces the GGUF backend renders from its GGUF (music_flamingo.chat_template)."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": [{"type": "audio", "audio": pcm},
+                                                     {"type": "text", "text": AUDIO_TEXT_SEPARATOR + TEXT_SLOT}]})
+        rendered = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return split_rendered(rendered, audio_slot=self._processor.audio_token)
 
-    def _token_ids(self, pcm: np.ndarray, chats: list[str]):
+    def prompt_token_ids(self, pcm: np.ndarray, texts: Sequence[str]):
         """Token ids of every prompt with the audio placeholder expanded, the encoder inputs (one track, once),
-        and how many leading tokens all prompts share (chat head + audio)."""
+        and how many leading tokens all prompts share (chat head + audio).
+
+        The processor expands the audio in ``head <audio> mid`` once (AF3: ``<sound>`` x n; Music Flamingo:
+        ``<|sound_bos|> <sound> x n <|sound_eos|>``) and computes the mel; each question is then tokenized as plain
+        text (special tokens typed in a prompt stay text, as in the GGUF backend) between ``mid`` and ``tail``."""
         torch = self._torch
-        first = self._processor(text=[chats[0]], audio=[pcm], return_tensors="pt")
-        ids0 = first["input_ids"][0][first["attention_mask"][0].bool()].tolist()
-        ids: list[list[int]] | None = [ids0]
-        # The processor expands the one audio placeholder of the chat text into the run the encoder output fills
-        # (AF3: <sound> x n; Music Flamingo: <|sound_bos|> <sound> x n <|sound_eos|>). Take that run from the first
-        # prompt and splice it into the others, so the mel spectrogram is computed once too.
-        raw0 = self._tokenizer(chats[0])["input_ids"]
-        run_len = len(ids0) - len(raw0) + 1
-        at = raw0.index(self.audio_token_id) if raw0.count(self.audio_token_id) == 1 else -1
-        if at < 0 or run_len < 1 or ids0[:at] != raw0[:at] or ids0[at + run_len:] != raw0[at + 1:]:
-            ids = None
-        else:
-            run = ids0[at:at + run_len]
-            for chat in chats[1:]:
-                raw = self._tokenizer(chat)["input_ids"]
-                if raw.count(self.audio_token_id) != 1:
-                    ids = None
-                    break
-                j = raw.index(self.audio_token_id)
-                ids.append(raw[:j] + run + raw[j + 1:])
-        if ids is None:  # an unusual template or tokenizer: let the processor expand each prompt (mel again)
-            logger.debug("audio placeholder not spliceable; expanding each prompt with the processor")
-            ids = [ids0]
-            for chat in chats[1:]:
-                out = self._processor(text=[chat], audio=[pcm], return_tensors="pt")
-                ids.append(out["input_ids"][0][out["attention_mask"][0].bool()].tolist())
+        pieces = self.chat_pieces(pcm)
+        feats = self._processor(text=[pieces.head + self._processor.audio_token + pieces.mid], audio=[pcm],
+                                return_tensors="pt")
+        prefix = feats["input_ids"][0][feats["attention_mask"][0].bool()].tolist()
+        tail = self._tokenizer.encode(pieces.tail, add_special_tokens=False)
+        ids = [prefix + self._tokenizer.encode(t, add_special_tokens=False, split_special_tokens=True) + tail
+               for t in texts]
         shared = 0
         for column in zip(*ids):
             if any(c != column[0] for c in column):
                 break
             shared += 1
-        return ids, first, torch.tensor([ids0], dtype=torch.long), shared
+        return ids, feats, torch.tensor([ids[0]], dtype=torch.long), shared
 
     def _encode_audio(self, feats, ids0):
         """The audio encoder + projector, once: one row of embeddings per audio token of the track."""
@@ -367,8 +362,7 @@ class MusicFlamingoTransformers(Analyzer):
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t_start = time.perf_counter()
         with torch.inference_mode():
-            chats = [self._chat_text(p.text, pcm) for p in plist]
-            ids, feats, ids0, shared = self._token_ids(pcm, chats)
+            ids, feats, ids0, shared = self.prompt_token_ids(pcm, [p.text for p in plist])
             audio_embeds = self._encode_audio(feats, ids0)
             n_audio = int((ids0 == self.audio_token_id).sum())
             if audio_embeds.shape[0] != n_audio:
