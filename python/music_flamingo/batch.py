@@ -397,21 +397,8 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     def complete(track: Path) -> bool:
         return not opts.overwrite and opts.write_sidecars and has_keys(sidecar_path(track), keys)
 
-    todo: list[Path] = []
-    for item in (plan_batch(root, keys, opts.selection, overwrite=opts.overwrite,
-                            check_sidecars=opts.write_sidecars, retry_failed=opts.retry_failed,
-                            failures=opts.failures) if tracks is None else ()):
-        if item.status == EXCLUDED:
-            label = item.track.excluded_as or ""
-            summary.excluded[label] = summary.excluded.get(label, 0) + 1
-            continue
-        summary.total += 1
-        if item.status == DONE:
-            summary.skipped_complete += 1
-        elif item.status == SIDECAR_ERROR:
-            fail(item.path, SidecarError(item.detail))
-        else:
-            todo.append(item.path)
+    # A damaged sidecar fails its track when the run reaches it (the check under the track's lock below).
+    todo = plan_work(root, keys, opts, summary) if tracks is None else []
     logger.info("%d tracks: %d to analyse, %d already complete; not taken: %s", summary.total, len(todo),
                 summary.skipped_complete, summary.excluded or "none")
 
