@@ -190,12 +190,11 @@ def serve(analyzer, root: str | os.PathLike, options: BatchOptions, fd: int,
 class _Worker:
     slot: int
     proc: subprocess.Popen
-    events: int                                     # read end of the event pipe
-    output: int                                     # read end of the worker's stdout + stderr
-    ready: bool = False
+    events: int                                          # read end of the event pipe
+    output: int                                          # read end of the worker's stdout + stderr
+    ready: bool = False                                  # its engine is loaded
     held: dict[str, None] = field(default_factory=dict)  # tracks handed out, not yet reported (in order)
-    buffers: dict[int, bytes] = field(default_factory=dict)
-    open_fds: set[int] = field(default_factory=set)
+    buffers: dict[int, bytes] = field(default_factory=dict)  # an unfinished line per pipe
 
 
 def _how(returncode: int) -> str:
@@ -214,6 +213,196 @@ def _say(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
+class _Parent:
+    """The run as the parent sees it: the queue, the live workers, who holds which track, the summary. One thread:
+    a selector loop over every worker's two pipes (its events, its output)."""
+
+    def __init__(self, command: Sequence[str], slots: Sequence[WorkerSlot], queue: list[str], opts: BatchOptions,
+                 summary: WorkersSummary, on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None) -> None:
+        self.command, self.slots, self.summary, self.on_event = list(command), list(slots), summary, on_event
+        self.queue: deque[str] = deque(queue)
+        group = 1 if opts.tracks_in_flight <= 1 else 2 * opts.tracks_in_flight  # as run_batch groups tracks
+        self.hold = 2 * group  # what one worker has in hand: its current group and the next (being decoded)
+        self.bar = _progress(len(queue), opts.progress)
+        self.sel = selectors.DefaultSelector()
+        self.live: dict[int, _Worker] = {}               # by pid
+        self.deaths_of_slot: Counter[int] = Counter()
+        self.retired: set[int] = set()                   # slots given up
+        self.died_holding: Counter[str] = Counter()      # track -> workers that died while it was in their hands
+        self.ever_ready = False
+
+    def run(self) -> None:
+        try:
+            for i in range(len(self.slots)):
+                self.start(i)
+            while self.live:
+                try:
+                    self.pump(1.0)
+                    if not self.live and self.queue and not self.summary.interrupted:
+                        # every worker ended (the others done, a place given up) while tracks came back
+                        spare = next((i for i in range(len(self.slots)) if i not in self.retired), None)
+                        if spare is not None:
+                            self.start(spare)
+                except KeyboardInterrupt:
+                    self.interrupt()
+        finally:
+            for w in list(self.live.values()):
+                w.proc.kill()
+                w.proc.wait()
+            self.sel.close()
+            self.bar.close()
+
+    def start(self, slot_no: int) -> None:
+        slot = self.slots[slot_no]
+        ev_r, ev_w = os.pipe()
+        argv = [*self.command, "--no-progress", "--worker-fd", str(ev_w), *slot.args]
+        try:  # its own session: a terminal's Ctrl-C reaches the parent only, which stops the workers once
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    pass_fds=(ev_w,), env={**os.environ, **slot.env}, start_new_session=True)
+        finally:
+            os.close(ev_w)
+        assert proc.stdout is not None
+        w = _Worker(slot_no, proc, ev_r, proc.stdout.fileno())
+        for fd in (w.events, w.output):
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, w)
+            w.buffers[fd] = b""
+        self.live[proc.pid] = w
+        env = " ".join(f"{k}={v}" for k, v in slot.env.items())
+        logger.info("started %s (pid %d%s)", slot.label, proc.pid, f", {env}" if env else "")
+
+    def pump(self, timeout: float) -> None:
+        """Read what the workers wrote; a worker whose two pipes have closed is gone."""
+        for key, _ in self.sel.select(timeout):
+            w: _Worker = key.data
+            try:
+                data = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                self.lines(w, key.fd, data)
+                continue
+            if key.fd == w.output and w.buffers[key.fd]:
+                self.lines(w, key.fd, b"\n")  # its last words, unterminated
+            self.sel.unregister(key.fd)
+            if key.fd == w.events:
+                os.close(key.fd)
+            del w.buffers[key.fd]
+            if not w.buffers:
+                self.ended(w)
+
+    def lines(self, w: _Worker, fd: int, data: bytes) -> None:
+        *complete, w.buffers[fd] = (w.buffers[fd] + data).split(b"\n")
+        label = self.slots[w.slot].label
+        for raw in complete:
+            if fd == w.output:
+                _say(f"[{label}] {raw.decode('utf-8', 'replace').rstrip()}")
+                continue
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                logger.warning("%s sent a line that is not JSON: %r", label, raw[:200])
+                continue
+            self.handle(w, event)
+
+    def handle(self, w: _Worker, event: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(self.slots[w.slot], w.proc.pid, event)
+        kind = event.get("event")
+        if kind == "ready":
+            w.ready = self.ever_ready = True
+        elif kind == "want":
+            path = self.queue.popleft() if self.queue and not self.summary.interrupted else None
+            if path is not None:
+                w.held[path] = None
+            self.reply(w, path)
+        elif kind == "track":
+            self.outcome(w, event)
+
+    def reply(self, w: _Worker, path: str | None) -> None:
+        assert w.proc.stdin is not None
+        try:
+            w.proc.stdin.write((json.dumps(path) + "\n").encode("ascii"))
+            w.proc.stdin.flush()
+        except OSError:
+            pass  # it died: what it held is settled when its pipes close
+
+    def outcome(self, w: _Worker, event: dict[str, Any]) -> None:
+        w.held.pop(event["path"], None)
+        status = event["status"]
+        setattr(self.summary, status, getattr(self.summary, status) + 1)
+        if status == "failed":
+            self.summary.failures.append({k: event[k] for k in ("path", "error", "message")})
+        self.bar.update(1)
+        self.bar.set_postfix(done=self.summary.done, failed=self.summary.failed, refresh=False)
+
+    def ended(self, w: _Worker) -> None:
+        """The worker is gone. If it died, report it, give back what it held, and replace it."""
+        try:
+            rc = w.proc.wait(timeout=_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            rc = w.proc.wait()
+        for pipe in (w.proc.stdin, w.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        del self.live[w.proc.pid]
+        clean = rc in (0, 1) or (self.summary.interrupted and rc == 130)
+        if (clean and not w.held) or self.summary.interrupted:  # when stopping, what it held is simply not done
+            return
+        label, how, held = self.slots[w.slot].label, _how(rc), list(w.held)
+        self.summary.deaths.append({"worker": label, "pid": w.proc.pid, "how": how, "tracks": held,
+                                    "at": "work" if w.ready else "start-up"})
+        self.deaths_of_slot[w.slot] += 1
+        if not w.ready:
+            logger.error("%s died while loading its engine (%s); not replaced", label, how)
+        else:
+            logger.error("%s died (%s) holding %d track(s)%s", label, how, len(held),
+                         ": " + ", ".join(held) if held else "")
+        self.give_back(held, how)
+        if w.ready and self.deaths_of_slot[w.slot] < MAX_DEATHS:
+            self.start(w.slot)
+        else:
+            self.retired.add(w.slot)
+            if w.ready:
+                logger.error("%s: %d workers died there; giving it up", label, self.deaths_of_slot[w.slot])
+
+    def give_back(self, held: list[str], how: str) -> None:
+        """A dead worker's tracks: to the queue once — the first at its front, the others one worker's hold
+        apart — or, the second time, failed."""
+        back = 0
+        for path in held:
+            if self.died_holding[path]:
+                self.summary.failed += 1
+                self.summary.failures.append({"path": path, "error": "WorkerDied",
+                                              "message": f"two workers died while it was in hand (last: {how})"})
+                self.bar.update(1)
+                logger.error("failed: %s: two workers died while it was in hand", path)
+                continue
+            self.died_holding[path] += 1
+            self.summary.requeued += 1
+            self.queue.insert(min(back * self.hold, len(self.queue)), path)
+            back += 1
+
+    def interrupt(self) -> None:
+        """Ctrl-C: the workers stop between tracks (SIGINT, as a terminal would); a second one kills them."""
+        if self.summary.interrupted:
+            for w in self.live.values():
+                w.proc.kill()
+            return
+        self.summary.interrupted = True
+        logger.warning("interrupted: stopping the workers; no sidecar is left half-written")
+        for w in self.live.values():
+            try:
+                w.proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+
 def run_workers(root: str | os.PathLike, command: Sequence[str], slots: Sequence[WorkerSlot], keys: Sequence[str],
                 options: BatchOptions | None = None,
                 on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None = None) -> WorkersSummary:
@@ -225,198 +414,18 @@ def run_workers(root: str | os.PathLike, command: Sequence[str], slots: Sequence
     pid, event)`` sees every event a worker sends, as it arrives (for tests and dashboards).
     """
     opts = options or BatchOptions()
-    root = Path(root)
     t0 = time.monotonic()
     summary = WorkersSummary(workers=len(slots))
-    queue: deque[str] = deque(str(p) for p in plan_work(root, keys, opts, summary))
-    logger.info("%d tracks: %d to describe with %d workers, %d already complete", summary.total, len(queue),
+    todo = [str(p) for p in plan_work(root, keys, opts, summary)]
+    logger.info("%d tracks: %d to describe with %d workers, %d already complete", summary.total, len(todo),
                 len(slots), summary.skipped_complete)
-
-    group = 1 if opts.tracks_in_flight <= 1 else 2 * opts.tracks_in_flight  # as run_batch groups tracks
-    hold = 2 * group  # what one worker has in hand: its current group and the next
-    bar = _progress(len(queue), opts.progress)
-    sel = selectors.DefaultSelector()
-    live: dict[int, _Worker] = {}            # by pid
-    deaths_of_slot: Counter[int] = Counter()
-    retired: set[int] = set()
-    died_holding: Counter[str] = Counter()   # track -> workers that died while holding it
-    ever_ready = False
-
-    def start(slot_no: int) -> None:
-        slot = slots[slot_no]
-        ev_r, ev_w = os.pipe()
-        argv = [*command, "--no-progress", "--worker-fd", str(ev_w), *slot.args]
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    pass_fds=(ev_w,), env={**os.environ, **slot.env}, start_new_session=True)
-        finally:
-            os.close(ev_w)
-        assert proc.stdout is not None
-        w = _Worker(slot_no, proc, ev_r, proc.stdout.fileno())
-        for fd in (w.events, w.output):
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ, w)
-            w.open_fds.add(fd)
-            w.buffers[fd] = b""
-        live[proc.pid] = w
-        env = " ".join(f"{k}={v}" for k, v in slot.env.items())
-        logger.info("started %s (pid %d%s)", slot.label, proc.pid, f", {env}" if env else "")
-
-    def reply(w: _Worker, path: str | None) -> None:
-        assert w.proc.stdin is not None
-        try:
-            w.proc.stdin.write((json.dumps(path) + "\n").encode("ascii"))
-            w.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass  # it died: its end is handled when its pipes close
-
-    def outcome(w: _Worker, ev: dict[str, Any]) -> None:
-        path = ev["path"]
-        w.held.pop(path, None)
-        status = ev["status"]
-        setattr(summary, status, getattr(summary, status) + 1)
-        if status == "failed":
-            summary.failures.append({"path": path, "error": ev["error"], "message": ev["message"]})
-        bar.update(1)
-        bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
-
-    def handle(w: _Worker, ev: dict[str, Any]) -> None:
-        if on_event is not None:
-            on_event(slots[w.slot], w.proc.pid, ev)
-        nonlocal ever_ready
-        kind = ev.get("event")
-        if kind == "ready":
-            w.ready = ever_ready = True
-        elif kind == "want":
-            if queue and not summary.interrupted:
-                path = queue.popleft()
-                w.held[path] = None
-                reply(w, path)
-            else:
-                reply(w, None)
-        elif kind == "track":
-            outcome(w, ev)
-
-    def lines(w: _Worker, fd: int, data: bytes) -> None:
-        buf = w.buffers[fd] + data
-        *complete, w.buffers[fd] = buf.split(b"\n")
-        for raw in complete:
-            if fd == w.output:
-                _say(f"[{slots[w.slot].label}] {raw.decode('utf-8', 'replace').rstrip()}")
-                continue
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                logger.warning("%s sent a line that is not JSON: %r", slots[w.slot].label, raw[:200])
-                continue
-            handle(w, ev)
-
-    def ended(w: _Worker) -> None:
-        """Both pipes closed: the worker is gone. Account for what it held; replace it if it died working."""
-        try:
-            rc = w.proc.wait(timeout=_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            rc = w.proc.wait()
-        for pipe in (w.proc.stdin, w.proc.stdout):
-            try:
-                pipe.close()
-            except OSError:
-                pass
-        del live[w.proc.pid]
-        label = slots[w.slot].label
-        clean = rc in (0, 1) or (summary.interrupted and rc == 130)
-        if clean and not w.held:
-            return
-        if summary.interrupted:  # stopping anyway: what it held is simply not done
-            return
-        how = _how(rc)
-        held = list(w.held)
-        summary.deaths.append({"worker": label, "pid": w.proc.pid, "how": how, "tracks": held,
-                               "at": "work" if w.ready else "start-up"})
-        deaths_of_slot[w.slot] += 1
-        if not w.ready:
-            retired.add(w.slot)
-            logger.error("%s died while loading its engine (%s); not restarted", label, how)
-        else:
-            logger.error("%s died (%s) holding %d track(s)%s", label, how, len(held),
-                         ": " + ", ".join(held) if held else "")
-        back = 0
-        for path in held:
-            if died_holding[path] >= 1:
-                summary.failed += 1
-                summary.failures.append({"path": path, "error": "WorkerDied",
-                                         "message": f"two workers died while it was in hand (last: {how})"})
-                bar.update(1)
-                logger.error("failed: %s: two workers died while it was in hand", path)
-            else:  # back to the queue, first one first, the others one worker's hold apart
-                died_holding[path] += 1
-                summary.requeued += 1
-                queue.insert(min(back * hold, len(queue)), path)
-                back += 1
-        if w.ready and deaths_of_slot[w.slot] < MAX_DEATHS:
-            start(w.slot)
-        elif w.ready:
-            retired.add(w.slot)
-            logger.error("%s: %d workers died there; giving it up", label, deaths_of_slot[w.slot])
-
-    def pump(timeout: float) -> None:
-        for key, _ in sel.select(timeout):
-            w: _Worker = key.data
-            fd = key.fd
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if data:
-                lines(w, fd, data)
-                continue
-            sel.unregister(fd)
-            if fd != w.output:
-                os.close(fd)
-            w.open_fds.discard(fd)
-            if not w.open_fds:
-                ended(w)
-
-    def interrupt() -> None:
-        summary.interrupted = True
-        logger.warning("interrupted: stopping the workers; no sidecar is left half-written")
-        for w in live.values():
-            try:
-                w.proc.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
-
-    try:
-        for i in range(len(slots)):
-            start(i)
-        while live:
-            try:
-                pump(1.0)
-                if not live and queue and not summary.interrupted:
-                    # every worker ended (a slot retired, the others done) while tracks were given back
-                    spare = next((i for i in range(len(slots)) if i not in retired), None)
-                    if spare is not None:
-                        start(spare)
-            except KeyboardInterrupt:
-                if summary.interrupted:  # a second Ctrl-C: stop now
-                    for w in live.values():
-                        w.proc.kill()
-                else:
-                    interrupt()
-    finally:
-        for w in list(live.values()):
-            w.proc.kill()
-            w.proc.wait()
-        sel.close()
-        bar.close()
-    if queue and not summary.interrupted:
-        if not ever_ready:  # no engine could be loaded: a setup error (the workers' output says which)
+    parent = _Parent(command, slots, todo, opts, summary, on_event)
+    parent.run()
+    if parent.queue and not summary.interrupted:
+        if not parent.ever_ready:  # no engine could be loaded: a setup error (the workers' output says which)
             summary.no_worker = True
-        else:  # every place lost its workers: these tracks had nobody left to describe them
-            for path in queue:
+        else:  # every place lost its workers
+            for path in parent.queue:
                 summary.failed += 1
                 summary.failures.append({"path": path, "error": "NoWorker",
                                          "message": "no worker was left to describe it"})
