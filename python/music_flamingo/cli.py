@@ -271,9 +271,20 @@ def _run_workers(a: argparse.Namespace, selection, argv: list[str]) -> int:
 
 def _run_ray(a: argparse.Namespace, selection) -> int:
     """--ray: the run on a Ray cluster (music_flamingo.distributed), the same sidecars, one summary."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        print("music-flamingo: --ray needs Ray Data: pip install 'music-flamingo[ray]'", file=sys.stderr)
+        return EXIT_USAGE
+    from ray.exceptions import RayError
+
     from .distributed import run_cli
 
-    summary = run_cli(a, selection, _keys(a))
+    try:
+        summary = run_cli(a, selection, _keys(a))
+    except RayError as e:  # an actor could not start (its engine did not load), the cluster went away ...
+        print(f"music-flamingo: the Ray run failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
     print(summary.line(), file=sys.stderr)
     return summary.exit_code
 

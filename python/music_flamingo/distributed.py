@@ -179,8 +179,8 @@ def describe_with_ray(root: str | os.PathLike, analyzer: AnalyzerSpec | None = N
     factory (then give ``keys``, the sidecar keys its prompts write). Missing GGUF files of a ``model_name`` are
     downloaded here, once; the actors only look them up. ``address``: the cluster (``None``: ``$RAY_ADDRESS`` or
     a new local one; a Ray session already started in this process is used as it is). ``actors``: default one
-    per GPU of the cluster (``gpus_per_actor``, default 1 on a GPU build), or on a CPU build one per
-    ``cpus_per_actor`` CPUs less one left for Ray Data's own tasks. ``output``: a folder; this run's rows go to a
+    per GPU of the cluster (``gpus_per_actor``, default 1 where the cluster has GPUs), or without GPUs one per
+    ``cpus_per_actor`` CPUs, less one left for Ray Data's own tasks. ``output``: a folder; this run's rows go to a
     new subfolder of it (``<UTC time>-<id>``), so reruns add to it and never overwrite.
     """
     import ray
@@ -199,7 +199,10 @@ def describe_with_ray(root: str | os.PathLike, analyzer: AnalyzerSpec | None = N
     visibility = visibility_variables(system_info()["backends"])
     resources = ray.cluster_resources()
     if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if visibility and resources.get("GPU", 0) > 0 else 0.0
+        gpus_per_actor = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+        if gpus_per_actor and not visibility and not callable(spec):
+            logger.warning("this llama.cpp build has no GPU backend (%s): each actor holds a GPU but runs on CPU",
+                           ", ".join(system_info()["backends"]))
     if actors is None:
         actors = (int(resources.get("GPU", 0) // gpus_per_actor) if gpus_per_actor
                   else int(resources.get("CPU", 1) // cpus_per_actor) - 1)
@@ -217,7 +220,9 @@ def describe_with_ray(root: str | os.PathLike, analyzer: AnalyzerSpec | None = N
             out = Path(output) / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
             rows.write_parquet(str(out))
             summary.rows = str(out)
-            _count(summary, _read_summary_columns(out))
+            import pyarrow.parquet as pq
+
+            _count(summary, [pq.read_table(str(out), columns=SUMMARY_COLUMNS)])
         else:
             _count(summary, rows.select_columns(SUMMARY_COLUMNS).iter_batches(batch_format="pyarrow"))
     summary.seconds = time.monotonic() - t0
@@ -238,12 +243,6 @@ def _resolved(spec: Mapping[str, Any]) -> dict[str, Any]:
         resolve_model_files(spec.get("model_name", "Q6_K"), spec.get("model_dir"), offline=spec.get("offline", False))
         spec["offline"] = True
     return spec
-
-
-def _read_summary_columns(folder: Path):
-    import pyarrow.parquet as pq
-
-    yield pq.read_table(str(folder), columns=SUMMARY_COLUMNS)
 
 
 def _count(summary: BatchSummary, tables) -> None:
