@@ -16,9 +16,9 @@ tracks back to the queue.
 A worker that dies (killed, out of memory, a crash in a driver) is reported. The tracks it held and had not
 finished go back to the queue once — a track held by two workers that died is failed rather than tried a third
 time — and a fresh worker takes the dead one's place unless that place has lost :data:`MAX_DEATHS` workers. A
-worker holds the tracks of its current group and of the next one (being decoded), and the parent cannot tell
-which of them killed it, so the tracks given back are spread through the queue, as far apart as one worker's
-hold, so that an innocent track is rarely in hand again when the guilty one strikes twice. A worker that dies
+worker holds the tracks its engine is describing and the next few (being decoded), and the parent cannot tell
+which of them killed it, so the tracks given back are spread through the queue, as far apart as the most a worker
+has held, so that an innocent track is rarely in hand again when the guilty one strikes twice. A worker that dies
 before its engine is loaded is not replaced (its device or its options are wrong): its output is shown and the
 others go on.
 
@@ -35,6 +35,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -142,19 +143,22 @@ class _Channel:
 
     def __init__(self, fd: int) -> None:
         self._f: IO[str] | None = os.fdopen(fd, "w", encoding="ascii", buffering=1)
+        self._lock = threading.Lock()  # outcomes come from the engine's helper thread and the main thread
 
     @property
     def open(self) -> bool:
         return self._f is not None
 
     def send(self, message: dict[str, Any]) -> None:
-        if self._f is None:
-            return
-        try:
-            self._f.write(json.dumps(message) + "\n")  # ASCII: undecodable file names travel as \udcxx escapes
-        except (BrokenPipeError, OSError):
-            self._f = None
-            logger.warning("the parent process is gone: finishing the tracks in hand, then stopping")
+        line = json.dumps(message) + "\n"  # ASCII: undecodable file names travel as \udcxx escapes
+        with self._lock:
+            if self._f is None:
+                return
+            try:
+                self._f.write(line)
+            except OSError:
+                self._f = None
+                logger.warning("the parent process is gone: finishing the tracks in hand, then stopping")
 
 
 def serve(analyzer, root: str | os.PathLike, options: BatchOptions, fd: int,
@@ -221,8 +225,7 @@ class _Parent:
                  summary: WorkersSummary, on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None) -> None:
         self.command, self.slots, self.summary, self.on_event = list(command), list(slots), summary, on_event
         self.queue: deque[str] = deque(queue)
-        group = 1 if opts.tracks_in_flight <= 1 else 2 * opts.tracks_in_flight  # as run_batch groups tracks
-        self.hold = 2 * group  # what one worker has in hand: its current group and the next (being decoded)
+        self.hold = 1  # the most tracks one worker has had in hand (in its engine, being decoded, just taken)
         self.bar = _progress(len(queue), opts.progress)
         self.sel = selectors.DefaultSelector()
         self.live: dict[int, _Worker] = {}               # by pid
@@ -317,6 +320,7 @@ class _Parent:
             path = self.queue.popleft() if self.queue and not self.summary.interrupted else None
             if path is not None:
                 w.held[path] = None
+                self.hold = max(self.hold, len(w.held))
             self.reply(w, path)
         elif kind == "track":
             self.outcome(w, event)
@@ -372,8 +376,8 @@ class _Parent:
                 logger.error("%s: %d workers died there; giving it up", label, self.deaths_of_slot[w.slot])
 
     def give_back(self, held: list[str], how: str) -> None:
-        """A dead worker's tracks: to the queue once — the first at its front, the others one worker's hold
-        apart — or, the second time, failed."""
+        """A dead worker's tracks: to the queue once — the first at its front, the others the most a worker has
+        held apart — or, the second time, failed."""
         back = 0
         for path in held:
             if self.died_holding[path]:
