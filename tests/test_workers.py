@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_written_like_local, local_reference, scaling_dataset
+from conftest import assert_written_like_local, local_reference, scaling_dataset, write_clip
 
 
 def engine_args(tiny, small_prompts) -> list[str]:
@@ -141,3 +141,28 @@ def test_scaling_usage_errors_exit_2_before_any_model_loads(tmp_path):
                             str(tmp_path / "none.gguf"), "--mmproj", str(tmp_path / "none.gguf"), *args],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+
+
+def test_ctrl_c_stops_every_worker_with_one_summary(tiny, track, tmp_path):
+    root = tmp_path / "data"
+    for i in range(6):
+        write_clip(root / f"take {i}.flac", track, 4, 10 + 5 * i)
+    proc = subprocess.Popen([sys.executable, "-m", "music_flamingo", str(root), "--batch", "--model-path",
+                             str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--workers", "2",
+                             "--tracks-in-flight", "1", "--no-progress", "-v"],  # the default prompts: long answers
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # wait until both engines are loaded and working
+        seen.append(line)
+        if sum("] INFO music_flamingo: loaded:" in x for x in seen) == 2:
+            break
+    proc.send_signal(signal.SIGINT)  # the workers run in sessions of their own: only the parent gets it
+    err = "".join(seen) + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert summary_line(err).endswith("(interrupted); 2 workers") and "died" not in err
+    pids = [int(x.rsplit("(pid ", 1)[1].rstrip(")\n")) for x in err.splitlines() if "started worker" in x]
+    assert len(pids) == 2
+    for pid in pids:  # both ended (the parent reaped them), none left running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not list(root.glob(".*.INFO.*"))  # no sidecar left half-written

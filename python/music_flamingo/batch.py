@@ -399,8 +399,9 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
 
     # A damaged sidecar fails its track when the run reaches it (the check under the track's lock below).
     todo = plan_work(root, keys, opts, summary) if tracks is None else []
-    logger.info("%d tracks: %d to analyse, %d already complete; not taken: %s", summary.total, len(todo),
-                summary.skipped_complete, summary.excluded or "none")
+    if tracks is None:
+        logger.info("%d tracks: %d to analyse, %d already complete; not taken: %s", summary.total, len(todo),
+                    summary.skipped_complete, summary.excluded or "none")
 
     max_s = analyzer.max_analysed_seconds()
     prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
