@@ -117,3 +117,66 @@ def analyzer(tiny, small_prompts):
                            prompts_files=[small_prompts])
     yield mf
     mf.close()
+
+
+# --- a dataset for the scaled-out runners (tests/test_workers.py, tests/test_distributed.py) -----------------------
+
+def scaling_dataset(root: Path, track: np.ndarray) -> dict[str, list[Path]]:
+    """20 good tracks of 2 s real music (4 organized folders with a stem each, 4 crops, 12 loose files), 4 broken
+    ones (zero bytes, text named .mp3, a FLAC cut after its header, a damaged sidecar) and one already described.
+    Returns the track paths by group: good, broken, done, stems."""
+    import json
+
+    g: dict[str, list[Path]] = {"good": [], "broken": [], "done": [], "stems": []}
+    offsets = iter(range(2, 200, 2))
+    for i in range(4):
+        folder = root / f"Artist - Song {i}"
+        g["good"].append(write_clip(folder / "full_mix.flac", track, 2, next(offsets)))
+        g["stems"].append(write_clip(folder / "vocals.flac", track, 1, 5))
+    for j in range(4):
+        g["good"].append(write_clip(root / "Artist - Song 0" / "crops" / f"Artist - Song 0_{j}.flac", track, 2,
+                                    next(offsets)))
+    for k in range(12):
+        g["good"].append(write_clip(root / "loose" / f"take {k}.flac", track, 2, next(offsets)))
+    loose = root / "loose"
+    (loose / "empty.flac").write_bytes(b"")
+    (loose / "not audio.mp3").write_text("this is not an mp3\n")
+    cut = write_clip(loose / "cut.flac", track, 2, 9)
+    cut.write_bytes(cut.read_bytes()[:120])
+    damaged = write_clip(loose / "damaged sidecar.flac", track, 2, 11)
+    (loose / "damaged sidecar.INFO").write_text('{"bpm": 120, "oops": ')
+    g["broken"] += [loose / "empty.flac", loose / "not audio.mp3", cut, damaged]
+    done = write_clip(loose / "described before.flac", track, 2, 13)
+    (loose / "described before.INFO").write_text(json.dumps({k: "earlier" for k in DEFAULT_KEYS}))
+    g["done"].append(done)
+    return g
+
+
+# provenance that differs from track to track, or from one moment to the next
+PER_TRACK_META = {"date", "seconds_analysed", "source_seconds", "truncated"}
+
+
+def local_reference(analyzer, audio: Path, tmp: Path) -> dict:
+    """The sidecar the single-process runner writes for a copy of ``audio``: what a scaled-out run must match."""
+    import json
+    import shutil
+
+    from music_flamingo.batch import BatchOptions, run_batch
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(audio, tmp / audio.name)
+    s = run_batch(analyzer, tmp, BatchOptions(progress=False))
+    assert s.done == 1, s.failures
+    return json.loads((tmp / f"{audio.stem}.INFO").read_text(encoding="utf-8"))
+
+
+def assert_written_like_local(sidecar: Path, reference: dict) -> None:
+    """The same keys, model label and provenance as the single-process runner's sidecar (texts aside)."""
+    import json
+
+    got = json.loads(sidecar.read_text(encoding="utf-8"))
+    assert set(got) == set(reference), sidecar
+    assert got["music_flamingo_model"] == reference["music_flamingo_model"]
+    strip = lambda m: {k: v for k, v in m.items() if k not in PER_TRACK_META}  # noqa: E731
+    assert strip(got["music_flamingo_meta"]) == strip(reference["music_flamingo_meta"])
+    assert all(got[k] for k in DEFAULT_KEYS)

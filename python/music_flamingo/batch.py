@@ -18,7 +18,9 @@ Built for runs of days over tens of thousands of tracks, possibly by several pro
 from __future__ import annotations
 
 import dataclasses
+import collections
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -26,11 +28,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ._logging import logger
 from .analyzer import Analyzer
 from .audio import PreparedAudio, prepare_audio
+from .datatypes import GenerationStats
 from .discovery import EXCLUDED_AS, NOT_SELECTED, Selection, Track, discover_tracks
 from .errors import SidecarError
 from .sidecar import has_keys, sidecar_path, update_sidecar
@@ -159,6 +162,28 @@ def plan_batch(root: str | os.PathLike, keys: Sequence[str], selection: Selectio
     return plan
 
 
+def plan_work(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions,
+              summary: BatchSummary) -> list[Path]:
+    """The tracks a run with these options has to hand to an engine — pending, failed last time, and those whose
+    sidecar cannot be read (the runner fails them as it finds them) — from :func:`plan_batch`; ``summary`` gets
+    what the plan settles (total, already complete, paths not taken). For callers that hand the tracks to other
+    processes (:mod:`.workers`, :mod:`.distributed`), which then run them with ``run_batch(tracks=...)``."""
+    todo: list[Path] = []
+    for item in plan_batch(root, keys, options.selection, overwrite=options.overwrite,
+                           check_sidecars=options.write_sidecars, retry_failed=options.retry_failed,
+                           failures=options.failures):
+        if item.status == EXCLUDED:
+            label = item.track.excluded_as or ""
+            summary.excluded[label] = summary.excluded.get(label, 0) + 1
+            continue
+        summary.total += 1
+        if item.status == DONE:
+            summary.skipped_complete += 1
+        else:
+            todo.append(item.path)
+    return todo
+
+
 # The dry run's rows, in this order: what the run would find for the selected tracks, then what it leaves out.
 _STATUS_ROWS = (DONE, PENDING, FAILED_LAST_TIME, LOCKED, SIDECAR_ERROR)
 
@@ -267,6 +292,21 @@ class BatchSummary:
         return s
 
 
+@dataclass
+class TrackOutcome:
+    """What became of one track in :func:`run_batch`, told as it happens through ``on_track``: for callers that
+    report progress elsewhere (the multi-process parent, :mod:`.workers`) or collect rows (the Ray actors,
+    :mod:`.distributed`). ``status`` is the :class:`BatchSummary` counter it adds to: ``done``, ``failed``,
+    ``skipped_locked`` or ``skipped_complete``."""
+
+    path: Path
+    status: str
+    error: str = ""                        # failed: the exception's type
+    message: str = ""                      # failed: what went wrong
+    fields: dict[str, Any] | None = None   # done: the fields written (descriptions, model label, provenance)
+    stats: GenerationStats | None = None   # done: the engine's timings
+
+
 class _Skip(Exception):
     """A locked track turned out complete: release it and go on."""
 
@@ -274,6 +314,18 @@ class _Skip(Exception):
 # Tracks decoded ahead of the one the engine takes next (one decoding thread): enough to keep the engine's helper
 # thread from waiting on a slow decode, few enough to hold little audio in memory.
 PREFETCH_AHEAD = 2
+
+
+def _looking_ahead(tracks: Iterable[Path], ahead: int, want: Callable[[Path], None]) -> Iterator[Path]:
+    """Each track in turn, once ``want`` (the prefetcher) was told of it and of the ``ahead`` tracks after it. The
+    iterable is read no further than that, so a caller's tracks are pulled only as the run needs them."""
+    it = iter(tracks)
+    window = collections.deque(itertools.islice(it, 1 + ahead))
+    while window:
+        for track in window:
+            want(track)
+        yield window.popleft()
+        window.extend(itertools.islice(it, 1))
 
 
 class _Prefetcher:
@@ -303,8 +355,18 @@ class _Prefetcher:
 
 
 def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions | None = None,
-              on_result: Callable[[Path, dict[str, Any]], None] | None = None) -> BatchSummary:
-    """Describe every incomplete track under ``root``; returns the counts. Never raises for a single track."""
+              on_result: Callable[[Path, dict[str, Any]], None] | None = None, *,
+              tracks: Iterable[str | os.PathLike] | None = None,
+              on_track: Callable[[TrackOutcome], None] | None = None) -> BatchSummary:
+    """Describe every incomplete track under ``root``; returns the counts. Never raises for a single track.
+
+    ``tracks``: describe these (already discovered and selected by the caller, e.g. with :func:`plan_work`)
+    instead of planning the run here; the iterable is consumed lazily, as the engine takes tracks, so a caller can
+    hand out work as it goes (:mod:`.workers`). Each is still locked and checked for completeness first.
+    ``on_track`` is called once per track run (not for those the plan finds complete) with its
+    :class:`TrackOutcome`, as it happens — on the engine's helper thread for a track skipped or failed before the
+    engine took it — and must not raise.
+    """
     from filelock import FileLock, Timeout
 
     opts = options or BatchOptions()
@@ -314,46 +376,43 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     keys = [e.key for e in analyzer.entries]
     t0 = time.monotonic()
     summary = BatchSummary()
+    counting = threading.Lock()  # the summary is updated from the engine's helper thread and this one
+
+    def tell(track: Path, status: str, **detail: Any) -> None:
+        if on_track is not None:
+            on_track(TrackOutcome(Path(track), status, **detail))
 
     def fail(track: Path, err: BaseException) -> None:
         summary.failed += 1
         summary.failures.append({"path": str(track), "error": type(err).__name__, "message": str(err)})
         logger.error("failed: %s: %s: %s", track, type(err).__name__, err)
+        tell(track, "failed", error=type(err).__name__, message=str(err))
+
+    def given() -> Iterator[Path]:
+        for track in tracks or ():
+            with counting:
+                summary.total += 1
+            yield Path(track)
 
     def complete(track: Path) -> bool:
         return not opts.overwrite and opts.write_sidecars and has_keys(sidecar_path(track), keys)
 
-    todo: list[Path] = []
-    for item in plan_batch(root, keys, opts.selection, overwrite=opts.overwrite,
-                           check_sidecars=opts.write_sidecars, retry_failed=opts.retry_failed,
-                           failures=opts.failures):
-        if item.status == EXCLUDED:
-            label = item.track.excluded_as or ""
-            summary.excluded[label] = summary.excluded.get(label, 0) + 1
-            continue
-        summary.total += 1
-        if item.status == DONE:
-            summary.skipped_complete += 1
-        elif item.status == SIDECAR_ERROR:
-            fail(item.path, SidecarError(item.detail))
-        else:
-            todo.append(item.path)
-    logger.info("%d tracks: %d to analyse, %d already complete; not taken: %s", summary.total, len(todo),
-                summary.skipped_complete, summary.excluded or "none")
+    # A damaged sidecar fails its track when the run reaches it (the check under the track's lock below).
+    todo = plan_work(root, keys, opts, summary) if tracks is None else []
+    if tracks is None:
+        logger.info("%d tracks: %d to analyse, %d already complete; not taken: %s", summary.total, len(todo),
+                    summary.skipped_complete, summary.excluded or "none")
 
     max_s = analyzer.max_analysed_seconds()
     prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
     jsonl = open(opts.jsonl, "a", encoding="utf-8") if opts.jsonl else None
-    bar = _progress(len(todo), opts.progress)
+    bar = _progress(len(todo) if tracks is None else None, opts.progress)
     held: dict[Path, Any] = {}  # track -> its FileLock, from admission until its result is written
-    counting = threading.Lock()  # the summary is updated from the engine's helper thread and this one
 
     def admitted() -> Iterator[tuple[Path, PreparedAudio]]:
         """The tracks to analyse, in order, each locked and decoded. The engine pulls from this on its helper
         thread whenever it can take a track, so locking and decoding stay off the decode loop."""
-        for i, track in enumerate(todo):
-            for ahead in todo[i:i + 1 + PREFETCH_AHEAD]:
-                prefetch.want(ahead)
+        for track in _looking_ahead(todo if tracks is None else given(), PREFETCH_AHEAD, prefetch.want):
             lock = FileLock(str(_lock_path(state_dir, track)), thread_local=False)  # released on another thread
             try:
                 lock.acquire(timeout=0)
@@ -361,6 +420,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
                 with counting:
                     summary.skipped_locked += 1
                 logger.info("locked by another process, skipped: %s", track)
+                tell(track, "skipped_locked")
                 prefetch.drop(track)
                 bar.update(1)
                 continue
@@ -368,6 +428,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
                 if complete(track):  # another process finished it since we looked
                     with counting:
                         summary.skipped_complete += 1
+                    tell(track, "skipped_complete")
                     raise _Skip
                 prepared = prefetch.get(track)
             except _Skip:
@@ -399,6 +460,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
                 on_result(track, fields)
             with counting:
                 summary.done += 1
+            tell(track, "done", fields=fields, stats=result.stats)
         except Exception as e:  # one bad track never stops the run
             with counting:
                 fail(track, e)
@@ -460,5 +522,5 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-__all__ = ["BatchOptions", "BatchSummary", "DryRun", "PlannedTrack", "dry_run", "failures_path", "is_locked", "plan_batch",
+__all__ = ["BatchOptions", "BatchSummary", "DryRun", "PlannedTrack", "TrackOutcome", "dry_run", "failures_path", "is_locked", "plan_batch", "plan_work",
            "read_failed_tracks", "run_batch", "summary_dict", "iter_jsonl"]

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--offline", action="store_true", help="never download; fail listing the expected files")
     m.add_argument("--n-gpu-layers", type=int, default=-1, help="layers on the GPU (-1: all)")
     m.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
+    m.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the GGUF engine (default: half the logical CPUs; with --workers on a CPU "
+                        "build, divided among the workers)")
     m.add_argument("--model-id", default="nvidia/music-flamingo-hf",
                    help="transformers backend: Hub repository or local folder (default: nvidia/music-flamingo-hf; "
                         "also nvidia/music-flamingo-2601-hf)")
@@ -85,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dry-run", action="store_true",
                    help="list what would be done and why, with counts and the audio hours pending; loads no "
                         "model and writes nothing")
+    s = p.add_argument_group(
+        "scaling out (with --batch; README: Scaling out)",
+        "Several engines share one run: one progress bar, one summary, one exit code; the same sidecars, locks and "
+        "failures file as one process.")
+    s.add_argument("--devices", default=None, metavar="LIST",
+                   help="one worker process per GPU: device numbers as the build's backend counts them (0,1,2,3) "
+                        "or 'all'; each worker sees only its device (CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, "
+                        "GGML_VK_VISIBLE_DEVICES ...)")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="engines per device with --devices; without it, N worker processes (CPU engines, or each "
+                        "over every visible GPU); with --ray, the number of Ray actors (default: one per GPU)")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster with Ray Data (pip install 'music-flamingo[ray]'): ADDRESS of the "
+                        "cluster ('auto', 'ray://head:10001'), or none to use $RAY_ADDRESS or start a local one")
+    s.add_argument("--ray-output", type=Path, default=None, metavar="DIR",
+                   help="with --ray: also write one row per track (path, status, error, timings, texts) as "
+                        "Parquet files in DIR")
+    s.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker of --devices/--workers
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress details; -vv: llama.cpp too")
     return p
 
@@ -124,7 +145,7 @@ def _make_analyzer(a: argparse.Namespace):
     mf = MusicFlamingoGGUF(
         model_name=a.model, model_dir=a.model_dir, model_path=a.model_path, mmproj_path=a.mmproj,
         offline=a.offline, prompts=names or None, prompts_files=a.prompts_file, temperature=a.temperature,
-        top_p=a.top_p, seed=a.seed, max_duration=a.max_duration, n_gpu_layers=a.n_gpu_layers,
+        top_p=a.top_p, seed=a.seed, max_duration=a.max_duration, n_gpu_layers=a.n_gpu_layers, n_threads=a.threads,
         flash_attn={"auto": "auto", "on": True, "off": False}[a.flash_attn], verbose=a.verbose >= 2)
     mf.entries = _entries(mf.catalogue, a)
     return mf
@@ -179,13 +200,18 @@ def _run_batch(mf, a: argparse.Namespace, selection) -> int:
     return summary.exit_code
 
 
+def _keys(a: argparse.Namespace) -> list[str]:
+    """The sidecar keys a run with these options writes, from the prompt catalogue alone (no model loaded)."""
+    from .prompts import load_catalogue
+
+    return [e.key for e in _entries(load_catalogue(a.prompts_file), a)]
+
+
 def _dry_run(a: argparse.Namespace, selection) -> int:
     """The plan of the run these options would start, on stdout; no model is loaded, nothing is written."""
     from .batch import dry_run
-    from .prompts import load_catalogue
 
-    keys = [e.key for e in _entries(load_catalogue(a.prompts_file), a)]
-    report = dry_run(a.path, keys, _batch_options(a, selection))
+    report = dry_run(a.path, _keys(a), _batch_options(a, selection))
     for line in report.listing():
         print(line)
     print(report.table())
@@ -202,8 +228,70 @@ def _in_flight(value: str) -> int | str:
     return n
 
 
+def _prepare_model_files(a: argparse.Namespace) -> list[str]:
+    """Before several engines start: find or download the GGUF files once, here, and the arguments that keep the
+    engines from downloading them again (each then only looks them up)."""
+    if a.backend != "gguf" or a.model_path is not None:
+        return []
+    from .models import resolve_model_files
+
+    resolve_model_files(a.model, a.model_dir, offline=a.offline)
+    return ["--offline"]
+
+
+def _gpu_devices() -> list[str]:
+    """``--devices all``: the GPUs this build's backends found (numbered as the backend numbers them)."""
+    from . import system_info
+
+    return [str(i) for i, d in enumerate(d for d in system_info()["devices"] if d["type"] == "gpu")]
+
+
+def _run_workers(a: argparse.Namespace, selection, argv: list[str]) -> int:
+    """--devices / --workers: one worker process per device (or N on CPU), one bar, one summary, one exit code."""
+    from . import system_info
+    from .workers import TORCH_VISIBILITY, plan_slots, run_workers, visibility_variables
+
+    variables = [TORCH_VISIBILITY] if a.backend == "transformers" else visibility_variables(system_info()["backends"])
+    devices = None
+    if a.devices is not None:
+        devices = _gpu_devices() if a.devices.strip() == "all" else [d.strip() for d in a.devices.split(",")
+                                                                     if d.strip()]
+    try:
+        slots = plan_slots(devices, a.workers or 1, variables, threads=a.threads)
+    except ValueError as e:
+        print(f"music-flamingo: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    keys = _keys(a)
+    extra = _prepare_model_files(a)
+    command = [sys.executable, "-m", "music_flamingo", *argv, *extra]
+    summary = run_workers(a.path, command, slots, keys, _batch_options(a, selection))
+    print(summary.line(), file=sys.stderr)
+    return summary.exit_code
+
+
+def _run_ray(a: argparse.Namespace, selection) -> int:
+    """--ray: the run on a Ray cluster (music_flamingo.distributed), the same sidecars, one summary."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        print("music-flamingo: --ray needs Ray Data: pip install 'music-flamingo[ray]'", file=sys.stderr)
+        return EXIT_USAGE
+    from ray.exceptions import RayError
+
+    from .distributed import run_cli
+
+    try:
+        summary = run_cli(a, selection, _keys(a))
+    except RayError as e:  # an actor could not start (its engine did not load), the cluster went away ...
+        print(f"music-flamingo: the Ray run failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(summary.line(), file=sys.stderr)
+    return summary.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = parser.parse_args(argv)
     _setup_logging(a.verbose)
     if (a.model_path is None) != (a.mmproj is None):
@@ -215,10 +303,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch_only = [o for o, v in [("--only", a.only), ("--stems", a.stems), ("--include", a.include),
                                  ("--exclude", a.exclude), ("--from-list", a.from_list),
                                  ("--retry-failed", a.retry_failed), ("--dry-run", a.dry_run)] if v]
+    batch_only += [o for o, v in [("--devices", a.devices), ("--workers", a.workers), ("--ray", a.ray is not None),
+                                  ("--ray-output", a.ray_output)] if v]
     if batch_only and not a.batch:
         parser.error(f"{', '.join(batch_only)}: only with --batch")
+    if a.ray is not None and a.devices is not None:
+        parser.error("--ray and --devices: Ray gives each actor its GPU; use --workers for the number of actors")
+    if a.ray_output is not None and a.ray is None:
+        parser.error("--ray-output: only with --ray")
+    for opt, n in (("--workers", a.workers), ("--threads", a.threads)):
+        if n is not None and n < 1:
+            parser.error(f"{opt} must be at least 1, got {n}")
     selection = None
-    if a.batch:
+    if a.batch and a.worker_fd is None:  # a worker takes its tracks from its parent, which chose them
         try:
             selection = _selection(a)
         except ValueError as e:
@@ -231,6 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+    if a.worker_fd is None and (a.ray is not None or a.devices is not None or (a.workers or 1) > 1):
+        try:
+            return _run_ray(a, selection) if a.ray is not None else _run_workers(a, selection, argv)
+        except (ModelFileError, PromptConfigError) as e:
+            print(f"music-flamingo: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
     try:
         mf = _make_analyzer(a)
     except (ModelFileError, PromptConfigError) as e:
@@ -239,6 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     try:
+        if a.worker_fd is not None:
+            from .workers import serve
+
+            return serve(mf, a.path, _batch_options(a, None), a.worker_fd)
         return _run_batch(mf, a, selection) if a.batch else _run_single(mf, a)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
