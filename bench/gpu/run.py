@@ -256,7 +256,7 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true", help="tiny model, short tracks, small limits: a rehearsal")
     ap.add_argument("--seconds", type=float, help="track length (default 150, --cpu 8)")
     ap.add_argument("--in-flight", default=None, help="comma list, 'auto' allowed (default 1,4,8,16,auto)")
-    ap.add_argument("--time-limit", type=float, default=480, help="skip settings that would start after this")
+    ap.add_argument("--time-limit", type=float, default=400, help="skip settings that would start after this")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-prepare-ahead", action="store_true", help="encode audio on the decode thread throughout")
     a = ap.parse_args()
@@ -267,7 +267,7 @@ def main() -> int:
     shape, scale = ("tiny", 0.1) if a.cpu else ("full", 1.0)
     seconds = a.seconds or (5.0 if a.cpu else 150.0)
     settings = (a.in_flight or ("1,auto,auto:noprep,auto:fullsample" if a.cpu
-                                else "1,4,8,16,auto,24,auto:noprep,auto:fullsample")).split(",")
+                                else "1,4,8,16,auto,auto:fullsample,auto:noprep,24")).split(",")
     report: dict = {"machine": machine(), "shape": shape, "seconds": seconds, "rows": []}
     log(f"machine: {report['machine']}")
 
