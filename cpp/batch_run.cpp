@@ -287,12 +287,25 @@ bool BatchRun::admit(Pending & p) {
                              std::to_string(lim_.n_ctx_train) + " (shorten the audio or lower max_tokens)");
         }
     }
-    if (p.cells > lim_.n_ctx) {
-        throw InputError("this track needs " + std::to_string(p.cells) + " KV cells (audio + prompts + token limits) "
-                         "but the context holds " + std::to_string(lim_.n_ctx) +
-                         " (lower max_tokens, shorten the audio, or raise n_ctx / the memory budget)");
+    if (lim_.seq_cells > 0) {
+        // a stream per sequence: each of this track's sequences must fit one stream; streams free = sequences free
+        for (size_t i = 0; i < n_prompts; i++) {
+            const long per_seq = (long) p.px.n_pos + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens;
+            if (per_seq > lim_.seq_cells) {
+                throw InputError("prompt " + std::to_string(i) + " of this track needs " + std::to_string(per_seq) +
+                                 " KV cells but each sequence's cache holds " + std::to_string(lim_.seq_cells) +
+                                 " (lower max_tokens, shorten the audio, or raise n_ctx / the memory budget)");
+            }
+        }
+        if (free_seqs_.size() < n_prompts) return false;
+    } else {
+        if (p.cells > lim_.n_ctx) {
+            throw InputError("this track needs " + std::to_string(p.cells) + " KV cells (audio + prompts + token "
+                             "limits) but the context holds " + std::to_string(lim_.n_ctx) +
+                             " (lower max_tokens, shorten the audio, or raise n_ctx / the memory budget)");
+        }
+        if (reserved_cells_ + p.cells > lim_.n_ctx || free_seqs_.size() < n_prompts) return false;
     }
-    if (reserved_cells_ + p.cells > lim_.n_ctx || free_seqs_.size() < n_prompts) return false;
 
     llama_memory_t mem = llama_get_memory(res_.ctx.get());
     const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());

@@ -75,6 +75,7 @@ public:
         int n_ctx_train;
         bool prepare_ahead;
         int n_threads;      // CPU threads of the log-mel and the encoder
+        int seq_cells;      // without a unified cache: the cells of each sequence's stream (0: unified)
     };
     BatchRun(Engine::Resources & res, const RunOptions & opts, const Limits & lim, const ChatPieces & chat,
              const NextTrack & next, const TrackDone & done);

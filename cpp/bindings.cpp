@@ -263,7 +263,7 @@ public:
         o.interrupted = interrupt_check();
         const std::vector<mf::PromptRequest> reqs = to_prompts(prompts);
         o.max_prompts = std::max<int>(1, (int) reqs.size());
-        o.max_text_cells = eng->prompts_cells(reqs, o);
+        o.max_text_cells = eng->prompts_cells(reqs, o, &o.max_prompt_cells);
         if (max_audio_seconds > 0) o.max_audio_samples = (size_t) (max_audio_seconds * eng->sample_rate());
         const int engine_rate = eng->sample_rate();
         mf::NextTrack next = [&](mf::TrackRequest & out) {
@@ -323,20 +323,20 @@ PYBIND11_MODULE(_core, m) {
         .def(py::init([](const std::string & model_path, const std::string & mmproj_path, int n_gpu_layers,
                          bool mmproj_use_gpu, int n_threads, int flash_attn, int n_ctx, int n_batch, int n_ubatch,
                          int n_seq_max, const std::string & kv_type, bool warmup, int n_sampling_threads,
-                         double memory_budget_mb, bool prepare_ahead) {
+                         double memory_budget_mb, bool prepare_ahead, bool kv_unified) {
                  mf::EngineParams p;
                  p.model_path = model_path; p.mmproj_path = mmproj_path; p.n_gpu_layers = n_gpu_layers;
                  p.mmproj_use_gpu = mmproj_use_gpu; p.n_threads = n_threads; p.flash_attn = flash_attn;
                  p.n_ctx = n_ctx; p.n_batch = n_batch; p.n_ubatch = n_ubatch; p.n_seq_max = n_seq_max;
                  p.kv_type = kv_type; p.warmup = warmup; p.n_sampling_threads = n_sampling_threads;
-                 p.memory_budget_mb = memory_budget_mb; p.prepare_ahead = prepare_ahead;
+                 p.memory_budget_mb = memory_budget_mb; p.prepare_ahead = prepare_ahead; p.kv_unified = kv_unified;
                  return std::make_unique<PyEngine>(p);
              }),
              py::arg("model_path"), py::arg("mmproj_path"), py::arg("n_gpu_layers") = -1,
              py::arg("mmproj_use_gpu") = true, py::arg("n_threads") = 0, py::arg("flash_attn") = -1,
              py::arg("n_ctx") = 0, py::arg("n_batch") = 2048, py::arg("n_ubatch") = 1024, py::arg("n_seq_max") = 8,
              py::arg("kv_type") = "f16", py::arg("warmup") = true, py::arg("n_sampling_threads") = 0,
-             py::arg("memory_budget_mb") = 0.0, py::arg("prepare_ahead") = true)
+             py::arg("memory_budget_mb") = 0.0, py::arg("prepare_ahead") = true, py::arg("kv_unified") = true)
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
              py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
              py::arg("debug") = false, py::arg("chat") = py::none(),

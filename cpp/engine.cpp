@@ -77,14 +77,18 @@ std::vector<int32_t> tokenize(const llama_vocab * vocab, const std::string & tex
 // The KV cells a track can ever need besides its prefix: every prompt's suffix and token limit. A sequence never
 // runs past the trained context (such a track fails before anything is decoded), so no prompt counts for more:
 // an absurd max_tokens cannot size an absurd context.
+// `most` (if given) receives the most any one prompt takes: a sequence's share without the prefix.
 int text_cells(const llama_vocab * vocab, const ChatPieces & chat, const std::vector<PromptRequest> & prompts,
-               int n_ctx_train) {
+               int n_ctx_train, int * most = nullptr) {
     const int around = (int) (tokenize(vocab, chat.mid, true).size() + tokenize(vocab, chat.tail, true).size());
-    long n = 0;
+    long n = 0, top = 0;
     for (const auto & p : prompts) {
-        const long one = around + (long) tokenize(vocab, p.text, false).size() + std::max(p.max_tokens, 0);
-        n += std::min<long>(one, n_ctx_train);
+        const long one = std::min<long>(around + (long) tokenize(vocab, p.text, false).size() + std::max(p.max_tokens, 0),
+                                        n_ctx_train);
+        n += one;
+        top = std::max(top, one);
     }
+    if (most) *most = (int) top;
     return (int) std::min<long>(n, 1L << 30);
 }
 
@@ -101,6 +105,7 @@ struct Engine::Sizing {
     int in_flight = 1;
     int n_ctx = 0;
     int n_seq = 1;
+    int seq_cells = 0;  // without a unified cache: cells of each sequence's stream
     double kv_budget_mb = 0;
 };
 
@@ -194,6 +199,19 @@ ChatPieces Engine::chat_for(const RunOptions & opts) const {
     return *opts.chat;
 }
 
+// The memory the KV cache may fill when no budget is given: the free memory of the device that holds it, less room
+// for the compute buffers of the context (made after this) and of the encoder, plus what the current cache holds.
+double Engine::free_memory_budget() const {
+    size_t free = 0, total = 0;
+    if (text_on_gpu_) {
+        ggml_backend_dev_memory(first_gpu(), &free, &total);
+        return 0.9 * (double) free - 1.5 * 1024.0 * 1024.0 * 1024.0 + (double) ctx_n_ctx_ * kv_cell_bytes();
+    }
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (cpu) ggml_backend_dev_memory(cpu, &free, &total);
+    return 0.5 * (double) free;
+}
+
 // Bytes one KV cell takes: K and V of every layer's key/value heads.
 double Engine::kv_cell_bytes() const {
     const llama_model * model = res_->model.get();
@@ -263,12 +281,20 @@ ChatPieces Engine::format_chat(const std::string & system_prompt) const {
 
 // (Re)creates the llama context when a run needs more cells, sequences or batch than the current one has.
 // Grows only, rounded up, so a long run settles on one context instead of reallocating per call.
-void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed) {
+void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells) {
     int n_ctx = params_.n_ctx > 0 ? params_.n_ctx : n_ctx_needed;
     n_seq = std::min(kMaxSequences, std::max({n_seq, params_.n_seq_max, ctx_n_seq_}));
     const int n_batch = std::max({params_.n_batch, n_batch_needed, ctx_n_batch_});
-    if (res_->ctx && n_ctx <= ctx_n_ctx_ && n_seq <= ctx_n_seq_ && n_batch <= ctx_n_batch_) return;
-    if (params_.n_ctx <= 0) n_ctx = std::max(((n_ctx + 255) / 256) * 256, ctx_n_ctx_);  // llama.cpp pads to 256
+    if (!params_.kv_unified) {
+        // one stream of n_ctx / n_seq cells per sequence: size the streams, not the total
+        seq_cells = ((std::max({seq_cells, 256, ctx_n_seq_ ? ctx_n_ctx_ / ctx_n_seq_ : 0}) + 255) / 256) * 256;
+        n_ctx = std::max(n_ctx, seq_cells * n_seq);
+        if (res_->ctx && n_seq <= ctx_n_seq_ && seq_cells <= ctx_n_ctx_ / ctx_n_seq_ && n_batch <= ctx_n_batch_) return;
+        n_ctx = seq_cells * n_seq;
+    } else if (res_->ctx && n_ctx <= ctx_n_ctx_ && n_seq <= ctx_n_seq_ && n_batch <= ctx_n_batch_) {
+        return;
+    }
+    if (params_.n_ctx <= 0 && params_.kv_unified) n_ctx = std::max(((n_ctx + 255) / 256) * 256, ctx_n_ctx_);  // llama.cpp pads to 256
 
     res_->ctx.reset();
     ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0;
@@ -280,7 +306,7 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed) {
     // A decode outputs at most one row per sequence (a step: one per live sequence; a track's prompts: one each).
     // Left at 0 llama.cpp reserves n_batch rows of logits in the compute buffer (~1.2 GB for Qwen's vocabulary).
     cp.n_outputs_max = (uint32_t) n_seq;
-    cp.kv_unified = true;  // the forked sequences share the prefix cells instead of copying them
+    cp.kv_unified = params_.kv_unified;  // true: the forked sequences share the prefix cells instead of copying them
     cp.n_threads = params_.n_threads;
     cp.n_threads_batch = params_.n_threads;
     cp.flash_attn_type = fa_type(params_.flash_attn);
@@ -309,6 +335,24 @@ Engine::Sizing Engine::size_run(const RunOptions & opts) {
         for (int i = 0; i < t; i++) s += cells.empty() ? 0 : cells[std::min((size_t) i, cells.size() - 1)];
         return (int) std::min<long>(s, 1L << 30);
     };
+    if (!params_.kv_unified) {
+        // a stream per sequence, each big enough for the longest sequence
+        const int per_seq = std::max(opts.max_seq_cells, 256);
+        sz.in_flight = opts.tracks_in_flight > 0 ? opts.tracks_in_flight : text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu;
+        if (opts.tracks_in_flight <= 0) {
+            double budget = params_.memory_budget_mb * 1024.0 * 1024.0;
+            if (budget <= 0) budget = free_memory_budget();
+            sz.kv_budget_mb = budget / (1024.0 * 1024.0);
+            const double per_track = (double) per_seq * max_prompts * kv_cell_bytes();
+            sz.in_flight = std::max(1, std::min(sz.in_flight, (int) (budget / per_track)));
+        }
+        if (opts.known_tracks > 0) sz.in_flight = std::min<int>(sz.in_flight, (int) opts.known_tracks);
+        sz.in_flight = std::min(sz.in_flight, seq_cap);
+        sz.n_seq = sz.in_flight * max_prompts;
+        sz.n_ctx = sz.n_seq * per_seq;
+        sz.seq_cells = per_seq;
+        return sz;
+    }
     if (opts.tracks_in_flight > 0) {
         sz.in_flight = opts.tracks_in_flight;
         if (opts.known_tracks > 0) sz.in_flight = std::min<int>(sz.in_flight, (int) opts.known_tracks);
@@ -317,18 +361,7 @@ Engine::Sizing Engine::size_run(const RunOptions & opts) {
     } else {
         const double cell_bytes = kv_cell_bytes();
         double budget = params_.memory_budget_mb * 1024.0 * 1024.0;
-        if (budget <= 0) {
-            size_t free = 0, total = 0;
-            if (text_on_gpu_) {
-                ggml_backend_dev_memory(first_gpu(), &free, &total);
-                // room for the compute buffers of the context (made after this) and of the encoder's windows
-                budget = 0.9 * (double) free - 1.5 * 1024.0 * 1024.0 * 1024.0 + (double) ctx_n_ctx_ * cell_bytes;
-            } else {
-                ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-                if (cpu) ggml_backend_dev_memory(cpu, &free, &total);
-                budget = 0.5 * (double) free;
-            }
-        }
+        if (budget <= 0) budget = free_memory_budget();
         sz.kv_budget_mb = budget / (1024.0 * 1024.0);
         const int fit = (int) std::clamp(budget / cell_bytes, 0.0, (double) (1 << 30));
         sz.in_flight = text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu;
@@ -350,25 +383,28 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const RunOp
     RunOptions o = opts;
     if (o.track_cells.empty()) {
         // a stream: size for its longest expected track
-        o.track_cells.push_back(
-            std::min(max_prefix_positions(chat, o.max_audio_samples ? o.max_audio_samples : kTenMinutes), n_ctx_train()) +
-            o.max_text_cells);
+        const int prefix =
+            std::min(max_prefix_positions(chat, o.max_audio_samples ? o.max_audio_samples : kTenMinutes), n_ctx_train());
+        o.track_cells.push_back(prefix + o.max_text_cells);
+        o.max_seq_cells = prefix + o.max_prompt_cells;
     }
     Sizing sz = size_run(o);
     // Out of memory for the context: fewer tracks in flight, down to one.
     for (;;) {
         try {
-            ensure_context(sz.n_ctx, sz.n_seq, o.n_batch_needed);
+            ensure_context(sz.n_ctx, sz.n_seq, o.n_batch_needed, sz.seq_cells);
             break;
         } catch (const EngineError &) {
             if (sz.in_flight <= 1) throw;
             sz.in_flight = std::max(1, sz.in_flight / 2);
             sz.n_ctx = std::max(256, sz.n_ctx / 2);
             sz.n_seq = sz.in_flight * std::max(1, o.max_prompts);
+            if (!params_.kv_unified) sz.n_ctx = sz.n_seq * sz.seq_cells;
         }
     }
     const bool ahead = o.prepare_ahead < 0 ? params_.prepare_ahead : o.prepare_ahead > 0;
-    BatchRun::Limits lim{sz.in_flight, ctx_n_ctx_, ctx_n_seq_, ctx_n_batch_, n_ctx_train(), ahead, params_.n_threads};
+    BatchRun::Limits lim{sz.in_flight, ctx_n_ctx_, ctx_n_seq_, ctx_n_batch_, n_ctx_train(), ahead, params_.n_threads,
+                         params_.kv_unified ? 0 : ctx_n_ctx_ / ctx_n_seq_};
     BatchRun run(*res_, o, lim, chat, next, done);
     last_run_ = RunStats{};
     last_run_ = run.run();
@@ -376,8 +412,8 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const RunOp
     return last_run_;
 }
 
-int Engine::prompts_cells(const std::vector<PromptRequest> & prompts, const RunOptions & opts) const {
-    return text_cells(llama_model_get_vocab(res_->model.get()), chat_for(opts), prompts, n_ctx_train());
+int Engine::prompts_cells(const std::vector<PromptRequest> & prompts, const RunOptions & opts, int * most) const {
+    return text_cells(llama_model_get_vocab(res_->model.get()), chat_for(opts), prompts, n_ctx_train(), most);
 }
 
 std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest> & tracks,
@@ -401,8 +437,10 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
         const auto mid = tokenize(vocab, chat.mid, true), tail = tokenize(vocab, chat.tail, true);
         for (const auto & t : tracks) {
             o.max_prompts = std::max(o.max_prompts, (int) t.prompts.size());
-            o.track_cells.push_back(std::min(max_prefix_positions(chat, t.pcm.size()), n_ctx_train()) +
-                                    text_cells(vocab, chat, t.prompts, n_ctx_train()));
+            const int prefix = std::min(max_prefix_positions(chat, t.pcm.size()), n_ctx_train());
+            int most = 0;
+            o.track_cells.push_back(prefix + text_cells(vocab, chat, t.prompts, n_ctx_train(), &most));
+            o.max_seq_cells = std::max(o.max_seq_cells, prefix + most);
             int suffix = 0;
             for (const auto & p : t.prompts) suffix += (int) (mid.size() + tail.size() + tokenize(vocab, p.text, false).size());
             o.n_batch_needed = std::max(o.n_batch_needed, suffix);  // all prompts of a track in one batch

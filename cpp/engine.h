@@ -43,6 +43,10 @@ struct EngineParams {
     int n_sampling_threads = 0;  // threads that sample the rows of a step; 0: up to 4, a quarter of the CPUs
     double memory_budget_mb = 0; // KV cache budget for automatic sizing; 0: from the device's free memory
     bool prepare_ahead = true;   // encode the next tracks' audio on a helper thread while others decode
+    // One KV cache for all sequences (a track's prompts share its prefix cells; every query's attention reads
+    // every track's cells, masked), or one stream per sequence (each fork copies the prefix; attention and a new
+    // track's prefill read only their own stream). bench/RESULTS.md measures both on a GPU.
+    bool kv_unified = true;
 };
 
 struct SamplingParams {
@@ -153,6 +157,8 @@ struct RunOptions {
     int max_text_cells = 0;          // a stream: KV cells of a track's prompts, suffixes and token limits
                                      // (Engine::prompts_cells); with max_audio_samples it bounds a track's cells
     int n_batch_needed = 0;          // tokens of the largest track's prompt suffixes together (one batch)
+    int max_prompt_cells = 0;        // a stream: the most one prompt's suffix and token limit take
+    int max_seq_cells = 0;           // positions one sequence can need: prefix + its suffix + token limit (bound)
     bool debug = false;              // audio embeddings and first logits of the first track
     bool profile = false;            // record every decode step (RunStats::step_*)
     int prepare_ahead = -1;          // -1: the engine's setting; 0/1: encode on the decode thread / a helper thread
@@ -214,8 +220,10 @@ public:
     int sample_rate() const;
     int n_ctx_train() const;
     double kv_cell_bytes() const;
+    double free_memory_budget() const;
     // KV cells that `prompts` can need besides the audio prefix (their suffixes and token limits).
-    int prompts_cells(const std::vector<PromptRequest> & prompts, const RunOptions & opts) const;
+    // `most`, if given, receives the most one prompt takes (a sequence's share besides the prefix).
+    int prompts_cells(const std::vector<PromptRequest> & prompts, const RunOptions & opts, int * most = nullptr) const;
     const RunStats & last_run_stats() const { return last_run_; }
     // Static facts about the loaded model: file names, architecture, template, devices used.
     std::map<std::string, std::string> info() const;
@@ -226,7 +234,7 @@ public:
 private:
     struct Sizing;
     Sizing size_run(const RunOptions & opts);
-    void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed);
+    void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells = 0);
     void ensure_mtmd();
     ChatPieces format_chat(const std::string & system_prompt) const;
     ChatPieces chat_for(const RunOptions & opts) const;

@@ -56,8 +56,8 @@ if [ $rc -ge 128 ]; then
   rc=$?
 fi
 # llama.cpp's own view of the decode step without sampling (the engine's floor in practice), if time allows
-if [ "${BATCHED_BENCH:-1}" = 1 ] && [ -f "$W/run/model/model-Q6_K.gguf" ]; then
-  timeout 120 "$W/bin/llama-batched-bench" -m "$W/run/model/model-Q6_K.gguf" -c 200000 -b 2048 -ub 1024 -npp 3800 \
+if [ "${BATCHED_BENCH:-1}" = 1 ] && [ -f "$W/run/model/model-Q6_K.gguf" ] && [ "$SECONDS" -lt 460 ]; then
+  timeout $((560 - SECONDS)) "$W/bin/llama-batched-bench" -m "$W/run/model/model-Q6_K.gguf" -c 200000 -b 2048 -ub 1024 -npp 3800 \
     -ntg 128 -npl 5,20,40,60,80 -ngl 99 -fa on > "$OUT/batched_bench.txt" 2>&1
   tail -9 "$OUT/batched_bench.txt"
 fi

@@ -10,7 +10,8 @@
 #   .gpu/meta/           tensor-less copies of the tests' tiny GGUF pair (tokenizer, chat template, clip keys)
 #   .gpu/track150.wav    150 s of real music from the test corpus, 16 kHz mono 16-bit
 #
-# Needs: nvcc (CUDA 13), cmake, ninja, python3.12 with pybind11 (PY312), the tests' cache (tiny model, corpus).
+# Needs: nvcc (CUDA 13), cmake, ninja, python3.12 with pybind11 (PY312), the tests' cache (tiny model, corpus), and
+# a python (PY, default python3) where music_flamingo imports (its audio decoding) — e.g. the test venv.
 # cuBLAS headers and libraries, when the toolkit has none, come from PyPI (nvidia-cublas, the CUDA 13.0 line that
 # matches the GPU machine's runtime); the driver library is a stub with the symbols ggml uses. Neither travels.
 #
@@ -21,12 +22,14 @@ REPO=$PWD
 ARCH=${1:-90}
 JOBS=${JOBS:-2}
 PY312=${PY312:-python3.12}
+PY=${PY:-python3}
 OUT=$REPO/.gpu
 WORK=${WORK:-/tmp/mf-prebuild}
 mkdir -p "$OUT" "$WORK"
 LLAMA=$(python3 cmake/fetch_llama_cpp.py | tail -1)
-CUDA_LIB=$(dirname "$(readlink -f "$(command -v nvcc)")")/../lib64
-CUDA_INC=$(dirname "$(readlink -f "$(command -v nvcc)")")/../include
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}  # the toolkit CMake's FindCUDAToolkit finds
+CUDA_LIB=$CUDA_HOME/lib64
+CUDA_INC=$CUDA_HOME/include
 
 # cuBLAS for compiling and linking (not carried: the GPU machine has its own, from CUDA 13 / PyTorch)
 if [ ! -f "$CUDA_INC/cublas_v2.h" ]; then
@@ -46,30 +49,37 @@ if [ ! -e "$CUDA_LIB/stubs/libcuda.so" ]; then  # the driver's API, as a stub to
   sort -u "$WORK/cuda_stub.c" -o "$WORK/cuda_stub.c"
   gcc -shared -fPIC -w -Wl,-soname,libcuda.so.1 -o "$CUDA_LIB/stubs/libcuda.so" "$WORK/cuda_stub.c"
 fi
+ln -sf libcuda.so "$CUDA_LIB/stubs/libcuda.so.1"  # what executables linking libggml-cuda look for (-rpath-link)
 
 # 1. ggml (CUDA, shared) + llama + mtmd + the two tools, once
 B=${LLAMA_BUILD:-$WORK/llama-cuda}
 cmake -S "$LLAMA" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
   -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH-real" -DGGML_CUDA_NCCL=OFF -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON \
-  -DLLAMA_OPENSSL=OFF -DMTMD_VIDEO=OFF '-DCMAKE_INSTALL_RPATH=$ORIGIN/../lib' > "$WORK/configure.log"
+  -DLLAMA_OPENSSL=OFF -DMTMD_VIDEO=OFF '-DCMAKE_INSTALL_RPATH=$ORIGIN/../lib' \
+  -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$CUDA_LIB/stubs" > "$WORK/configure.log"
 cmake --build "$B" -j "$JOBS" --target ggml llama mtmd llama-mtmd-cli llama-batched-bench
 cmake -DCMAKE_INSTALL_PREFIX="$WORK/ggml-prefix" -P "$B/ggml/cmake_install.cmake" > /dev/null
 
-# 2. the engine for the GPU machine's Python (3.12), against that ggml (llama.cpp's LLAMA_USE_SYSTEM_GGML)
+# 2. the engine for the GPU machine's Python (3.12), linked against the libllama/libmtmd/libggml just built (the
+#    same code pip builds statically into the module; compiling llama.cpp a second time would double this script's
+#    hour). device.sh rebuilds it through the package's CMake if this one does not load there.
 E=$WORK/core-cuda-cp312
-cmake -S "$REPO" -B "$E" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSKBUILD=ON -DSKBUILD_PROJECT_NAME=music_flamingo \
-  -DSKBUILD_PROJECT_VERSION=0.1.0 -DPython_EXECUTABLE="$(command -v "$PY312")" \
-  -Dpybind11_DIR="$("$PY312" -c 'import pybind11; print(pybind11.get_cmake_dir())')" \
-  -DLLAMA_CPP_DIR="$LLAMA" -DLLAMA_USE_SYSTEM_GGML=ON -Dggml_DIR="$WORK/ggml-prefix/lib/cmake/ggml" \
-  -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" > "$WORK/configure-core.log"
-cmake --build "$E" -j "$JOBS" --target _core
+mkdir -p "$E"
+PYINC=$("$PY312" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+PYBIND=$("$PY312" -c 'import pybind11; print(pybind11.get_include())')
+EXT=$("$PY312" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+PIN=$(python3 -c 'import json; print(json.load(open("third_party/llama-cpp.json"))["llama_cpp_commit"])')
+c++ -O2 -std=c++17 -fPIC -shared -fvisibility=hidden -DNDEBUG \
+  -DMF_LLAMA_CPP_COMMIT="\"$PIN\"" -DMF_LLAMA_CPP_SOURCE="\"prebuilt for the GPU bench\"" \
+  -I"$LLAMA/include" -I"$LLAMA/ggml/include" -I"$LLAMA/tools/mtmd" -I"$PYINC" -I"$PYBIND" \
+  cpp/*.cpp -L"$B/bin" -lmtmd -lllama -lggml -lggml-base -Wl,-rpath,'$ORIGIN/../lib' -o "$E/_core$EXT"
 
 # 3. pack
 P=$WORK/pack
 rm -rf "$P" && mkdir -p "$P/bin" "$P/core"
 cp -a "$WORK/ggml-prefix/." "$P/"          # lib/libggml*.so, lib/cmake/ggml, include/
-cp -a "$B"/bin/libllama.so* "$B"/bin/libmtmd.so* "$P/lib/"
+cp -a "$B"/bin/lib*.so* "$P/lib/"           # libllama, libmtmd, llama-common and the tools' own libraries
 cp "$B/bin/llama-mtmd-cli" "$B/bin/llama-batched-bench" "$P/bin/"
 cp "$E"/_core*.so "$P/core/"
 strip --strip-unneeded "$P"/lib/*.so* "$P"/bin/* "$P"/core/*.so 2>/dev/null || true
@@ -80,8 +90,8 @@ tar -C "$(dirname "$LLAMA")" --exclude=.git --exclude=docs --exclude=examples --
 
 # 4. the model's metadata and the music
 TINY=$(ls -d "${MUSIC_FLAMINGO_CACHE:-$HOME/.cache/music-flamingo}"/test-models/tiny-music-flamingo-*/ | head -1)
-PYTHONPATH="$LLAMA/gguf-py" python3 bench/gpu/make_model.py --strip "$TINY/model-f32.gguf" "$TINY/mmproj-f32.gguf" "$OUT/meta"
-PYTHONPATH=python python3 - "$OUT/track150.wav" <<'PY'
+PYTHONPATH="$LLAMA/gguf-py" "$PY" bench/gpu/make_model.py --strip "$TINY/model-f32.gguf" "$TINY/mmproj-f32.gguf" "$OUT/meta"
+PYTHONPATH=python "$PY" - "$OUT/track150.wav" <<'PY'
 import sys, glob, os
 from pathlib import Path
 sys.path.insert(0, "bench/gpu")

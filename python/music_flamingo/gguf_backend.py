@@ -61,7 +61,8 @@ class MusicFlamingoGGUF(Analyzer):
     ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
     Throughput (see README, "Throughput knobs"): ``n_sampling_threads`` (0: up to 4) sample the sequences of a step;
     ``memory_budget_mb`` caps the KV cache that automatic tracks in flight may fill (0: the device's free memory);
-    ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode.
+    ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_unified``: one
+    KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own).
     """
 
     backend = "gguf"
@@ -97,6 +98,7 @@ class MusicFlamingoGGUF(Analyzer):
         n_sampling_threads: int = 0,
         memory_budget_mb: float = 0.0,
         prepare_ahead: bool = True,
+        kv_unified: bool = True,
     ) -> None:
         super().__init__(options or AnalysisOptions(
             prompts=prompts, prompts_files=tuple(prompts_files), temperature=temperature, top_p=top_p, seed=seed,
@@ -124,7 +126,8 @@ class MusicFlamingoGGUF(Analyzer):
             str(self.model_path), str(self.mmproj_path), n_gpu_layers=n_gpu_layers, mmproj_use_gpu=mmproj_use_gpu,
             n_threads=n_threads or 0, flash_attn=_flash_attn_code(flash_attn), n_ctx=n_ctx, n_batch=n_batch,
             n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_type=kv_cache_type, warmup=warmup,
-            n_sampling_threads=n_sampling_threads, memory_budget_mb=memory_budget_mb, prepare_ahead=prepare_ahead)
+            n_sampling_threads=n_sampling_threads, memory_budget_mb=memory_budget_mb, prepare_ahead=prepare_ahead,
+            kv_unified=kv_unified)
         self.info = dict(self._engine.info())
         logger.info("loaded: text model on %s, audio encoder on %s",
                     self.info["text_model_device"], self.info["audio_encoder_device"])
