@@ -16,9 +16,11 @@ import numpy as np
 
 from ._logging import logger
 from .errors import AudioDecodeError, InvalidInputError
+from .validation import MIN_AUDIO_SECONDS
 
 TARGET_SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
+MIN_SAMPLES = int(MIN_AUDIO_SECONDS * TARGET_SAMPLE_RATE)  # what the engine is ever given, after conversion
 
 AudioSource = Union[str, os.PathLike, np.ndarray]
 
@@ -57,7 +59,19 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         import soxr
 
         x = soxr.resample(x, int(sample_rate), TARGET_SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return require_min_length(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def require_min_length(pcm: np.ndarray) -> np.ndarray:
+    """``pcm`` (16 kHz) if it holds at least :data:`MIN_SAMPLES`; shorter audio is refused here, in Python, because
+    llama.cpp aborts the whole process on a few samples instead of reporting an error."""
+    if pcm.size == 0:
+        raise InvalidInputError("audio is empty")
+    if pcm.size < MIN_SAMPLES:
+        raise InvalidInputError(f"audio is too short: {pcm.size} samples at {TARGET_SAMPLE_RATE} Hz "
+                                f"({pcm.size / TARGET_SAMPLE_RATE * 1000:.1f} ms) after conversion; "
+                                f"at least {MIN_AUDIO_SECONDS} s is needed")
+    return pcm
 
 
 def _read_soundfile(p: Path) -> tuple[np.ndarray, int]:
@@ -145,7 +159,7 @@ def prepare_audio(source: AudioSource, sample_rate: int | None = None, max_secon
     total = len(pcm) / TARGET_SAMPLE_RATE
     truncated = False
     if max_seconds is not None and total > max_seconds:
-        pcm = np.ascontiguousarray(pcm[: max(1, int(max_seconds * TARGET_SAMPLE_RATE))])
+        pcm = require_min_length(np.ascontiguousarray(pcm[: int(max_seconds * TARGET_SAMPLE_RATE)]))
         truncated = True
         logger.warning("%s is %.1f s long; analysing its first %.1f s (max_duration)", name, total, max_seconds)
     return PreparedAudio(pcm=pcm, source_seconds=total, analysed_seconds=len(pcm) / TARGET_SAMPLE_RATE,
@@ -153,9 +167,10 @@ def prepare_audio(source: AudioSource, sample_rate: int | None = None, max_secon
 
 
 def as_engine_audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
-    """A path is decoded to float32 mono 16 kHz; an array is passed through for the engine to validate."""
+    """A path is decoded to float32 mono 16 kHz; an array is passed through for the engine to validate its dtype,
+    shape and values — but not its length: too short is refused here (see :func:`require_min_length`)."""
     if isinstance(audio, (str, os.PathLike)):
         return load_audio(audio)
     if not isinstance(audio, np.ndarray):
         raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
-    return audio
+    return require_min_length(audio)

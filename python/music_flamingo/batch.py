@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import validation
 from ._logging import logger
 from .analyzer import Analyzer
 from .audio import PreparedAudio, prepare_audio
@@ -62,6 +63,9 @@ class BatchOptions:
     progress: bool = True
     prefetch: bool = True
     tracks_in_flight: int = 4          # >1: tracks decoded together in the engine's batch steps (continuous batching)
+
+    def __post_init__(self) -> None:
+        validation.require("tracks_in_flight", validation.tracks_in_flight(self.tracks_in_flight))
 
 
 @dataclass

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import validation
 from .errors import ModelFileError, MusicFlamingoError, PromptConfigError
+from .validation import cli_type
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -50,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prompts-file", type=Path, action="append", default=[],
                    help="YAML adding or overriding prompts (repeatable)")
     q.add_argument("--prompt", default=None, help="a free-text prompt (key music_flamingo_custom)")
-    q.add_argument("--temperature", type=float, default=None)
-    q.add_argument("--top-p", type=float, default=None)
-    q.add_argument("--seed", type=int, default=None)
-    q.add_argument("--max-duration", type=float, default=None,
+    q.add_argument("--temperature", type=cli_type(float, validation.temperature), default=None)
+    q.add_argument("--top-p", type=cli_type(float, validation.top_p), default=None)
+    q.add_argument("--seed", type=cli_type(int, validation.seed), default=None)
+    q.add_argument("--max-duration", type=cli_type(float, validation.max_duration), default=None,
                    help="seconds analysed at most (default: the model's limit, 600 s); longer audio is cut")
     o = p.add_argument_group("output")
     o.add_argument("--overwrite", action="store_true", help="redo tracks whose sidecar already has every key")
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--failures", type=Path, default=None,
                    help="JSONL of failed tracks (default: PATH/.music-flamingo/failures.jsonl)")
     o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--tracks-in-flight", type=int, default=4,
+    o.add_argument("--tracks-in-flight", type=cli_type(int, validation.tracks_in_flight), default=4,
                    help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress details; -vv: llama.cpp too")
     return p

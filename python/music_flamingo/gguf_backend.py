@@ -11,16 +11,20 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from . import validation
 from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
-from .errors import ModelFileError
+from .errors import InvalidInputError, ModelFileError
 from .models import resolve_model_files
 
 PromptLike = Union[Prompt, str]
 
 
+# The audio encoder's rate (100 mel frames/s, /2 by the convolutions, /2 by the pooling); every framing pads or
+# trims windows around it, never below it.
+AUDIO_TOKENS_PER_S = 25
 # How audio is put in front of the LLM (see cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the
 # framing whose answers came closest to transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
 FRAMINGS = {"llamacpp": 0, "reference_trim": 1, "reference_tail": 2}
@@ -169,6 +173,7 @@ class MusicFlamingoGGUF(Analyzer):
         step's logits of prompt 0 (``result.debug``), for fidelity measurements.
         """
         audio, plist = as_engine_audio(audio), as_prompts(prompts, max_tokens)
+        self._check_context(audio, plist)
         raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
                                      render_special, self._framing_code(framing), debug)
         result = self._result(raw)
@@ -188,10 +193,28 @@ class MusicFlamingoGGUF(Analyzer):
         """Several tracks at once with continuous batching: up to ``tracks_in_flight`` tracks decode in the same
         batch steps, and a finished track's slots go to the next one. Results in the order of ``tracks``; with
         greedy decoding and ``flash_attn=False`` each equals :meth:`generate` of that track alone."""
-        native = [(as_engine_audio(a), [p.to_native() for p in as_prompts(ps, max_tokens)]) for a, ps in tracks]
+        validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
+        decoded = [(as_engine_audio(a), as_prompts(ps, max_tokens)) for a, ps in tracks]
+        for audio, plist in decoded:
+            self._check_context(audio, plist)
+        native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
         raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False,
                                           self._framing_code(framing), max(1, int(tracks_in_flight)))
         return [self._result(r) for r in raws]
+
+    def _check_context(self, audio: np.ndarray, prompts: Sequence[Prompt]) -> None:
+        """Refuse a prompt whose answer cannot fit the model's trained context, before the engine sizes (and
+        allocates) a context for it: ``max_tokens=10**9`` once took 19.7 GB before failing. The audio's share is a
+        lower bound (every framing gives at least 25 tokens per second), so nothing that fits is refused; the engine
+        checks the exact count."""
+        n_ctx_train = int(self.info["n_ctx_train"])
+        audio_positions = int(np.size(audio)) // (TARGET_SAMPLE_RATE // AUDIO_TOKENS_PER_S)
+        for i, p in enumerate(prompts):
+            if audio_positions + p.max_tokens > n_ctx_train:
+                raise InvalidInputError(
+                    f"prompt {i} ({p.name or p.text[:40]!r}): at least {audio_positions} audio positions + "
+                    f"max_tokens {p.max_tokens} exceed the model's trained context of {n_ctx_train} "
+                    "(lower max_tokens or shorten the audio)")
 
     def _framing_code(self, framing: str | None) -> int:
         framing = framing or self.framing
