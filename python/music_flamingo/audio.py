@@ -16,6 +16,7 @@ import numpy as np
 
 from ._logging import logger
 from .errors import AudioDecodeError, InvalidInputError
+from .fsutil import require_regular_file
 from .validation import MIN_AUDIO_SECONDS
 
 TARGET_SAMPLE_RATE = 16000
@@ -106,8 +107,12 @@ def _read_pyav(p: Path) -> tuple[np.ndarray, int]:
 def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode an audio file to float32 ``(n, channels)`` and its sample rate (soundfile, then PyAV)."""
     p = Path(path)
-    if not p.is_file():
-        raise AudioDecodeError(f"audio file not found: {p}")
+    try:
+        require_regular_file(p)  # a FIFO named like a track would hang the decoder
+    except FileNotFoundError:
+        raise AudioDecodeError(f"audio file not found: {p}") from None
+    except OSError as e:
+        raise AudioDecodeError(f"cannot read audio file {p}: {e}") from None
     errors = []
     readers = (_read_pyav,) if p.suffix.lower() in _PYAV_FIRST else (_read_soundfile, _read_pyav)
     for reader in readers:

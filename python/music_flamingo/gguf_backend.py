@@ -17,6 +17,7 @@ from .analyzer import AnalysisOptions, Analyzer
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import InvalidInputError, ModelFileError
+from .fsutil import require_regular_file
 from .models import resolve_model_files
 
 PromptLike = Union[Prompt, str]
@@ -98,6 +99,13 @@ class MusicFlamingoGGUF(Analyzer):
         self.model_name = model_name
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path)
+        for path in (self.model_path, self.mmproj_path):
+            try:
+                require_regular_file(path)  # llama.cpp would wait forever on a FIFO
+            except FileNotFoundError:
+                raise ModelFileError(f"model file not found: {path}") from None
+            except OSError as e:
+                raise ModelFileError(f"cannot read model file: {e}") from None
         self.system_prompt = system_prompt
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")

@@ -16,7 +16,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
@@ -25,6 +24,7 @@ from ._logging import logger
 from . import validation
 from .datatypes import Prompt
 from .errors import PromptConfigError
+from .fsutil import read_regular_file
 
 __all__ = ["Catalogue", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE"]
 
@@ -327,7 +327,7 @@ def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalo
     for path in extra_files:
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_regular_file(path).decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise PromptConfigError(f"{source}: cannot read prompt file: {e}") from e
         _merge_file(raw, _parse_yaml(text, source), source)

@@ -35,6 +35,7 @@ from filelock import FileLock, Timeout
 
 from ._logging import logger
 from .errors import SidecarError
+from .fsutil import read_regular_file
 
 PathLike = Union[str, os.PathLike]
 
@@ -142,9 +143,10 @@ def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _read_text(path: Path) -> str | None:
-    """The sidecar's text, ``None`` if it does not exist."""
+    """The sidecar's text, ``None`` if it does not exist. A FIFO, device or directory named like a sidecar is
+    refused (:mod:`.fsutil`): it once hung a batch forever."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
