@@ -2,7 +2,8 @@
 
 Built for runs of days over tens of thousands of tracks, possibly by several processes on one dataset:
 - a track whose sidecar already has every requested key is skipped (resume after a crash = run again);
-- one failing track never stops the run: it is logged, counted and written to a failures JSONL;
+- one failing track never stops the run: it is logged, counted and listed in a failures JSONL (:mod:`.failures`:
+  one record per track, cleared when it succeeds; a track another process failed in this run is not retried);
 - each track is locked (filelock, in ``<root>/.music-flamingo/locks``) while it is analysed, so processes sharing
   a dataset do each track once; a locked track is skipped, not waited for;
 - the next tracks are decoded and resampled on a background thread while the engine works on the current ones;
@@ -25,7 +26,8 @@ from ._logging import logger
 from .analyzer import Analyzer
 from .audio import PreparedAudio, prepare_audio
 from .errors import SidecarError
-from .sidecar import has_keys, sidecar_path, update_sidecar
+from .failures import FailureLog
+from .sidecar import has_keys, remove_stale_temp_files, sidecar_path, update_sidecar
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".alac",
                     ".mp4", ".webm", ".mka"}
@@ -73,7 +75,7 @@ class BatchSummary:
     total: int = 0
     done: int = 0
     skipped_complete: int = 0
-    skipped_locked: int = 0
+    skipped_locked: int = 0            # another process has the track, or failed it during this run
     failed: int = 0
     interrupted: bool = False
     seconds: float = 0.0
@@ -138,6 +140,10 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     base = root if root.is_dir() else root.parent
     state_dir = base / STATE_DIR
     (state_dir / "locks").mkdir(parents=True, exist_ok=True)
+    failures = FailureLog(opts.failures or state_dir / "failures.jsonl")
+    failures.start()
+    if root.is_dir():
+        remove_stale_temp_files(root)  # of sidecar writes killed in earlier runs
     keys = [e.key for e in analyzer.entries]
     t0 = time.monotonic()
     summary = BatchSummary()
@@ -147,21 +153,25 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     def fail(track: Path, err: BaseException) -> None:
         summary.failed += 1
         summary.failures.append({"path": str(track), "error": type(err).__name__, "message": str(err)})
+        failures.record(track, err)
         logger.error("failed: %s: %s: %s", track, type(err).__name__, err)
 
     def complete(track: Path) -> bool:
         return not opts.overwrite and opts.write_sidecars and has_keys(sidecar_path(track), keys)
 
     todo: list[Path] = []
+    done_before: list[Path] = []
     for t in tracks:
         try:
             if complete(t):
                 summary.skipped_complete += 1
+                done_before.append(t)
                 continue
         except SidecarError as e:
             fail(t, e)
             continue
         todo.append(t)
+    failures.clear(done_before)  # listed by an earlier run, done since
     logger.info("%d tracks: %d to analyse, %d already complete", len(tracks), len(todo), summary.skipped_complete)
 
     max_s = analyzer.max_analysed_seconds()
@@ -215,6 +225,12 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
                         prefetch.drop(track)
                         bar.update(1)
                         continue
+                    if failures.failed_elsewhere(track):  # not retried by every process of this run
+                        summary.skipped_locked += 1
+                        logger.info("failed in another process during this run, skipped: %s", track)
+                        prefetch.drop(track)
+                        bar.update(1)
+                        continue
                     try:
                         ready.append((track, prefetch.get(track)))
                     except Exception as e:  # undecodable audio
@@ -233,6 +249,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
                         if on_result is not None:
                             on_result(track, fields)
                         summary.done += 1
+                        failures.clear(track)
                     except Exception as e:  # one bad track never stops the run
                         fail(track, e)
                     bar.update(1)
@@ -246,15 +263,12 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     finally:
         bar.close()
         prefetch.close()
+        failures.close()
         if jsonl is not None:
             jsonl.close()
     summary.seconds = time.monotonic() - t0
     if summary.failures:
-        path = Path(opts.failures) if opts.failures else state_dir / "failures.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for rec in summary.failures:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        summary.failures_file = str(path)
+        summary.failures_file = str(failures.path)
     return summary
 
 
