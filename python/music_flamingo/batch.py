@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import validation
+from . import lifecycle, validation
 from ._logging import logger
 from .analyzer import Analyzer
 from .audio import PreparedAudio, prepare_audio
@@ -203,6 +203,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     groups = [todo[i:i + size] for i in range(0, len(todo), size)]
     try:
         for g, tracks_of_group in enumerate(groups):
+            lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
             locks, ready = [], []
             try:
                 for track in tracks_of_group:

@@ -5,13 +5,15 @@ audio once and answers all prompts from one shared prefix, decoded together.
 """
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Callable, Sequence, TypeVar, Union
 
 import numpy as np
 
-from . import validation
+from . import lifecycle, validation
 from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
@@ -21,6 +23,19 @@ from .fsutil import require_regular_file
 from .models import resolve_model_files
 
 PromptLike = Union[Prompt, str]
+_T = TypeVar("_T")
+
+
+def _one_call_at_a_time(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Engine calls and :meth:`MusicFlamingoGGUF.close` take turns: ``close()`` waits for a call in progress, and a
+    call after it gets "engine is closed" rather than racing the engine's destruction. Once the interpreter is
+    exiting (:mod:`.lifecycle`), calls stop as on Ctrl-C."""
+    @functools.wraps(method)
+    def wrapper(self: "MusicFlamingoGGUF", *args: Any, **kwargs: Any) -> _T:
+        with self._call_lock:
+            lifecycle.raise_if_exiting()
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 # The audio encoder's rate (100 mel frames/s, /2 by the convolutions, /2 by the pooling); every framing pads or
@@ -113,11 +128,13 @@ class MusicFlamingoGGUF(Analyzer):
         set_native_log_level(verbose)
         from . import _core
 
+        self._call_lock = threading.Lock()
         logger.info("loading %s + %s", self.model_path.name, self.mmproj_path.name)
         self._engine = _core.Engine(
             str(self.model_path), str(self.mmproj_path), n_gpu_layers=n_gpu_layers, mmproj_use_gpu=mmproj_use_gpu,
             n_threads=n_threads or 0, flash_attn=_flash_attn_code(flash_attn), n_ctx=n_ctx, n_batch=n_batch,
             n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_type=kv_cache_type, warmup=warmup)
+        lifecycle.track(self)  # closed before the interpreter finalizes, even if a thread is still using it
         self.info = dict(self._engine.info())
         logger.info("loaded: text model on %s, audio encoder on %s",
                     self.info["text_model_device"], self.info["audio_encoder_device"])
@@ -159,6 +176,7 @@ class MusicFlamingoGGUF(Analyzer):
 
         return dict(_core.build_info())["llama_cpp_commit"]
 
+    @_one_call_at_a_time
     def generate(
         self,
         audio: str | os.PathLike | np.ndarray,
@@ -189,6 +207,7 @@ class MusicFlamingoGGUF(Analyzer):
             result.debug = {"audio_embd": raw["audio_embd"], "first_logits": raw["first_logits"]}
         return result
 
+    @_one_call_at_a_time
     def generate_many(
         self,
         tracks: Sequence[tuple[str | os.PathLike | np.ndarray, Sequence[PromptLike] | PromptLike]],
@@ -245,7 +264,8 @@ class MusicFlamingoGGUF(Analyzer):
         """Free the model, audio encoder and context now rather than at garbage collection."""
         engine = getattr(self, "_engine", None)
         if engine is not None:
-            engine.close()
+            with self._call_lock:  # after a call in progress, never during it
+                engine.close()
 
     def __enter__(self) -> "MusicFlamingoGGUF":
         return self
