@@ -1,14 +1,16 @@
 """``music-flamingo`` / ``python -m music_flamingo``: describe one file, or a whole dataset with ``--batch``.
 
 Exit codes: 0 all done, 1 some tracks failed, 2 usage or configuration error (bad arguments, missing model files,
-bad prompts YAML), 130 interrupted.
+bad prompts YAML), 130 interrupted (Ctrl-C or SIGTERM).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -129,7 +131,22 @@ def _run_batch(mf, a: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (what job schedulers and ``kill`` send) stops like Ctrl-C: between steps, summary printed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if on_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     _setup_logging(a.verbose)
