@@ -13,7 +13,8 @@ the rules here are about never losing their data:
 * writers of one sidecar are serialised across threads and processes with a lock file (``<sidecar>.lock``) and the
   file is re-read inside the lock, so concurrent updates of different keys all land. The empty lock file stays
   after use (filelock keeps it so that waiting processes lock the same inode); it is named ``*.INFO.lock`` so tools
-  globbing ``*.INFO`` do not see it;
+  globbing ``*.INFO`` do not see it (for names near the 255-byte limit, lock and temporary file are named after a
+  hash of the sidecar's name: :func:`companion_stem`);
 * the temporary file of a write that was killed (SIGKILL, power loss) is removed by the next batch run
   (:func:`remove_stale_temp_files`), only once no writer holds its sidecar's lock.
 
@@ -117,7 +118,7 @@ def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]
 
     # Write through symlinks instead of replacing them, and lock the file that is actually written.
     target = Path(os.path.realpath(path))
-    lock = FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S)
+    lock = FileLock(str(target.parent / companion_stem(target)) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         lock.acquire()
     except Timeout as exc:
@@ -142,6 +143,19 @@ def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]
     finally:
         lock.release()
     return json.loads(new_text)
+
+
+NAME_MAX = 255  # bytes in one file name on every common Linux/macOS filesystem
+
+
+def companion_stem(target: Path) -> str:
+    """What the lock (``<stem>.lock``) and temporary files (``.<stem>.<8 chars>.tmp``) of ``target`` are named after:
+    its own name, or — for a name too long to take those 14 extra bytes (a 250-byte track name is legal) — the
+    sha1 of it, so that such a track still gets its sidecar."""
+    name = os.fsencode(target.name)
+    if len(name) + 14 <= NAME_MAX:
+        return target.name
+    return hashlib.sha1(name).hexdigest() + target.suffix
 
 
 def _read_text(path: Path) -> str | None:
@@ -252,7 +266,7 @@ def atomic_write_text(target: Path, text: str) -> None:
     except OSError as exc:
         raise SidecarError(f"cannot stat {target} ({exc}); it was left untouched") from exc
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{companion_stem(target)}.", suffix=".tmp")
     except OSError as exc:
         raise SidecarError(f"cannot create a temporary file beside {target} ({exc}); it was left untouched") from exc
     try:
@@ -284,7 +298,7 @@ def atomic_write_text(target: Path, text: str) -> None:
 
 
 # What atomic_write_text leaves behind when the process is killed between mkstemp and the rename:
-# "." + the sidecar's name + "." + mkstemp's 8 random characters + ".tmp".
+# "." + the sidecar's companion stem + "." + mkstemp's 8 random characters + ".tmp".
 _TEMP_RE = re.compile(r"^\.(?P<target>.+" + re.escape(SIDECAR_SUFFIX) + r")\.[a-z0-9_]{8}\.tmp$")
 
 
