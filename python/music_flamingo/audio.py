@@ -20,7 +20,7 @@ from .fsutil import require_regular_file
 from .validation import MIN_AUDIO_SECONDS
 
 TARGET_SAMPLE_RATE = 16000
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 768000  # telephone audio .. 2x DXD (hi-res masters are 352.8/384 kHz)
 MIN_SAMPLES = int(MIN_AUDIO_SECONDS * TARGET_SAMPLE_RATE)  # what the engine is ever given, after conversion
 
 AudioSource = Union[str, os.PathLike, np.ndarray]
@@ -78,7 +78,7 @@ def require_min_length(pcm: np.ndarray) -> np.ndarray:
 def _read_soundfile(p: Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    data, sr = sf.read(os.fsencode(p), dtype="float32", always_2d=True)  # bytes: names that are not UTF-8 too
     return data, int(sr)
 
 
@@ -178,4 +178,8 @@ def as_engine_audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
         return load_audio(audio)
     if not isinstance(audio, np.ndarray):
         raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
+    if audio.dtype == np.float32 and audio.dtype is not np.dtype(np.float32):
+        # An array that crossed a process boundary (pickle, multiprocessing) has an equal but distinct float32
+        # descriptor, which the native module's dtype check (by identity) refuses: view it with the canonical one.
+        audio = audio.view(np.float32)
     return require_min_length(audio)
