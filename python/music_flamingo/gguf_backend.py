@@ -244,7 +244,7 @@ class MusicFlamingoGGUF(Analyzer):
                     "(lower max_tokens or shorten the audio)")
 
     def _framing_code(self, framing: str | None) -> int:
-        framing = framing or self.framing
+        framing = self.framing if framing is None else framing  # "" is a wrong name, not the default
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
         return FRAMINGS[framing]
