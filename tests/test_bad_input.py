@@ -175,12 +175,15 @@ def _dangling_link(env: Env) -> Any:
 
 
 def _read_only_folder(env: Env) -> Any:
-    env.track()
-    env.folder().chmod(0o555)
+    """A read-only album folder in a writable dataset (as root permissions do not apply: the write succeeds)."""
+    album = env.folder() / "album"
+    album.mkdir()
+    env.track(name="album/song.wav")
+    album.chmod(0o555)
     try:
         return env.batch()
     finally:
-        env.folder().chmod(0o755)
+        album.chmod(0o755)
 
 
 def _sidecar(content: bytes | None, kind: str = "file") -> Callable[[Env], Any]:
