@@ -8,8 +8,8 @@ Cost shapes the CI profile: every call that reaches llama.cpp encodes at least o
 pads each window), about 1 s on the 2-core CI machine. So CI runs, through the Python API,
 * 2,000 examples that are invalid in at least one way (each must be refused with a clear exception, before or by
   the engine — never reach an assert), and
-* 30 valid examples that run all the way through the engine (each must answer every prompt);
-and against the raw ``_core.Engine`` (the C++ guards alone, without the Python checks) 150 invalid and 15 valid
+* 20 valid examples that run all the way through the engine (each must answer every prompt);
+and against the raw ``_core.Engine`` (the C++ guards alone, without the Python checks) 150 invalid and 10 valid
 examples, plus the crashes this fuzz found, kept as explicit cases (``needs_cpp_fix`` until the engine guards
 land). More by hand: ``MUSIC_FLAMINGO_FUZZ_EXAMPLES=20000 MUSIC_FLAMINGO_FUZZ_VALID=1000
 MUSIC_FLAMINGO_FUZZ_NATIVE=5000 pytest tests/test_fuzz_native.py`` (random seeds then, instead of CI's fixed ones).
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from crash_harness import CrashCatcher, engine
 
 INVALID_EXAMPLES = int(os.environ.get("MUSIC_FLAMINGO_FUZZ_EXAMPLES", "2000"))
-VALID_EXAMPLES = int(os.environ.get("MUSIC_FLAMINGO_FUZZ_VALID", "30"))
+VALID_EXAMPLES = int(os.environ.get("MUSIC_FLAMINGO_FUZZ_VALID", "20"))
 # Without the Python checks far more invalid calls reach the audio encoder (about 1 s each), so fewer of them.
 NATIVE_EXAMPLES = int(os.environ.get("MUSIC_FLAMINGO_FUZZ_NATIVE", "150"))
 BY_HAND = "MUSIC_FLAMINGO_FUZZ_EXAMPLES" in os.environ or "MUSIC_FLAMINGO_FUZZ_VALID" in os.environ
