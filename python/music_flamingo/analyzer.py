@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
+from . import validation
 from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
 from .datatypes import GenerationStats, Prompt
 from .prompts import Catalogue, PromptEntry, load_catalogue
@@ -31,6 +32,13 @@ class AnalysisOptions:
     seed: int | None = None
     max_duration: float | None = None          # seconds analysed at most; None: the model's limit
     normalize: bool = True
+
+    def __post_init__(self) -> None:
+        """Every value checked here, before a backend loads its model (InvalidInputError, a ValueError)."""
+        for name in ("temperature", "top_p", "seed", "max_duration"):
+            value = getattr(self, name)
+            if value is not None:
+                validation.require(name, getattr(validation, name)(value))
 
 
 @dataclass

@@ -16,9 +16,12 @@ import numpy as np
 
 from ._logging import logger
 from .errors import AudioDecodeError, InvalidInputError
+from .fsutil import require_regular_file
+from .validation import MIN_AUDIO_SECONDS
 
 TARGET_SAMPLE_RATE = 16000
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 768000  # telephone audio .. 2x DXD (hi-res masters are 352.8/384 kHz)
+MIN_SAMPLES = int(MIN_AUDIO_SECONDS * TARGET_SAMPLE_RATE)  # what the engine is ever given, after conversion
 
 AudioSource = Union[str, os.PathLike, np.ndarray]
 
@@ -57,13 +60,25 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         import soxr
 
         x = soxr.resample(x, int(sample_rate), TARGET_SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return require_min_length(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def require_min_length(pcm: np.ndarray) -> np.ndarray:
+    """``pcm`` (16 kHz) if it holds at least :data:`MIN_SAMPLES`; shorter audio is refused here, in Python, because
+    llama.cpp aborts the whole process on a few samples instead of reporting an error."""
+    if pcm.size == 0:
+        raise InvalidInputError("audio is empty")
+    if pcm.size < MIN_SAMPLES:
+        raise InvalidInputError(f"audio is too short: {pcm.size} samples at {TARGET_SAMPLE_RATE} Hz "
+                                f"({pcm.size / TARGET_SAMPLE_RATE * 1000:.1f} ms) after conversion; "
+                                f"at least {MIN_AUDIO_SECONDS} s is needed")
+    return pcm
 
 
 def _read_soundfile(p: Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    data, sr = sf.read(os.fsencode(p), dtype="float32", always_2d=True)  # bytes: names that are not UTF-8 too
     return data, int(sr)
 
 
@@ -92,8 +107,12 @@ def _read_pyav(p: Path) -> tuple[np.ndarray, int]:
 def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode an audio file to float32 ``(n, channels)`` and its sample rate (soundfile, then PyAV)."""
     p = Path(path)
-    if not p.is_file():
-        raise AudioDecodeError(f"audio file not found: {p}")
+    try:
+        require_regular_file(p)  # a FIFO named like a track would hang the decoder
+    except FileNotFoundError:
+        raise AudioDecodeError(f"audio file not found: {p}") from None
+    except OSError as e:
+        raise AudioDecodeError(f"cannot read audio file {p}: {e}") from None
     errors = []
     readers = (_read_pyav,) if p.suffix.lower() in _PYAV_FIRST else (_read_soundfile, _read_pyav)
     for reader in readers:
@@ -172,7 +191,7 @@ def prepare_audio(source: AudioSource, sample_rate: int | None = None, max_secon
     total = len(pcm) / TARGET_SAMPLE_RATE
     truncated = False
     if max_seconds is not None and total > max_seconds:
-        pcm = np.ascontiguousarray(pcm[: max(1, int(max_seconds * TARGET_SAMPLE_RATE))])
+        pcm = require_min_length(np.ascontiguousarray(pcm[: int(max_seconds * TARGET_SAMPLE_RATE)]))
         truncated = True
         logger.warning("%s is %.1f s long; analysing its first %.1f s (max_duration)", name, total, max_seconds)
     return PreparedAudio(pcm=pcm, source_seconds=total, analysed_seconds=len(pcm) / TARGET_SAMPLE_RATE,
@@ -180,9 +199,14 @@ def prepare_audio(source: AudioSource, sample_rate: int | None = None, max_secon
 
 
 def as_engine_audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
-    """A path is decoded to float32 mono 16 kHz; an array is passed through for the engine to validate."""
+    """A path is decoded to float32 mono 16 kHz; an array is passed through for the engine to validate its dtype,
+    shape and values — but not its length: too short is refused here (see :func:`require_min_length`)."""
     if isinstance(audio, (str, os.PathLike)):
         return load_audio(audio)
     if not isinstance(audio, np.ndarray):
         raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
-    return audio
+    if audio.dtype == np.float32 and audio.dtype is not np.dtype(np.float32):
+        # An array that crossed a process boundary (pickle, multiprocessing) has an equal but distinct float32
+        # descriptor, which the native module's dtype check (by identity) refuses: view it with the canonical one.
+        audio = audio.view(np.float32)
+    return require_min_length(audio)

@@ -7,7 +7,8 @@ status (done, pending, failed last time, locked) without touching anything; :fun
 
 Built for runs of days over tens of thousands of tracks, possibly by several processes on one dataset:
 - a track whose sidecar already has every requested key is skipped (resume after a crash = run again);
-- one failing track never stops the run: it is logged, counted and written to a failures JSONL;
+- one failing track never stops the run: it is logged, counted and listed in a failures JSONL (:mod:`.failures`:
+  one record per track, cleared when it succeeds; a track another process failed in this run is not retried);
 - each track is locked (filelock, in ``<root>/.music-flamingo/locks``) while it is analysed, so processes sharing
   a dataset do each track once; a locked track is skipped, not waited for;
 - the next tracks are decoded and resampled on a background thread while the engine works on the current ones;
@@ -30,13 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from . import lifecycle, validation
 from ._logging import logger
 from .analyzer import Analyzer
 from .audio import PreparedAudio, prepare_audio
 from .datatypes import GenerationStats
 from .discovery import EXCLUDED_AS, NOT_SELECTED, Selection, Track, discover_tracks
 from .errors import SidecarError
-from .sidecar import has_keys, sidecar_path, update_sidecar
+from .failures import FailureLog
+from .sidecar import has_keys, remove_stale_temp_files, sidecar_path, update_sidecar
 
 STATE_DIR = ".music-flamingo"
 
@@ -163,11 +166,12 @@ def plan_batch(root: str | os.PathLike, keys: Sequence[str], selection: Selectio
 
 
 def plan_work(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions,
-              summary: BatchSummary) -> list[Path]:
+              summary: BatchSummary, done: list[Path] | None = None) -> list[Path]:
     """The tracks a run with these options has to hand to an engine — pending, failed last time, and those whose
     sidecar cannot be read (the runner fails them as it finds them) — from :func:`plan_batch`; ``summary`` gets
     what the plan settles (total, already complete, paths not taken). For callers that hand the tracks to other
-    processes (:mod:`.workers`, :mod:`.distributed`), which then run them with ``run_batch(tracks=...)``."""
+    processes (:mod:`.workers`, :mod:`.distributed`), which then run them with ``run_batch(tracks=...)``.
+    ``done``, if given, receives the tracks found complete."""
     todo: list[Path] = []
     for item in plan_batch(root, keys, options.selection, overwrite=options.overwrite,
                            check_sidecars=options.write_sidecars, retry_failed=options.retry_failed,
@@ -179,6 +183,8 @@ def plan_work(root: str | os.PathLike, keys: Sequence[str], options: BatchOption
         summary.total += 1
         if item.status == DONE:
             summary.skipped_complete += 1
+            if done is not None:
+                done.append(item.path)
         else:
             todo.append(item.path)
     return todo
@@ -259,13 +265,16 @@ class BatchOptions:
     selection: Selection | None = None  # which tracks (discovery.Selection); None: every track, no stems
     retry_failed: bool = False         # only the tracks listed in the failures file
 
+    def __post_init__(self) -> None:
+        validation.require("tracks_in_flight", validation.tracks_in_flight(self.tracks_in_flight))
+
 
 @dataclass
 class BatchSummary:
     total: int = 0
     done: int = 0
     skipped_complete: int = 0
-    skipped_locked: int = 0
+    skipped_locked: int = 0            # another process has the track, or failed it during this run
     failed: int = 0
     interrupted: bool = False
     seconds: float = 0.0
@@ -373,6 +382,10 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     root = Path(root)
     state_dir = state_dir_of(root)
     (state_dir / "locks").mkdir(parents=True, exist_ok=True)
+    failures = FailureLog(failures_path(root, opts.failures))
+    failures.start()
+    if root.is_dir():
+        remove_stale_temp_files(root)  # of sidecar writes killed in earlier runs
     keys = [e.key for e in analyzer.entries]
     t0 = time.monotonic()
     summary = BatchSummary()
@@ -385,6 +398,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     def fail(track: Path, err: BaseException) -> None:
         summary.failed += 1
         summary.failures.append({"path": str(track), "error": type(err).__name__, "message": str(err)})
+        failures.record(track, err)
         logger.error("failed: %s: %s: %s", track, type(err).__name__, err)
         tell(track, "failed", error=type(err).__name__, message=str(err))
 
@@ -398,7 +412,9 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
         return not opts.overwrite and opts.write_sidecars and has_keys(sidecar_path(track), keys)
 
     # A damaged sidecar fails its track when the run reaches it (the check under the track's lock below).
-    todo = plan_work(root, keys, opts, summary) if tracks is None else []
+    done_before: list[Path] = []
+    todo = plan_work(root, keys, opts, summary, done_before) if tracks is None else []
+    failures.clear(done_before)  # listed by an earlier run, done since
     if tracks is None:
         logger.info("%d tracks: %d to analyse, %d already complete; not taken: %s", summary.total, len(todo),
                     summary.skipped_complete, summary.excluded or "none")
@@ -413,6 +429,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
         """The tracks to analyse, in order, each locked and decoded. The engine pulls from this on its helper
         thread whenever it can take a track, so locking and decoding stay off the decode loop."""
         for track in _looking_ahead(todo if tracks is None else given(), PREFETCH_AHEAD, prefetch.want):
+            lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
             lock = FileLock(str(_lock_path(state_dir, track)), thread_local=False)  # released on another thread
             try:
                 lock.acquire(timeout=0)
@@ -429,6 +446,16 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
                     with counting:
                         summary.skipped_complete += 1
                     tell(track, "skipped_complete")
+                    with counting:
+                        failures.clear(track)
+                    raise _Skip
+                with counting:  # the failures log is used from this thread and the decode thread
+                    elsewhere = failures.failed_elsewhere(track)
+                if elsewhere:  # not retried by every process of this run
+                    with counting:
+                        summary.skipped_locked += 1
+                    logger.info("failed in another process during this run, skipped: %s", track)
+                    tell(track, "skipped_locked")
                     raise _Skip
                 prepared = prefetch.get(track)
             except _Skip:
@@ -460,6 +487,7 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
                 on_result(track, fields)
             with counting:
                 summary.done += 1
+                failures.clear(track)
             tell(track, "done", fields=fields, stats=result.stats)
         except Exception as e:  # one bad track never stops the run
             with counting:
@@ -481,15 +509,12 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
             lock.release()
         bar.close()
         prefetch.close()
+        failures.close()
         if jsonl is not None:
             jsonl.close()
     summary.seconds = time.monotonic() - t0
     if summary.failures:
-        path = failures_path(root, opts.failures)
-        with open(path, "w", encoding="utf-8") as f:
-            for rec in summary.failures:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        summary.failures_file = str(path)
+        summary.failures_file = str(failures.path)
     return summary
 
 

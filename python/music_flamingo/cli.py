@@ -1,18 +1,22 @@
 """``music-flamingo`` / ``python -m music_flamingo``: describe one file, or a whole dataset with ``--batch``.
 
 Exit codes: 0 all done, 1 some tracks failed, 2 usage or configuration error (bad arguments, missing model files,
-bad prompts YAML), 130 interrupted.
+bad prompts YAML), 130 interrupted (Ctrl-C or SIGTERM).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
+from . import validation
 from .errors import ModelFileError, MusicFlamingoError, PromptConfigError
+from .validation import cli_type
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -53,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prompts-file", type=Path, action="append", default=[],
                    help="YAML adding or overriding prompts (repeatable)")
     q.add_argument("--prompt", default=None, help="a free-text prompt (key music_flamingo_custom)")
-    q.add_argument("--temperature", type=float, default=None)
-    q.add_argument("--top-p", type=float, default=None)
-    q.add_argument("--seed", type=int, default=None)
-    q.add_argument("--max-duration", type=float, default=None,
+    q.add_argument("--temperature", type=cli_type(float, validation.temperature), default=None)
+    q.add_argument("--top-p", type=cli_type(float, validation.top_p), default=None)
+    q.add_argument("--seed", type=cli_type(int, validation.seed), default=None)
+    q.add_argument("--max-duration", type=cli_type(float, validation.max_duration), default=None,
                    help="seconds analysed at most (default: the model's limit, 600 s); longer audio is cut")
     o = p.add_argument_group("output")
     o.add_argument("--overwrite", action="store_true", help="redo tracks whose sidecar already has every key")
@@ -65,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--failures", type=Path, default=None,
                    help="JSONL of failed tracks (default: PATH/.music-flamingo/failures.jsonl)")
     o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--tracks-in-flight", type=_in_flight, default="auto",
+    o.add_argument("--tracks-in-flight", type=cli_type(_in_flight, validation.tracks_in_flight), default="auto",
                    help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time; "
                         "default auto: sized from the device's free memory)")
     d = p.add_argument_group(
@@ -219,13 +223,8 @@ def _dry_run(a: argparse.Namespace, selection) -> int:
 
 
 def _in_flight(value: str) -> int | str:
-    """--tracks-in-flight: 'auto' or a positive integer (argparse turns the ValueError into a usage error)."""
-    if value == "auto":
-        return value
-    n = int(value)
-    if n < 1:
-        raise ValueError(value)
-    return n
+    """--tracks-in-flight: 'auto' or an integer (validation.tracks_in_flight checks its range)."""
+    return value if value == "auto" else int(value)
 
 
 def _prepare_model_files(a: argparse.Namespace) -> list[str]:
@@ -289,7 +288,22 @@ def _run_ray(a: argparse.Namespace, selection) -> int:
     return summary.exit_code
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (what job schedulers and ``kill`` send) stops like Ctrl-C: between steps, summary printed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if on_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser.parse_args(argv)

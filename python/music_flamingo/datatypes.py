@@ -4,13 +4,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from . import validation as v
+from .errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class Prompt:
     """One question about a track, with its own token limit and sampling settings.
 
-    ``temperature <= 0`` decodes greedily. Sampling applies temperature before top-k/top-p, as transformers does,
-    so the same numbers mean the same thing on both backends.
+    ``temperature == 0`` decodes greedily. Sampling applies temperature before top-k/top-p, as transformers does,
+    so the same numbers mean the same thing on both backends. Every field is range-checked here
+    (:mod:`.validation`): a bad value is an :class:`~music_flamingo.errors.InvalidInputError` (a ``ValueError``)
+    before anything reaches an engine.
     """
 
     text: str
@@ -28,15 +33,13 @@ class Prompt:
         if not isinstance(self.text, str):
             raise TypeError(f"Prompt.text must be a str, got {type(self.text).__name__}")
         if not self.text.strip():
-            raise ValueError("Prompt.text is empty")
-        if self.max_tokens < 1:
-            raise ValueError(f"Prompt.max_tokens must be >= 1, got {self.max_tokens}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"Prompt.top_p must be in (0, 1], got {self.top_p}")
-        if self.repeat_penalty <= 0:
-            raise ValueError(f"Prompt.repeat_penalty must be > 0, got {self.repeat_penalty}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"Prompt.seed must fit in 32 bits, got {self.seed}")
+            raise InvalidInputError("Prompt.text is empty")
+        # max_tokens is bounded here by what C++ can hold; the model's trained context bounds it per call.
+        for name, problem in (("max_tokens", v.max_tokens(self.max_tokens, v.INT32_MAX)),
+                              ("temperature", v.temperature(self.temperature)), ("top_p", v.top_p(self.top_p)),
+                              ("top_k", v.top_k(self.top_k)), ("min_p", v.min_p(self.min_p)),
+                              ("repeat_penalty", v.repeat_penalty(self.repeat_penalty)), ("seed", v.seed(self.seed))):
+            v.require(f"Prompt.{name}", problem)
 
     def to_native(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,7 +84,5 @@ def as_prompts(prompts: Sequence[Prompt | str] | Prompt | str, max_tokens: int) 
         prompts = [prompts]
     plist = [p if isinstance(p, Prompt) else Prompt(text=p, max_tokens=max_tokens) for p in prompts]
     if not plist:
-        from .errors import InvalidInputError
-
         raise InvalidInputError("no prompts given")
     return plist

@@ -5,23 +5,43 @@ audio once and answers all prompts from one shared prefix, decoded together.
 """
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, TypeVar, Union
 
 import numpy as np
 
+from . import lifecycle, validation
 from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .chat_template import ChatPieces, render_pieces
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
+from .fsutil import require_regular_file
 from .models import resolve_model_files
 
 PromptLike = Union[Prompt, str]
+_T = TypeVar("_T")
 
 
+def _one_call_at_a_time(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Engine calls and :meth:`MusicFlamingoGGUF.close` take turns: ``close()`` waits for a call in progress, and a
+    call after it gets "engine is closed" rather than racing the engine's destruction. Once the interpreter is
+    exiting (:mod:`.lifecycle`), calls stop as on Ctrl-C."""
+    @functools.wraps(method)
+    def wrapper(self: "MusicFlamingoGGUF", *args: Any, **kwargs: Any) -> _T:
+        with self._call_lock:
+            lifecycle.raise_if_exiting()
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+# The audio encoder's rate (100 mel frames/s, /2 by the convolutions, /2 by the pooling); every framing pads or
+# trims windows around it, never below it.
+AUDIO_TOKENS_PER_S = 25
 # How audio is put in front of the LLM (see cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the
 # framing whose answers came closest to transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
 FRAMINGS = {"llamacpp": 0, "reference_trim": 1, "reference_tail": 2, "reference": 3}
@@ -114,6 +134,13 @@ class MusicFlamingoGGUF(Analyzer):
         self.model_name = model_name
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path)
+        for path in (self.model_path, self.mmproj_path):
+            try:
+                require_regular_file(path)  # llama.cpp would wait forever on a FIFO
+            except FileNotFoundError:
+                raise ModelFileError(f"model file not found: {path}") from None
+            except OSError as e:
+                raise ModelFileError(f"cannot read model file: {e}") from None
         self.system_prompt = system_prompt
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
@@ -121,6 +148,7 @@ class MusicFlamingoGGUF(Analyzer):
         set_native_log_level(verbose)
         from . import _core
 
+        self._call_lock = threading.Lock()
         logger.info("loading %s + %s", self.model_path.name, self.mmproj_path.name)
         self._engine = _core.Engine(
             str(self.model_path), str(self.mmproj_path), n_gpu_layers=n_gpu_layers, mmproj_use_gpu=mmproj_use_gpu,
@@ -128,6 +156,7 @@ class MusicFlamingoGGUF(Analyzer):
             n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_type=kv_cache_type, warmup=warmup,
             n_sampling_threads=n_sampling_threads, memory_budget_mb=memory_budget_mb, prepare_ahead=prepare_ahead,
             kv_unified=kv_unified)
+        lifecycle.track(self)  # closed before the interpreter finalizes, even if a thread is still using it
         self.info = dict(self._engine.info())
         logger.info("loaded: text model on %s, audio encoder on %s",
                     self.info["text_model_device"], self.info["audio_encoder_device"])
@@ -204,6 +233,7 @@ class MusicFlamingoGGUF(Analyzer):
 
         return dict(_core.build_info())["llama_cpp_commit"]
 
+    @_one_call_at_a_time
     def generate(
         self,
         audio: str | os.PathLike | np.ndarray,
@@ -227,6 +257,7 @@ class MusicFlamingoGGUF(Analyzer):
         position (``result.debug``), for fidelity measurements.
         """
         audio, plist = as_engine_audio(audio), as_prompts(prompts, max_tokens)
+        self._check_context(audio, plist)
         code = self._framing_code(framing)
         raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
                                      render_special, code, debug, self._chat(code))
@@ -235,6 +266,7 @@ class MusicFlamingoGGUF(Analyzer):
             result.debug = {k: raw[k] for k in ("audio_embd", "first_logits", "prompt_tokens")}
         return result
 
+    @_one_call_at_a_time
     def generate_many(
         self,
         tracks: Sequence[tuple[str | os.PathLike | np.ndarray, Sequence[PromptLike] | PromptLike]],
@@ -249,12 +281,17 @@ class MusicFlamingoGGUF(Analyzer):
         device's free memory and the tracks' lengths. Results in the order of ``tracks``; with greedy decoding and
         ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
         raised after all tracks ran."""
-        native = [(as_engine_audio(a), [p.to_native() for p in as_prompts(ps, max_tokens)]) for a, ps in tracks]
+        validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
+        decoded = [(as_engine_audio(a), as_prompts(ps, max_tokens)) for a, ps in tracks]
+        for audio, plist in decoded:
+            self._check_context(audio, plist)
+        native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
         code = self._framing_code(framing)
         raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False, code,
                                           tracks_in_flight_code(tracks_in_flight), self._chat(code))
         return [self._result(r) for r in raws]
 
+    @_one_call_at_a_time
     def generate_stream(
         self,
         audio: Iterable[np.ndarray],
@@ -275,11 +312,12 @@ class MusicFlamingoGGUF(Analyzer):
         the decode loop waits for it. ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
         10 minutes). ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
         went (steps, host and decode ms, tracks in flight)."""
+        validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
         it = iter(audio)
 
         def next_audio():
-            try:
+            try:  # (a track whose answers cannot fit the trained context fails alone in the engine, before encoding)
                 return as_engine_audio(next(it))
             except StopIteration:
                 return None
@@ -305,8 +343,22 @@ class MusicFlamingoGGUF(Analyzer):
         """The rendered template pieces for the engine; ``llamacpp`` formats its chat as llama-mtmd-cli does."""
         return None if framing_code == FRAMINGS["llamacpp"] else self.chat_pieces().as_tuple()
 
+    def _check_context(self, audio: np.ndarray, prompts: Sequence[Prompt]) -> None:
+        """Refuse a prompt whose answer cannot fit the model's trained context, before the engine sizes (and
+        allocates) a context for it: ``max_tokens=10**9`` once took 19.7 GB before failing. The audio's share is a
+        lower bound (every framing gives at least 25 tokens per second), so nothing that fits is refused; the engine
+        checks the exact count."""
+        n_ctx_train = int(self.info["n_ctx_train"])
+        audio_positions = int(np.size(audio)) // (TARGET_SAMPLE_RATE // AUDIO_TOKENS_PER_S)
+        for i, p in enumerate(prompts):
+            if audio_positions + p.max_tokens > n_ctx_train:
+                raise InvalidInputError(
+                    f"prompt {i} ({p.name or p.text[:40]!r}): at least {audio_positions} audio positions + "
+                    f"max_tokens {p.max_tokens} exceed the model's trained context of {n_ctx_train} "
+                    "(lower max_tokens or shorten the audio)")
+
     def _framing_code(self, framing: str | None) -> int:
-        framing = framing or self.framing
+        framing = self.framing if framing is None else framing  # "" is a wrong name, not the default
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
         return FRAMINGS[framing]
@@ -329,7 +381,8 @@ class MusicFlamingoGGUF(Analyzer):
         """Free the model, audio encoder and context now rather than at garbage collection."""
         engine = getattr(self, "_engine", None)
         if engine is not None:
-            engine.close()
+            with self._call_lock:  # after a call in progress, never during it
+                engine.close()
 
     def __enter__(self) -> "MusicFlamingoGGUF":
         return self

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
 
 from ._logging import logger
+from . import validation
 from .datatypes import Prompt
 from .errors import PromptConfigError
+from .fsutil import read_regular_file
 
 __all__ = ["Catalogue", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE"]
 
@@ -38,7 +38,6 @@ _TOP_LEVEL = ("version", "defaults", "default_set", "prompts")
 _SAMPLING = ("temperature", "top_p", "top_k", "repeat_penalty", "seed")
 _ENTRY_FIELDS = ("key", "text", "max_tokens", *_SAMPLING)
 _REQUIRED = ("key", "text", "max_tokens")
-MAX_TOKENS_LIMIT = 8192
 
 
 # --- entries -----------------------------------------------------------------------------------------------------
@@ -150,14 +149,6 @@ class _Where:
         return PromptConfigError(f"{self.source}: {self.entry}: field '{self.field}': {problem}")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
 def _check_key(v: Any, w: _Where) -> None:
     if not isinstance(v, str) or not _KEY_RE.match(v):
         raise w.error(f"must be an identifier matching {_KEY_RE.pattern} (it becomes a dataset field), got {v!r}")
@@ -166,41 +157,22 @@ def _check_key(v: Any, w: _Where) -> None:
 def _check_text(v: Any, w: _Where) -> None:
     if not isinstance(v, str) or not v.strip():
         raise w.error(f"must be a non-empty string, got {v!r}")
+    if "\x00" in v:  # C strings end there: the model would see half the question
+        raise w.error("must not contain NUL characters")
 
 
-def _check_max_tokens(v: Any, w: _Where) -> None:
-    if not _is_int(v) or not 1 <= v <= MAX_TOKENS_LIMIT:
-        raise w.error(f"must be an integer in 1..{MAX_TOKENS_LIMIT}, got {v!r}")
-
-
-def _check_temperature(v: Any, w: _Where) -> None:
-    if not _is_number(v) or v < 0:
-        raise w.error(f"must be a number >= 0 (0 decodes greedily), got {v!r}")
-
-
-def _check_top_p(v: Any, w: _Where) -> None:
-    if not _is_number(v) or not 0 < v <= 1:
-        raise w.error(f"must be a number in (0, 1], got {v!r}")
-
-
-def _check_top_k(v: Any, w: _Where) -> None:
-    if not _is_int(v) or v < 0:
-        raise w.error(f"must be an integer >= 0 (0 disables top-k), got {v!r}")
-
-
-def _check_repeat_penalty(v: Any, w: _Where) -> None:
-    if not _is_number(v) or v <= 0:
-        raise w.error(f"must be a number > 0 (1.0 disables it), got {v!r}")
-
-
-def _check_seed(v: Any, w: _Where) -> None:
-    if not _is_int(v) or not 0 <= v < 2**32:
-        raise w.error(f"must be an integer in 0..{2**32 - 1}, got {v!r}")
+def _checked(check: Callable[[Any], str | None]) -> Callable[[Any, _Where], None]:
+    """A field check of :mod:`.validation` (one place for every range) that names the file, prompt and field."""
+    def run(v: Any, w: _Where) -> None:
+        problem = check(v)
+        if problem is not None:
+            raise w.error(problem)
+    return run
 
 
 _FIELD_CHECKS: dict[str, Callable[[Any, _Where], None]] = {
-    "key": _check_key, "text": _check_text, "max_tokens": _check_max_tokens, "temperature": _check_temperature,
-    "top_p": _check_top_p, "top_k": _check_top_k, "repeat_penalty": _check_repeat_penalty, "seed": _check_seed,
+    "key": _check_key, "text": _check_text, **{name: _checked(getattr(validation, name)) for name in
+                                               ("max_tokens", *_SAMPLING)},
 }
 
 
@@ -266,7 +238,7 @@ class _Raw:
 
 def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
     """Validate one parsed file and layer it over ``raw``."""
-    if "version" in data and (not _is_int(data["version"]) or data["version"] != CATALOGUE_VERSION):
+    if "version" in data and (not validation.is_int(data["version"]) or data["version"] != CATALOGUE_VERSION):
         raise _Where(source, "top level", "version").error(
             f"this package reads catalogue version {CATALOGUE_VERSION}, got {data['version']!r}")
 
@@ -355,7 +327,7 @@ def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalo
     for path in extra_files:
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_regular_file(path).decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise PromptConfigError(f"{source}: cannot read prompt file: {e}") from e
         _merge_file(raw, _parse_yaml(text, source), source)

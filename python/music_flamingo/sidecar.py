@@ -13,7 +13,10 @@ the rules here are about never losing their data:
 * writers of one sidecar are serialised across threads and processes with a lock file (``<sidecar>.lock``) and the
   file is re-read inside the lock, so concurrent updates of different keys all land. The empty lock file stays
   after use (filelock keeps it so that waiting processes lock the same inode); it is named ``*.INFO.lock`` so tools
-  globbing ``*.INFO`` do not see it.
+  globbing ``*.INFO`` do not see it (for names near the 255-byte limit, lock and temporary file are named after a
+  hash of the sidecar's name: :func:`companion_stem`);
+* the temporary file of a write that was killed (SIGKILL, power loss) is removed by the next batch run
+  (:func:`remove_stale_temp_files`), only once no writer holds its sidecar's lock.
 
 :class:`FileHashCache` hashes multi-gigabyte model files once per (path, size, mtime) so the model's sha256 can be
 recorded in each sidecar without rereading gigabytes per track.
@@ -35,6 +38,7 @@ from filelock import FileLock, Timeout
 
 from ._logging import logger
 from .errors import SidecarError
+from .fsutil import read_regular_file
 
 PathLike = Union[str, os.PathLike]
 
@@ -114,7 +118,7 @@ def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]
 
     # Write through symlinks instead of replacing them, and lock the file that is actually written.
     target = Path(os.path.realpath(path))
-    lock = FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S)
+    lock = FileLock(str(target.parent / companion_stem(target)) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         lock.acquire()
     except Timeout as exc:
@@ -134,17 +138,31 @@ def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]
         else:
             new_text = "{}\n"
         if new_text != old_text:
-            _atomic_write_text(target, new_text)
+            atomic_write_text(target, new_text)
             logger.debug("updated %s: %s", path, ", ".join(rendered))
     finally:
         lock.release()
     return json.loads(new_text)
 
 
+NAME_MAX = 255  # bytes in one file name on every common Linux/macOS filesystem
+
+
+def companion_stem(target: Path) -> str:
+    """What the lock (``<stem>.lock``) and temporary files (``.<stem>.<8 chars>.tmp``) of ``target`` are named after:
+    its own name, or — for a name too long to take those 14 extra bytes (a 250-byte track name is legal) — the
+    sha1 of it, so that such a track still gets its sidecar."""
+    name = os.fsencode(target.name)
+    if len(name) + 14 <= NAME_MAX:
+        return target.name
+    return hashlib.sha1(name).hexdigest() + target.suffix
+
+
 def _read_text(path: Path) -> str | None:
-    """The sidecar's text, ``None`` if it does not exist."""
+    """The sidecar's text, ``None`` if it does not exist. A FIFO, device or directory named like a sidecar is
+    refused (:mod:`.fsutil`): it once hung a batch forever."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -233,7 +251,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_text(target: Path, text: str) -> None:
+def atomic_write_text(target: Path, text: str) -> None:
     """Replace ``target`` with ``text`` so that any reader or crash sees the old or the new file, never a mix.
 
     The replacement keeps the old file's permission bits (and owner where allowed); a new file gets the mode a plain
@@ -248,7 +266,7 @@ def _atomic_write_text(target: Path, text: str) -> None:
     except OSError as exc:
         raise SidecarError(f"cannot stat {target} ({exc}); it was left untouched") from exc
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{companion_stem(target)}.", suffix=".tmp")
     except OSError as exc:
         raise SidecarError(f"cannot create a temporary file beside {target} ({exc}); it was left untouched") from exc
     try:
@@ -277,6 +295,50 @@ def _atomic_write_text(target: Path, text: str) -> None:
             raise SidecarError(f"cannot write {target} ({exc}); it was left untouched") from exc
         raise
     _fsync_directory(directory)
+
+
+# What atomic_write_text leaves behind when the process is killed between mkstemp and the rename:
+# "." + the sidecar's companion stem + "." + mkstemp's 8 random characters + ".tmp".
+_TEMP_RE = re.compile(r"^\.(?P<target>.+" + re.escape(SIDECAR_SUFFIX) + r")\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temp_files(root: PathLike) -> list[Path]:
+    """Remove the temporary files of sidecar writes that were killed (``.<name>.INFO.<random>.tmp``, 10-20 MB each
+    with large sidecars) under ``root``; returns what was removed. Hidden folders are not entered.
+
+    Safe with other processes writing in the same dataset: only names of exactly our pattern are considered, and
+    one is removed only while holding its sidecar's lock, which every writer holds from creating its temporary file
+    until renaming it — so a temporary file found unlocked belongs to no live writer.
+    """
+    removed: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            m = _TEMP_RE.match(name)
+            if m is None:
+                continue
+            tmp = Path(dirpath) / name
+            lock = FileLock(str(Path(dirpath) / m["target"]) + ".lock")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # being written right now
+            except OSError as exc:
+                logger.warning("could not lock %s to remove %s: %s", lock.lock_file, tmp, exc)
+                continue
+            try:
+                if not tmp.is_symlink() and tmp.is_file():
+                    tmp.unlink()
+                    removed.append(tmp)
+            except FileNotFoundError:
+                pass  # another process removed it first
+            except OSError as exc:
+                logger.warning("could not remove stale temporary file %s: %s", tmp, exc)
+            finally:
+                lock.release()
+    if removed:
+        logger.info("removed %d temporary file(s) of interrupted sidecar writes", len(removed))
+    return removed
 
 
 def default_hash_cache_dir() -> Path:
@@ -369,7 +431,7 @@ class FileHashCache:
                     self._entries.setdefault(k, v)  # type: ignore[union-attr]
                 text = json.dumps({"version": _HASH_CACHE_VERSION, "files": on_disk}, indent=2,
                                   ensure_ascii=False) + "\n"
-                _atomic_write_text(self.cache_file, text)
+                atomic_write_text(self.cache_file, text)
         except (OSError, SidecarError) as exc:
             logger.warning("could not save hash cache %s: %s", self.cache_file, exc)
 
@@ -390,4 +452,4 @@ def _hash_stable(path: Path, attempts: int = 3) -> tuple[str, os.stat_result]:
 
 
 __all__ = ["FileHashCache", "LOCK_TIMEOUT_S", "SIDECAR_SUFFIX", "default_hash_cache_dir", "has_keys",
-           "read_sidecar", "sidecar_path", "update_sidecar"]
+           "atomic_write_text", "read_sidecar", "remove_stale_temp_files", "sidecar_path", "update_sidecar"]

@@ -337,7 +337,7 @@ class MusicFlamingoTransformers(Analyzer):
 
         ``audio`` is a path (decoded and resampled here) or a float32 mono array at 16 kHz. A bare string prompt
         gets ``max_tokens`` and greedy decoding. Prompts with the same sampling settings are decoded together in
-        one batch; ``temperature <= 0`` is greedy; a sampled batch starts from ``torch.manual_seed(seed)``.
+        one batch; ``temperature == 0`` is greedy; a sampled batch starts from ``torch.manual_seed(seed)``.
         ``render_special`` keeps the text of special tokens in the answers.
         """
         torch = self._torch

@@ -1,0 +1,132 @@
+"""The allowed range of every value a user sets — sampling, token limits, durations, concurrency — in one place.
+
+Each check returns what is wrong in words, or ``None``, so that every boundary can report it its own way before any
+model loads: the prompt catalogue names the file, prompt and field (``PromptConfigError``), the command line prints
+a usage error and exits 2, the Python API raises :class:`~music_flamingo.errors.InvalidInputError` (a
+``ValueError``). NaN and infinities are refused everywhere: a NaN temperature once turned every token into the
+same id and put a bare ``NaN`` (not JSON) into manifests.
+
+Numbers cross into C++ as ``float``/``int``/``uint32``, so bounds are those types' ranges where nothing stricter
+applies: a value the engine cannot hold is refused here rather than silently becoming ``inf`` or wrapping around.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable
+
+from .errors import InvalidInputError
+
+# The catalogue's (and the command line's) own cap on answer length; the model's trained context bounds
+# generate() calls further (see gguf_backend).
+MAX_TOKENS_LIMIT = 8192
+SEED_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+# llama.cpp holds at most 256 sequences in one context (LLAMA_MAX_SEQ); each track in flight needs at least one.
+MAX_TRACKS_IN_FLIGHT = 256
+# Shorter audio has no music to describe, and llama.cpp's audio preprocessing asserts (aborts the process) on
+# 1-4 samples: 0.1 s = 1600 samples at 16 kHz = 10 mel frames, at least 2 audio tokens. Kept here, with the other
+# limits, and used by audio.py for every array and file.
+MIN_AUDIO_SECONDS = 0.1
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    """An int or float (numpy's too), not a bool, finite, and finite as a C float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return math.isfinite(f) and abs(f) <= FLOAT32_MAX
+
+
+def temperature(v: Any) -> str | None:
+    if not is_real(v) or v < 0:
+        return f"must be a finite number >= 0 (0 decodes greedily), got {v!r}"
+    return None
+
+
+def top_p(v: Any) -> str | None:
+    if not is_real(v) or not 0 < v <= 1:
+        return f"must be a number in (0, 1], got {v!r}"
+    return None
+
+
+def min_p(v: Any) -> str | None:
+    if not is_real(v) or not 0 <= v <= 1:
+        return f"must be a number in [0, 1], got {v!r}"
+    return None
+
+
+def top_k(v: Any) -> str | None:
+    if not is_int(v) or not 0 <= v <= INT32_MAX:
+        return f"must be an integer >= 0 (0 disables top-k), got {v!r}"
+    return None
+
+
+def repeat_penalty(v: Any) -> str | None:
+    if not is_real(v) or v <= 0:
+        return f"must be a finite number > 0 (1.0 disables it), got {v!r}"
+    return None
+
+
+def seed(v: Any) -> str | None:
+    if not is_int(v) or not 0 <= v <= SEED_MAX:
+        return f"must be an integer in 0..{SEED_MAX}, got {v!r}"
+    return None
+
+
+def max_tokens(v: Any, limit: int = MAX_TOKENS_LIMIT) -> str | None:
+    if not is_int(v) or not 1 <= v <= limit:
+        return f"must be an integer in 1..{limit}, got {v!r}"
+    return None
+
+
+def max_duration(v: Any) -> str | None:
+    if not is_real(v) or v < MIN_AUDIO_SECONDS:
+        return f"must be a finite number of seconds >= {MIN_AUDIO_SECONDS}, got {v!r}"
+    return None
+
+
+def tracks_in_flight(v: Any) -> str | None:
+    if v == "auto":  # sized by the engine from free device memory
+        return None
+    if not is_int(v) or not 1 <= v <= MAX_TRACKS_IN_FLIGHT:
+        return f"must be 'auto' or an integer in 1..{MAX_TRACKS_IN_FLIGHT}, got {v!r}"
+    return None
+
+
+def require(field: str, problem: str | None) -> None:
+    """Raise :class:`InvalidInputError` naming ``field`` when a check found a problem (the Python API's way)."""
+    if problem is not None:
+        raise InvalidInputError(f"{field} {problem}")
+
+
+def cli_type(convert: Callable[[str], Any], check: Callable[[Any], str | None]) -> Callable[[str], Any]:
+    """An argparse ``type=``: parse with ``convert`` and refuse what ``check`` refuses, so a bad value is a usage
+    error (exit 2) before the model loads, not a failure of every track after it."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid {convert.__name__}: {text!r}") from None
+        problem = check(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = check.__name__.replace("_", "-")  # argparse names the type in some messages
+    return parse
+
+
+__all__ = ["is_int", "is_real", "MAX_TOKENS_LIMIT", "MAX_TRACKS_IN_FLIGHT", "MIN_AUDIO_SECONDS", "SEED_MAX", "cli_type", "max_duration",
+           "max_tokens", "min_p", "repeat_penalty", "require", "seed", "temperature", "top_k", "top_p",
+           "tracks_in_flight"]

@@ -1,0 +1,125 @@
+"""Files that are not what their names say (issue 11, defect 4) and what killed writes leave behind (defect 6).
+Fast: no model is loaded here."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from music_flamingo.errors import AudioDecodeError, PromptConfigError, SidecarError
+from music_flamingo.sidecar import companion_stem, has_keys, read_sidecar, remove_stale_temp_files, update_sidecar
+
+
+def _no_hang(fn, *args, **kwargs):
+    """Run ``fn`` and fail (instead of hanging the suite) if it blocks: a FIFO read would wait forever."""
+    import threading
+
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(("ok", fn(*args, **kwargs)))
+        except BaseException as e:  # noqa: BLE001
+            out.append(("raised", e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    assert out, f"{fn.__name__} blocked"
+    return out[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "device", "symlink-to-fifo"])
+def test_a_sidecar_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path, kind):
+    side = tmp_path / "song.INFO"
+    if kind == "fifo":
+        os.mkfifo(side)
+    elif kind == "dir":
+        side.mkdir()
+    elif kind == "device":
+        side.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(tmp_path / "pipe")
+        side.symlink_to(tmp_path / "pipe")
+    for fn, args in ((read_sidecar, (side,)), (has_keys, (side, ["k"])), (update_sidecar, (side, {"k": 1}))):
+        status, value = _no_hang(fn, *args)
+        assert status == "raised" and isinstance(value, SidecarError), (fn.__name__, value)
+        assert "not a regular file" in str(value)
+    assert os.path.lexists(side) and not side.is_file()  # left as it was
+
+
+def test_a_fifo_named_like_a_prompt_file_or_a_track_is_refused(tmp_path):
+    from music_flamingo.audio import load_audio
+    from music_flamingo.prompts import load_catalogue
+
+    os.mkfifo(tmp_path / "p.yaml")
+    os.mkfifo(tmp_path / "t.wav")
+    status, err = _no_hang(load_catalogue, [tmp_path / "p.yaml"])
+    assert status == "raised" and isinstance(err, PromptConfigError) and "FIFO" in str(err)
+    status, err = _no_hang(load_audio, tmp_path / "t.wav")
+    assert status == "raised" and isinstance(err, AudioDecodeError) and "FIFO" in str(err)
+
+
+def test_stale_temp_files_are_removed_only_when_ours_and_unlocked(tmp_path):
+    d = tmp_path / "data" / "album"
+    d.mkdir(parents=True)
+    stale = d / ".song.INFO.ab_12cd3.tmp"
+    busy = d / ".busy.INFO.zz9_yy8x.tmp"
+    not_ours = [d / ".song.INFO.short.tmp", d / ".song.json.abcdefgh.tmp", d / "song.INFO.abcdefgh.tmp",
+                d / ".song.INFO.abcdefgh.tmp.bak"]
+    hidden = tmp_path / "data" / ".music-flamingo" / ".x.INFO.abcdefgh.tmp"
+    hidden.parent.mkdir()
+    for p in [stale, busy, *not_ours, hidden]:
+        p.write_text("{")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"l = FileLock({str(d / 'busy.INFO.lock')!r}); l.acquire(); print(1, flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"  # a live writer holds busy.INFO's lock
+        removed = remove_stale_temp_files(tmp_path / "data")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert removed == [stale]
+    assert busy.exists() and hidden.exists() and all(p.exists() for p in not_ours)
+    assert remove_stale_temp_files(tmp_path / "data") == [busy]  # its writer is gone
+
+
+def test_a_killed_write_leaves_a_temp_file_that_the_sweep_removes(tmp_path):
+    """A real SIGKILL in the middle of update_sidecar (held in fsync by a huge value), then the sweep."""
+    side = tmp_path / "song.INFO"
+    side.write_text(json.dumps({"bpm": 120}))
+    code = ("import sys, os; sys.path.insert(0, %r)\n"
+            "from music_flamingo import sidecar\n"
+            "real = os.fsync\n"
+            "def slow(fd):\n"
+            "    print('writing', flush=True); import time; time.sleep(60)\n"
+            "sidecar.os.fsync = slow\n"
+            "sidecar.update_sidecar(%r, {'music_flamingo_full': 'x' * 1000})\n") % (
+        str(Path(__file__).resolve().parents[1] / "python"), str(side))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    p.kill()
+    p.wait()
+    temps = list(tmp_path.glob(".song.INFO.*.tmp"))
+    assert len(temps) == 1
+    assert json.loads(side.read_text()) == {"bpm": 120}  # the old file, whole
+    assert remove_stale_temp_files(tmp_path) == temps
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_names_near_the_limit_get_a_hashed_lock_and_temp_name(tmp_path):
+    long = tmp_path / ("x" * 246 + ".INFO")  # 251 bytes: legal, but name.lock and .name.XXXXXXXX.tmp are not
+    assert companion_stem(long) != long.name and companion_stem(long).endswith(".INFO")
+    assert companion_stem(tmp_path / "song.INFO") == "song.INFO"
+    update_sidecar(long, {"a": 1})
+    update_sidecar(long, {"b": 2})
+    assert read_sidecar(long) == {"a": 1, "b": 2}
+    multibyte = tmp_path / ("é" * 124 + ".INFO")  # 253 bytes in UTF-8
+    update_sidecar(multibyte, {"a": 1})
+    assert read_sidecar(multibyte) == {"a": 1}
+
