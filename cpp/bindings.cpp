@@ -105,7 +105,9 @@ std::optional<mf::ChatPieces> to_chat(const py::object & chat) {
 // Checked here, with the GIL held, so the message names what the caller passed. Returns a private copy: the
 // caller may reuse its buffer while the engine runs.
 std::vector<float> to_pcm(const py::array & audio, int sample_rate, int engine_rate) {
-    if (!audio.dtype().is(py::dtype::of<float>())) {
+    // by type number, not identity: a float32 array that went through pickle (multiprocessing, Ray) has its own
+    // dtype object
+    if (audio.dtype().num() != py::dtype::of<float>().num() || audio.dtype().itemsize() != 4) {
         throw mf::InputError("audio must be a float32 array (got " + std::string(py::str(audio.dtype())) +
                              "); music_flamingo.audio.load_audio() converts anything else");
     }

@@ -4,9 +4,8 @@ crash, a hang or lost data.
 
 Table-driven: :data:`CASES` holds one row per kind. Risky rows run in a :class:`crash_harness.CrashCatcher` child
 with the tiny engine resident there, so an abort fails that row (naming the signal and llama.cpp's last words)
-instead of the session. Command-line rows run the real CLI in a subprocess. Rows marked ``cpp=True`` fail today
-because of engine defects being fixed in C++ (issue 11, defects 1-3); they carry the ``needs_cpp_fix`` marker and
-are expected to crash or misbehave until then — they are not skipped. README's "What happens when ..." table is
+instead of the session. Command-line rows run the real CLI in a subprocess. Rows marked ``cpp=True`` go
+straight into ``_core.Engine``, past the Python checks: the C++ guards alone must hold (issue 11, defects 1-3). README's "What happens when ..." table is
 this table.
 """
 from __future__ import annotations
@@ -72,7 +71,8 @@ def child_generate(model: str, mmproj: str, audio: np.ndarray, prompts: list[dic
     mf = engine(model, mmproj, flash_attn=False)
     if native:
         audio = np.ascontiguousarray(audio).view(np.float32)  # the canonical descriptor (see audio.as_engine_audio)
-        raw = mf._engine.generate(audio, sample_rate, prompts, "", False, FRAMINGS[framing or mf.framing], False)
+        code = FRAMINGS[framing or mf.framing]
+        raw = mf._engine.generate(audio, sample_rate, prompts, "", False, code, False, mf._chat(code))
         texts = [o["text"] for o in raw["outputs"]]
     else:
         texts = mf.generate(audio, [Prompt(**p) for p in prompts], framing=framing, sample_rate=sample_rate).texts
@@ -413,7 +413,7 @@ class Case:
     kind: str                       # what README's "What happens when ..." says
     run: Callable[[Env], Any]
     expect: Callable[[Any], None]
-    cpp: bool = False               # fails today because of a C++ engine defect (issue 11, defects 1-3)
+    cpp: bool = False               # straight into the native engine: its own guards (issue 11, defects 1-3)
     marks: tuple = field(default=())
 
 
@@ -576,8 +576,7 @@ def env(tmp_path, tiny, track, catcher) -> Env:
 
 def _params():
     for c in CASES:
-        marks = [pytest.mark.needs_cpp_fix] if c.cpp else []
-        yield pytest.param(c, id=c.kind, marks=marks)
+        yield pytest.param(c, id=c.kind)
 
 
 @pytest.mark.parametrize("case", list(_params()))

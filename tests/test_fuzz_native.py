@@ -10,8 +10,8 @@ pads each window), about 1 s on the 2-core CI machine. So CI runs, through the P
   the engine — never reach an assert), and
 * 20 valid examples that run all the way through the engine (each must answer every prompt);
 and against the raw ``_core.Engine`` (the C++ guards alone, without the Python checks) 150 invalid and 10 valid
-examples, plus the crashes this fuzz found, kept as explicit cases (``needs_cpp_fix`` until the engine guards
-land). More by hand: ``MUSIC_FLAMINGO_FUZZ_EXAMPLES=20000 MUSIC_FLAMINGO_FUZZ_VALID=1000
+examples, plus the crashes this fuzz found (aborts in mtmd before the engine's guards), kept as explicit cases.
+More by hand: ``MUSIC_FLAMINGO_FUZZ_EXAMPLES=20000 MUSIC_FLAMINGO_FUZZ_VALID=1000
 MUSIC_FLAMINGO_FUZZ_NATIVE=5000 pytest tests/test_fuzz_native.py`` (random seeds then, instead of CI's fixed ones).
 """
 from __future__ import annotations
@@ -95,11 +95,12 @@ def fuzz_call(model: str, mmproj: str, call: dict, native: bool) -> int:
     if native:
         eng = mf._engine
         code = FRAMINGS.get(framing, 7) if framing is not None else FRAMINGS[mf.framing]
+        chat = mf._chat(code) if code in FRAMINGS.values() else None  # the rendered template, as the package passes
         if call["mode"] == "generate":
             audio, ps = tracks[0]
-            raw = eng.generate(audio, call["sample_rate"], ps, "", False, code, False)
+            raw = eng.generate(audio, call["sample_rate"], ps, "", False, code, False, chat)
             return len(raw["outputs"])
-        raws = eng.generate_many(tracks, call["sample_rate"], "", False, code, call["tracks_in_flight"])
+        raws = eng.generate_many(tracks, call["sample_rate"], "", False, code, call["tracks_in_flight"], chat)
         return sum(len(r["outputs"]) for r in raws)
     if call["mode"] == "generate":
         audio, ps = tracks[0]
@@ -239,7 +240,7 @@ def test_valid_input_is_answered(fuzz, call):
 
 
 # The raw engine, without the Python checks: the C++ guards alone must hold. What this fuzz found is kept as
-# explicit cases (issue 11, defects 1 and 2); they crash the process until the engine checks them.
+# explicit cases (issue 11, defects 1 and 2); they crashed the process before the engine checked them.
 def _call(n: int, framing: str | None = None, max_tokens: int = 1) -> dict:
     return {"mode": "generate", "tracks": [({"n": n, "dtype": "float32", "shape": "1d", "fill": "noise", "seed": 0},
                                             [{"text": "Describe the music.", "max_tokens": max_tokens}])],
@@ -253,14 +254,12 @@ FOUND_BY_FUZZING = {  # GGML_ASSERT(buf.size() > sizeof(float)) in mtmd.cpp: a w
 }
 
 
-@pytest.mark.needs_cpp_fix
 @pytest.mark.parametrize("name", list(FOUND_BY_FUZZING))
 def test_native_engine_cases_found_by_fuzzing(fuzz, name):
     out = fuzz(FOUND_BY_FUZZING[name], native=True)
     assert out.status in ("returned", "raised"), out.describe()
 
 
-@pytest.mark.needs_cpp_fix
 @given(case=invalid_call())
 @_settings(NATIVE_EXAMPLES)
 def test_native_engine_refuses_invalid_input_without_crashing(fuzz, case):
@@ -271,7 +270,6 @@ def test_native_engine_refuses_invalid_input_without_crashing(fuzz, case):
         assert out.raised(*CLEAN_NATIVE), f"{what}: {out.describe()}"
 
 
-@pytest.mark.needs_cpp_fix
 @given(call=valid_call())
 @_settings(max(1, VALID_EXAMPLES // 2))
 def test_native_engine_answers_valid_input(fuzz, call):

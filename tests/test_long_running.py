@@ -127,7 +127,8 @@ def race_close(model: str, mmproj: str, delays_ms: list[float], native: bool, se
         def run() -> None:
             try:
                 if native:
-                    mf._engine.generate(audio, SR, [{"text": "Describe.", "max_tokens": 2}], "", False, 2, False)
+                    mf._engine.generate(audio, SR, [{"text": "Describe.", "max_tokens": 2}], "", False, 2, False,
+                                        mf._chat(2))
                 else:
                     mf.generate(audio, [Prompt("Describe.", max_tokens=2)])
                 outcome.append("answered")
@@ -159,7 +160,7 @@ def test_close_racing_generate_waits_for_the_call(tiny):
     assert set(answered.value) <= {"answered", "EngineError"}, answered.value
 
 
-@pytest.mark.needs_cpp_fix  # issue 11 defect 3: the raw engine is freed while generate() is still checking audio
+# issue 11 defect 3: the raw engine was freed while generate() was still checking audio (now each call holds it)
 def test_raw_engine_close_racing_generate_never_crashes(tiny):
     catcher = CrashCatcher(timeout_s=900)
     try:
