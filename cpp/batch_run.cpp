@@ -462,13 +462,24 @@ void BatchRun::sample_step() {
         }
     }
     auto t0 = Clock::now();
-    auto sample_row = [&](int r) { rows[(size_t) r].tok = rows[(size_t) r].a->samplers[rows[(size_t) r].i]->sample(rows[(size_t) r].logits, n_vocab_); };
+    std::vector<std::exception_ptr> errors(rows.size());  // an exception must not leave a pool thread
+    auto sample_row = [&](int r) {
+        Row & row = rows[(size_t) r];
+        try {
+            row.tok = row.a->samplers[row.i]->sample(row.logits, n_vocab_);
+        } catch (...) {
+            errors[(size_t) r] = std::current_exception();
+        }
+    };
     if (res_.pool) {
         res_.pool->run((int) rows.size(), sample_row);
     } else {
         for (int r = 0; r < (int) rows.size(); r++) sample_row(r);
     }
     stats_.sample_ms += ms_between(t0, Clock::now());
+    for (const auto & e : errors) {
+        if (e) std::rethrow_exception(e);
+    }
     for (auto & r : rows) accept(*r.a, r.i, r.tok);
 }
 

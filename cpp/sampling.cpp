@@ -118,7 +118,11 @@ int32_t SequenceSampler::sample(float * logits, int n_vocab) {
     if (path == Path::TopK) {
         top_k_candidates(logits, n_vocab, top_k_, cur_);
         sorted = true;
-    } else {
+    }
+    if (cur_.empty() || path != Path::TopK) {
+        // all n_vocab candidates (also when a row of NaN, from absurd audio, left top-k none: llama.cpp's chain
+        // then picks as it always did)
+        sorted = false;
         cur_.resize((size_t) n_vocab);
         for (int i = 0; i < n_vocab; i++) cur_[(size_t) i] = {i, logits[i], 0.0f};
     }
