@@ -119,14 +119,16 @@ def test_gil_is_released_while_generating(engine, clips):
         done.set()
 
     t = threading.Thread(target=work)
+    t0 = time.perf_counter()
     t.start()
     while not done.is_set():
         ticks += 1
         time.sleep(0.001)
     t.join()
-    assert result["r"].stats.total_ms > 200
+    call_ms = (time.perf_counter() - t0) * 1000
+    assert call_ms > 200
     # Python kept running in this thread for most of the call
-    assert ticks > result["r"].stats.total_ms / 10
+    assert ticks > call_ms / 10
 
 
 def test_concurrent_callers_are_serialized(engine, clips):

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crash_harness import CrashCatcher, engine
+from music_flamingo.validation import MIN_AUDIO_SAMPLES
 
 INVALID_EXAMPLES = int(os.environ.get("MUSIC_FLAMINGO_FUZZ_EXAMPLES", "2000"))
 VALID_EXAMPLES = int(os.environ.get("MUSIC_FLAMINGO_FUZZ_VALID", "20"))
@@ -131,7 +132,7 @@ def valid_prompt(draw) -> dict:
 
 @st.composite
 def valid_audio(draw) -> dict:
-    n = draw(st.one_of(st.integers(1600, 3 * SR), st.integers(WINDOW - 2, WINDOW + 3200)))
+    n = draw(st.one_of(st.integers(MIN_AUDIO_SAMPLES, 3 * SR), st.integers(WINDOW - 2, WINDOW + 3200)))
     return {"n": n, "dtype": "float32", "shape": draw(st.sampled_from(["1d", "strided"])),
             "fill": draw(st.sampled_from(["noise", "zeros", "huge", "denormal", "clip"])),
             "seed": draw(st.integers(0, 2**16))}
@@ -172,7 +173,7 @@ def invalid_call(draw) -> tuple[dict, str]:
         if what in ("number", "text") and not prompts:
             continue  # already without prompts
         if what == "length":
-            audio["n"] = draw(st.one_of(st.integers(0, 10), st.integers(11, 1599)))
+            audio["n"] = draw(st.one_of(st.integers(0, 10), st.integers(11, MIN_AUDIO_SAMPLES - 1)))
         elif what == "dtype":
             audio["dtype"] = draw(st.sampled_from(["float64", "float16", "int16", "int32", "uint8", "int8",
                                                    "complex64", "bool", ">f4"]))
@@ -200,7 +201,7 @@ def invalid_call(draw) -> tuple[dict, str]:
         done.append(what)
     if not done:
         audio = call["tracks"][0][0]
-        audio["n"] = draw(st.integers(0, 1599))
+        audio["n"] = draw(st.integers(0, MIN_AUDIO_SAMPLES - 1))
         done.append("length")
     return call, "+".join(done)
 

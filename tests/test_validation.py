@@ -105,7 +105,7 @@ def test_truncation_never_cuts_below_the_minimum():
     with pytest.raises(InvalidInputError, match="empty|too short"):  # 1e-5 s is 0 samples
         prepare_audio(np.ones(16000, np.float32), 16000, max_seconds=1e-5)
     with pytest.raises(InvalidInputError, match="too short"):
-        prepare_audio(np.ones(16000, np.float32), 16000, max_seconds=0.05)
+        prepare_audio(np.ones(16000, np.float32), 16000, max_seconds=0.015)
     ok = prepare_audio(np.ones(16000, np.float32), 16000, max_seconds=validation.MIN_AUDIO_SECONDS)
     assert len(ok.pcm) == MIN_SAMPLES and ok.truncated
 

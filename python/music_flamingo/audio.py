@@ -17,11 +17,11 @@ import numpy as np
 from ._logging import logger
 from .errors import AudioDecodeError, InvalidInputError
 from .fsutil import require_regular_file
-from .validation import MIN_AUDIO_SECONDS
+from .validation import MIN_AUDIO_SAMPLES
 
 TARGET_SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 768000  # telephone audio .. 2x DXD (hi-res masters are 352.8/384 kHz)
-MIN_SAMPLES = int(MIN_AUDIO_SECONDS * TARGET_SAMPLE_RATE)  # what the engine is ever given, after conversion
+MIN_SAMPLES = MIN_AUDIO_SAMPLES  # what the engine is ever given, after conversion (20 ms: the first audio token)
 
 AudioSource = Union[str, os.PathLike, np.ndarray]
 
@@ -70,8 +70,8 @@ def require_min_length(pcm: np.ndarray) -> np.ndarray:
         raise InvalidInputError("audio is empty")
     if pcm.size < MIN_SAMPLES:
         raise InvalidInputError(f"audio is too short: {pcm.size} samples at {TARGET_SAMPLE_RATE} Hz "
-                                f"({pcm.size / TARGET_SAMPLE_RATE * 1000:.1f} ms) after conversion; "
-                                f"at least {MIN_AUDIO_SECONDS} s is needed")
+                                f"({pcm.size / TARGET_SAMPLE_RATE * 1000:.1f} ms) after conversion; audio shorter "
+                                f"than 20 ms gives the model no audio token (at least {MIN_SAMPLES} samples)")
     return pcm
 
 

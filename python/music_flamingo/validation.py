@@ -25,10 +25,12 @@ INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38
 # llama.cpp holds at most 256 sequences in one context (LLAMA_MAX_SEQ); each track in flight needs at least one.
 MAX_TRACKS_IN_FLIGHT = 256
-# Shorter audio has no music to describe, and llama.cpp's audio preprocessing asserts (aborts the process) on
-# 1-4 samples: 0.1 s = 1600 samples at 16 kHz = 10 mel frames, at least 2 audio tokens. Kept here, with the other
-# limits, and used by audio.py for every array and file.
-MIN_AUDIO_SECONDS = 0.1
+# Shorter audio gives the model no audio token (the reference's first token needs 321 samples at 16 kHz: 3 mel
+# frames, then the stride-2 conv and pool), and llama.cpp's audio preprocessing asserts (aborts the process) on a
+# few samples. Kept here, with the other limits, and used by audio.py for every array and file; the engine refuses
+# the same in C++ (cpp/prefix.h, kMinAudioSamples).
+MIN_AUDIO_SAMPLES = 321
+MIN_AUDIO_SECONDS = MIN_AUDIO_SAMPLES / 16000  # 20.06 ms
 
 
 def is_int(v: Any) -> bool:
@@ -127,6 +129,6 @@ def cli_type(convert: Callable[[str], Any], check: Callable[[Any], str | None]) 
     return parse
 
 
-__all__ = ["is_int", "is_real", "MAX_TOKENS_LIMIT", "MAX_TRACKS_IN_FLIGHT", "MIN_AUDIO_SECONDS", "SEED_MAX", "cli_type", "max_duration",
+__all__ = ["is_int", "is_real", "MAX_TOKENS_LIMIT", "MAX_TRACKS_IN_FLIGHT", "MIN_AUDIO_SAMPLES", "MIN_AUDIO_SECONDS", "SEED_MAX", "cli_type", "max_duration",
            "max_tokens", "min_p", "repeat_penalty", "require", "seed", "temperature", "top_k", "top_p",
            "tracks_in_flight"]
