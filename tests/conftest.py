@@ -21,6 +21,14 @@ from tiny_model import ensure_tiny_model  # noqa: E402
 
 CACHE = fetch_llama_cpp.cache_root()
 SR = 16000
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python that must import the same music_flamingo as this process: the parent's
+    whole import path, so an installed wheel (CI) and a source tree with a built module (dev) both work."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **extra}
+
+
 DEFAULT_KEYS = ["music_flamingo_full", "music_flamingo_technical", "music_flamingo_genre_mood",
                 "music_flamingo_instrumentation", "music_flamingo_structure"]
 

@@ -45,7 +45,8 @@ def other_tool(i: int, big: bool) -> dict:
 
 
 def make_dataset(root: Path, music: np.ndarray, n: int = N_TRACKS, bad: int = 0) -> tuple[list[Path], dict]:
-    """``n`` short tracks (organized folders with a crop, loose files), other tools' sidecars on every second one,
+    """``n`` short tracks (organized folders with a crop in their ``crops/``, loose files), other tools' sidecars on
+    every second one,
     and ``bad`` undecodable files. Returns the tracks (bad ones included) and the other tools' data by sidecar."""
     from music_flamingo.sidecar import sidecar_path
 
@@ -53,10 +54,9 @@ def make_dataset(root: Path, music: np.ndarray, n: int = N_TRACKS, bad: int = 0)
     for i in range(n):
         a = SR * (5 + (i * 3) % 100)
         clip = music[a:a + int(SR * 1.2)]
-        if i % 4 < 2:  # organized: full_mix + crop in one folder
+        if i % 4 < 2:  # organized: full_mix, and a crop in its crops folder (the users' layout)
             folder = root / f"Artist {i // 4:02d} - Song"
-            name = "full_mix.flac" if i % 4 == 0 else "full_mix_crop_01.flac"
-            p = folder / name
+            p = folder / "full_mix.flac" if i % 4 == 0 else folder / "crops" / f"Artist {i // 4:02d} - Song_1.flac"
         else:
             p = root / f"loose{i % 3}" / f"track {i:02d}.flac"
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SR
+from conftest import SR, child_env
 from crash_harness import CrashCatcher, engine
 
 SOAK_CALLS = int(os.environ.get("MUSIC_FLAMINGO_SOAK_CALLS", "20"))
 EXIT_RUNS = int(os.environ.get("MUSIC_FLAMINGO_EXIT_RUNS", "3"))
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _proc_status(key: str) -> int:
@@ -222,10 +221,9 @@ def exit_setup(tmp_path_factory, track):
 
 
 def _exit_run(tiny, d: Path, mode: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, str(d / "exit.py"), str(tiny.model_gguf), str(tiny.mmproj_gguf),
                            str(d / "p.yaml"), str(d / "data"), mode], capture_output=True, text=True, timeout=600,
-                          env=env)
+                          env=child_env())
 
 
 def test_exit_with_a_live_engine(tiny, exit_setup):

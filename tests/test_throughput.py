@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import SR
+from conftest import SR, child_env
 from music_flamingo import InvalidInputError, MusicFlamingoGGUF, Prompt, _core
 
 SAMPLED = [Prompt("Describe this track.", max_tokens=24, temperature=0.7, top_p=0.9, top_k=50, seed=42 + i)
@@ -117,8 +117,7 @@ def test_huge_max_tokens_fails_before_anything_is_allocated(engine, track):
 def _run_isolated(code: str, tiny) -> subprocess.CompletedProcess:
     """Risky calls run in a child process (the same interpreter and import path): an abort there fails the test
     instead of killing the suite."""
-    env = {**os.environ, "MODEL": str(tiny.model_gguf), "MMPROJ": str(tiny.mmproj_gguf),
-           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = child_env(MODEL=str(tiny.model_gguf), MMPROJ=str(tiny.mmproj_gguf))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=300, env=env)
 
@@ -128,7 +127,7 @@ def test_the_engine_refuses_audio_too_short_for_the_mel_without_aborting(tiny):
         import os, numpy as np
         from music_flamingo import _core, InvalidInputError
         e = _core.Engine(os.environ["MODEL"], os.environ["MMPROJ"], n_threads=1, warmup=False)
-        chat = ("<|im_start|>user\n", "\n", "<|im_end|>\n<|im_start|>assistant\n")
+        chat = ("<|im_start|>user\\n", "\\n", "<|im_end|>\\n<|im_start|>assistant\\n")
         for n in (1, 2, 3, 4, 100, 320):
             for framing in (0, 1, 2, 3):
                 try:

@@ -347,7 +347,10 @@ class _Prefetcher:
 
     def want(self, path: Path | None) -> None:
         if self._pool is not None and path is not None and path not in self._pending:
-            self._pending[path] = self._pool.submit(self._load, path)
+            try:
+                self._pending[path] = self._pool.submit(self._load, path)
+            except RuntimeError:  # the interpreter is exiting (thread pools refuse work): get() decodes in place
+                pass
 
     def get(self, path: Path) -> PreparedAudio:
         fut = self._pending.pop(path, None)

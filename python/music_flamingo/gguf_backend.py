@@ -308,32 +308,49 @@ class MusicFlamingoGGUF(Analyzer):
         """Continuous batching over a stream of tracks that share ``prompts``: the engine takes the next array
         from ``audio`` (float32 mono 16 kHz, on its helper thread) whenever it has room, and calls
         ``on_result(index, result)`` as each track finishes — ``result`` is a :class:`GenerationResult` or, for a
-        track that failed alone (too short, too long for the context), the exception. Keep ``on_result`` short:
-        the decode loop waits for it. ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
+        track that failed alone (too short, too long for the context), the exception; ``index`` counts the items
+        of ``audio``. Keep ``on_result`` short: the decode loop waits for it (and audio refused before the engine
+        takes it is reported from the engine's helper thread). ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
         10 minutes). ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
         went (steps, host and decode ms, tracks in flight)."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
         it = iter(audio)
+        taken: list[int] = []  # the stream index of each track the engine took (its own index is the position)
+        count = refused = 0
 
         def next_audio():
-            try:  # (a track whose answers cannot fit the trained context fails alone in the engine, before encoding)
-                return as_engine_audio(next(it))
-            except StopIteration:
-                return None
+            # Audio the engine cannot take (empty, too short, not a float32 array) fails alone, here; a track whose
+            # answers cannot fit the trained context fails alone in the engine, before it is encoded.
+            nonlocal count, refused
+            for item in it:
+                index, count = count, count + 1
+                try:
+                    pcm = as_engine_audio(item)
+                except MusicFlamingoError as e:
+                    refused += 1
+                    on_result(index, e)
+                    continue
+                taken.append(index)
+                return pcm
+            return None
 
         def done(index: int, raw: dict) -> None:
             try:
-                on_result(index, self._result(raw))
+                on_result(taken[index], self._result(raw))
             except MusicFlamingoError as e:
-                on_result(index, e)
+                on_result(taken[index], e)
 
         code = self._framing_code(framing)
         stats = self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, self.system_prompt, False,
                                         code, tracks_in_flight_code(tracks_in_flight), float(max_audio_seconds),
                                         bool(profile), -1 if prepare_ahead is None else int(bool(prepare_ahead)),
                                         self._chat(code))
-        return dict(stats)
+        stats = dict(stats)
+        # The stats cover every item of the stream: those refused here never reached the engine's counters.
+        stats["tracks"] = stats.get("tracks", 0) + refused
+        stats["tracks_failed"] = stats.get("tracks_failed", 0) + refused
+        return stats
 
     def last_run_stats(self) -> dict[str, Any]:
         """Where the time of the last generate/generate_many/generate_stream went (steps, host, decode, admit)."""
