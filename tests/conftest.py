@@ -3,6 +3,7 @@ llama-mtmd-cli, real music from Debian packages, and one resident engine for the
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,12 @@ from mtmd_cli import ensure_mtmd_cli  # noqa: E402
 from tiny_model import ensure_tiny_model  # noqa: E402
 
 CACHE = fetch_llama_cpp.cache_root()
+
+# A suite started in the background by a shell without job control (`nohup … &`) inherits SIGINT ignored, and so
+# would every child it starts: the Ctrl-C tests would then test nothing. Python's own handler here is reset to the
+# default in each child at exec, so the children handle Ctrl-C as a user's terminal would make them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SR = 16000
 
 

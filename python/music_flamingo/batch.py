@@ -430,50 +430,67 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
 
     def admitted() -> Iterator[tuple[Path, PreparedAudio]]:
         """The tracks to analyse, in order, each locked and decoded. The engine pulls from this on its helper
-        thread whenever it can take a track, so locking and decoding stay off the decode loop."""
+        thread whenever it can take a track, so locking and decoding stay off the decode loop. A track locked by
+        another process is looked at once more after the others: if that process died (SIGKILL, a lost node),
+        its lock is free by then and this run does the track instead of leaving it undone."""
+        deferred: list[Path] = []
         for track in _looking_ahead(todo if tracks is None else given(), PREFETCH_AHEAD, prefetch.want):
-            lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
-            lock = FileLock(str(_lock_path(state_dir, track)), thread_local=False)  # released on another thread
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
+            taken = take(track, deferred)
+            if taken is not None:
+                yield taken
+        for track in deferred:
+            taken = take(track, None)
+            if taken is not None:
+                yield taken
+
+    def take(track: Path, deferred: list[Path] | None) -> tuple[Path, PreparedAudio] | None:
+        """One track locked, checked and decoded; None when it is skipped or failed (counted here). A track
+        locked elsewhere goes to ``deferred`` if given, else is counted as skipped."""
+        lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
+        lock = FileLock(str(_lock_path(state_dir, track)), thread_local=False)  # released on another thread
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            prefetch.drop(track)
+            if deferred is not None:
+                deferred.append(track)
+                return None
+            with counting:
+                summary.skipped_locked += 1
+            logger.info("locked by another process, skipped: %s", track)
+            tell(track, "skipped_locked")
+            bar.update(1)
+            return None
+        try:
+            if complete(track):  # another process finished it since we looked
+                with counting:
+                    summary.skipped_complete += 1
+                tell(track, "skipped_complete")
+                with counting:
+                    failures.clear(track)
+                raise _Skip
+            with counting:  # the failures log is used from this thread and the decode thread
+                elsewhere = failures.failed_elsewhere(track)
+            if elsewhere:  # not retried by every process of this run
                 with counting:
                     summary.skipped_locked += 1
-                logger.info("locked by another process, skipped: %s", track)
+                logger.info("failed in another process during this run, skipped: %s", track)
                 tell(track, "skipped_locked")
-                prefetch.drop(track)
-                bar.update(1)
-                continue
-            try:
-                if complete(track):  # another process finished it since we looked
-                    with counting:
-                        summary.skipped_complete += 1
-                    tell(track, "skipped_complete")
-                    with counting:
-                        failures.clear(track)
-                    raise _Skip
-                with counting:  # the failures log is used from this thread and the decode thread
-                    elsewhere = failures.failed_elsewhere(track)
-                if elsewhere:  # not retried by every process of this run
-                    with counting:
-                        summary.skipped_locked += 1
-                    logger.info("failed in another process during this run, skipped: %s", track)
-                    tell(track, "skipped_locked")
-                    raise _Skip
-                prepared = prefetch.get(track)
-            except _Skip:
-                prefetch.drop(track)
-                lock.release()
-                bar.update(1)
-                continue
-            except Exception as e:  # undecodable audio, unreadable sidecar
-                lock.release()
-                with counting:
-                    fail(track, e)
-                bar.update(1)
-                continue
-            held[track] = lock
-            yield track, prepared
+                raise _Skip
+            prepared = prefetch.get(track)
+        except _Skip:
+            prefetch.drop(track)
+            lock.release()
+            bar.update(1)
+            return None
+        except Exception as e:  # undecodable audio, unreadable sidecar
+            lock.release()
+            with counting:
+                fail(track, e)
+            bar.update(1)
+            return None
+        held[track] = lock
+        return track, prepared
 
     def finish(track: Path, result: Any) -> None:
         """One track's result: written (sidecar, manifest) or counted as failed; its lock released."""
