@@ -60,9 +60,10 @@ std::optional<mf::ChatPieces> to_chat(const py::object & chat) {
 // caller may reuse its buffer while the engine runs.
 std::vector<float> to_pcm(const py::array & audio, int sample_rate, int engine_rate) {
     // by type number, not identity: a float32 array that went through pickle (multiprocessing, Ray) has its own
-    // dtype object
-    if (audio.dtype().num() != py::dtype::of<float>().num() || audio.dtype().itemsize() != 4) {
-        throw mf::InputError("audio must be a float32 array (got " + std::string(py::str(audio.dtype())) +
+    // dtype object. The type number ignores byte order: a big-endian float32 (">f4") is refused as well.
+    const py::dtype dt = audio.dtype();
+    if (dt.num() != py::dtype::of<float>().num() || dt.itemsize() != 4 || !dt.attr("isnative").cast<bool>()) {
+        throw mf::InputError("audio must be a float32 array (got " + std::string(py::str(dt)) +
                              "); music_flamingo.audio.load_audio() converts anything else");
     }
     if (audio.ndim() != 1) {
