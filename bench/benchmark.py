@@ -434,7 +434,9 @@ def worker_overhead(spec) -> dict[str, Any]:
         diffs.append(w - r.stats.total_ms)
     _log(f"[overhead] generate(1 s, 5 prompts, max_tokens=1): wall {statistics.fmean(walls):.1f} ms, "
          f"wall - native total {statistics.fmean(diffs):.3f} ms")
-    raw_example = real_native.generate(pcm, SR, [p.to_native() for p in prompts], "", False, 2, False)
+    fr = eng._framing(None)
+    raw_example = real_native.generate(pcm, SR, [p.to_native() for p in prompts], eng.system_prompt, False, fr,
+                                       False, eng._chat(fr))
 
     # 2) the binding round trip with (almost) no native work: the engine rejects the prompt in its validation
     bad = [Prompt("bad\0prompt", max_tokens=1)]

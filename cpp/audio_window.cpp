@@ -27,8 +27,12 @@ int real_frames(size_t n_samples) {
 
 int conv_positions(int frames) { return (frames - 1) / 2 + 1; }  // stride-2 conv, kernel 3, padding 1
 
-clip_flash_attn_type clip_fa(int v) {
-    return v < 0 ? CLIP_FLASH_ATTN_TYPE_AUTO : v ? CLIP_FLASH_ATTN_TYPE_ENABLED : CLIP_FLASH_ATTN_TYPE_DISABLED;
+clip_flash_attn_type clip_fa(FlashAttn v) {
+    switch (v) {
+        case FlashAttn::Off: return CLIP_FLASH_ATTN_TYPE_DISABLED;
+        case FlashAttn::On: return CLIP_FLASH_ATTN_TYPE_ENABLED;
+        default: return CLIP_FLASH_ATTN_TYPE_AUTO;
+    }
 }
 
 }  // namespace

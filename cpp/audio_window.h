@@ -10,6 +10,8 @@
 // Plain C++; errors are the engine's exception types (engine.h). Not thread-safe: one caller at a time.
 #pragma once
 
+#include "engine.h"
+
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -49,7 +51,7 @@ public:
     struct Params {
         std::string mmproj_path;
         bool use_gpu = true;
-        int flash_attn = -1;  // -1 auto, 0 off, 1 on
+        FlashAttn flash_attn = FlashAttn::Auto;
         bool warmup = true;   // encode one 30 s window at load (allocates buffers, checks GPU ops)
     };
     explicit AudioWindowEncoder(const Params & params);

@@ -66,6 +66,9 @@ void validate_track(const TrackRequest & t) {
         }
         if (s.top_p <= 0.0f || s.top_p > 1.0f) throw InputError("top_p must be in (0, 1]");
         if (s.top_k < 0) throw InputError("top_k must be >= 0");
+        if (s.repeat_last_n < 0 || s.repeat_last_n > kMaxRepeatLastN) {
+            throw InputError("repeat_last_n must be in 0.." + std::to_string(kMaxRepeatLastN));
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-// pybind11 glue for music_flamingo._core: converts Python values to the engine's types, releases the GIL around
-// all llama.cpp work, maps C++ errors to the package's Python exceptions and native log lines to Python logging.
+// pybind11 glue for music_flamingo._core: binds the engine's own parameter and result types as Python classes
+// (described in python/music_flamingo/_core.pyi), releases the GIL around all llama.cpp work, maps C++ errors to
+// the package's Python exceptions and native log lines to Python logging.
 #include "engine.h"
 #include "log_bridge.h"
 #include "sampling.h"
@@ -48,53 +49,6 @@ void set_log_callback(py::object cb) {
     throw py::error_already_set();
 }
 
-template <typename T>
-T get_or(const py::dict & d, const char * key, T dflt) {
-    return d.contains(key) && !d[key].is_none() ? d[key].cast<T>() : dflt;
-}
-
-mf::PromptRequest to_prompt(const py::handle & h) {
-    py::dict d = py::reinterpret_borrow<py::dict>(h);
-    mf::PromptRequest p;
-    p.text = d["text"].cast<std::string>();
-    p.max_tokens = get_or<int>(d, "max_tokens", p.max_tokens);
-    auto & s = p.sampling;
-    s.temperature = get_or<float>(d, "temperature", s.temperature);
-    s.top_p = get_or<float>(d, "top_p", s.top_p);
-    s.top_k = get_or<int>(d, "top_k", s.top_k);
-    s.min_p = get_or<float>(d, "min_p", s.min_p);
-    s.repeat_penalty = get_or<float>(d, "repeat_penalty", s.repeat_penalty);
-    s.repeat_last_n = get_or<int>(d, "repeat_last_n", s.repeat_last_n);
-    s.seed = get_or<uint32_t>(d, "seed", s.seed);
-    s.ignore_eos = get_or<bool>(d, "ignore_eos", s.ignore_eos);
-    return p;
-}
-
-py::dict stats_dict(const mf::GenerateStats & st) {
-    py::dict d;
-    d["audio_seconds"] = st.audio_seconds;
-    d["audio_chunks"] = st.audio_chunks;
-    d["audio_tokens"] = st.audio_tokens;
-    d["prefix_tokens"] = st.prefix_tokens;
-    d["prompt_tokens"] = st.prompt_tokens;
-    d["n_ctx"] = st.n_ctx;
-    d["mel_ms"] = st.mel_ms;
-    d["encode_ms"] = st.encode_ms;
-    d["prefill_ms"] = st.prefill_ms;
-    d["decode_ms"] = st.decode_ms;
-    d["tokens_generated"] = st.tokens_generated;
-    d["decode_tokens_per_s"] = st.decode_tokens_per_s;
-    d["total_ms"] = st.total_ms;
-    return d;
-}
-
-mf::Framing to_framing(int framing) {
-    if (framing < 0 || framing > 3) {
-        throw mf::InputError("framing must be 0 (mtmd), 1 (reference trim), 2 (reference tail) or 3 (reference)");
-    }
-    return static_cast<mf::Framing>(framing);
-}
-
 // None, or the (head, mid, tail) the Python layer rendered from the model's chat template.
 std::optional<mf::ChatPieces> to_chat(const py::object & chat) {
     if (chat.is_none()) return std::nullopt;
@@ -106,9 +60,10 @@ std::optional<mf::ChatPieces> to_chat(const py::object & chat) {
 // caller may reuse its buffer while the engine runs.
 std::vector<float> to_pcm(const py::array & audio, int sample_rate, int engine_rate) {
     // by type number, not identity: a float32 array that went through pickle (multiprocessing, Ray) has its own
-    // dtype object
-    if (audio.dtype().num() != py::dtype::of<float>().num() || audio.dtype().itemsize() != 4) {
-        throw mf::InputError("audio must be a float32 array (got " + std::string(py::str(audio.dtype())) +
+    // dtype object. The type number ignores byte order: a big-endian float32 (">f4") is refused as well.
+    const py::dtype dt = audio.dtype();
+    if (dt.num() != py::dtype::of<float>().num() || dt.itemsize() != 4 || !dt.attr("isnative").cast<bool>()) {
+        throw mf::InputError("audio must be a float32 array (got " + std::string(py::str(dt)) +
                              "); music_flamingo.audio.load_audio() converts anything else");
     }
     if (audio.ndim() != 1) {
@@ -120,12 +75,6 @@ std::vector<float> to_pcm(const py::array & audio, int sample_rate, int engine_r
     }
     auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(audio);
     return std::vector<float>(a.data(), a.data() + a.size());
-}
-
-std::vector<mf::PromptRequest> to_prompts(const py::list & prompts) {
-    std::vector<mf::PromptRequest> reqs;
-    for (auto h : prompts) reqs.push_back(to_prompt(h));
-    return reqs;
 }
 
 // Ctrl-C: only the main thread receives signals; check them at most every 100 ms (a GIL round trip each).
@@ -144,48 +93,6 @@ mf::InterruptCheck interrupt_check() {
     };
 }
 
-py::dict result_dict(const mf::GenerateResult & r) {
-    py::list outs;
-    for (const auto & o : r.outputs) {
-        py::dict d;
-        d["text"] = py::bytes(o.text);
-        d["tokens"] = o.tokens;
-        d["stop_reason"] = o.stop_reason;
-        outs.append(d);
-    }
-    py::dict out;
-    out["outputs"] = outs;
-    out["stats"] = stats_dict(r.stats);
-    out["error_kind"] = r.error_kind;
-    out["error"] = r.error;
-    return out;
-}
-
-py::dict run_stats_dict(const mf::RunStats & s) {
-    py::dict d;
-    d["tracks"] = s.tracks;
-    d["tracks_failed"] = s.tracks_failed;
-    d["tracks_in_flight"] = s.tracks_in_flight;
-    d["peak_in_flight"] = s.peak_in_flight;
-    d["n_ctx"] = s.n_ctx;
-    d["n_seq"] = s.n_seq;
-    d["kv_budget_mb"] = s.kv_budget_mb;
-    d["steps"] = s.steps;
-    d["step_tokens"] = s.step_tokens;
-    d["decode_ms"] = s.decode_ms;
-    d["sample_ms"] = s.sample_ms;
-    d["host_ms"] = s.host_ms;
-    d["admit_ms"] = s.admit_ms;
-    d["wait_ms"] = s.wait_ms;
-    d["prepare_ms"] = s.prepare_ms;
-    d["wall_ms"] = s.wall_ms;
-    d["sampling_threads"] = s.sampling_threads;
-    d["step_batch"] = s.step_batch;
-    d["step_host_ms"] = s.step_host_ms;
-    d["step_decode_ms"] = s.step_decode_ms;
-    return d;
-}
-
 // Owns the engine. Every call holds its own reference for as long as it runs, so close() racing a running call
 // (another thread) frees the engine when that call returns instead of under it. The GIL orders close() against
 // the start of a call: both take the reference while holding it.
@@ -202,70 +109,52 @@ public:
         e.reset();
     }
 
-    py::dict generate(py::array audio, int sample_rate, py::list prompts, const std::string & system_prompt,
-                      bool render_special, int framing, bool debug, py::object chat) {
+    mf::GenerateResult generate(py::array audio, int sample_rate, const std::vector<mf::PromptRequest> & prompts,
+                                const std::string & system_prompt, bool render_special, mf::Framing framing,
+                                bool debug, py::object chat) {
         std::shared_ptr<mf::Engine> eng = get();
-        const mf::Framing fr = to_framing(framing);
         const std::optional<mf::ChatPieces> pieces = to_chat(chat);
         std::vector<float> pcm = to_pcm(audio, sample_rate, eng->sample_rate());
-        std::vector<mf::PromptRequest> reqs = to_prompts(prompts);
         mf::InterruptCheck check = interrupt_check();
-        mf::GenerateResult r;
-        {
-            py::gil_scoped_release nogil;
-            r = eng->generate(pcm, reqs, system_prompt, render_special, fr, debug, check, pieces);
-        }
-        py::dict out = result_dict(r);
-        if (debug) {
-            const py::ssize_t n_embd = r.stats.audio_tokens ? (py::ssize_t) (r.audio_embd.size() / r.stats.audio_tokens) : 0;
-            out["audio_embd"] = py::array_t<float>({(py::ssize_t) r.stats.audio_tokens, n_embd}, r.audio_embd.data());
-            out["first_logits"] = py::array_t<float>((py::ssize_t) r.first_logits.size(), r.first_logits.data());
-            out["prompt_tokens"] = r.prompt_tokens;
-        }
-        return out;
+        py::gil_scoped_release nogil;
+        return eng->generate(pcm, prompts, system_prompt, render_special, framing, debug, check, pieces);
     }
 
-    py::list generate_many(py::list tracks, int sample_rate, const std::string & system_prompt, bool render_special,
-                           int framing, int max_in_flight, py::object chat) {
+    std::vector<mf::GenerateResult> generate_many(py::list tracks, int sample_rate, const std::string & system_prompt,
+                                                  bool render_special, mf::Framing framing, int max_in_flight,
+                                                  py::object chat) {
         std::shared_ptr<mf::Engine> eng = get();
-        const mf::Framing fr = to_framing(framing);
         const std::optional<mf::ChatPieces> pieces = to_chat(chat);
         std::vector<mf::TrackRequest> reqs;
         for (auto h : tracks) {
             auto pair = h.cast<py::tuple>();
             if (pair.size() != 2) throw mf::InputError("each track is an (audio, prompts) pair");
             reqs.push_back({to_pcm(pair[0].cast<py::array>(), sample_rate, eng->sample_rate()),
-                            to_prompts(pair[1].cast<py::list>())});
+                            pair[1].cast<std::vector<mf::PromptRequest>>()});
         }
         mf::InterruptCheck check = interrupt_check();
-        std::vector<mf::GenerateResult> rs;
-        {
-            py::gil_scoped_release nogil;
-            rs = eng->generate_many(reqs, system_prompt, render_special, fr, max_in_flight, false, check, pieces);
-        }
-        py::list out;
-        for (const auto & r : rs) out.append(result_dict(r));
-        return out;
+        py::gil_scoped_release nogil;
+        return eng->generate_many(reqs, system_prompt, render_special, framing, max_in_flight, false, check, pieces);
     }
 
     // A stream of tracks sharing one list of prompts: next_audio() -> float32 array or None (called from the
     // engine's helper thread), on_result(index, result) as each track finishes (in the caller's thread).
-    py::dict run_stream(py::object next_audio, py::object on_result, py::list prompts, int sample_rate,
-                        const std::string & system_prompt, bool render_special, int framing, int tracks_in_flight,
-                        double max_audio_seconds, bool profile, int prepare_ahead, py::object chat) {
+    mf::RunStats run_stream(py::object next_audio, py::object on_result, const std::vector<mf::PromptRequest> & prompts,
+                            int sample_rate, const std::string & system_prompt, bool render_special,
+                            mf::Framing framing, int tracks_in_flight, double max_audio_seconds, bool profile,
+                            int prepare_ahead, py::object chat) {
         std::shared_ptr<mf::Engine> eng = get();
         mf::RunOptions o;
         o.system_prompt = system_prompt;
         o.chat = to_chat(chat);
         o.render_special = render_special;
-        o.framing = to_framing(framing);
+        o.framing = framing;
         o.tracks_in_flight = std::max(0, tracks_in_flight);
         o.profile = profile;
         o.prepare_ahead = prepare_ahead;
         o.interrupted = interrupt_check();
-        const std::vector<mf::PromptRequest> reqs = to_prompts(prompts);
-        o.max_prompts = std::max<int>(1, (int) reqs.size());
-        o.max_text_cells = eng->prompts_cells(reqs, o, &o.max_prompt_cells);
+        o.max_prompts = std::max<int>(1, (int) prompts.size());
+        o.max_text_cells = eng->prompts_cells(prompts, o, &o.max_prompt_cells);
         if (max_audio_seconds > 0) o.max_audio_samples = (size_t) (max_audio_seconds * eng->sample_rate());
         const int engine_rate = eng->sample_rate();
         mf::NextTrack next = [&](mf::TrackRequest & out) {
@@ -273,22 +162,18 @@ public:
             py::object a = next_audio();
             if (a.is_none()) return false;
             out.pcm = to_pcm(a.cast<py::array>(), sample_rate, engine_rate);
-            out.prompts = reqs;
+            out.prompts = prompts;
             return true;
         };
         mf::TrackDone done = [&](size_t index, mf::GenerateResult && r) {
             py::gil_scoped_acquire gil;
-            on_result(index, result_dict(r));
+            on_result(index, std::move(r));
         };
-        mf::RunStats st;
-        {
-            py::gil_scoped_release nogil;
-            st = eng->run(next, done, o);
-        }
-        return run_stats_dict(st);
+        py::gil_scoped_release nogil;
+        return eng->run(next, done, o);
     }
 
-    py::dict last_run_stats() { return run_stats_dict(get()->last_run_stats()); }
+    mf::RunStats last_run_stats() { return get()->last_run_stats(); }
     std::map<std::string, std::string> info() { return get()->info(); }
     int sample_rate() { return get()->sample_rate(); }
 
@@ -299,6 +184,132 @@ private:
     }
     std::shared_ptr<mf::Engine> engine_;
 };
+
+// --- The engine's own types as Python classes -----------------------------------------------------------------
+// Typed objects instead of dicts: a misspelled field is a TypeError at the boundary instead of a silent default,
+// and the defaults are read from the C++ structs, so they are stated once. python/music_flamingo/_core.pyi
+// describes all of it (tests/test_core_stub.py keeps the two in step).
+
+template <typename T> struct member_of;
+template <typename C, typename T> struct member_of<T C::*> { using type = T; };
+
+// One field of a struct bound with a keyword constructor: its member pointer and its Python name.
+template <auto M> struct Field { const char * name; };
+
+// Binds C's fields as read-write attributes and a keyword-only constructor over them, each argument defaulting to
+// what a default-constructed C holds.
+template <typename C, auto... M>
+void bind_fields(py::class_<C> & cls, Field<M>... f) {
+    const C dflt{};
+    cls.def(py::init([](typename member_of<decltype(M)>::type... v) {
+                C c;
+                ((c.*M = std::move(v)), ...);
+                return c;
+            }),
+            py::kw_only(), (py::arg(f.name) = dflt.*M)...);
+    (cls.def_readwrite(f.name, M), ...);
+}
+
+void bind_types(py::module_ & m) {
+    using S = mf::SamplingParams;
+    py::class_<S> sampling(m, "SamplingParams", "One prompt's sampling settings (cpp/engine.h).");
+    // A new sampling setting is one Field line here, after its field in mf::SamplingParams (engine.h); then the
+    // Python Prompt's field (datatypes.py: Prompt.to_native passes every sampling field by name) and _core.pyi.
+    bind_fields(sampling,
+                Field<&S::temperature>{"temperature"},
+                Field<&S::top_p>{"top_p"},
+                Field<&S::top_k>{"top_k"},
+                Field<&S::min_p>{"min_p"},
+                Field<&S::repeat_penalty>{"repeat_penalty"},
+                Field<&S::repeat_last_n>{"repeat_last_n"},
+                Field<&S::seed>{"seed"},
+                Field<&S::ignore_eos>{"ignore_eos"});
+
+    using P = mf::PromptRequest;
+    const P dflt{};
+    py::class_<P>(m, "PromptRequest", "One question about a track: its text, token limit and sampling.")
+        .def(py::init([](std::string text, int max_tokens, const S & sampling) {
+                 return P{std::move(text), max_tokens, sampling};
+             }),
+             py::arg("text"), py::kw_only(), py::arg("max_tokens") = dflt.max_tokens,
+             py::arg("sampling") = dflt.sampling)
+        .def_readwrite("text", &P::text)
+        .def_readwrite("max_tokens", &P::max_tokens)
+        .def_readwrite("sampling", &P::sampling);
+
+    py::enum_<mf::Framing>(m, "Framing", "How the audio is put in front of the LLM (cpp/engine.h).")
+        .value("Mtmd", mf::Framing::Mtmd)
+        .value("ReferenceTrim", mf::Framing::ReferenceTrim)
+        .value("ReferenceTail", mf::Framing::ReferenceTail)
+        .value("Reference", mf::Framing::Reference);
+
+    py::enum_<mf::FlashAttn>(m, "FlashAttn", "Flash attention for the text model and the audio encoder.")
+        .value("Auto", mf::FlashAttn::Auto)
+        .value("Off", mf::FlashAttn::Off)
+        .value("On", mf::FlashAttn::On);
+
+    using G = mf::GenerateStats;
+    py::class_<G>(m, "GenerateStats", "Where the time of one track went (read-only).")
+        .def_readonly("audio_seconds", &G::audio_seconds)
+        .def_readonly("audio_chunks", &G::audio_chunks)
+        .def_readonly("audio_tokens", &G::audio_tokens)
+        .def_readonly("prefix_tokens", &G::prefix_tokens)
+        .def_readonly("prompt_tokens", &G::prompt_tokens)
+        .def_readonly("n_ctx", &G::n_ctx)
+        .def_readonly("mel_ms", &G::mel_ms)
+        .def_readonly("encode_ms", &G::encode_ms)
+        .def_readonly("prefill_ms", &G::prefill_ms)
+        .def_readonly("decode_ms", &G::decode_ms)
+        .def_readonly("tokens_generated", &G::tokens_generated)
+        .def_readonly("decode_tokens_per_s", &G::decode_tokens_per_s)
+        .def_readonly("total_ms", &G::total_ms);
+
+    using O = mf::PromptOutput;
+    py::class_<O>(m, "PromptOutput", "One prompt's answer (read-only).")
+        // bytes: a cut at max_tokens may split a UTF-8 character; the Python layer decodes
+        .def_property_readonly("text", [](const O & o) { return py::bytes(o.text); })
+        .def_readonly("tokens", &O::tokens)
+        .def_readonly("stop_reason", &O::stop_reason);
+
+    using R = mf::GenerateResult;
+    py::class_<R>(m, "GenerateResult", "One track's answers and stats (read-only); the debug arrays are empty "
+                                       "unless asked for.")
+        .def_readonly("outputs", &R::outputs)
+        .def_readonly("stats", &R::stats)
+        .def_readonly("error_kind", &R::error_kind)
+        .def_readonly("error", &R::error)
+        .def_property_readonly("audio_embd", [](const R & r) {
+            const py::ssize_t rows = r.stats.audio_tokens, n = (py::ssize_t) r.audio_embd.size();
+            return py::array_t<float>({rows, rows ? n / rows : 0}, r.audio_embd.data());
+        })
+        .def_property_readonly("first_logits", [](const R & r) {
+            return py::array_t<float>((py::ssize_t) r.first_logits.size(), r.first_logits.data());
+        })
+        .def_readonly("prompt_tokens", &R::prompt_tokens);
+
+    using RS = mf::RunStats;
+    py::class_<RS>(m, "RunStats", "Where the time of one run went, for benchmarks (read-only).")
+        .def_readonly("tracks", &RS::tracks)
+        .def_readonly("tracks_failed", &RS::tracks_failed)
+        .def_readonly("tracks_in_flight", &RS::tracks_in_flight)
+        .def_readonly("peak_in_flight", &RS::peak_in_flight)
+        .def_readonly("n_ctx", &RS::n_ctx)
+        .def_readonly("n_seq", &RS::n_seq)
+        .def_readonly("kv_budget_mb", &RS::kv_budget_mb)
+        .def_readonly("steps", &RS::steps)
+        .def_readonly("step_tokens", &RS::step_tokens)
+        .def_readonly("decode_ms", &RS::decode_ms)
+        .def_readonly("sample_ms", &RS::sample_ms)
+        .def_readonly("host_ms", &RS::host_ms)
+        .def_readonly("admit_ms", &RS::admit_ms)
+        .def_readonly("wait_ms", &RS::wait_ms)
+        .def_readonly("prepare_ms", &RS::prepare_ms)
+        .def_readonly("wall_ms", &RS::wall_ms)
+        .def_readonly("sampling_threads", &RS::sampling_threads)
+        .def_readonly("step_batch", &RS::step_batch)
+        .def_readonly("step_host_ms", &RS::step_host_ms)
+        .def_readonly("step_decode_ms", &RS::step_decode_ms);
+}
 
 }  // namespace
 
@@ -321,11 +332,14 @@ PYBIND11_MODULE(_core, m) {
         }
     });
 
+    bind_types(m);
+
+    const mf::EngineParams dflt{};
     py::class_<PyEngine>(m, "Engine")
         .def(py::init([](const std::string & model_path, const std::string & mmproj_path, int n_gpu_layers,
-                         bool mmproj_use_gpu, int n_threads, int flash_attn, int n_ctx, int n_batch, int n_ubatch,
-                         int n_seq_max, const std::string & kv_type, bool warmup, int n_sampling_threads,
-                         double memory_budget_mb, bool prepare_ahead, bool kv_unified) {
+                         bool mmproj_use_gpu, int n_threads, mf::FlashAttn flash_attn, int n_ctx, int n_batch,
+                         int n_ubatch, int n_seq_max, const std::string & kv_type, bool warmup,
+                         int n_sampling_threads, double memory_budget_mb, bool prepare_ahead, bool kv_unified) {
                  mf::EngineParams p;
                  p.model_path = model_path; p.mmproj_path = mmproj_path; p.n_gpu_layers = n_gpu_layers;
                  p.mmproj_use_gpu = mmproj_use_gpu; p.n_threads = n_threads; p.flash_attn = flash_attn;
@@ -334,25 +348,29 @@ PYBIND11_MODULE(_core, m) {
                  p.memory_budget_mb = memory_budget_mb; p.prepare_ahead = prepare_ahead; p.kv_unified = kv_unified;
                  return std::make_unique<PyEngine>(p);
              }),
-             py::arg("model_path"), py::arg("mmproj_path"), py::arg("n_gpu_layers") = -1,
-             py::arg("mmproj_use_gpu") = true, py::arg("n_threads") = 0, py::arg("flash_attn") = -1,
-             py::arg("n_ctx") = 0, py::arg("n_batch") = 2048, py::arg("n_ubatch") = 1024, py::arg("n_seq_max") = 8,
-             py::arg("kv_type") = "f16", py::arg("warmup") = true, py::arg("n_sampling_threads") = 0,
-             py::arg("memory_budget_mb") = 0.0, py::arg("prepare_ahead") = true, py::arg("kv_unified") = true)
+             py::arg("model_path"), py::arg("mmproj_path"), py::kw_only(),
+             py::arg("n_gpu_layers") = dflt.n_gpu_layers, py::arg("mmproj_use_gpu") = dflt.mmproj_use_gpu,
+             py::arg("n_threads") = dflt.n_threads, py::arg("flash_attn") = dflt.flash_attn,
+             py::arg("n_ctx") = dflt.n_ctx, py::arg("n_batch") = dflt.n_batch, py::arg("n_ubatch") = dflt.n_ubatch,
+             py::arg("n_seq_max") = dflt.n_seq_max, py::arg("kv_type") = dflt.kv_type,
+             py::arg("warmup") = dflt.warmup, py::arg("n_sampling_threads") = dflt.n_sampling_threads,
+             py::arg("memory_budget_mb") = dflt.memory_budget_mb, py::arg("prepare_ahead") = dflt.prepare_ahead,
+             py::arg("kv_unified") = dflt.kv_unified)
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
-             py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
-             py::arg("debug") = false, py::arg("chat") = py::none(),
+             py::arg("system_prompt") = "", py::arg("render_special") = false,
+             py::arg("framing") = mf::Framing::Mtmd, py::arg("debug") = false, py::arg("chat") = py::none(),
              "Encode the audio once and answer every prompt from the shared prefix. GIL released while running. "
-             "chat: (head, mid, tail) rendered from the model's chat template, required by every framing but 0.")
+             "chat: (head, mid, tail) rendered from the model's chat template, required by every framing but Mtmd.")
         .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"),
-             py::arg("system_prompt") = "", py::arg("render_special") = false, py::arg("framing") = 0,
-             py::arg("max_in_flight") = 0, py::arg("chat") = py::none(),
+             py::arg("system_prompt") = "", py::arg("render_special") = false,
+             py::arg("framing") = mf::Framing::Mtmd, py::arg("max_in_flight") = 0, py::arg("chat") = py::none(),
              "Several (audio, prompts) tracks with continuous batching: up to max_in_flight tracks per decode step "
              "(0: automatic). Raises the first failing track's error after all ran.")
         .def("run_stream", &PyEngine::run_stream, py::arg("next_audio"), py::arg("on_result"), py::arg("prompts"),
              py::arg("sample_rate"), py::arg("system_prompt") = "", py::arg("render_special") = false,
-             py::arg("framing") = 0, py::arg("tracks_in_flight") = 0, py::arg("max_audio_seconds") = 0.0,
-             py::arg("profile") = false, py::arg("prepare_ahead") = -1, py::arg("chat") = py::none(),
+             py::arg("framing") = mf::Framing::Mtmd, py::arg("tracks_in_flight") = 0,
+             py::arg("max_audio_seconds") = 0.0, py::arg("profile") = false, py::arg("prepare_ahead") = -1,
+             py::arg("chat") = py::none(),
              "Continuous batching over a stream: next_audio() -> array or None (helper thread), on_result(index, "
              "result) per finished track; a failing track is reported in its result. Returns the run's stats.")
         .def("last_run_stats", &PyEngine::last_run_stats, "Where the last run's time went (steps, host, decode).")

@@ -55,8 +55,12 @@ ggml_type kv_ggml_type(const std::string & name) {
     throw InputError("kv cache type must be f16, f32 or q8_0 (got '" + name + "')");
 }
 
-llama_flash_attn_type fa_type(int v) {
-    return v < 0 ? LLAMA_FLASH_ATTN_TYPE_AUTO : v ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+llama_flash_attn_type fa_type(FlashAttn v) {
+    switch (v) {
+        case FlashAttn::Off: return LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        case FlashAttn::On: return LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        default: return LLAMA_FLASH_ATTN_TYPE_AUTO;
+    }
 }
 
 std::vector<int32_t> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special) {
@@ -243,7 +247,7 @@ std::map<std::string, std::string> Engine::info() const {
         {"n_threads", std::to_string(params_.n_threads)},
         {"sampling_threads", std::to_string(res_->pool ? res_->pool->threads() : 1)},
         {"auto_tracks_in_flight_cap", std::to_string(text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu)},
-        {"flash_attn", params_.flash_attn < 0 ? "auto" : params_.flash_attn ? "on" : "off"},
+        {"flash_attn", params_.flash_attn == FlashAttn::Auto ? "auto" : params_.flash_attn == FlashAttn::On ? "on" : "off"},
         {"n_ctx", std::to_string(ctx_n_ctx_)},
         {"kv_type", params_.kv_type},
         {"kv_cell_bytes", std::to_string((long) kv_cell_bytes())},

@@ -26,13 +26,16 @@ struct mtmd_context;
 
 namespace mf {
 
+// Flash attention for both the text model and the audio encoder (llama.cpp's and clip's own enums, one setting).
+enum class FlashAttn { Auto = -1, Off = 0, On = 1 };
+
 struct EngineParams {
     std::string model_path;
     std::string mmproj_path;
     int n_gpu_layers = -1;       // -1: all layers
     bool mmproj_use_gpu = true;  // audio encoder on the first GPU when there is one
     int n_threads = 0;           // 0: half the logical CPUs (about the physical cores)
-    int flash_attn = -1;         // -1 auto, 0 off, 1 on (both the text model and the audio encoder)
+    FlashAttn flash_attn = FlashAttn::Auto;
     int n_ctx = 0;               // 0: sized per call from the audio length and the prompts' limits (grows, never shrinks)
     int n_batch = 2048;          // logical batch; grown when the prompts of one call need more
     int n_ubatch = 1024;         // physical batch; >= 750 so one 30 s audio window is not split (the compute
@@ -49,16 +52,23 @@ struct EngineParams {
     bool kv_unified = true;
 };
 
+// A new sampling setting: a field here (and its use in sampling.cpp), one Field line in bindings.cpp (bind_types)
+// and a field of the Python Prompt (datatypes.py, checked in validation.py); tests/test_core_stub.py fails until
+// _core.pyi has it too.
 struct SamplingParams {
     float temperature = 0.0f;    // <= 0: greedy
     float top_p = 1.0f;
     int top_k = 0;               // 0: off
     float min_p = 0.0f;
     float repeat_penalty = 1.0f; // 1: off
-    int repeat_last_n = 64;
+    int repeat_last_n = 64;      // tokens the repeat penalty looks back over; 0..kMaxRepeatLastN
     uint32_t seed = 0;
     bool ignore_eos = false;     // never sample end-of-generation tokens: every answer runs to max_tokens (benchmarks)
 };
+
+// llama.cpp's penalty sampler keeps a ring buffer of repeat_last_n tokens per sequence: a bound keeps a huge value
+// from allocating gigabytes. Longer than any answer the model's context allows. (validation.py: REPEAT_LAST_N_MAX)
+constexpr int kMaxRepeatLastN = 65536;
 
 struct PromptRequest {
     std::string text;            // the user's question, tokenized as plain text (no special tokens honoured)

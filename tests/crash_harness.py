@@ -171,3 +171,17 @@ def engine(model: str, mmproj: str, **kwargs: Any):
         _ENGINES[key] = MusicFlamingoGGUF(model_path=model, mmproj_path=mmproj, n_threads=1, warmup=False,
                                           **kwargs)
     return _ENGINES[key]
+
+
+def native_prompts(prompts: list[dict]) -> list:
+    """Prompt dicts as the raw engine takes them (``_core.PromptRequest``), past the Python checks: ``text`` and
+    ``max_tokens`` on the request, every other key a sampling field (an unknown one is a TypeError)."""
+    from music_flamingo import _core
+
+    out = []
+    for p in prompts:
+        p = dict(p)
+        text = p.pop("text")
+        limit = {"max_tokens": p.pop("max_tokens")} if "max_tokens" in p else {}
+        out.append(_core.PromptRequest(text, **limit, sampling=_core.SamplingParams(**p)))
+    return out

@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 
 from conftest import SR
-from crash_harness import CrashCatcher, engine
+from crash_harness import CrashCatcher, engine, native_prompts
 from music_flamingo.validation import MIN_AUDIO_SAMPLES
 
 ONE_PROMPT = "defaults: {temperature: 0}\ndefault_set: [full]\nprompts:\n  full: {max_tokens: 3}\n"
@@ -67,14 +67,14 @@ def child_generate(model: str, mmproj: str, audio: np.ndarray, prompts: list[dic
     import resource
 
     from music_flamingo import Prompt
-    from music_flamingo.gguf_backend import FRAMINGS
+    from music_flamingo.gguf_backend import native_framing
 
     mf = engine(model, mmproj, flash_attn=False)
     if native:
         audio = np.ascontiguousarray(audio).view(np.float32)  # the canonical descriptor (see audio.as_engine_audio)
-        code = FRAMINGS[framing or mf.framing]
-        raw = mf._engine.generate(audio, sample_rate, prompts, "", False, code, False, mf._chat(code))
-        texts = [o["text"] for o in raw["outputs"]]
+        fr = native_framing(framing or mf.framing)
+        raw = mf._engine.generate(audio, sample_rate, native_prompts(prompts), "", False, fr, False, mf._chat(fr))
+        texts = [o.text for o in raw.outputs]
     else:
         texts = mf.generate(audio, [Prompt(**p) for p in prompts], framing=framing, sample_rate=sample_rate).texts
     return {"texts": len(texts), "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}

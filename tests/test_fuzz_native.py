@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crash_harness import CrashCatcher, engine
+from crash_harness import CrashCatcher, engine, native_prompts
 from music_flamingo.validation import MIN_AUDIO_SAMPLES
 
 INVALID_EXAMPLES = int(os.environ.get("MUSIC_FLAMINGO_FUZZ_EXAMPLES", "2000"))
@@ -88,21 +88,23 @@ def fuzz_call(model: str, mmproj: str, call: dict, native: bool) -> int:
     """One fuzzed call: through the Python API, or (``native``) straight into ``_core.Engine``. Returns how many
     answers came back (checked against the prompts by the caller)."""
     from music_flamingo import Prompt
-    from music_flamingo.gguf_backend import FRAMINGS
+    from music_flamingo.gguf_backend import FRAMINGS, native_framing
 
     mf = engine(model, mmproj, flash_attn=False)
     tracks = [(build_audio(a), ps) for a, ps in call["tracks"]]
     framing = call["framing"]
     if native:
         eng = mf._engine
-        code = FRAMINGS.get(framing, 7) if framing is not None else FRAMINGS[mf.framing]
-        chat = mf._chat(code) if code in FRAMINGS.values() else None  # the rendered template, as the package passes
+        # an unknown name goes in as a number the engine's Framing does not take (a TypeError at the boundary)
+        fr = native_framing(framing or mf.framing) if framing in FRAMINGS or framing is None else 7
+        chat = None if fr == 7 else mf._chat(fr)  # the rendered template, as the package passes it
         if call["mode"] == "generate":
             audio, ps = tracks[0]
-            raw = eng.generate(audio, call["sample_rate"], ps, "", False, code, False, chat)
-            return len(raw["outputs"])
-        raws = eng.generate_many(tracks, call["sample_rate"], "", False, code, call["tracks_in_flight"], chat)
-        return sum(len(r["outputs"]) for r in raws)
+            raw = eng.generate(audio, call["sample_rate"], native_prompts(ps), "", False, fr, False, chat)
+            return len(raw.outputs)
+        tracks = [(a, native_prompts(ps)) for a, ps in tracks]
+        raws = eng.generate_many(tracks, call["sample_rate"], "", False, fr, call["tracks_in_flight"], chat)
+        return sum(len(r.outputs) for r in raws)
     if call["mode"] == "generate":
         audio, ps = tracks[0]
         return len(mf.generate(audio, [Prompt(**p) for p in ps], sample_rate=call["sample_rate"],
@@ -127,6 +129,7 @@ def valid_prompt(draw) -> dict:
             "temperature": draw(st.sampled_from([0.0, 0.7, 1.0, 5.0, 1e-6])),
             "top_p": draw(st.sampled_from([1.0, 0.9, 1e-6])), "top_k": draw(st.sampled_from([0, 1, 50, 10**6])),
             "min_p": draw(st.sampled_from([0.0, 0.05, 1.0])), "repeat_penalty": draw(st.sampled_from([1.0, 1.3, 1e-3])),
+            "repeat_last_n": draw(st.sampled_from([64, 0, 1, 65536])),
             "seed": draw(st.integers(0, 2**32 - 1))}
 
 
@@ -155,6 +158,7 @@ BAD_NUMBERS = {
     "min_p": [-0.5, 1.5, math.nan],
     "repeat_penalty": [0.0, -1.0, math.nan, math.inf],
     "seed": [-1, 2**32, 2**64],
+    "repeat_last_n": [-1, 65537, 2**31, 2**63],
     "max_tokens": [0, -1, -2**31, 10**9, 2**31 - 1, 2**31, 2**63],
 }
 

@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 
 from conftest import SR, child_env
-from crash_harness import CrashCatcher, engine
+from crash_harness import CrashCatcher, engine, native_prompts
 
 SOAK_CALLS = int(os.environ.get("MUSIC_FLAMINGO_SOAK_CALLS", "20"))
 EXIT_RUNS = int(os.environ.get("MUSIC_FLAMINGO_EXIT_RUNS", "3"))
@@ -114,6 +114,7 @@ def race_close(model: str, mmproj: str, delays_ms: list[float], native: bool, se
     milliseconds-wide window of defect 3. With ``nan_tail`` the check then refuses the audio, so a try costs no
     encoding (but never reaches the mutex)."""
     from music_flamingo import MusicFlamingoGGUF, Prompt
+    from music_flamingo.gguf_backend import native_framing
 
     audio = np.zeros(SR * seconds, np.float32)
     if nan_tail:
@@ -126,8 +127,9 @@ def race_close(model: str, mmproj: str, delays_ms: list[float], native: bool, se
         def run() -> None:
             try:
                 if native:
-                    mf._engine.generate(audio, SR, [{"text": "Describe.", "max_tokens": 2}], "", False, 2, False,
-                                        mf._chat(2))
+                    fr = native_framing("reference_tail")
+                    mf._engine.generate(audio, SR, native_prompts([{"text": "Describe.", "max_tokens": 2}]), "",
+                                        False, fr, False, mf._chat(fr))
                 else:
                     mf.generate(audio, [Prompt("Describe.", max_tokens=2)])
                 outcome.append("answered")

@@ -128,19 +128,19 @@ def test_the_engine_refuses_audio_too_short_for_the_mel_without_aborting(tiny):
         from music_flamingo import _core, InvalidInputError
         e = _core.Engine(os.environ["MODEL"], os.environ["MMPROJ"], n_threads=1, warmup=False)
         chat = ("<|im_start|>user\\n", "\\n", "<|im_end|>\\n<|im_start|>assistant\\n")
+        hi = [_core.PromptRequest("hi", max_tokens=2)]
         for n in (1, 2, 3, 4, 100, 320):
-            for framing in (0, 1, 2, 3):
+            for framing in _core.Framing.__members__.values():
                 try:
-                    e.generate(np.zeros(n, np.float32), 16000, [{"text": "hi", "max_tokens": 2}], "", False, framing,
-                               chat=None if framing == 0 else chat)
+                    e.generate(np.zeros(n, np.float32), 16000, hi, "", False, framing,
+                               chat=None if framing == _core.Framing.Mtmd else chat)
                     print("accepted", n)
                 except InvalidInputError as x:
                     assert "too short" in str(x), x
         # a sliver after a whole window (one token's worth) is padded for mtmd's mel, not refused
-        for framing in (1, 2, 3):
-            r = e.generate(np.zeros(30 * 16000 + 400, np.float32), 16000, [{"text": "hi", "max_tokens": 2}], "",
-                           False, framing, chat=chat)
-            print("ok", r["stats"]["audio_chunks"])
+        for framing in (_core.Framing.ReferenceTrim, _core.Framing.ReferenceTail, _core.Framing.Reference):
+            r = e.generate(np.zeros(30 * 16000 + 400, np.float32), 16000, hi, "", False, framing, chat=chat)
+            print("ok", r.stats.audio_chunks)
     """, tiny)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "accepted" not in r.stdout and r.stdout.count("ok 2") == 3
@@ -155,7 +155,7 @@ def test_close_racing_a_running_call_neither_crashes_nor_hangs(tiny):
             out = []
             def call():
                 try:
-                    out.append(e.generate(np.zeros(16000, np.float32), 16000, [{"text": "hi", "max_tokens": 8}]))
+                    out.append(e.generate(np.zeros(16000, np.float32), 16000, [_core.PromptRequest("hi", max_tokens=8)]))
                 except EngineError as x:
                     out.append(x)
             t = threading.Thread(target=call)
@@ -165,7 +165,7 @@ def test_close_racing_a_running_call_neither_crashes_nor_hangs(tiny):
             t.join(60)
             assert not t.is_alive() and len(out) == 1, out
             try:
-                e.generate(np.zeros(16000, np.float32), 16000, [{"text": "hi", "max_tokens": 2}])
+                e.generate(np.zeros(16000, np.float32), 16000, [_core.PromptRequest("hi", max_tokens=2)])
                 raise SystemExit("use after close was accepted")
             except EngineError:
                 pass

@@ -27,6 +27,8 @@ NAN, INF = math.nan, math.inf
     ("min_p", -0.01), ("min_p", 1.5), ("min_p", NAN),
     ("repeat_penalty", 0.0), ("repeat_penalty", -1.0), ("repeat_penalty", INF),
     ("seed", -1), ("seed", 2**32), ("seed", 1.0), ("seed", True),
+    ("repeat_last_n", -1), ("repeat_last_n", validation.REPEAT_LAST_N_MAX + 1), ("repeat_last_n", 2.0),
+    ("repeat_last_n", True),
     ("max_tokens", 0), ("max_tokens", -5), ("max_tokens", 2**31), ("max_tokens", True), ("max_tokens", 3.0),
 ])
 def test_prompt_refuses_every_out_of_range_field(field, bad):
@@ -35,7 +37,9 @@ def test_prompt_refuses_every_out_of_range_field(field, bad):
 
 
 def test_prompt_accepts_the_edges():
-    Prompt("x", max_tokens=1, temperature=0.0, top_p=1.0, top_k=0, min_p=1.0, repeat_penalty=1e-3, seed=2**32 - 1)
+    Prompt("x", max_tokens=1, temperature=0.0, top_p=1.0, top_k=0, min_p=1.0, repeat_penalty=1e-3, seed=2**32 - 1,
+           repeat_last_n=0)
+    Prompt("x", repeat_last_n=validation.REPEAT_LAST_N_MAX)
     Prompt("x", max_tokens=2**31 - 1, top_p=1e-9, seed=np.uint32(7), temperature=np.float32(0.5))
 
 

@@ -1,11 +1,14 @@
 """Dataclasses that cross the package's API: what to ask (Prompt) and what comes back (GenerationResult)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import validation as v
 from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from . import _core
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class Prompt:
     seed: int = 0
     name: str = ""
     ignore_eos: bool = False  # never stop at end-of-generation: every answer runs to max_tokens (benchmarks)
+    # Tokens the repeat penalty looks back over (0: the whole penalty is off); the GGUF backend's only (transformers'
+    # penalty covers the whole sequence). Last, so positional arguments keep their meaning; default as the engine's.
+    repeat_last_n: int = 64
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -38,13 +44,20 @@ class Prompt:
         for name, problem in (("max_tokens", v.max_tokens(self.max_tokens, v.INT32_MAX)),
                               ("temperature", v.temperature(self.temperature)), ("top_p", v.top_p(self.top_p)),
                               ("top_k", v.top_k(self.top_k)), ("min_p", v.min_p(self.min_p)),
-                              ("repeat_penalty", v.repeat_penalty(self.repeat_penalty)), ("seed", v.seed(self.seed))):
+                              ("repeat_penalty", v.repeat_penalty(self.repeat_penalty)),
+                              ("repeat_last_n", v.repeat_last_n(self.repeat_last_n)), ("seed", v.seed(self.seed))):
             v.require(f"Prompt.{name}", problem)
 
-    def to_native(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("name")
-        return d
+    def to_native(self) -> "_core.PromptRequest":
+        """The engine's request. Every field but text, max_tokens and name is a sampling setting and goes to
+        ``_core.SamplingParams`` by name: a field the engine does not know is a TypeError there, not ignored."""
+        from . import _core
+
+        sampling = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_SAMPLING}
+        return _core.PromptRequest(self.text, max_tokens=self.max_tokens, sampling=_core.SamplingParams(**sampling))
+
+
+_NOT_SAMPLING = frozenset({"text", "max_tokens", "name"})
 
 
 @dataclass
@@ -65,6 +78,12 @@ class GenerationStats:
     total_ms: float
     mel_ms: float = 0.0        # log-mel, where the backend times it apart from the encoder (GGUF)
     devices: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_native(cls, stats: "_core.GenerateStats", devices: dict[str, str]) -> "GenerationStats":
+        """From the engine's stats: every field but ``devices`` by name (tests/test_core_stub.py checks that the
+        two classes have the same fields)."""
+        return cls(**{f.name: getattr(stats, f.name) for f in fields(cls) if f.name != "devices"}, devices=devices)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import functools
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .fsutil import require_regular_file
 from .models import resolve_model_files
+
+if TYPE_CHECKING:
+    from . import _core
 
 PromptLike = Union[Prompt, str]
 _T = TypeVar("_T")
@@ -42,10 +45,21 @@ def _one_call_at_a_time(method: Callable[..., _T]) -> Callable[..., _T]:
 # The audio encoder's rate (100 mel frames/s, /2 by the convolutions, /2 by the pooling); every framing pads or
 # trims windows around it, never below it.
 AUDIO_TOKENS_PER_S = 25
-# How audio is put in front of the LLM (see cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the
-# framing whose answers came closest to transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
-FRAMINGS = {"llamacpp": 0, "reference_trim": 1, "reference_tail": 2, "reference": 3}
+# How audio is put in front of the LLM: the package's names for the engine's _core.Framing members (see
+# cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the framing whose answers came closest to
+# transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
+FRAMINGS = {"llamacpp": "Mtmd", "reference_trim": "ReferenceTrim", "reference_tail": "ReferenceTail",
+            "reference": "Reference"}
 DEFAULT_FRAMING = "reference"
+
+
+def native_framing(framing: str) -> "_core.Framing":
+    """The engine's framing for one of :data:`FRAMINGS`' names; another name is a ValueError."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
+    from . import _core
+
+    return getattr(_core.Framing, FRAMINGS[framing])
 
 
 def tracks_in_flight_code(value: int | str) -> int:
@@ -57,12 +71,20 @@ def tracks_in_flight_code(value: int | str) -> int:
     return value
 
 
-def _flash_attn_code(flash_attn: bool | str | None) -> int:
+def _flash_attn(flash_attn: bool | str | None) -> "_core.FlashAttn":
+    from . import _core
+
     if flash_attn in (None, "auto"):
-        return -1
+        return _core.FlashAttn.Auto
     if isinstance(flash_attn, bool):
-        return int(flash_attn)
+        return _core.FlashAttn.On if flash_attn else _core.FlashAttn.Off
     raise ValueError(f"flash_attn must be True, False or 'auto', got {flash_attn!r}")
+
+
+def _as_dict(native: Any) -> dict[str, Any]:
+    """A read-only engine object (``_core.RunStats``) as the plain dict the public API returns: its public
+    attributes, by name."""
+    return {k: getattr(native, k) for k in dir(native) if not k.startswith("_")}
 
 
 class MusicFlamingoGGUF(Analyzer):
@@ -142,8 +164,7 @@ class MusicFlamingoGGUF(Analyzer):
             except OSError as e:
                 raise ModelFileError(f"cannot read model file: {e}") from None
         self.system_prompt = system_prompt
-        if framing not in FRAMINGS:
-            raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
+        native_framing(framing)  # refused before the model loads
         self.framing = framing
         set_native_log_level(verbose)
         from . import _core
@@ -152,7 +173,7 @@ class MusicFlamingoGGUF(Analyzer):
         logger.info("loading %s + %s", self.model_path.name, self.mmproj_path.name)
         self._engine = _core.Engine(
             str(self.model_path), str(self.mmproj_path), n_gpu_layers=n_gpu_layers, mmproj_use_gpu=mmproj_use_gpu,
-            n_threads=n_threads or 0, flash_attn=_flash_attn_code(flash_attn), n_ctx=n_ctx, n_batch=n_batch,
+            n_threads=n_threads or 0, flash_attn=_flash_attn(flash_attn), n_ctx=n_ctx, n_batch=n_batch,
             n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_type=kv_cache_type, warmup=warmup,
             n_sampling_threads=n_sampling_threads, memory_budget_mb=memory_budget_mb, prepare_ahead=prepare_ahead,
             kv_unified=kv_unified)
@@ -258,12 +279,13 @@ class MusicFlamingoGGUF(Analyzer):
         """
         audio, plist = as_engine_audio(audio), as_prompts(prompts, max_tokens)
         self._check_context(audio, plist)
-        code = self._framing_code(framing)
+        fr = self._framing(framing)
         raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
-                                     render_special, code, debug, self._chat(code))
+                                     render_special, fr, debug, self._chat(fr))
         result = self._result(raw)
         if debug:
-            result.debug = {k: raw[k] for k in ("audio_embd", "first_logits", "prompt_tokens")}
+            result.debug = {"audio_embd": raw.audio_embd, "first_logits": raw.first_logits,
+                            "prompt_tokens": raw.prompt_tokens}
         return result
 
     @_one_call_at_a_time
@@ -286,9 +308,9 @@ class MusicFlamingoGGUF(Analyzer):
         for audio, plist in decoded:
             self._check_context(audio, plist)
         native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
-        code = self._framing_code(framing)
-        raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False, code,
-                                          tracks_in_flight_code(tracks_in_flight), self._chat(code))
+        fr = self._framing(framing)
+        raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False, fr,
+                                          tracks_in_flight_code(tracks_in_flight), self._chat(fr))
         return [self._result(r) for r in raws]
 
     @_one_call_at_a_time
@@ -335,30 +357,29 @@ class MusicFlamingoGGUF(Analyzer):
                 return pcm
             return None
 
-        def done(index: int, raw: dict) -> None:
+        def done(index: int, raw: "_core.GenerateResult") -> None:
             try:
                 on_result(taken[index], self._result(raw))
             except MusicFlamingoError as e:
                 on_result(taken[index], e)
 
-        code = self._framing_code(framing)
-        stats = self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, self.system_prompt, False,
-                                        code, tracks_in_flight_code(tracks_in_flight), float(max_audio_seconds),
-                                        bool(profile), -1 if prepare_ahead is None else int(bool(prepare_ahead)),
-                                        self._chat(code))
-        stats = dict(stats)
+        fr = self._framing(framing)
+        stats = _as_dict(self._engine.run_stream(
+            next_audio, done, plist, TARGET_SAMPLE_RATE, self.system_prompt, False, fr,
+            tracks_in_flight_code(tracks_in_flight), float(max_audio_seconds), bool(profile),
+            -1 if prepare_ahead is None else int(bool(prepare_ahead)), self._chat(fr)))
         # The stats cover every item of the stream: those refused here never reached the engine's counters.
-        stats["tracks"] = stats.get("tracks", 0) + refused
-        stats["tracks_failed"] = stats.get("tracks_failed", 0) + refused
+        stats["tracks"] += refused
+        stats["tracks_failed"] += refused
         return stats
 
     def last_run_stats(self) -> dict[str, Any]:
         """Where the time of the last generate/generate_many/generate_stream went (steps, host, decode, admit)."""
-        return dict(self._engine.last_run_stats())
+        return _as_dict(self._engine.last_run_stats())
 
-    def _chat(self, framing_code: int) -> tuple[str, str, str] | None:
+    def _chat(self, framing: "_core.Framing") -> tuple[str, str, str] | None:
         """The rendered template pieces for the engine; ``llamacpp`` formats its chat as llama-mtmd-cli does."""
-        return None if framing_code == FRAMINGS["llamacpp"] else self.chat_pieces().as_tuple()
+        return None if framing == native_framing("llamacpp") else self.chat_pieces().as_tuple()
 
     def _check_context(self, audio: np.ndarray, prompts: Sequence[Prompt]) -> None:
         """Refuse a prompt whose answer cannot fit the model's trained context, before the engine sizes (and
@@ -374,23 +395,20 @@ class MusicFlamingoGGUF(Analyzer):
                     f"max_tokens {p.max_tokens} exceed the model's trained context of {n_ctx_train} "
                     "(lower max_tokens or shorten the audio)")
 
-    def _framing_code(self, framing: str | None) -> int:
-        framing = self.framing if framing is None else framing  # "" is a wrong name, not the default
-        if framing not in FRAMINGS:
-            raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
-        return FRAMINGS[framing]
+    def _framing(self, framing: str | None) -> "_core.Framing":
+        return native_framing(self.framing if framing is None else framing)  # "" is a wrong name, not the default
 
-    def _result(self, raw: dict) -> GenerationResult:
-        if raw.get("error_kind"):
+    def _result(self, raw: "_core.GenerateResult") -> GenerationResult:
+        if raw.error_kind:
             raise {"InputError": InvalidInputError, "ModelFileError": ModelFileError}.get(
-                raw["error_kind"], EngineError)(raw["error"])
-        stats = GenerationStats(**raw["stats"], devices={
+                raw.error_kind, EngineError)(raw.error)
+        stats = GenerationStats.from_native(raw.stats, devices={
             "text_model": self.info["text_model_device"], "audio_encoder": self.info["audio_encoder_device"]})
-        outs = raw["outputs"]
+        outs = raw.outputs
         return GenerationResult(
-            texts=[o["text"].decode("utf-8", errors="replace") for o in outs],
-            stop_reasons=[o["stop_reason"] for o in outs],
-            tokens=[list(o["tokens"]) for o in outs],
+            texts=[o.text.decode("utf-8", errors="replace") for o in outs],
+            stop_reasons=[o.stop_reason for o in outs],
+            tokens=[list(o.tokens) for o in outs],
             stats=stats,
         )
 

@@ -23,6 +23,10 @@ MAX_TOKENS_LIMIT = 8192
 SEED_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38
+# The repeat penalty's window: llama.cpp keeps a ring buffer of that many tokens per sequence, so a huge value would
+# allocate gigabytes; longer than any answer fits the model's context. The engine refuses the same in C++
+# (cpp/engine.h, kMaxRepeatLastN).
+REPEAT_LAST_N_MAX = 65536
 # llama.cpp holds at most 256 sequences in one context (LLAMA_MAX_SEQ); each track in flight needs at least one.
 MAX_TRACKS_IN_FLIGHT = 256
 # Shorter audio gives the model no audio token (the reference's first token needs 321 samples at 16 kHz: 3 mel
@@ -78,6 +82,12 @@ def repeat_penalty(v: Any) -> str | None:
     return None
 
 
+def repeat_last_n(v: Any) -> str | None:
+    if not is_int(v) or not 0 <= v <= REPEAT_LAST_N_MAX:
+        return f"must be an integer in 0..{REPEAT_LAST_N_MAX} (0 disables the penalty), got {v!r}"
+    return None
+
+
 def seed(v: Any) -> str | None:
     if not is_int(v) or not 0 <= v <= SEED_MAX:
         return f"must be an integer in 0..{SEED_MAX}, got {v!r}"
@@ -130,5 +140,5 @@ def cli_type(convert: Callable[[str], Any], check: Callable[[Any], str | None]) 
 
 
 __all__ = ["is_int", "is_real", "MAX_TOKENS_LIMIT", "MAX_TRACKS_IN_FLIGHT", "MIN_AUDIO_SAMPLES", "MIN_AUDIO_SECONDS", "SEED_MAX", "cli_type", "max_duration",
-           "max_tokens", "min_p", "repeat_penalty", "require", "seed", "temperature", "top_k", "top_p",
+           "max_tokens", "min_p", "repeat_last_n", "REPEAT_LAST_N_MAX", "repeat_penalty", "require", "seed", "temperature", "top_k", "top_p",
            "tracks_in_flight"]
