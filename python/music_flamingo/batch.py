@@ -37,7 +37,7 @@ from .analyzer import Analyzer
 from .audio import PreparedAudio, prepare_audio
 from .datatypes import GenerationStats
 from .discovery import EXCLUDED_AS, NOT_SELECTED, Selection, Track, discover_tracks
-from .errors import SidecarError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SidecarError
 from .failures import FailureLog
 from .sidecar import has_keys, remove_stale_temp_files, sidecar_path, update_sidecar
 
@@ -286,8 +286,8 @@ class BatchSummary:
     def exit_code(self) -> int:
         """0: all done; 1: some tracks failed; 130: interrupted (as shells report Ctrl-C)."""
         if self.interrupted:
-            return 130
-        return 1 if self.failed else 0
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed else EXIT_OK
 
     def line(self) -> str:
         s = (f"{self.done} done, {self.skipped_complete} skipped (complete), {self.skipped_locked} skipped (locked), "
