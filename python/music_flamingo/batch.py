@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -536,19 +536,5 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="track", dynamic_ncols=True, smoothing=0.1)
 
 
-def summary_dict(s: BatchSummary) -> dict[str, Any]:
-    d = asdict(s)
-    d.pop("failures")
-    d["exit_code"] = s.exit_code
-    return d
-
-
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 __all__ = ["BatchOptions", "BatchSummary", "DryRun", "PlannedTrack", "TrackOutcome", "dry_run", "failures_path", "is_locked", "plan_batch", "plan_work",
-           "read_failed_tracks", "run_batch", "summary_dict", "iter_jsonl"]
+           "read_failed_tracks", "run_batch"]
