@@ -1,12 +1,16 @@
 """Model files: found locally without network, downloaded from the right repositories when missing, refused with a
 useful message offline or on errors. Downloads go to a real HTTP server on loopback that speaks the part of the
-Hugging Face Hub protocol the downloader uses (GET ``/{repo}/resolve/{revision}/{file}``, Range)."""
+Hugging Face Hub protocol the downloader uses (GET ``/{repo}/resolve/{revision}/{file}``, Range). The last section
+runs the installed huggingface_hub against the same server to pin why models.py does not use hf_hub_download."""
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
 import socket
+import subprocess
+import sys
+import time
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +19,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from conftest import child_env
 from music_flamingo.errors import ModelFileError
 from music_flamingo.models import (FILE_REPOSITORIES, MMPROJ_FILE, MODEL_FILES, default_model_dir,
                                    resolve_model_files)
@@ -40,6 +45,10 @@ class FakeHub:
     files: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (repo, filename) -> bytes
     commits: dict[str, str] = field(default_factory=dict)  # repo -> 40-hex commit
     cut_first_get: dict[str, int] = field(default_factory=dict)  # filename -> bytes sent before dropping the link
+    stall_first_get: dict[str, int] = field(default_factory=dict)  # filename -> bytes sent before stalling
+    stalled: threading.Event = field(default_factory=threading.Event)  # set once a stalled GET has sent its bytes
+    release: threading.Event = field(default_factory=threading.Event)  # ends the stall (the connection is closed)
+    wrong_bytes: set[str] = field(default_factory=set)  # filenames served with one byte changed, ETag unchanged
     requests: list[Request] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -101,6 +110,16 @@ class HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        if filename in hub.wrong_bytes:  # what a broken mirror or proxy would send: same length, other content
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        stall = hub.stall_first_get.pop(filename, None) if start == 0 else None
+        if stall is not None:  # the client stops here until the test kills it
+            self.wfile.write(data[:stall])
+            self.wfile.flush()
+            hub.stalled.set()
+            hub.release.wait(timeout=60)
+            self.close_connection = True
+            return
         cut = hub.cut_first_get.pop(filename, None) if start == 0 else None
         if cut is not None:  # a dropped connection mid-file
             self.wfile.write(data[:cut])
@@ -151,6 +170,7 @@ def hub(monkeypatch, tmp_path: Path):
     try:
         yield fake
     finally:
+        fake.release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
@@ -315,3 +335,82 @@ def test_stale_partial_file_does_not_corrupt_the_download(hub: FakeHub, tmp_path
     assert model.read_bytes() == served[filename]
     gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith(filename)]
     assert [g.range for g in gets] == ["bytes=10000-", None]
+
+
+# --- why not hf_hub_download -------------------------------------------------------------------------------------
+# The hand-written downloader stays only while huggingface_hub cannot do the same. These tests run the installed
+# huggingface_hub against the same loopback Hub (it speaks enough of the protocol: HEAD with X-Repo-Commit and
+# ETag, then GET) and pin the two differences that decide it. If one of them starts failing, huggingface_hub has
+# gained the feature and models.py can switch to hf_hub_download(local_dir=...).
+
+def test_wrong_bytes_are_refused_here_but_accepted_by_hf_hub_download(hub: FakeHub, tmp_path: Path) -> None:
+    """Bytes whose sha256 differs from the ETag the Hub states for an LFS file: refused by our downloader (after
+    one clean retry); hf_hub_download checks only the length and keeps them."""
+    from huggingface_hub import hf_hub_download
+
+    served = publish_all(hub)
+    filename = MODEL_FILES["Q8_0"]
+    hub.wrong_bytes.add(filename)
+    with pytest.raises(ModelFileError, match="sha256 does not match"):
+        resolve_model_files("Q8_0", tmp_path / "ours")
+    assert not (tmp_path / "ours" / filename).exists()
+    assert not (tmp_path / "ours" / (filename + ".part")).exists()
+
+    got = Path(hf_hub_download(STATIC, filename, local_dir=tmp_path / "hf", endpoint=hub.url))
+    assert got == tmp_path / "hf" / filename
+    assert len(got.read_bytes()) == len(served[filename]) and got.read_bytes() != served[filename]
+    assert hashlib.sha256(got.read_bytes()).hexdigest() != hashlib.sha256(served[filename]).hexdigest()
+
+
+def _kill_mid_download(hub: FakeHub, code: str, partial: Path, pattern: str) -> int:
+    """Run ``code`` in a child process, let it receive part of a file, SIGKILL it; the size of its partial file."""
+    env = child_env(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_CACHE=str(partial / "hf-cache"),
+                    HF_TOKEN_PATH=str(partial / "no-token"))
+    child = subprocess.Popen([sys.executable, "-c", code], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert hub.stalled.wait(timeout=120), "the child never started the download"
+        deadline = time.monotonic() + 60
+        while not [p for p in partial.rglob(pattern) if p.stat().st_size > 0]:
+            assert time.monotonic() < deadline and child.poll() is None, "no partial file appeared"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    hub.release.set()
+    (left,) = [p for p in partial.rglob(pattern) if p.stat().st_size > 0]
+    return left.stat().st_size
+
+
+def test_a_killed_run_is_resumed_here_but_restarted_by_hf_hub_download(hub: FakeHub, tmp_path: Path) -> None:
+    """A process killed mid-download (SIGKILL, no cleanup): the next run of our downloader asks only for the rest;
+    hf_hub_download (local_dir) starts again from byte 0 (each run writes a fresh uniquely named ``.incomplete``
+    file, deleted on error and left behind on a kill)."""
+    from huggingface_hub import hf_hub_download
+
+    served = publish_all(hub)
+    filename = MODEL_FILES["Q8_0"]
+    big = served[filename] = hub.add(STATIC, filename, size=24 << 20)
+    stall = 21 << 20  # past two of huggingface_hub's 10 MiB chunks, so its partial file is not empty
+
+    ours = tmp_path / "ours"
+    hub.stall_first_get[filename] = stall
+    kept = _kill_mid_download(hub, f"from music_flamingo.models import resolve_model_files; "
+                                   f"resolve_model_files('Q8_0', {str(ours)!r})", ours, filename + ".part")
+    hub.requests.clear()
+    model, _ = resolve_model_files("Q8_0", ours)
+    assert model.read_bytes() == big
+    assert [r.range for r in hub.requests if r.method == "GET" and r.path.endswith(filename)] == [f"bytes={kept}-"]
+
+    theirs = tmp_path / "hf"
+    hub.stalled.clear()
+    hub.release.clear()
+    hub.stall_first_get[filename] = stall
+    code = (f"from huggingface_hub import hf_hub_download; "
+            f"hf_hub_download({STATIC!r}, {filename!r}, local_dir={str(theirs)!r}, endpoint={hub.url!r})")
+    assert _kill_mid_download(hub, code, theirs, "*.incomplete") > 0
+    hub.requests.clear()
+    got = Path(hf_hub_download(STATIC, filename, local_dir=theirs, endpoint=hub.url))
+    assert got.read_bytes() == big
+    assert [r.range for r in hub.requests if r.method == "GET" and r.path.endswith(filename)] == [None]
+    assert list(theirs.rglob("*.incomplete"))  # the killed run's partial file is still there, never reused

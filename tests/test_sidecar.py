@@ -1,5 +1,5 @@
 """Sidecar files hold weeks of other tools' results: updates must keep them exactly, refuse damaged files without
-touching them, survive failures mid-write and concurrent writers, and the model hash cache must hash once."""
+touching them, survive failures mid-write and concurrent writers."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ import pytest
 
 from music_flamingo import sidecar as sc
 from music_flamingo.errors import MusicFlamingoError, SidecarError
-from music_flamingo.sidecar import FileHashCache, has_keys, read_sidecar, sidecar_path, update_sidecar
+from music_flamingo.sidecar import has_keys, read_sidecar, sidecar_path, update_sidecar
 
 PYTHON_DIR = Path(sc.__file__).resolve().parents[1]
 
@@ -324,92 +324,3 @@ def test_threads_writing_different_keys(tmp_path: Path) -> None:
     assert not errors
     assert read_sidecar(p) == {f"t{t}_{i}": i for t in range(4) for i in range(10)}  # all 40 present
     assert len(read_sidecar(p)) == 40
-
-
-# --- FileHashCache -----------------------------------------------------------------------------------------------
-
-def swap_content_keep_stat(path: Path, content: bytes) -> None:
-    """New bytes of the same size with the old mtime: invisible to a (size, mtime) cache, so a cache hit returns
-    the old hash and a re-read would return the new one."""
-    st = path.stat()
-    assert len(content) == st.st_size
-    path.write_bytes(content)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def sha(data: bytes) -> str:
-    import hashlib
-    return hashlib.sha256(data).hexdigest()
-
-
-def test_hash_cache_computes_once_and_persists(tmp_path: Path) -> None:
-    model = tmp_path / "model.gguf"
-    a, b = os.urandom(3 << 20), os.urandom(3 << 20)
-    model.write_bytes(a)
-    cache = FileHashCache(tmp_path / "cache")
-    assert cache.sha256(model) == sha(a)
-    swap_content_keep_stat(model, b)
-    assert cache.sha256(model) == sha(a)  # served from memory: the file was not read again
-    assert FileHashCache(tmp_path / "cache").sha256(model) == sha(a)  # served from hashes.json in a new instance
-    stored = json.loads((tmp_path / "cache" / "hashes.json").read_text())
-    assert stored["files"][str(model.resolve())]["sha256"] == sha(a)
-
-
-def test_hash_cache_recomputes_after_change(tmp_path: Path) -> None:
-    model = tmp_path / "model.gguf"
-    a, b = os.urandom(1000), os.urandom(1000)
-    model.write_bytes(a)
-    cache = FileHashCache(tmp_path / "cache")
-    assert cache.sha256(model) == sha(a)
-    st = model.stat()
-    model.write_bytes(b)
-    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # same size, newer mtime
-    assert cache.sha256(model) == sha(b)
-    model.write_bytes(b + b"x")  # different size
-    assert cache.sha256(model) == sha(b + b"x")
-    assert FileHashCache(tmp_path / "cache").sha256(model) == sha(b + b"x")
-
-
-def test_hash_cache_ignores_corrupt_cache_file(tmp_path: Path) -> None:
-    model = tmp_path / "m.gguf"
-    model.write_bytes(b"weights")
-    (tmp_path / "cache").mkdir()
-    for junk in ("{not json", "[1]", '{"version": 1, "files": {"x": 3}}'):
-        (tmp_path / "cache" / "hashes.json").write_text(junk)
-        assert FileHashCache(tmp_path / "cache").sha256(model) == sha(b"weights")
-        stored = json.loads((tmp_path / "cache" / "hashes.json").read_text())  # rewritten as a valid cache
-        assert stored["files"][str(model.resolve())]["sha256"] == sha(b"weights")
-
-
-def test_hash_cache_default_dir_from_env(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MUSIC_FLAMINGO_CACHE", str(tmp_path / "c"))
-    assert FileHashCache().cache_file == tmp_path / "c" / "hashes.json"
-    monkeypatch.delenv("MUSIC_FLAMINGO_CACHE")
-    assert FileHashCache().cache_file == Path.home() / ".cache" / "music-flamingo" / "hashes.json"
-
-
-def test_hash_cache_from_many_threads(tmp_path: Path) -> None:
-    files = []
-    for i in range(3):
-        f = tmp_path / f"m{i}.gguf"
-        f.write_bytes(os.urandom(1 << 20))
-        files.append(f)
-    cache = FileHashCache(tmp_path / "cache")
-    results: list[tuple[int, str]] = []
-    lock = threading.Lock()
-
-    def work(i: int) -> None:
-        h = cache.sha256(files[i % 3])
-        with lock:
-            results.append((i % 3, h))
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 12
-    for i, h in results:
-        assert h == sha(files[i].read_bytes())
-    stored = json.loads((tmp_path / "cache" / "hashes.json").read_text())["files"]
-    assert set(stored) == {str(f.resolve()) for f in files}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._logging import logger
+from ._version import __version__
 from .analyzer import AnalysisOptions, TrackAnalysis
 from .audio import load_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt
@@ -20,8 +21,6 @@ from .errors import (AudioDecodeError, EngineError, InvalidInputError, ModelFile
 from .gguf_backend import MusicFlamingoGGUF
 from .prompts import load_catalogue
 from .text import normalize_music_flamingo_text
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AnalysisOptions", "AudioDecodeError", "EngineError", "GenerationResult", "GenerationStats", "InvalidInputError",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from . import validation
+from ._version import __version__
 from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
 from .datatypes import GenerationStats, Prompt
 from .prompts import Catalogue, PromptEntry, load_catalogue
@@ -158,8 +159,6 @@ class Analyzer:
 
     def track_meta(self, entries: Sequence[PromptEntry], prompts: Sequence[Prompt],
                    prepared: PreparedAudio) -> dict[str, Any]:
-        from . import __version__
-
         return {
             **self.provenance(),
             "package_version": __version__,

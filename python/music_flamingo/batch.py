@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -37,7 +37,7 @@ from .analyzer import Analyzer
 from .audio import PreparedAudio, prepare_audio
 from .datatypes import GenerationStats
 from .discovery import EXCLUDED_AS, NOT_SELECTED, Selection, Track, discover_tracks
-from .errors import SidecarError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SidecarError
 from .failures import FailureLog
 from .sidecar import has_keys, remove_stale_temp_files, sidecar_path, update_sidecar
 
@@ -286,8 +286,8 @@ class BatchSummary:
     def exit_code(self) -> int:
         """0: all done; 1: some tracks failed; 130: interrupted (as shells report Ctrl-C)."""
         if self.interrupted:
-            return 130
-        return 1 if self.failed else 0
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed else EXIT_OK
 
     def line(self) -> str:
         s = (f"{self.done} done, {self.skipped_complete} skipped (complete), {self.skipped_locked} skipped (locked), "
@@ -553,19 +553,5 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="track", dynamic_ncols=True, smoothing=0.1)
 
 
-def summary_dict(s: BatchSummary) -> dict[str, Any]:
-    d = asdict(s)
-    d.pop("failures")
-    d["exit_code"] = s.exit_code
-    return d
-
-
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 __all__ = ["BatchOptions", "BatchSummary", "DryRun", "PlannedTrack", "TrackOutcome", "dry_run", "failures_path", "is_locked", "plan_batch", "plan_work",
-           "read_failed_tracks", "run_batch", "summary_dict", "iter_jsonl"]
+           "read_failed_tracks", "run_batch"]

@@ -1,7 +1,7 @@
 """``music-flamingo`` / ``python -m music_flamingo``: describe one file, or a whole dataset with ``--batch``.
 
-Exit codes: 0 all done, 1 some tracks failed, 2 usage or configuration error (bad arguments, missing model files,
-bad prompts YAML), 130 interrupted (Ctrl-C or SIGTERM).
+Exit codes (defined in :mod:`.errors`): 0 all done, 1 some tracks failed, 2 usage or configuration error (bad
+arguments, missing model files, bad prompts YAML), 130 interrupted (Ctrl-C or SIGTERM).
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import validation
-from .errors import ModelFileError, MusicFlamingoError, PromptConfigError
+from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ModelFileError, MusicFlamingoError,
+                     PromptConfigError)
 from .validation import cli_type
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -234,7 +234,7 @@ class MusicFlamingoGGUF(Analyzer):
                              max_audio_seconds=self.max_analysed_seconds())
 
     def _provenance(self) -> dict:
-        from .sidecar import FileHashCache
+        from .provenance import FileHashCache
 
         hashes = FileHashCache()
         return {

@@ -64,6 +64,17 @@ def file_url(filename: str, endpoint: str | None = None) -> str:
     return f"{base}/{FILE_REPOSITORIES[filename]}/resolve/{REVISION}/{filename}"
 
 
+# Why not huggingface_hub's hf_hub_download(local_dir=...): measured against the installed huggingface_hub (2.4.0;
+# tests/test_models.py, "why not hf_hub_download", runs it against the loopback Hub), it lacks both things a multi-GB
+# GGUF download needs here. It does not resume across runs: each call downloads into a fresh, uniquely named
+# ``.incomplete`` file (deleted on error, left behind by a killed process, never reused), so a run killed at 90 % of
+# 8 GB starts again at byte 0; only a connection dropped within one call is resumed. And it does not verify content:
+# after a download it checks the length only, never the sha256 the Hub states as the LFS file's ETag (it hashes only
+# a file already in local_dir without metadata, to skip a download), so wrong bytes of the right length are kept.
+# It also needs the Hub's HEAD headers (X-Repo-Commit, ETag), where this code needs only GET with Range, and writes
+# its own ``.cache/huggingface`` folder into the model folder. (Releases before the per-process ``.incomplete`` name,
+# huggingface_hub PR #4228, did resume a shared ``<etag>.incomplete``; none verifies the sha256, so the answer holds
+# for the whole ``>=0.30`` range.) huggingface_hub still supplies the token.
 def _download(url: str, dest: Path, token: str | None, attempts: int = 5) -> None:
     """Fetch ``url`` into ``dest`` through ``dest.part``, resuming with HTTP Range requests.
 

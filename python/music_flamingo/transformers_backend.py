@@ -231,7 +231,6 @@ class MusicFlamingoTransformers(Analyzer):
         self._audio_features_takes_ids = "input_ids" in inspect.signature(
             self._model.get_audio_features).parameters
         gc_cfg = self._model.generation_config
-        self.hub_generation_config = gc_cfg
         eos = gc_cfg.eos_token_id if gc_cfg is not None else None
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         if self._tokenizer.eos_token_id is not None and self._tokenizer.eos_token_id not in eos:
@@ -246,7 +245,7 @@ class MusicFlamingoTransformers(Analyzer):
         self.pad_token_id = int(pad)
         self.bos_token_id = gc_cfg.bos_token_id if gc_cfg is not None else None
         # The prompts' own settings decide how to sample, as in the GGUF backend: nothing is inherited from the
-        # checkpoint's generation_config.json (kept as hub_generation_config).
+        # checkpoint's generation_config.json but its special tokens.
         self._model.generation_config = transformers.GenerationConfig(
             eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id)
         self.torch_compile = bool(torch_compile)

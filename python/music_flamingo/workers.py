@@ -44,6 +44,7 @@ from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
 from ._logging import logger
 from .batch import BatchOptions, BatchSummary, TrackOutcome, _progress, failures_path, plan_work, run_batch
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 # ggml backend name (``system_info()["backends"]``) -> the variable that limits which devices a process sees.
 # ROCm: Ray sets HIP_VISIBLE_DEVICES too; ROCR_VISIBLE_DEVICES, if the user set it, filters before it and is kept.
@@ -125,7 +126,7 @@ class WorkersSummary(BatchSummary):
     @property
     def exit_code(self) -> int:
         """As :class:`BatchSummary`, and 2 when no worker could load its engine."""
-        return 2 if self.no_worker and not self.interrupted else super().exit_code
+        return EXIT_USAGE if self.no_worker and not self.interrupted else super().exit_code
 
     def line(self) -> str:
         s = f"{super().line()}; {self.workers} workers"
@@ -355,7 +356,7 @@ class _Parent:
             except OSError:
                 pass
         del self.live[w.proc.pid]
-        clean = rc in (0, 1) or (self.summary.interrupted and rc == 130)
+        clean = rc in (EXIT_OK, EXIT_FAILED) or (self.summary.interrupted and rc == EXIT_INTERRUPTED)
         if (clean and not w.held) or self.summary.interrupted:  # when stopping, what it held is simply not done
             return
         label, how, held = self.slots[w.slot].label, _how(rc), list(w.held)
