@@ -20,6 +20,7 @@ read (it reads mp3/wav/flac) are transcoded once to FLAC (untimed) and both meth
 
 Usage: python bench/benchmark.py [--tracks 3] [--max-tokens N] [--overhead] [--transformers] [--json OUT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,13 +49,14 @@ if str(REPO / "python") not in sys.path and not os.environ.get("MUSIC_FLAMINGO_B
 
 CLI_READS = {".mp3", ".wav", ".flac"}  # what llama-mtmd-cli (miniaudio) decodes itself
 SR = 16000
-AUDIO_TOKENS_PER_WINDOW = 750           # AF3: 30 s window -> 1500 encoder frames -> pooled by 2
+AUDIO_TOKENS_PER_WINDOW = 750  # AF3: 30 s window -> 1500 encoder frames -> pooled by 2
 OUT_DEFAULT = REPO / "bench" / "out" / "benchmark.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # machine, defaults, tracks
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def machine_info() -> dict[str, Any]:
     model = platform.processor() or "?"
@@ -66,12 +68,19 @@ def machine_info() -> dict[str, Any]:
         pass
     gpu = None
     if shutil.which("nvidia-smi"):
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True
+        )
         gpu = r.stdout.strip() or None if r.returncode == 0 else None
-    return {"cpu": model, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
-            "python": platform.python_version(), "load_avg": [round(x, 2) for x in os.getloadavg()],
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def tiny_model():
@@ -190,8 +199,9 @@ class GpuSampler:
 
     @staticmethod
     def _used() -> int | None:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True
+        )
         try:
             return sum(int(x) for x in r.stdout.split())
         except ValueError:
@@ -224,6 +234,7 @@ class GpuSampler:
 # ----------------------------------------------------------------------------------------------------------------
 # workers (each in its own process)
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -259,19 +270,32 @@ def _time_analyzer(an, spec, label: str) -> dict[str, Any]:
         runs = [one(t) for _ in range(spec["repeat"])]
         wall, dec, res, cpu = min(runs, key=lambda x: x[0])
         st = res.stats
-        rows.append({
-            "track": t["name"], "wall_s": wall, "walls_all_s": [x[0] for x in runs], "cpu_s": cpu,
-            "decode_resample_s": dec,
-            "encode_s": st.encode_ms / 1e3, "prefill_s": st.prefill_ms / 1e3, "decode_s": st.decode_ms / 1e3,
-            "native_total_s": st.total_ms / 1e3, "tokens_generated": st.tokens_generated,
-            "decode_tokens_per_s": st.decode_tokens_per_s, "audio_chunks": st.audio_chunks,
-            "audio_tokens": st.audio_tokens, "prefix_tokens": st.prefix_tokens, "n_ctx": st.n_ctx,
-            "other_s": wall - dec - st.total_ms / 1e3,
-            "chars": {k: len(v) for k, v in res.raw.items()},
-        })
-        _log(f"[{label}] {t['name']}: {wall:.2f} s (decode+resample {dec:.2f}, encode {st.encode_ms / 1e3:.2f}, "
-             f"prefill {st.prefill_ms / 1e3:.2f}, decode {st.decode_ms / 1e3:.2f} s for {st.tokens_generated} tokens; "
-             f"CPU {cpu:.1f} s; all runs " + ", ".join(f"{x[0]:.2f}" for x in runs) + ")")
+        rows.append(
+            {
+                "track": t["name"],
+                "wall_s": wall,
+                "walls_all_s": [x[0] for x in runs],
+                "cpu_s": cpu,
+                "decode_resample_s": dec,
+                "encode_s": st.encode_ms / 1e3,
+                "prefill_s": st.prefill_ms / 1e3,
+                "decode_s": st.decode_ms / 1e3,
+                "native_total_s": st.total_ms / 1e3,
+                "tokens_generated": st.tokens_generated,
+                "decode_tokens_per_s": st.decode_tokens_per_s,
+                "audio_chunks": st.audio_chunks,
+                "audio_tokens": st.audio_tokens,
+                "prefix_tokens": st.prefix_tokens,
+                "n_ctx": st.n_ctx,
+                "other_s": wall - dec - st.total_ms / 1e3,
+                "chars": {k: len(v) for k, v in res.raw.items()},
+            }
+        )
+        _log(
+            f"[{label}] {t['name']}: {wall:.2f} s (decode+resample {dec:.2f}, encode {st.encode_ms / 1e3:.2f}, "
+            f"prefill {st.prefill_ms / 1e3:.2f}, decode {st.decode_ms / 1e3:.2f} s for {st.tokens_generated} tokens; "
+            f"CPU {cpu:.1f} s; all runs " + ", ".join(f"{x[0]:.2f}" for x in runs) + ")"
+        )
     return {"rows": rows}
 
 
@@ -279,15 +303,25 @@ def worker_engine(spec) -> dict[str, Any]:
     from music_flamingo import MusicFlamingoGGUF
 
     t0 = time.perf_counter()
-    eng = MusicFlamingoGGUF(model_path=spec["model"], mmproj_path=spec["mmproj"], n_threads=spec["threads"],
-                            n_gpu_layers=spec["n_gpu_layers"], framing=spec["framing"])
+    eng = MusicFlamingoGGUF(
+        model_path=spec["model"],
+        mmproj_path=spec["mmproj"],
+        n_threads=spec["threads"],
+        n_gpu_layers=spec["n_gpu_layers"],
+        framing=spec["framing"],
+    )
     load_s = time.perf_counter() - t0
-    _log(f"[engine] loaded in {load_s:.2f} s: text model on {eng.info['text_model_device']}, "
-         f"audio encoder on {eng.info['audio_encoder_device']}")
+    _log(
+        f"[engine] loaded in {load_s:.2f} s: text model on {eng.info['text_model_device']}, "
+        f"audio encoder on {eng.info['audio_encoder_device']}"
+    )
     out = _time_analyzer(eng, spec, "engine")
-    out.update(load_s=load_s, devices={"text_model": eng.info["text_model_device"],
-                                       "audio_encoder": eng.info["audio_encoder_device"]},
-               framing=eng.framing, flash_attn=eng.info.get("flash_attn"))
+    out.update(
+        load_s=load_s,
+        devices={"text_model": eng.info["text_model_device"], "audio_encoder": eng.info["audio_encoder_device"]},
+        framing=eng.framing,
+        flash_attn=eng.info.get("flash_attn"),
+    )
     eng.close()
     out["peak_rss_mb"] = peak_rss_mb(resource.RUSAGE_SELF)
     return out
@@ -305,8 +339,12 @@ def worker_transformers(spec) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     _log(f"[transformers] loaded in {load_s:.2f} s ({dtype}, {m.attn_implementation}) on {m.device}")
     out = _time_analyzer(m, spec, "transformers")
-    out.update(load_s=load_s, devices={"text_model": str(m.device), "audio_encoder": str(m.audio_device)},
-               dtype=dtype, attn_implementation=m.attn_implementation)
+    out.update(
+        load_s=load_s,
+        devices={"text_model": str(m.device), "audio_encoder": str(m.audio_device)},
+        dtype=dtype,
+        attn_implementation=m.attn_implementation,
+    )
     if torch.cuda.is_available():
         out["torch_cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     m.close()
@@ -335,9 +373,29 @@ def cli_ctx(spec, t, limit: int) -> int:
 
 
 def run_cli_once(spec, t, p, ctx: int, n: int | None = None) -> dict[str, Any]:
-    cmd = [spec["cli"], "-m", spec["model"], "--mmproj", spec["mmproj"], "--audio", t["file"], "-p", p["text"],
-           "-n", str(n or p["max_tokens"]), "--temp", f"{p['temperature']:g}", "--top-p", f"{p['top_p']:g}",
-           "--seed", str(p["seed"]), "-c", str(ctx), "-t", str(spec["threads"])]
+    cmd = [
+        spec["cli"],
+        "-m",
+        spec["model"],
+        "--mmproj",
+        spec["mmproj"],
+        "--audio",
+        t["file"],
+        "-p",
+        p["text"],
+        "-n",
+        str(n or p["max_tokens"]),
+        "--temp",
+        f"{p['temperature']:g}",
+        "--top-p",
+        f"{p['top_p']:g}",
+        "--seed",
+        str(p["seed"]),
+        "-c",
+        str(ctx),
+        "-t",
+        str(spec["threads"]),
+    ]
     if spec["n_gpu_layers"] is not None:
         cmd += ["-ngl", str(999 if spec["n_gpu_layers"] < 0 else spec["n_gpu_layers"])]
     c0 = _cpu_s(resource.RUSAGE_CHILDREN)
@@ -346,15 +404,25 @@ def run_cli_once(spec, t, p, ctx: int, n: int | None = None) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     cpu = _cpu_s(resource.RUSAGE_CHILDREN) - c0
     if r.returncode != 0:
-        raise RuntimeError(f"llama-mtmd-cli failed ({r.returncode}): {' '.join(cmd)}\n"
-                           f"{r.stderr.decode(errors='replace')[-3000:]}")
+        raise RuntimeError(
+            f"llama-mtmd-cli failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr.decode(errors='replace')[-3000:]}"
+        )
     text = r.stdout.decode("utf-8", errors="replace").strip()  # what users parse
     err = r.stderr.decode("utf-8", errors="replace").splitlines()
     enc_ms = [float(m.group(1)) for ln in err if (m := re.search(r"encoding done in (\d+(?:\.\d+)?) ms", ln))]
     first = next((_log_seconds(ln) for ln in err if "encoding mtmd batch" in ln), None)
-    return {"prompt": p["name"], "n": n or p["max_tokens"], "ctx": ctx, "wall_s": wall, "cpu_s": cpu,
-            "startup_s": first, "encode_s": sum(enc_ms) / 1e3 if enc_ms else None, "windows": len(enc_ms),
-            "text": text, "cmd": cmd}
+    return {
+        "prompt": p["name"],
+        "n": n or p["max_tokens"],
+        "ctx": ctx,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "startup_s": first,
+        "encode_s": sum(enc_ms) / 1e3 if enc_ms else None,
+        "windows": len(enc_ms),
+        "text": text,
+        "cmd": cmd,
+    }
 
 
 def worker_cli(spec) -> dict[str, Any]:
@@ -370,16 +438,26 @@ def worker_cli(spec) -> dict[str, Any]:
         walls = [sum(x["wall_s"] for x in procs) for procs in runs]
         procs = runs[walls.index(min(walls))]
         wall = min(walls)
-        row = {"track": t["name"], "wall_s": wall, "walls_all_s": walls, "processes": procs, "ctx": ctx,
-               "cpu_s": sum(x["cpu_s"] for x in procs),
-               "startup_s": sum(x["startup_s"] or 0 for x in procs),
-               "encode_s": sum(x["encode_s"] or 0 for x in procs)}
+        row = {
+            "track": t["name"],
+            "wall_s": wall,
+            "walls_all_s": walls,
+            "processes": procs,
+            "ctx": ctx,
+            "cpu_s": sum(x["cpu_s"] for x in procs),
+            "startup_s": sum(x["startup_s"] or 0 for x in procs),
+            "encode_s": sum(x["encode_s"] or 0 for x in procs),
+        }
         row["rest_s"] = wall - row["startup_s"] - row["encode_s"]
         rows.append(row)
-        _log(f"[cli] {t['name']}: {wall:.2f} s = " + " + ".join(f"{x['wall_s']:.2f}" for x in procs)
-             + f" (start-up to first encode {row['startup_s']:.2f}, encode {row['encode_s']:.2f}, "
-               f"prefill+decode+exit {row['rest_s']:.2f}; CPU {row['cpu_s']:.1f} s; all runs "
-             + ", ".join(f"{w:.2f}" for w in walls) + ")")
+        _log(
+            f"[cli] {t['name']}: {wall:.2f} s = "
+            + " + ".join(f"{x['wall_s']:.2f}" for x in procs)
+            + f" (start-up to first encode {row['startup_s']:.2f}, encode {row['encode_s']:.2f}, "
+            f"prefill+decode+exit {row['rest_s']:.2f}; CPU {row['cpu_s']:.1f} s; all runs "
+            + ", ".join(f"{w:.2f}" for w in walls)
+            + ")"
+        )
     # tokens generated, approximately: the CLI prints text only, so count by re-tokenizing it (tiny/HF tokenizer)
     tok = None
     tj = Path(spec["hf_dir"]) / "tokenizer.json" if spec.get("hf_dir") else None
@@ -409,18 +487,38 @@ def worker_overhead(spec) -> dict[str, Any]:
     from music_flamingo.audio import load_audio
 
     n = spec["overhead_calls"]
-    eng = MusicFlamingoGGUF(model_path=spec["model"], mmproj_path=spec["mmproj"], n_threads=spec["threads"],
-                            n_gpu_layers=spec["n_gpu_layers"], framing=spec["framing"])
+    eng = MusicFlamingoGGUF(
+        model_path=spec["model"],
+        mmproj_path=spec["mmproj"],
+        n_threads=spec["threads"],
+        n_gpu_layers=spec["n_gpu_layers"],
+        framing=spec["framing"],
+    )
     music = load_audio(spec["tracks"][0]["file"])
     start = max(0, min(20 * SR, len(music) - SR))
-    pcm = np.ascontiguousarray(music[start:start + SR])  # 1 s of real music (from 20 s in)
-    prompts = [Prompt(p["text"], max_tokens=1, temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
-                      seed=p["seed"], name=p["name"]) for p in spec["prompts"]]
+    pcm = np.ascontiguousarray(music[start : start + SR])  # 1 s of real music (from 20 s in)
+    prompts = [
+        Prompt(
+            p["text"],
+            max_tokens=1,
+            temperature=p["temperature"],
+            top_p=p["top_p"],
+            top_k=p["top_k"],
+            seed=p["seed"],
+            name=p["name"],
+        )
+        for p in spec["prompts"]
+    ]
 
     def summary(xs_ms: list[float]) -> dict[str, float]:
         xs = sorted(xs_ms)
-        return {"mean_ms": statistics.fmean(xs), "median_ms": statistics.median(xs),
-                "p95_ms": xs[int(0.95 * (len(xs) - 1))], "min_ms": xs[0], "calls": len(xs)}
+        return {
+            "mean_ms": statistics.fmean(xs),
+            "median_ms": statistics.median(xs),
+            "p95_ms": xs[int(0.95 * (len(xs) - 1))],
+            "min_ms": xs[0],
+            "calls": len(xs),
+        }
 
     # 1) real calls: wall of generate() minus the native engine's own total_ms
     eng.generate(pcm, prompts)  # first call creates the context
@@ -432,11 +530,14 @@ def worker_overhead(spec) -> dict[str, Any]:
         w = (time.perf_counter() - t0) * 1e3
         walls.append(w)
         diffs.append(w - r.stats.total_ms)
-    _log(f"[overhead] generate(1 s, 5 prompts, max_tokens=1): wall {statistics.fmean(walls):.1f} ms, "
-         f"wall - native total {statistics.fmean(diffs):.3f} ms")
+    _log(
+        f"[overhead] generate(1 s, 5 prompts, max_tokens=1): wall {statistics.fmean(walls):.1f} ms, "
+        f"wall - native total {statistics.fmean(diffs):.3f} ms"
+    )
     fr = eng._framing(None)
-    raw_example = real_native.generate(pcm, SR, [p.to_native() for p in prompts], eng.system_prompt, False, fr,
-                                       False, eng._chat(fr))
+    raw_example = real_native.generate(
+        pcm, SR, [p.to_native() for p in prompts], eng.system_prompt, False, fr, False, eng._chat(fr)
+    )
 
     # 2) the binding round trip with (almost) no native work: the engine rejects the prompt in its validation
     bad = [Prompt("bad\0prompt", max_tokens=1)]
@@ -491,12 +592,13 @@ def worker_overhead(spec) -> dict[str, Any]:
         "python_generate_wrapper_stub": summary(wrap),
         "python_analyze_track_stub": summary(analyze),
         "trivial_native_call_build_info": summary(calls),
-        "audio_seconds": 1.0, "prompts": len(prompts), "target_ms": 5.0,
+        "audio_seconds": 1.0,
+        "prompts": len(prompts),
+        "target_ms": 5.0,
     }
 
 
-WORKERS = {"engine": worker_engine, "cli": worker_cli, "transformers": worker_transformers,
-           "overhead": worker_overhead}
+WORKERS = {"engine": worker_engine, "cli": worker_cli, "transformers": worker_transformers, "overhead": worker_overhead}
 
 
 def run_worker(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -505,8 +607,18 @@ def run_worker(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     load0 = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
     with GpuSampler() as gpu:
-        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", str(spec_f),
-                            "--worker-out", str(out_f)])
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                kind,
+                "--spec",
+                str(spec_f),
+                "--worker-out",
+                str(out_f),
+            ]
+        )
     if r.returncode != 0:
         raise RuntimeError(f"{kind} worker failed ({r.returncode})")
     out = json.loads(out_f.read_text())
@@ -520,6 +632,7 @@ def run_worker(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
 # report
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _mean(rows, k):
     xs = [r[k] for r in rows if r.get(k) is not None]
     return statistics.fmean(xs) if xs else None
@@ -527,30 +640,48 @@ def _mean(rows, k):
 
 def summarize(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
     s = {}
-    for key, label in (("engine", "(a) engine, resident"), ("cli", "(b) llama-mtmd-cli per prompt"),
-                       ("transformers", "(c) transformers, resident")):
+    for key, label in (
+        ("engine", "(a) engine, resident"),
+        ("cli", "(b) llama-mtmd-cli per prompt"),
+        ("transformers", "(c) transformers, resident"),
+    ):
         m = res.get(key)
         if not m:
             continue
         rows = m["rows"]
         wall = _mean(rows, "wall_s")
-        d = {"label": label, "s_per_track": wall, "tracks_per_hour": 3600 / wall if wall else None,
-             "cpu_s_per_track": _mean(rows, "cpu_s"), "load_avg_start_end": m.get("load_avg_start_end"),
-             "peak_rss_mb": m.get("peak_rss_mb"), "gpu_mem_peak_mb": m.get("gpu_mem_peak_mb"),
-             "load_s": m.get("load_s")}
+        d = {
+            "label": label,
+            "s_per_track": wall,
+            "tracks_per_hour": 3600 / wall if wall else None,
+            "cpu_s_per_track": _mean(rows, "cpu_s"),
+            "load_avg_start_end": m.get("load_avg_start_end"),
+            "peak_rss_mb": m.get("peak_rss_mb"),
+            "gpu_mem_peak_mb": m.get("gpu_mem_peak_mb"),
+            "load_s": m.get("load_s"),
+        }
         if key == "cli":
-            d.update(startup_s=_mean(rows, "startup_s"), encode_s=_mean(rows, "encode_s"), rest_s=_mean(rows, "rest_s"),
-                     approx_tokens_per_track=_mean(rows, "approx_tokens"))
+            d.update(
+                startup_s=_mean(rows, "startup_s"),
+                encode_s=_mean(rows, "encode_s"),
+                rest_s=_mean(rows, "rest_s"),
+                approx_tokens_per_track=_mean(rows, "approx_tokens"),
+            )
         else:
             tok = sum(r["tokens_generated"] for r in rows)
             dec = sum(r["decode_s"] for r in rows)
             for r in rows:  # native time no stage claims (the engine: the log-mel of each window)
                 r.setdefault("unattributed_s", r["native_total_s"] - r["encode_s"] - r["prefill_s"] - r["decode_s"])
-            d.update(decode_resample_s=_mean(rows, "decode_resample_s"), encode_s=_mean(rows, "encode_s"),
-                     unattributed_s=_mean(rows, "unattributed_s"),
-                     prefill_s=_mean(rows, "prefill_s"), decode_s=_mean(rows, "decode_s"),
-                     decode_tokens_per_s=tok / dec if dec else None, tokens_per_track=tok / len(rows),
-                     other_s=_mean(rows, "other_s"))
+            d.update(
+                decode_resample_s=_mean(rows, "decode_resample_s"),
+                encode_s=_mean(rows, "encode_s"),
+                unattributed_s=_mean(rows, "unattributed_s"),
+                prefill_s=_mean(rows, "prefill_s"),
+                decode_s=_mean(rows, "decode_s"),
+                decode_tokens_per_s=tok / dec if dec else None,
+                tokens_per_track=tok / len(rows),
+                other_s=_mean(rows, "other_s"),
+            )
         s[key] = d
     base = s.get("cli", {}).get("s_per_track")
     for d in s.values():
@@ -563,33 +694,43 @@ def _f(x, fmt="{:.2f}", none="–"):
 
 
 def table(summary: dict[str, dict[str, Any]]) -> str:
-    head = ("| method | s/track | tracks/h | speed-up vs (b) | CPU s/track | load (once) s | decode+resample s | encode s | "
-            "other in-call s | prefill s | decode s | decode tok/s | tokens/track | peak RSS MB | GPU mem MB |")
+    head = (
+        "| method | s/track | tracks/h | speed-up vs (b) | CPU s/track | load (once) s | decode+resample s | encode s | "
+        "other in-call s | prefill s | decode s | decode tok/s | tokens/track | peak RSS MB | GPU mem MB |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key in ("engine", "transformers", "cli"):
         d = summary.get(key)
         if not d:
             continue
         if key == "cli":
-            stages = (f"(in CLI start-up) | {_f(d['encode_s'])} (5×) | (in start-up) | "
-                      f"{_f(d['rest_s'])} (prefill+decode+exit, 5×) | | | "
-                      f"{_f(d['approx_tokens_per_track'], '~{:.0f}', '')} | ")
+            stages = (
+                f"(in CLI start-up) | {_f(d['encode_s'])} (5×) | (in start-up) | "
+                f"{_f(d['rest_s'])} (prefill+decode+exit, 5×) | | | "
+                f"{_f(d['approx_tokens_per_track'], '~{:.0f}', '')} | "
+            )
             load = f"{_f(d['startup_s'])} per track (5× start-up)"
         else:
-            stages = (f"{_f(d['decode_resample_s'])} | {_f(d['encode_s'])} | {_f(d['unattributed_s'])} | "
-                      f"{_f(d['prefill_s'])} | "
-                      f"{_f(d['decode_s'])} | {_f(d['decode_tokens_per_s'], '{:.1f}')} | "
-                      f"{_f(d['tokens_per_track'], '{:.0f}')} | ")
+            stages = (
+                f"{_f(d['decode_resample_s'])} | {_f(d['encode_s'])} | {_f(d['unattributed_s'])} | "
+                f"{_f(d['prefill_s'])} | "
+                f"{_f(d['decode_s'])} | {_f(d['decode_tokens_per_s'], '{:.1f}')} | "
+                f"{_f(d['tokens_per_track'], '{:.0f}')} | "
+            )
             load = _f(d["load_s"])
-        lines.append(f"| {d['label']} | {_f(d['s_per_track'])} | {_f(d['tracks_per_hour'], '{:.0f}')} | "
-                     f"{_f(d['speedup_vs_b'], '{:.2f}×')} | {_f(d['cpu_s_per_track'], '{:.1f}')} | {load} | {stages}{_f(d['peak_rss_mb'], '{:.0f}')} | "
-                     f"{_f(d['gpu_mem_peak_mb'], '{:.0f}', 'n/a (no CUDA device)')} |")
+        lines.append(
+            f"| {d['label']} | {_f(d['s_per_track'])} | {_f(d['tracks_per_hour'], '{:.0f}')} | "
+            f"{_f(d['speedup_vs_b'], '{:.2f}×')} | {_f(d['cpu_s_per_track'], '{:.1f}')} | {load} | {stages}{_f(d['peak_rss_mb'], '{:.0f}')} | "
+            f"{_f(d['gpu_mem_peak_mb'], '{:.0f}', 'n/a (no CUDA device)')} |"
+        )
     return "\n".join(lines)
 
 
 def overhead_table(o: dict[str, Any]) -> str:
-    lines = ["| what (per call, 1 s audio, 5 prompts, max_tokens=1) | mean ms | median ms | p95 ms | calls |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| what (per call, 1 s audio, 5 prompts, max_tokens=1) | mean ms | median ms | p95 ms | calls |",
+        "|---|---|---|---|---|",
+    ]
     names = {
         "real_generate_minus_native_total": "generate() wall − native total_ms",
         "binding_roundtrip_validation_failure": "generate() rejected by the engine's validation (full round trip)",
@@ -618,26 +759,41 @@ def main() -> None:
     ap.add_argument("--mmproj", type=Path, help="mmproj GGUF (default: the tiny test model's)")
     ap.add_argument("--hf-dir", type=Path, help="HF checkpoint for --transformers (default: the tiny test model's)")
     ap.add_argument("--cli", type=Path, help="llama-mtmd-cli (default: the one built for the tests)")
-    ap.add_argument("--cli-ctx", type=int, default=0,
-                    help="-c for the CLI; 0: per track, max(8192, audio + prompt + limit rounded up to 1024)")
+    ap.add_argument(
+        "--cli-ctx",
+        type=int,
+        default=0,
+        help="-c for the CLI; 0: per track, max(8192, audio + prompt + limit rounded up to 1024)",
+    )
     ap.add_argument("--audio", nargs="+", help="audio files to time (default: corpus tracks of 2-4 minutes)")
     ap.add_argument("--tracks", type=int, default=3, help="number of tracks (default 3)")
     ap.add_argument("--min-seconds", type=float, default=120, help="corpus tracks at least this long (default 120)")
     ap.add_argument("--max-seconds", type=float, default=240, help="corpus tracks at most this long (default 240)")
     ap.add_argument("--max-tokens", type=int, default=None, help="cap every prompt's token limit (quick runs)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads, every method (default: all cores)")
+    ap.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="CPU threads, every method (default: all cores)"
+    )
     ap.add_argument("--n-gpu-layers", type=int, default=-1, help="-1: all (passed to the CLI as -ngl 999)")
-    ap.add_argument("--framing", default=None, choices=["llamacpp", "reference_trim", "reference_tail"],
-                    help="engine framing (default: the engine's, reference_tail; llamacpp = what the CLI feeds)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="time each track this many times and keep its fastest run (default 1)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed tracks first for (a)/(c); (b): one short process (default 1)")
+    ap.add_argument(
+        "--framing",
+        default=None,
+        choices=["llamacpp", "reference_trim", "reference_tail"],
+        help="engine framing (default: the engine's, reference_tail; llamacpp = what the CLI feeds)",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="time each track this many times and keep its fastest run (default 1)"
+    )
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="untimed tracks first for (a)/(c); (b): one short process (default 1)"
+    )
     ap.add_argument("--transformers", action="store_true", help="also time (c) the transformers backend")
     ap.add_argument("--transformers-dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--skip", nargs="*", default=[], choices=["engine", "cli"], help="methods not to run")
     ap.add_argument("--overhead", action="store_true", help="also measure the binding overhead")
     ap.add_argument("--overhead-calls", type=int, default=200, help="calls per overhead measurement (default 200)")
-    ap.add_argument("--json", type=Path, default=OUT_DEFAULT, help="where to write the results (default bench/out/benchmark.json)")
+    ap.add_argument(
+        "--json", type=Path, default=OUT_DEFAULT, help="where to write the results (default bench/out/benchmark.json)"
+    )
     ap.add_argument("--report", type=Path, help="print the tables of a saved result JSON and exit")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -669,23 +825,44 @@ def main() -> None:
     cli = a.cli or (default_cli() if "cli" not in a.skip else None)
     tracks = pick_tracks(a)
     prompts = prompt_set(a.max_tokens)
-    spec = {"model": str(model), "mmproj": str(mmproj), "cli": str(cli) if cli else None,
-            "hf_dir": str(a.hf_dir or (tiny.hf_dir if tiny else "")), "threads": a.threads,
-            "n_gpu_layers": a.n_gpu_layers, "framing": a.framing or DEFAULT_FRAMING, "warmup": a.warmup,
-            "repeat": a.repeat, "tracks": tracks, "prompts": prompts, "cli_ctx": a.cli_ctx, "transformers_dtype": a.transformers_dtype,
-            "overhead_calls": a.overhead_calls}
+    spec = {
+        "model": str(model),
+        "mmproj": str(mmproj),
+        "cli": str(cli) if cli else None,
+        "hf_dir": str(a.hf_dir or (tiny.hf_dir if tiny else "")),
+        "threads": a.threads,
+        "n_gpu_layers": a.n_gpu_layers,
+        "framing": a.framing or DEFAULT_FRAMING,
+        "warmup": a.warmup,
+        "repeat": a.repeat,
+        "tracks": tracks,
+        "prompts": prompts,
+        "cli_ctx": a.cli_ctx,
+        "transformers_dtype": a.transformers_dtype,
+        "overhead_calls": a.overhead_calls,
+    }
     result: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(),
         "build": {k: v for k, v in dict(_core.build_info()).items()},
-        "native_module": {"file": str(Path(_core.__file__).resolve()),
-                          "mtime": _dt.datetime.fromtimestamp(Path(_core.__file__).stat().st_mtime,
-                                                              _dt.timezone.utc).isoformat(timespec="seconds")},
+        "native_module": {
+            "file": str(Path(_core.__file__).resolve()),
+            "mtime": _dt.datetime.fromtimestamp(Path(_core.__file__).stat().st_mtime, _dt.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+        },
         "git": _git_state(),
-        "model": str(model), "mmproj": str(mmproj), "cli": spec["cli"],
-        "tracks": tracks, "prompts": [{k: p[k] for k in ("name", "max_tokens", "temperature", "top_p", "top_k",
-                                                          "seed")} for p in prompts],
-        "threads": a.threads, "n_gpu_layers": a.n_gpu_layers, "framing": spec["framing"], "warmup": a.warmup,
+        "model": str(model),
+        "mmproj": str(mmproj),
+        "cli": spec["cli"],
+        "tracks": tracks,
+        "prompts": [
+            {k: p[k] for k in ("name", "max_tokens", "temperature", "top_p", "top_k", "seed")} for p in prompts
+        ],
+        "threads": a.threads,
+        "n_gpu_layers": a.n_gpu_layers,
+        "framing": spec["framing"],
+        "warmup": a.warmup,
         "repeat": a.repeat,
     }
     _log("tracks: " + ", ".join(f"{t['name']} ({t['seconds']:.0f} s)" for t in tracks))
@@ -704,10 +881,12 @@ def main() -> None:
     result["summary"] = summarize(result)
     t = table(result["summary"])
     result["table_markdown"] = t
-    print(f"\n{len(tracks)} tracks, {sum(x['seconds'] for x in tracks) / len(tracks):.0f} s on average; prompts "
-          + ", ".join(f"{p['name']}={p['max_tokens']}" for p in prompts)
-          + f"; threads {a.threads}; machine {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-          f"load {result['machine']['load_avg']} -> {result['machine']['load_avg_end']}\n")
+    print(
+        f"\n{len(tracks)} tracks, {sum(x['seconds'] for x in tracks) / len(tracks):.0f} s on average; prompts "
+        + ", ".join(f"{p['name']}={p['max_tokens']}" for p in prompts)
+        + f"; threads {a.threads}; machine {result['machine']['cpu']} ({result['machine']['cores']} cores), "
+        f"load {result['machine']['load_avg']} -> {result['machine']['load_avg_end']}\n"
+    )
     print(t)
     if "overhead" in result:
         result["overhead_table_markdown"] = overhead_table(result["overhead"])

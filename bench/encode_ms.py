@@ -10,6 +10,7 @@ Usage: python bench/encode_ms.py [--lengths 47.55 150] [--framings reference_tai
                                  [--model-path M --mmproj-path P] [--threads N]
 Without model paths it uses the tests' tiny model (its encoder is tiny, so the log-mel dominates).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ def main() -> None:
             eng.generate(pcm, [Prompt("Describe.", max_tokens=1)], framing=fr)  # warm
             runs = [eng.generate(pcm, [Prompt("Describe.", max_tokens=1)], framing=fr).stats for _ in range(a.repeats)]
             ms = [s.encode_ms for s in runs]
-            print(f"| {L:g} s | {fr} | {runs[0].audio_tokens} | {statistics.median(ms):.1f} | {min(ms):.1f} | "
-                  f"{max(ms):.1f} |", flush=True)
+            print(
+                f"| {L:g} s | {fr} | {runs[0].audio_tokens} | {statistics.median(ms):.1f} | {min(ms):.1f} | "
+                f"{max(ms):.1f} |",
+                flush=True,
+            )
     eng.close()
 
 

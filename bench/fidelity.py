@@ -17,6 +17,7 @@ Every framing but ``llamacpp`` must feed the reference's prompt tokens exactly (
 Usage: python bench/fidelity.py [--lengths 0.5 5 17.5 ...] [--tokens 16] [--write]
 ``--write`` stores bench/fidelity.json (bench/FIDELITY.md quotes its table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def load_music(seconds_needed: float) -> np.ndarray:
     """Real music, 16 kHz mono: the corpus MP3s in order, from 20 s into the first, joined until long enough (the
     first alone covers 4 minutes; 10 minutes need all three)."""
     from conftest import CACHE  # the tests' cache and corpus location
+
     from music_flamingo.audio import load_audio
 
     corpus = CACHE / "corpus"
@@ -57,7 +59,7 @@ def load_music(seconds_needed: float) -> np.ndarray:
         parts.append(load_audio(mp3))
         n += len(parts[-1])
         if n >= seconds_needed * SR:
-            return np.concatenate(parts)[20 * SR:]
+            return np.concatenate(parts)[20 * SR :]
     raise AssertionError(f"the corpus holds less than {seconds_needed} s of music")
 
 
@@ -90,12 +92,15 @@ class Reference:
     def reference(self, pcm: np.ndarray, n: int) -> tuple[list[int], np.ndarray, list[int]]:
         """Greedy ids, first-step logits and the prompt ids of the standard path (the template's default system
         message; the audio, "\\n", the question)."""
-        conv = [{"role": "user", "content": [{"type": "audio", "audio": pcm}, {"type": "text", "text": "\n" + QUESTION}]}]
+        conv = [
+            {"role": "user", "content": [{"type": "audio", "audio": pcm}, {"type": "text", "text": "\n" + QUESTION}]}
+        ]
         inp = self.proc.apply_chat_template(conv, tokenize=True, add_generation_prompt=True, return_dict=True)
         with self.torch.no_grad():
-            g = self.model.generate(**inp, max_new_tokens=n, do_sample=False, output_scores=True,
-                                    return_dict_in_generate=True)
-        ids = g.sequences[0, inp["input_ids"].shape[1]:].tolist()
+            g = self.model.generate(
+                **inp, max_new_tokens=n, do_sample=False, output_scores=True, return_dict_in_generate=True
+            )
+        ids = g.sequences[0, inp["input_ids"].shape[1] :].tolist()
         return ids, g.scores[0][0].numpy(), inp["input_ids"][0].tolist()
 
     def greedy_from_layout(self, layout: list, audio_embd: np.ndarray, n: int) -> tuple[list[int], np.ndarray]:
@@ -109,8 +114,10 @@ class Reference:
         for t in layout + ["end"]:
             if t is None:
                 if run:
-                    parts.append(embed(torch.tensor([run]))[0]); run = []
-                parts.append(torch.from_numpy(audio_embd[ai:ai + 1])); ai += 1
+                    parts.append(embed(torch.tensor([run]))[0])
+                    run = []
+                parts.append(torch.from_numpy(audio_embd[ai : ai + 1]))
+                ai += 1
             elif t == "end":
                 if run:
                     parts.append(embed(torch.tensor([run]))[0])
@@ -150,8 +157,14 @@ def measure(lengths: list[float], n_tokens: int) -> dict:
 
     tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
     ref = Reference(tiny.hf_dir)
-    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False, n_threads=1,
-                            kv_cache_type="f32", warmup=False)
+    eng = MusicFlamingoGGUF(
+        model_path=tiny.model_gguf,
+        mmproj_path=tiny.mmproj_gguf,
+        flash_attn=False,
+        n_threads=1,
+        kv_cache_type="f32",
+        warmup=False,
+    )
     music = load_music(max(lengths))
     audio_id = ref.model.config.audio_token_id
     rows = []
@@ -169,18 +182,26 @@ def measure(lengths: list[float], n_tokens: int) -> dict:
                 expect = [None if t == audio_id else t for t in prompt_ids]
                 assert layout == expect, f"{fr}: engine prompt differs from the reference prompt at {L} s"
             ids_a, logits_a = ref.greedy_from_layout(layout, embd, n_tokens)
-            rows.append({
-                "seconds": L, "framing": fr, "audio_tokens": int(embd.shape[0]), "reference_audio_tokens": n_ref_audio,
-                "a_logits_max_abs_diff": float(np.abs(logits_a - logits_e).max()),
-                "a_greedy_agree": agree(ids_a, ids_e),
-                "b_logits_max_abs_diff": float(np.abs(logits_r - logits_e).max()),
-                "b_greedy_agree": agree(ids_r, ids_e),
-                "n_tokens": n_tokens,
-            })
+            rows.append(
+                {
+                    "seconds": L,
+                    "framing": fr,
+                    "audio_tokens": int(embd.shape[0]),
+                    "reference_audio_tokens": n_ref_audio,
+                    "a_logits_max_abs_diff": float(np.abs(logits_a - logits_e).max()),
+                    "a_greedy_agree": agree(ids_a, ids_e),
+                    "b_logits_max_abs_diff": float(np.abs(logits_r - logits_e).max()),
+                    "b_greedy_agree": agree(ids_r, ids_e),
+                    "n_tokens": n_tokens,
+                }
+            )
         print(f"{L:>5.0f} s done in {time.time() - t0:.1f} s", file=sys.stderr)
     eng.close()
-    return {"question": QUESTION, "model": "tiny random AF3 (tests/tiny_model.py), f32 GGUF, f32 KV cache, flash attention off",
-            "rows": rows}
+    return {
+        "question": QUESTION,
+        "model": "tiny random AF3 (tests/tiny_model.py), f32 GGUF, f32 KV cache, flash attention off",
+        "rows": rows,
+    }
 
 
 def best_framing(result: dict) -> str:
@@ -193,12 +214,17 @@ def best_framing(result: dict) -> str:
 
 
 def table(result: dict) -> str:
-    lines = ["| audio | framing | audio tokens (engine / reference) | (a) logits max abs diff | (a) greedy agree "
-             "| (b) logits max abs diff vs reference | (b) greedy agree |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| audio | framing | audio tokens (engine / reference) | (a) logits max abs diff | (a) greedy agree "
+        "| (b) logits max abs diff vs reference | (b) greedy agree |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['seconds']:g} s | {r['framing']} | {r['audio_tokens']} / {r['reference_audio_tokens']} | "
-                     f"{r['a_logits_max_abs_diff']:.1e} | {r['a_greedy_agree']}/{r['n_tokens']} | "
-                     f"{r['b_logits_max_abs_diff']:.2e} | {r['b_greedy_agree']}/{r['n_tokens']} |")
+        lines.append(
+            f"| {r['seconds']:g} s | {r['framing']} | {r['audio_tokens']} / {r['reference_audio_tokens']} | "
+            f"{r['a_logits_max_abs_diff']:.1e} | {r['a_greedy_agree']}/{r['n_tokens']} | "
+            f"{r['b_logits_max_abs_diff']:.2e} | {r['b_greedy_agree']}/{r['n_tokens']} |"
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ fast path (the top-k candidates from one scan of the row), with 1..N sampling th
 
 Usage: python bench/host_step.py [--in-flight 1 4 8 16] [--threads 1 2] [--tokens 48] [--json FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,33 +49,63 @@ def main() -> None:
         tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
         model, mmproj = tiny.model_gguf, tiny.mmproj_gguf
     rng = np.random.default_rng(0)
-    prompts = [Prompt(f"Describe part {i} of this track.", max_tokens=a.tokens, temperature=0.7, top_p=0.9,
-                      top_k=50, seed=42 + i, ignore_eos=True) for i in range(5)]
+    prompts = [
+        Prompt(
+            f"Describe part {i} of this track.",
+            max_tokens=a.tokens,
+            temperature=0.7,
+            top_p=0.9,
+            top_k=50,
+            seed=42 + i,
+            ignore_eos=True,
+        )
+        for i in range(5)
+    ]
     rows = []
     print(f"host ms per step at full B (median over steps), load {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs")
     print("| B (tracks x 5 prompts) | path | sampling threads | host ms/step | of which sampling | steps |")
     print("|---|---|---|---|---|---|")
     for threads in a.threads:
         # prepare_ahead off: every track is encoded and admitted before the first step, so B stays at 5 x tracks
-        with MusicFlamingoGGUF(model_path=model, mmproj_path=mmproj, n_threads=1, warmup=False,
-                               n_sampling_threads=threads, prepare_ahead=False) as mf:
+        with MusicFlamingoGGUF(
+            model_path=model,
+            mmproj_path=mmproj,
+            n_threads=1,
+            warmup=False,
+            n_sampling_threads=threads,
+            prepare_ahead=False,
+        ) as mf:
             for k in a.in_flight:
                 tracks = [(rng.standard_normal(16000).astype(np.float32) * 0.1) for _ in range(k)]
                 for full in (True, False):
                     _core.set_force_full_sampling(full)
                     try:
-                        st = mf.generate_stream(iter(tracks), prompts, lambda i, r: None, tracks_in_flight=k,
-                                                max_audio_seconds=1.0, profile=True)
+                        st = mf.generate_stream(
+                            iter(tracks),
+                            prompts,
+                            lambda i, r: None,
+                            tracks_in_flight=k,
+                            max_audio_seconds=1.0,
+                            profile=True,
+                        )
                     finally:
                         _core.set_force_full_sampling(False)
                     b = 5 * k
                     host = [h for n, h in zip(st["step_batch"], st["step_host_ms"]) if n == b]
-                    row = {"B": b, "path": "llama.cpp (all candidates)" if full else "fast (top-k scan)",
-                           "threads": threads, "host_ms": statistics.median(host) if host else float("nan"),
-                           "sample_ms": st["sample_ms"] / max(1, st["steps"]), "steps": len(host)}
+                    row = {
+                        "B": b,
+                        "path": "llama.cpp (all candidates)" if full else "fast (top-k scan)",
+                        "threads": threads,
+                        "host_ms": statistics.median(host) if host else float("nan"),
+                        "sample_ms": st["sample_ms"] / max(1, st["steps"]),
+                        "steps": len(host),
+                    }
                     rows.append(row)
-                    print(f"| {b} | {row['path']} | {threads} | {row['host_ms']:.3f} | {row['sample_ms']:.3f} "
-                          f"| {row['steps']} |", flush=True)
+                    print(
+                        f"| {b} | {row['path']} | {threads} | {row['host_ms']:.3f} | {row['sample_ms']:.3f} "
+                        f"| {row['steps']} |",
+                        flush=True,
+                    )
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 

@@ -4,6 +4,7 @@
 Greedy with flash attention off, so every setting must give the same tokens (checked); only the time differs.
 Usage: python bench/in_flight.py [--tracks 6] [--in-flight 1 2 3 6] [--threads 1] [--model-path M --mmproj P]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,21 +29,24 @@ def main() -> None:
     a = ap.parse_args()
 
     import numpy as np
-
     from fidelity import load_music, model_files
+
     from music_flamingo import MusicFlamingoGGUF, Prompt
 
     model, mmproj = model_files(a.model_path, a.mmproj)
-    music = load_music(10 + 8 * a.tracks + 3 * a.tracks ** 2)
+    music = load_music(10 + 8 * a.tracks + 3 * a.tracks**2)
     sr = 16000
-    tracks = [np.ascontiguousarray(music[sr * (8 * i):sr * (8 * i + 5 + 3 * i)]) for i in range(a.tracks)]
+    tracks = [np.ascontiguousarray(music[sr * (8 * i) : sr * (8 * i + 5 + 3 * i)]) for i in range(a.tracks)]
     prompts = [Prompt("Describe this track.", max_tokens=30 + 7 * i) for i in range(5)]
-    with MusicFlamingoGGUF(model_path=model, mmproj_path=mmproj, n_threads=a.threads, flash_attn=False,
-                           warmup=False) as mf:
+    with MusicFlamingoGGUF(
+        model_path=model, mmproj_path=mmproj, n_threads=a.threads, flash_attn=False, warmup=False
+    ) as mf:
         mf.generate(tracks[0], prompts[:1])  # warm-up
         reference = None
-        print(f"{a.tracks} tracks of 5-{5 + 3 * (a.tracks - 1)} s, 5 prompts (30-58 tokens), greedy, "
-              f"{a.threads} thread(s); load {os.getloadavg()[0]:.2f}")
+        print(
+            f"{a.tracks} tracks of 5-{5 + 3 * (a.tracks - 1)} s, 5 prompts (30-58 tokens), greedy, "
+            f"{a.threads} thread(s); load {os.getloadavg()[0]:.2f}"
+        )
         print("| tracks in flight | seconds | speed-up | same tokens |\n|---|---|---|---|")
         base = None
         for k in a.in_flight:

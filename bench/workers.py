@@ -7,6 +7,7 @@ machine's load hits both. The time includes loading the engine(s): that is what 
 is the CPU time of the command and its workers over its wall time: how much of the machine the run actually got.
 Usage: python bench/workers.py [--tracks 24] [--seconds 10] [--workers 2] [--repeat 2] [--model-path M --mmproj P]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,14 +54,38 @@ def main() -> None:
         for i in range(a.tracks):
             write_clip(root / f"track {i:03d}.flac", music, a.seconds, 5 + i * (a.seconds + 1) / 2)
         prompts = Path(tmp) / "prompts.yaml"
-        prompts.write_text("prompts:\n" + "".join(f"  {n}: {{max_tokens: {30 + 7 * i}}}\n" for i, n in enumerate(
-            ["full", "technical", "genre_mood", "instrumentation", "structure"])))
-        base = [sys.executable, "-m", "music_flamingo", str(root), "--batch", "--model-path", str(model), "--mmproj",
-                str(mmproj), "--prompts-file", str(prompts), "--no-sidecar", "--no-progress", "--threads", "1"]
-        print(f"{a.tracks} tracks of {a.seconds:g} s, 5 prompts (30-58 tokens), 1 engine thread per process, "
-              f"{os.cpu_count()} logical CPUs; 1-min load {os.getloadavg()[0]:.2f} at the start")
-        print("| processes | run | seconds | tracks/s | CPU seconds | cores used | load (1 min) after |\n"
-              "|---|---|---|---|---|---|---|")
+        prompts.write_text(
+            "prompts:\n"
+            + "".join(
+                f"  {n}: {{max_tokens: {30 + 7 * i}}}\n"
+                for i, n in enumerate(["full", "technical", "genre_mood", "instrumentation", "structure"])
+            )
+        )
+        base = [
+            sys.executable,
+            "-m",
+            "music_flamingo",
+            str(root),
+            "--batch",
+            "--model-path",
+            str(model),
+            "--mmproj",
+            str(mmproj),
+            "--prompts-file",
+            str(prompts),
+            "--no-sidecar",
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
+        print(
+            f"{a.tracks} tracks of {a.seconds:g} s, 5 prompts (30-58 tokens), 1 engine thread per process, "
+            f"{os.cpu_count()} logical CPUs; 1-min load {os.getloadavg()[0]:.2f} at the start"
+        )
+        print(
+            "| processes | run | seconds | tracks/s | CPU seconds | cores used | load (1 min) after |\n"
+            "|---|---|---|---|---|---|---|"
+        )
         best: dict[int, float] = {}
         for r in range(a.repeat):
             for n in (1, a.workers):
@@ -76,10 +101,14 @@ def main() -> None:
                 if done.returncode != 0 or len({json.loads(x)["path"] for x in lines}) != a.tracks:
                     sys.exit(f"run failed ({done.returncode}): {done.stderr[-2000:]}")
                 best[n] = min(best.get(n, dt), dt)
-                print(f"| {n} | {r + 1} | {dt:.1f} | {a.tracks / dt:.2f} | {cpu:.1f} | {cpu / dt:.2f} | "
-                      f"{os.getloadavg()[0]:.2f} |")
-        print(f"best of {a.repeat}: 1 process {best[1]:.1f} s, {a.workers} workers {best[a.workers]:.1f} s: "
-              f"{best[1] / best[a.workers]:.2f}x")
+                print(
+                    f"| {n} | {r + 1} | {dt:.1f} | {a.tracks / dt:.2f} | {cpu:.1f} | {cpu / dt:.2f} | "
+                    f"{os.getloadavg()[0]:.2f} |"
+                )
+        print(
+            f"best of {a.repeat}: 1 process {best[1]:.1f} s, {a.workers} workers {best[a.workers]:.1f} s: "
+            f"{best[1] / best[a.workers]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

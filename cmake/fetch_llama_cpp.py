@@ -9,6 +9,7 @@ converter and vocabulary files) both call this one script.
 
 Usage: python fetch_llama_cpp.py [--pin third_party/llama-cpp.json] [--cache-dir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,20 @@ def download_sdist(pin: dict, dest: Path) -> Path:
     """pip download the pinned sdist into dest, with pip's own hash check; returns the archive path."""
     req = dest / "requirements.txt"
     req.write_text(f"{pin['package']}=={pin['version']} --hash=sha256:{pin['sha256']}\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--require-hashes", "-r", str(req), "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--require-hashes",
+        "-r",
+        str(req),
+        "-d",
+        str(dest),
+    ]
     # pip prepares the sdist's metadata after downloading it. Without build isolation it reuses the
     # scikit-build-core of this environment (present in our own build env) instead of installing one (~minutes).
     if importlib.util.find_spec("scikit_build_core") is not None:
@@ -88,7 +101,7 @@ def unpack_tree(archive: Path, subdir: str, target: Path) -> None:
             members = []
             for m in tf.getmembers():
                 if m.name.startswith(prefix) and (m.isfile() or m.isdir() or m.issym()):
-                    m.name = m.name[len(prefix):]
+                    m.name = m.name[len(prefix) :]
                     if m.name:
                         members.append(m)
             if not members:

@@ -1,5 +1,6 @@
 """Shared fixtures: the resolved llama.cpp tree, a tiny random Music Flamingo made from it, the reference
 llama-mtmd-cli, real music from Debian packages, and one resident engine for the whole session."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,13 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **extra}
 
 
-DEFAULT_KEYS = ["music_flamingo_full", "music_flamingo_technical", "music_flamingo_genre_mood",
-                "music_flamingo_instrumentation", "music_flamingo_structure"]
+DEFAULT_KEYS = [
+    "music_flamingo_full",
+    "music_flamingo_technical",
+    "music_flamingo_genre_mood",
+    "music_flamingo_instrumentation",
+    "music_flamingo_structure",
+]
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +86,7 @@ def clip(track: np.ndarray, seconds: float, offset: float = 20.0) -> np.ndarray:
     start = int(offset * SR)
     n = int(round(seconds * SR))
     assert start + n <= len(track), "corpus track too short for this clip"
-    return np.ascontiguousarray(track[start:start + n])
+    return np.ascontiguousarray(track[start : start + n])
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +99,7 @@ def write_clip(path: Path, track: np.ndarray, seconds: float, offset: float) -> 
     """``seconds`` of real music from ``offset`` into ``path`` (format from the suffix), folders created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     a = int(offset * SR)
-    sf.write(str(path), track[a:a + int(seconds * SR)], SR)
+    sf.write(str(path), track[a : a + int(seconds * SR)], SR)
     return path
 
 
@@ -108,8 +114,9 @@ def engine(tiny):
     """One resident engine for the session, with the numerics the exactness tests need (flash attention off)."""
     from music_flamingo import MusicFlamingoGGUF
 
-    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False,
-                            n_threads=1, warmup=False)
+    eng = MusicFlamingoGGUF(
+        model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False, n_threads=1, warmup=False
+    )
     yield eng
     eng.close()
 
@@ -118,8 +125,12 @@ def engine(tiny):
 def small_prompts(tmp_path_factory) -> Path:
     """The default five prompts with short limits, so a track takes well under a second."""
     p = tmp_path_factory.mktemp("prompts") / "small.yaml"
-    p.write_text("prompts:\n" + "".join(f"  {n}: {{max_tokens: 6}}\n" for n in
-                                        ["full", "technical", "genre_mood", "instrumentation", "structure"]))
+    p.write_text(
+        "prompts:\n"
+        + "".join(
+            f"  {n}: {{max_tokens: 6}}\n" for n in ["full", "technical", "genre_mood", "instrumentation", "structure"]
+        )
+    )
     return p
 
 
@@ -128,13 +139,19 @@ def analyzer(tiny, small_prompts):
     """A resident engine with the short prompts, one per test module (the batch and product tests)."""
     from music_flamingo import MusicFlamingoGGUF
 
-    mf = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
-                           prompts_files=[small_prompts])
+    mf = MusicFlamingoGGUF(
+        model_path=tiny.model_gguf,
+        mmproj_path=tiny.mmproj_gguf,
+        n_threads=1,
+        warmup=False,
+        prompts_files=[small_prompts],
+    )
     yield mf
     mf.close()
 
 
 # --- a dataset for the scaled-out runners (tests/test_workers.py, tests/test_distributed.py) -----------------------
+
 
 def scaling_dataset(root: Path, track: np.ndarray) -> dict[str, list[Path]]:
     """20 good tracks of 2 s real music (4 organized folders with a stem each, 4 crops, 12 loose files), 4 broken
@@ -149,8 +166,9 @@ def scaling_dataset(root: Path, track: np.ndarray) -> dict[str, list[Path]]:
         g["good"].append(write_clip(folder / "full_mix.flac", track, 2, next(offsets)))
         g["stems"].append(write_clip(folder / "vocals.flac", track, 1, 5))
     for j in range(4):
-        g["good"].append(write_clip(root / "Artist - Song 0" / "crops" / f"Artist - Song 0_{j}.flac", track, 2,
-                                    next(offsets)))
+        g["good"].append(
+            write_clip(root / "Artist - Song 0" / "crops" / f"Artist - Song 0_{j}.flac", track, 2, next(offsets))
+        )
     for k in range(12):
         g["good"].append(write_clip(root / "loose" / f"take {k}.flac", track, 2, next(offsets)))
     loose = root / "loose"

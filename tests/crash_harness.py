@@ -9,6 +9,7 @@ from a ``GGML_ASSERT``, SIGSEGV, the kernel's OOM killer) or overruns its time, 
 fresh child. The child's address space is capped (``RLIMIT_AS``) so a runaway allocation fails inside it instead
 of pushing the shared test machine into swap.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,8 +18,9 @@ import os
 import signal
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 DEFAULT_MEMORY_LIMIT = 6 << 30
 
@@ -48,10 +50,16 @@ class Outcome:
             except ValueError:
                 pass
         # ggml's crash handler appends a gdb backtrace: show the lines that say what went wrong first
-        key = [ln for ln in self.stderr_tail.splitlines()
-               if any(w in ln for w in ("GGML_ASSERT", "error", "Error", "terminate", "Fatal", "Abort", "what()"))]
-        return (f"{self.status}: exit {self.exitcode}{sig}; " + " | ".join(key[:6])
-                + f"; stderr: ...{self.stderr_tail[-800:]}")
+        key = [
+            ln
+            for ln in self.stderr_tail.splitlines()
+            if any(w in ln for w in ("GGML_ASSERT", "error", "Error", "terminate", "Fatal", "Abort", "what()"))
+        ]
+        return (
+            f"{self.status}: exit {self.exitcode}{sig}; "
+            + " | ".join(key[:6])
+            + f"; stderr: ...{self.stderr_tail[-800:]}"
+        )
 
     def raised(self, *names: str) -> bool:
         """Whether it raised an exception that is (a subclass of) one of the named classes."""
@@ -79,9 +87,13 @@ def _child(conn, stderr_path: str, memory_limit: int) -> None:
             fn = getattr(importlib.import_module(module), name)
             out = {"status": "returned", "value": fn(*args, **kwargs)}
         except BaseException as e:  # noqa: BLE001 - everything is reported to the parent, KeyboardInterrupt too
-            out = {"status": "raised", "error": type(e).__name__, "message": str(e)[:4000],
-                   "error_types": [c.__name__ for c in type(e).__mro__],
-                   "value": traceback.format_exc()[-4000:]}
+            out = {
+                "status": "raised",
+                "error": type(e).__name__,
+                "message": str(e)[:4000],
+                "error_types": [c.__name__ for c in type(e).__mro__],
+                "value": traceback.format_exc()[-4000:],
+            }
         try:
             conn.send(out)
         except Exception as e:  # an unpicklable return value
@@ -103,8 +115,7 @@ class CrashCatcher:
     def _start(self) -> None:
         self._stderr.truncate(0)
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_child, args=(child, self._stderr.name, self.memory_limit),
-                                       daemon=True)
+        self._proc = self._ctx.Process(target=_child, args=(child, self._stderr.name, self.memory_limit), daemon=True)
         self._proc.start()
         child.close()
         self._conn = parent
@@ -168,8 +179,7 @@ def engine(model: str, mmproj: str, **kwargs: Any):
 
     key = (model, mmproj, tuple(sorted(kwargs.items())))
     if key not in _ENGINES:
-        _ENGINES[key] = MusicFlamingoGGUF(model_path=model, mmproj_path=mmproj, n_threads=1, warmup=False,
-                                          **kwargs)
+        _ENGINES[key] = MusicFlamingoGGUF(model_path=model, mmproj_path=mmproj, n_threads=1, warmup=False, **kwargs)
     return _ENGINES[key]
 
 

@@ -3,6 +3,7 @@
 It is the reference the engine must agree with (the program users run today). Built once per tree into the cache
 (~10 min on 2 cores), or taken from $MUSIC_FLAMINGO_MTMD_CLI.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -13,8 +14,14 @@ from pathlib import Path
 
 # Same numerics-relevant flags as CMakeLists.txt: static, portable CPU, no OpenMP, Release.
 CMAKE_FLAGS = [
-    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF",
-    "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_OPENMP=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
     "-DMTMD_VIDEO=OFF",
 ]
 RESPONSE_MARKER = "<<<MUSIC-FLAMINGO-RESPONSE>>>"
@@ -34,22 +41,62 @@ def ensure_mtmd_cli(llama_cpp_dir: Path, cache_dir: Path) -> Path:
         if exe.is_file():
             return exe
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-        subprocess.run(["cmake", "-S", str(llama_cpp_dir), "-B", str(build), *gen, *CMAKE_FLAGS],
-                       check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["cmake", "--build", str(build), "--target", "llama-mtmd-cli", "-j", str(os.cpu_count() or 2)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["cmake", "-S", str(llama_cpp_dir), "-B", str(build), *gen, *CMAKE_FLAGS],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            ["cmake", "--build", str(build), "--target", "llama-mtmd-cli", "-j", str(os.cpu_count() or 2)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return exe
 
 
-def run_mtmd_cli(exe: Path, model: Path, mmproj: Path, audio: Path, prompt: str, n_predict: int, *,
-                 n_ctx: int = 8192, n_batch: int = 2048, n_ubatch: int = 1024, n_threads: int = 1) -> str:
+def run_mtmd_cli(
+    exe: Path,
+    model: Path,
+    mmproj: Path,
+    audio: Path,
+    prompt: str,
+    n_predict: int,
+    *,
+    n_ctx: int = 8192,
+    n_batch: int = 2048,
+    n_ubatch: int = 1024,
+    n_threads: int = 1,
+) -> str:
     """Greedy answer of llama-mtmd-cli, the way users call it today (one process per prompt).
 
     Flash attention off and the engine's batch sizes, so both sides compute with the same numerics.
     """
-    cmd = [str(exe), "-m", str(model), "--mmproj", str(mmproj), "--audio", str(audio), "-p", prompt,
-           "-n", str(n_predict), "--temp", "0", "-c", str(n_ctx), "-b", str(n_batch), "-ub", str(n_ubatch),
-           "-t", str(n_threads), "-fa", "off", "--no-warmup"]
+    cmd = [
+        str(exe),
+        "-m",
+        str(model),
+        "--mmproj",
+        str(mmproj),
+        "--audio",
+        str(audio),
+        "-p",
+        prompt,
+        "-n",
+        str(n_predict),
+        "--temp",
+        "0",
+        "-c",
+        str(n_ctx),
+        "-b",
+        str(n_batch),
+        "-ub",
+        str(n_ubatch),
+        "-t",
+        str(n_threads),
+        "-fa",
+        "off",
+        "--no-warmup",
+    ]
     env = dict(os.environ, MTMD_TEST_RESPONSE_MARKER=RESPONSE_MARKER)
     r = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     if r.returncode != 0:

@@ -1,4 +1,5 @@
 """Audio in: files and arrays of any common layout become float32 mono 16 kHz, or a clear error."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,7 @@ def test_real_mp3_and_ogg_decode_to_16k_mono(music_dir):
 
 
 def test_int16_stereo_44k_array_is_converted(track):
-    stereo = np.stack([track[:16000 * 3], track[:16000 * 3]], axis=1)
+    stereo = np.stack([track[: 16000 * 3], track[: 16000 * 3]], axis=1)
     import soxr
 
     at44 = soxr.resample(stereo, 16000, 44100)
@@ -27,7 +28,7 @@ def test_int16_stereo_44k_array_is_converted(track):
     assert x.dtype == np.float32 and x.ndim == 1
     assert len(x) == pytest.approx(16000 * 3, abs=2)
     # same music back, within resampling and 16-bit error
-    ref = track[:16000 * 3]
+    ref = track[: 16000 * 3]
     corr = np.corrcoef(x[1000:-1000], ref[1000:-1000])[0, 1]
     assert corr > 0.99
 
@@ -38,13 +39,16 @@ def test_dtypes_scale_to_unit_range(dtype, scale):
     assert np.allclose(x[:2], [0.5, -0.5], atol=1e-4)
 
 
-@pytest.mark.parametrize("bad, sr, message", [
-    (np.zeros(0, np.float32), 16000, "empty"),
-    (np.zeros((2, 2, 2), np.float32), 16000, "shape"),
-    (np.full(100, np.nan, np.float32), 16000, "NaN"),
-    (np.zeros(100, np.float32), 4000, "sample_rate"),
-    (np.zeros(100, np.float32), None, "sample_rate= is required"),
-])
+@pytest.mark.parametrize(
+    "bad, sr, message",
+    [
+        (np.zeros(0, np.float32), 16000, "empty"),
+        (np.zeros((2, 2, 2), np.float32), 16000, "shape"),
+        (np.full(100, np.nan, np.float32), 16000, "NaN"),
+        (np.zeros(100, np.float32), 4000, "sample_rate"),
+        (np.zeros(100, np.float32), None, "sample_rate= is required"),
+    ],
+)
 def test_bad_arrays_raise(bad, sr, message):
     with pytest.raises(InvalidInputError, match=message):
         load_audio(bad, sample_rate=sr)

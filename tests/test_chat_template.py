@@ -1,10 +1,10 @@
 """The chat around the audio is the model's own: its template (the tiny model's, like the real checkpoints', adds a
 default system message) rendered as transformers renders it, ``system_prompt`` overriding the default; the GGUF
 engine and the transformers backend feed the reference processor's prompt tokens exactly."""
+
 from __future__ import annotations
 
 import pytest
-
 from conftest import SR, clip
 from tiny_model import read_gguf_metadata
 
@@ -38,7 +38,9 @@ def tf_backend(tiny):
 def conversation(system: str, pcm, text: str) -> list[dict]:
     """The reference conversation: the audio, then the question on its own line (NVIDIA's layout)."""
     msgs = [{"role": "system", "content": system}] if system else []
-    return msgs + [{"role": "user", "content": [{"type": "audio", "audio": pcm}, {"type": "text", "text": "\n" + text}]}]
+    return msgs + [
+        {"role": "user", "content": [{"type": "audio", "audio": pcm}, {"type": "text", "text": "\n" + text}]}
+    ]
 
 
 def reference_ids(processor, system: str, pcm, text: str) -> list[int]:
@@ -51,8 +53,9 @@ def reference_ids(processor, system: str, pcm, text: str) -> list[int]:
 def test_gguf_template_renders_as_the_processor_renders_it(processor, gguf_template, system):
     pcm = [0.0] * SR
     p = render_pieces(gguf_template, system)
-    expected = processor.apply_chat_template(conversation(system, pcm, QUESTION), tokenize=False,
-                                             add_generation_prompt=True)
+    expected = processor.apply_chat_template(
+        conversation(system, pcm, QUESTION), tokenize=False, add_generation_prompt=True
+    )
     assert p.head + "<sound>" + p.mid + QUESTION + p.tail == expected
     assert p.mid == "\n" and p.tail == "<|im_end|>\n<|im_start|>assistant\n"
     if system:
@@ -79,16 +82,17 @@ def test_rendering_equals_transformers_for_other_templates(processor, template, 
     from music_flamingo.chat_template import AUDIO_SLOT, TEXT_SLOT
 
     msgs = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": AUDIO_SLOT + "\n" + TEXT_SLOT}]
-    theirs = processor.tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=False,
-                                                     add_generation_prompt=True, bos_token="<s>")
+        {"role": "user", "content": AUDIO_SLOT + "\n" + TEXT_SLOT}
+    ]
+    theirs = processor.tokenizer.apply_chat_template(
+        msgs, chat_template=template, tokenize=False, add_generation_prompt=True, bos_token="<s>"
+    )
     p = render_pieces(template, system, {"bos_token": "<s>"})
     assert p.head + AUDIO_SLOT + p.mid + TEXT_SLOT + p.tail == theirs
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
-def test_engine_and_transformers_backend_feed_the_reference_prompt_tokens(engine, tf_backend, processor, track,
-                                                                          system):
+def test_engine_and_transformers_backend_feed_the_reference_prompt_tokens(engine, tf_backend, processor, track, system):
     from music_flamingo import Prompt
 
     pcm = clip(track, 47.55)  # one whole window and a partial one

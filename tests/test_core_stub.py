@@ -6,6 +6,7 @@ read-only; every function and method takes the same parameters (names, keyword-o
 the same literal defaults) as pybind11's signature says. ``test_the_check_finds_drift`` shows each check failing.
 Fast: no model is loaded here.
 """
+
 from __future__ import annotations
 
 import ast
@@ -100,8 +101,10 @@ def _class_problems(node: ast.ClassDef, cls: type) -> list[str]:
             if isinstance(item, ast.FunctionDef) and not _is_property(item):
                 problems.append(f"{cls.__name__}.{name} is an attribute, the stub has a method")
             elif writable != isinstance(item, ast.AnnAssign):
-                problems.append(f"{cls.__name__}.{name} is {'writable' if writable else 'read-only'} but the stub "
-                                f"says otherwise (x: T for writable, @property for read-only)")
+                problems.append(
+                    f"{cls.__name__}.{name} is {'writable' if writable else 'read-only'} but the stub "
+                    f"says otherwise (x: T for writable, @property for read-only)"
+                )
         elif isinstance(item, ast.FunctionDef):
             if _is_property(item):
                 problems.append(f"{cls.__name__}.{name} is a method, the stub has a property")
@@ -142,18 +145,29 @@ def test_the_stub_matches_the_compiled_module():
     assert stub_problems(STUB.read_text()) == []
 
 
-@pytest.mark.parametrize("old, new, expect", [
-    ("    repeat_last_n: int\n", "", "SamplingParams.repeat_last_n is in the module"),
-    ("def build_info", "def build_infos", "build_info is in the module"),
-    ("def list_devices", "def list_devices2() -> None: ...\ndef list_devices", "list_devices2 is in the stub"),
-    ("    seed: int\n", "    seed: int\n    sede: int\n", "SamplingParams.sede is in the stub"),
-    ("repeat_last_n: int = 64", "repeat_last_n: int = 32", "default 32 in the stub, 64 compiled"),
-    ("    max_tokens: int\n", "    @property\n    def max_tokens(self) -> int: ...\n", "PromptRequest.max_tokens is writable"),
-    ("    @property\n    def audio_seconds(self) -> float: ...\n", "    audio_seconds: float\n", "audio_seconds is read-only"),
-    ("max_in_flight: int = 0", "in_flight: int = 0", "Engine.generate_many: parameters"),
-    ("def set_log_level(level: int)", "def set_log_level(*, level: int)", "set_log_level: parameters"),
-    ("    Reference: ClassVar[Framing]\n", "", "Framing.Reference is in the module"),
-])
+@pytest.mark.parametrize(
+    "old, new, expect",
+    [
+        ("    repeat_last_n: int\n", "", "SamplingParams.repeat_last_n is in the module"),
+        ("def build_info", "def build_infos", "build_info is in the module"),
+        ("def list_devices", "def list_devices2() -> None: ...\ndef list_devices", "list_devices2 is in the stub"),
+        ("    seed: int\n", "    seed: int\n    sede: int\n", "SamplingParams.sede is in the stub"),
+        ("repeat_last_n: int = 64", "repeat_last_n: int = 32", "default 32 in the stub, 64 compiled"),
+        (
+            "    max_tokens: int\n",
+            "    @property\n    def max_tokens(self) -> int: ...\n",
+            "PromptRequest.max_tokens is writable",
+        ),
+        (
+            "    @property\n    def audio_seconds(self) -> float: ...\n",
+            "    audio_seconds: float\n",
+            "audio_seconds is read-only",
+        ),
+        ("max_in_flight: int = 0", "in_flight: int = 0", "Engine.generate_many: parameters"),
+        ("def set_log_level(level: int)", "def set_log_level(*, level: int)", "set_log_level: parameters"),
+        ("    Reference: ClassVar[Framing]\n", "", "Framing.Reference is in the module"),
+    ],
+)
 def test_the_check_finds_drift(old, new, expect):
     source = STUB.read_text()
     assert source.count(old) == 1, old
@@ -177,8 +191,19 @@ def test_every_sampling_field_crosses_by_name_with_the_engines_defaults():
 
 
 def test_to_native_is_the_engines_request():
-    p = Prompt("Describe.", max_tokens=7, temperature=np.float32(0.5), top_p=0.9, top_k=np.int64(40), min_p=0.05,
-               repeat_penalty=1.1, seed=np.uint32(2**32 - 1), ignore_eos=True, repeat_last_n=128, name="n")
+    p = Prompt(
+        "Describe.",
+        max_tokens=7,
+        temperature=np.float32(0.5),
+        top_p=0.9,
+        top_k=np.int64(40),
+        min_p=0.05,
+        repeat_penalty=1.1,
+        seed=np.uint32(2**32 - 1),
+        ignore_eos=True,
+        repeat_last_n=128,
+        name="n",
+    )
     r = p.to_native()
     assert isinstance(r, _core.PromptRequest) and (r.text, r.max_tokens) == ("Describe.", 7)
     s = r.sampling
@@ -186,8 +211,9 @@ def test_to_native_is_the_engines_request():
     assert (s.temperature, s.top_p, s.min_p, s.repeat_penalty) == pytest.approx((0.5, 0.9, 0.05, 1.1))
 
 
-@pytest.mark.parametrize("kw", [{"temprature": 0.5}, {"name": "x"}, {"seed": -1}, {"top_k": 2**31},
-                                {"repeat_last_n": "64"}])
+@pytest.mark.parametrize(
+    "kw", [{"temprature": 0.5}, {"name": "x"}, {"seed": -1}, {"top_k": 2**31}, {"repeat_last_n": "64"}]
+)
 def test_an_unknown_or_unrepresentable_sampling_field_is_a_type_error(kw):
     with pytest.raises(TypeError):
         _core.SamplingParams(**kw)

@@ -10,6 +10,7 @@
 CI runs 20 kills (``MUSIC_FLAMINGO_CRASH_TRIALS``); by hand, e.g. ``MUSIC_FLAMINGO_CRASH_TRIALS=200
 MUSIC_FLAMINGO_CRASH_SEED=7 pytest tests/test_crash_safety.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,21 +25,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import SR
 
 TRIALS = int(os.environ.get("MUSIC_FLAMINGO_CRASH_TRIALS", "20"))
 SEED = int(os.environ.get("MUSIC_FLAMINGO_CRASH_SEED", "11"))
 N_TRACKS = max(32, 2 * TRIALS + 8)  # enough that the dataset is not finished before the last kill
 OURS = ["music_flamingo_full", "music_flamingo_technical", "music_flamingo_model", "music_flamingo_meta"]
-PROMPTS = ("defaults: {temperature: 0}\ndefault_set: [full, technical]\n"
-           "prompts:\n  full: {max_tokens: 4}\n  technical: {max_tokens: 3}\n")
+PROMPTS = (
+    "defaults: {temperature: 0}\ndefault_set: [full, technical]\n"
+    "prompts:\n  full: {max_tokens: 4}\n  technical: {max_tokens: 3}\n"
+)
 
 
 def other_tool(i: int, big: bool) -> dict:
     """What another analysis tool wrote weeks ago: must survive every kill, byte for byte once parsed."""
-    d = {"bpm": 90 + i, "key": "F# minor", "essentia": {"danceability": 1.234567e-07, "n": 12345678901234 + i},
-         "caption_blip": "Ünïcode — kept “as is”"}
+    d = {
+        "bpm": 90 + i,
+        "key": "F# minor",
+        "essentia": {"danceability": 1.234567e-07, "n": 12345678901234 + i},
+        "caption_blip": "Ünïcode — kept “as is”",
+    }
     if big:  # ~3 MB, as large sidecars are: its write takes long enough to be caught by a kill
         d["frames"] = [[round(k * 0.001, 3)] * 8 for k in range(60_000)]
     return d
@@ -53,7 +59,7 @@ def make_dataset(root: Path, music: np.ndarray, n: int = N_TRACKS, bad: int = 0)
     tracks, others = [], {}
     for i in range(n):
         a = SR * (5 + (i * 3) % 100)
-        clip = music[a:a + int(SR * 1.2)]
+        clip = music[a : a + int(SR * 1.2)]
         if i % 4 < 2:  # organized: full_mix, and a crop in its crops folder (the users' layout)
             folder = root / f"Artist {i // 4:02d} - Song"
             p = folder / "full_mix.flac" if i % 4 == 0 else folder / "crops" / f"Artist {i // 4:02d} - Song_1.flac"
@@ -75,9 +81,23 @@ def make_dataset(root: Path, music: np.ndarray, n: int = N_TRACKS, bad: int = 0)
 
 
 def cli(root: Path, tiny, prompts: Path, manifest: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "music_flamingo", str(root), "--batch", "--model-path", str(tiny.model_gguf),
-            "--mmproj", str(tiny.mmproj_gguf), "--prompts-file", str(prompts), "--no-progress", "--jsonl",
-            str(manifest), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "music_flamingo",
+        str(root),
+        "--batch",
+        "--model-path",
+        str(tiny.model_gguf),
+        "--mmproj",
+        str(tiny.mmproj_gguf),
+        "--prompts-file",
+        str(prompts),
+        "--no-progress",
+        "--jsonl",
+        str(manifest),
+        *extra,
+    ]
 
 
 def manifest_paths(manifest: Path) -> list[str]:
@@ -130,8 +150,9 @@ def prompts(tmp_path) -> Path:
     return p
 
 
-def test_sigkill_at_random_moments_never_corrupts_and_the_rerun_finishes_exactly_the_rest(tiny, track, tmp_path,
-                                                                                          prompts):
+def test_sigkill_at_random_moments_never_corrupts_and_the_rerun_finishes_exactly_the_rest(
+    tiny, track, tmp_path, prompts
+):
     rng = random.Random(SEED)
     root = tmp_path / "data"
     tracks, others = make_dataset(root, track)
@@ -140,8 +161,11 @@ def test_sigkill_at_random_moments_never_corrupts_and_the_rerun_finishes_exactly
     temps_seen = 0
     for trial in range(TRIALS):
         manifest = tmp_path / f"m{trial}.jsonl"
-        proc = subprocess.Popen(cli(root, tiny, prompts, manifest, "--tracks-in-flight", str(rng.choice([1, 2]))),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cli(root, tiny, prompts, manifest, "--tracks-in-flight", str(rng.choice([1, 2]))),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         roll = rng.random()
         if roll < 0.25:  # during start-up, the scan or the first track
             when = rng.uniform(0.2, 4.0)
@@ -155,8 +179,7 @@ def test_sigkill_at_random_moments_never_corrupts_and_the_rerun_finishes_exactly
         else:  # after some tracks, at a random point of the next ones
             need = rng.randint(1, 2)
             deadline = time.monotonic() + 120
-            while (len(manifest_paths(manifest)) < need and proc.poll() is None
-                   and time.monotonic() < deadline):
+            while len(manifest_paths(manifest)) < need and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
             delay = rng.uniform(0.0, 0.3)
             time.sleep(delay)
@@ -184,9 +207,11 @@ def test_sigkill_at_random_moments_never_corrupts_and_the_rerun_finishes_exactly
     assert temp_files(root) == [], "temporary files of killed writes were left after the next run"
     assert not (root / ".music-flamingo" / "failures.jsonl").exists()
     assert temps_seen > 0, "no kill hit a sidecar write: the temp-file clean-up was not exercised"
-    print(f"\n{len(kills)} kills survived (seed {SEED}, {len(tracks)} tracks); "
-          f"{temps_seen} temp-file sightings after kills; {len(todo)} tracks left for the final run; "
-          f"moments: {killed_at}")
+    print(
+        f"\n{len(kills)} kills survived (seed {SEED}, {len(tracks)} tracks); "
+        f"{temps_seen} temp-file sightings after kills; {len(todo)} tracks left for the final run; "
+        f"moments: {killed_at}"
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -196,8 +221,12 @@ def test_sigterm_and_sigint_stop_cleanly_with_the_summary(tiny, track, tmp_path,
     root = tmp_path / "data"
     tracks, others = make_dataset(root, track, n=8)
     manifest = tmp_path / "m.jsonl"
-    proc = subprocess.Popen(cli(root, tiny, slow, manifest, "--tracks-in-flight", "1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli(root, tiny, slow, manifest, "--tracks-in-flight", "1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not manifest_paths(manifest) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -215,8 +244,14 @@ def test_four_processes_and_one_killed_share_a_dataset(tiny, track, tmp_path, pr
     procs, manifests = [], []
     for i in range(5):
         manifests.append(tmp_path / f"p{i}.jsonl")
-        procs.append(subprocess.Popen(cli(root, tiny, prompts, manifests[i], "--tracks-in-flight", "2"),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                cli(root, tiny, prompts, manifests[i], "--tracks-in-flight", "2"),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     victim = procs[4]
     deadline = time.monotonic() + 300
     while not manifest_paths(manifests[4]) and victim.poll() is None and time.monotonic() < deadline:
@@ -244,8 +279,9 @@ def test_four_processes_and_one_killed_share_a_dataset(tiny, track, tmp_path, pr
     failed_runs = sum(p.returncode == 1 for p in procs[:4])
     assert failed_runs >= 1  # whoever met a bad file says so
 
-    again = subprocess.run(cli(root, tiny, prompts, tmp_path / "again.jsonl"), capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        cli(root, tiny, prompts, tmp_path / "again.jsonl"), capture_output=True, text=True, timeout=600
+    )
     assert manifest_paths(tmp_path / "again.jsonl") == []
     assert again.returncode == 1 and "3 failed" in again.stderr  # a rerun retries the failures of earlier runs
     assert len(failures.read_text().splitlines()) == 3

@@ -4,6 +4,7 @@ cropper's output-dir tree, skip-list folders holding audio, loose files, non-ASC
 full mixes, crops and loose files are described, that no stem gets a sidecar, that crop sidecars keep their keys,
 that the dry run's counts are the run's, and that --only, --stems, the globs, --from-list and --retry-failed take
 what they say."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DEFAULT_KEYS, write_clip
 
 T1 = "Artist - Album - Track"
@@ -36,8 +36,15 @@ def build_layout(root: Path, track: np.ndarray) -> dict[str, list[str]]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(content, encoding="utf-8")
 
-    g: dict[str, list[str]] = {"full_mix": [], "crops": [], "loose": [], "stem": [], "crop_stem": [],
-                               "done": [], "skipped": []}
+    g: dict[str, list[str]] = {
+        "full_mix": [],
+        "crops": [],
+        "loose": [],
+        "stem": [],
+        "crop_stem": [],
+        "done": [],
+        "skipped": [],
+    }
     # organized folder 1: full mix, Demucs + DrumSep stems, other tools' files, crops/ (cropper without -o)
     g["full_mix"].append(audio(f"{T1}/full_mix.flac", 5))
     g["stem"] += [audio(f"{T1}/{s}.flac", 1) for s in DEMUCS + DRUMSEP]
@@ -62,8 +69,11 @@ def build_layout(root: Path, track: np.ndarray) -> dict[str, list[str]]:
     g["done"].append(g["crops"].pop())  # crop 1 of T2 already holds the five keys (copied): done
     # loose files, a skip-list folder and a repos/ checkout holding audio, a hidden folder
     g["loose"] += [audio("loose/intro.flac", 4), audio("loose/Café – ☃ demo.ogg", 3)]
-    g["skipped"] += [audio("bs roformer output/vocals.flac", 1), audio("repos/demo/full_mix.flac", 1),
-                     audio(".venv/lib/x.flac", 1)]
+    g["skipped"] += [
+        audio("bs roformer output/vocals.flac", 1),
+        audio("repos/demo/full_mix.flac", 1),
+        audio(".venv/lib/x.flac", 1),
+    ]
     text("notes.txt", "not audio")
     return g
 
@@ -90,14 +100,19 @@ def run(analyzer, root: Path, **kw):
     from music_flamingo.batch import BatchOptions, run_batch
 
     described: list[str] = []
-    s = run_batch(analyzer, root, BatchOptions(progress=False, **kw),
-                  on_result=lambda t, f: described.append(Path(t).relative_to(root).as_posix()))
+    s = run_batch(
+        analyzer,
+        root,
+        BatchOptions(progress=False, **kw),
+        on_result=lambda t, f: described.append(Path(t).relative_to(root).as_posix()),
+    )
     return s, described
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True,
-                          input=stdin, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True, input=stdin, timeout=600
+    )
 
 
 def test_default_run_describes_exactly_the_mixes_crops_and_loose_files(analyzer, layout):
@@ -110,8 +125,10 @@ def test_default_run_describes_exactly_the_mixes_crops_and_loose_files(analyzer,
     after = snapshot(root)
     new = sorted(p for p in set(after) - set(before) if not p.startswith(".music-flamingo/"))
     # the only files written: the described tracks' sidecars (T1 and the crops had one) and their lock files
-    assert new == sorted([sidecar_of(t) for t in g["full_mix"][1:] + g["loose"]]
-                         + [sidecar_of(t) + ".lock" for t in g["full_mix"] + g["crops"] + g["loose"]])
+    assert new == sorted(
+        [sidecar_of(t) for t in g["full_mix"][1:] + g["loose"]]
+        + [sidecar_of(t) + ".lock" for t in g["full_mix"] + g["crops"] + g["loose"]]
+    )
     changed = sorted(p for p in before if after[p] != before[p])  # not the crops' .json, not the grids
     assert changed == sorted(sidecar_of(t) for t in g["full_mix"][:1] + g["crops"])
     for rel in g["stem"] + g["crop_stem"] + g["skipped"]:
@@ -150,16 +167,25 @@ def test_dry_run_writes_nothing_loads_no_model_and_its_counts_are_the_runs(analy
     assert snapshot(root) == before and not (root / ".music-flamingo").exists()
     rows = dry_counts(r.stdout)
     todo = len(g["full_mix"] + g["crops"] + g["loose"]) + 1
-    assert rows == {"done": 1, "pending": todo, "failed last time": 0, "locked": 0, "sidecar unreadable": 0,
-                    "excluded: stem": len(g["stem"]), "excluded: crop stem": len(g["crop_stem"]),
-                    "excluded: skip folder": 2}
+    assert rows == {
+        "done": 1,
+        "pending": todo,
+        "failed last time": 0,
+        "locked": 0,
+        "sidecar unreadable": 0,
+        "excluded: stem": len(g["stem"]),
+        "excluded: crop stem": len(g["crop_stem"]),
+        "excluded: skip folder": 2,
+    }
     lines = [line.split("\t") for line in r.stdout.splitlines() if "\t" in line]
     assert sorted(p for row, p, _ in lines if row == "pending") == sorted(
-        g["full_mix"] + g["crops"] + g["loose"] + ["loose/broken.flac"])
+        g["full_mix"] + g["crops"] + g["loose"] + ["loose/broken.flac"]
+    )
     assert any(row == "excluded: crop stem" and p == g["crop_stem"][0] and "crop" in why for row, p, why in lines)
     seconds = sum([5, 4, 4, 3, 3, 4, 3])  # what build_layout wrote for the tracks to describe
     assert r.stdout.strip().splitlines()[-1] == (
-        f"to describe: {todo} tracks, {seconds / 3600:.2f} h of audio (1 of unknown length)")
+        f"to describe: {todo} tracks, {seconds / 3600:.2f} h of audio (1 of unknown length)"
+    )
     from music_flamingo.batch import dry_run
 
     report = dry_run(root, DEFAULT_KEYS)
@@ -169,8 +195,11 @@ def test_dry_run_writes_nothing_loads_no_model_and_its_counts_are_the_runs(analy
     s, described = run(analyzer, root)
     assert s.done + s.failed == rows["pending"] and s.failed == 1
     assert s.skipped_complete == rows["done"]
-    assert s.excluded == {"stem": rows["excluded: stem"], "crop stem": rows["excluded: crop stem"],
-                          "skip folder": rows["excluded: skip folder"]}
+    assert s.excluded == {
+        "stem": rows["excluded: stem"],
+        "crop stem": rows["excluded: crop stem"],
+        "skip folder": rows["excluded: skip folder"],
+    }
 
     r2 = cli(str(root), "--batch", "--dry-run")
     assert dry_counts(r2.stdout)["failed last time"] == 1 and dry_counts(r2.stdout)["pending"] == 0
@@ -181,9 +210,24 @@ def test_from_list_on_stdin_takes_the_listed_tracks_only(tiny, small_prompts, la
     root, g = layout
     listed = [g["crops"][0], str(root / g["loose"][1]), g["stem"][0], "loose/missing.flac"]
     manifest = tmp_path / "m.jsonl"
-    r = cli(str(root), "--batch", "--from-list", "-", "--model-path", str(tiny.model_gguf), "--mmproj",
-            str(tiny.mmproj_gguf), "--prompts-file", str(small_prompts), "--prompts", "full", "--no-progress",
-            "--jsonl", str(manifest), stdin="\n".join(listed) + "\n")
+    r = cli(
+        str(root),
+        "--batch",
+        "--from-list",
+        "-",
+        "--model-path",
+        str(tiny.model_gguf),
+        "--mmproj",
+        str(tiny.mmproj_gguf),
+        "--prompts-file",
+        str(small_prompts),
+        "--prompts",
+        "full",
+        "--no-progress",
+        "--jsonl",
+        str(manifest),
+        stdin="\n".join(listed) + "\n",
+    )
     assert r.returncode == 0, r.stderr
     done = [Path(json.loads(line)["path"]).relative_to(root).as_posix() for line in manifest.read_text().splitlines()]
     assert sorted(done) == sorted([g["crops"][0], g["loose"][1]])
@@ -200,10 +244,12 @@ def test_only_stems_and_globs_select_what_they_say(analyzer, layout):
     for rel in described:
         assert set(DEFAULT_KEYS) <= set(json.loads((root / sidecar_of(rel)).read_text(encoding="utf-8")))
 
-    s, described = run(analyzer, root, selection=Selection(stems=True, include=("*_0_*", "loose"),
-                                                           exclude=("training crops", "*.ogg")))
-    assert sorted(described) == sorted([r for r in g["crop_stem"] if r.startswith(f"{T1}/crops/{T1}_0_")]
-                                       + ["loose/intro.flac"])
+    s, described = run(
+        analyzer, root, selection=Selection(stems=True, include=("*_0_*", "loose"), exclude=("training crops", "*.ogg"))
+    )
+    assert sorted(described) == sorted(
+        [r for r in g["crop_stem"] if r.startswith(f"{T1}/crops/{T1}_0_")] + ["loose/intro.flac"]
+    )
     s, described = run(analyzer, root, selection=Selection(only={"crops"}, exclude=("*_1.*",)))
     assert sorted(described) == sorted(r for r in g["crops"] if r.endswith("_0.flac"))
     assert json.loads((root / T1 / f"{T1}.INFO").read_text(encoding="utf-8")) == THEIRS  # never selected
@@ -259,10 +305,14 @@ def test_cli_selection_options_and_their_usage_errors(layout, tmp_path):
 
     assert pending("--only", "crops,loose", "--only", "full_mix") == sorted(g["full_mix"] + g["crops"] + g["loose"])
     assert pending("--only", "full_mix", "--stems", "--include", f"{T1}/*", "--exclude", "*[ks].flac") == sorted(
-        [g["full_mix"][0]] + [f"{T1}/{s}.flac" for s in ("other", "snare", "percussion")])
+        [g["full_mix"][0]] + [f"{T1}/{s}.flac" for s in ("other", "snare", "percussion")]
+    )
     assert pending("--retry-failed") == []
-    for bad in (["--only", "stems"], ["--from-list", str(tmp_path / "none.txt")],
-                ["--from-list", "-", "--retry-failed"]):
+    for bad in (
+        ["--only", "stems"],
+        ["--from-list", str(tmp_path / "none.txt")],
+        ["--from-list", "-", "--retry-failed"],
+    ):
         r = cli(str(root), "--batch", "--dry-run", *bad)
         assert r.returncode == 2 and "error" in r.stderr, bad
     r = cli(str(root / g["loose"][0]), "--stems")

@@ -2,6 +2,7 @@
 module) with the tiny model: 20 good and 4 broken tracks through Ray Data actors — every good track described
 exactly once, the broken ones reported, one row per track written as Parquet and read back, the sidecars as one
 process writes them; the CLI's `--ray ADDRESS --ray-output DIR` and a rerun that resumes."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 import pyarrow.parquet as pq  # the test extra installs ray[data], which brings pyarrow
 import pytest
 import ray
-
 from conftest import DEFAULT_KEYS, assert_written_like_local, local_reference, scaling_dataset, write_clip
 
 
@@ -25,8 +25,9 @@ def cluster():
     ray.shutdown()
 
 
-def test_ray_actors_describe_each_good_track_once_and_return_one_row_each(cluster, tiny, small_prompts, track,
-                                                                           analyzer, tmp_path):
+def test_ray_actors_describe_each_good_track_once_and_return_one_row_each(
+    cluster, tiny, small_prompts, track, analyzer, tmp_path
+):
     from music_flamingo.batch import BatchOptions
     from music_flamingo.distributed import describe_with_ray, row_schema
     from music_flamingo.sidecar import sidecar_path
@@ -34,12 +35,26 @@ def test_ray_actors_describe_each_good_track_once_and_return_one_row_each(cluste
     root = tmp_path / "data"
     g = scaling_dataset(root, track)
     jsonl = tmp_path / "manifest.jsonl"
-    engine = {"model_path": tiny.model_gguf, "mmproj_path": tiny.mmproj_gguf, "prompts_files": [small_prompts],
-              "warmup": False}
-    s = describe_with_ray(root, engine, options=BatchOptions(jsonl=jsonl, tracks_in_flight=2), actors=2,
-                          batch_size=4, output=tmp_path / "rows")
+    engine = {
+        "model_path": tiny.model_gguf,
+        "mmproj_path": tiny.mmproj_gguf,
+        "prompts_files": [small_prompts],
+        "warmup": False,
+    }
+    s = describe_with_ray(
+        root,
+        engine,
+        options=BatchOptions(jsonl=jsonl, tracks_in_flight=2),
+        actors=2,
+        batch_size=4,
+        output=tmp_path / "rows",
+    )
     assert (s.done, s.failed, s.skipped_complete, s.skipped_locked) == (
-        len(g["good"]), len(g["broken"]), len(g["done"]), 0), s.line()
+        len(g["good"]),
+        len(g["broken"]),
+        len(g["done"]),
+        0,
+    ), s.line()
     assert s.total == len(g["good"] + g["broken"] + g["done"]) and s.excluded == {"stem": len(g["stems"])}
     assert s.exit_code == 1 and "2 Ray actors" in s.line()
 
@@ -53,7 +68,8 @@ def test_ray_actors_describe_each_good_track_once_and_return_one_row_each(cluste
         assert r["total_ms"] > 0 and r["audio_seconds"] == pytest.approx(2.0, abs=0.01)
         assert all(r[k] for k in DEFAULT_KEYS)
         assert {k: r[k] for k in DEFAULT_KEYS} == {
-            k: v for k, v in json.loads(sidecar_path(p).read_text(encoding="utf-8")).items() if k in DEFAULT_KEYS}
+            k: v for k, v in json.loads(sidecar_path(p).read_text(encoding="utf-8")).items() if k in DEFAULT_KEYS
+        }
     errors = {Path(r["path"]).name: r["error"] for r in by_path.values() if r["status"] == "failed"}
     assert errors.keys() == {p.name for p in g["broken"]}
     assert errors["damaged sidecar.flac"] == "SidecarError" and errors["empty.flac"] == "AudioDecodeError"
@@ -73,9 +89,23 @@ def test_cli_ray_writes_rows_and_a_rerun_resumes(cluster, tiny, small_prompts, t
     good = [write_clip(root / f"take {i}.flac", track, 2, 20 + 3 * i) for i in range(3)]
     (root / "broken.ogg").write_bytes(b"OggS but not really")
     out = tmp_path / "rows"
-    cmd = [sys.executable, "-m", "music_flamingo", str(root), "--batch", "--model-path", str(tiny.model_gguf),
-           "--mmproj", str(tiny.mmproj_gguf), "--prompts-file", str(small_prompts), "--ray", cluster,
-           "--ray-output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "music_flamingo",
+        str(root),
+        "--batch",
+        "--model-path",
+        str(tiny.model_gguf),
+        "--mmproj",
+        str(tiny.mmproj_gguf),
+        "--prompts-file",
+        str(small_prompts),
+        "--ray",
+        cluster,
+        "--ray-output",
+        str(out),
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 1, first.stderr
     line = [x for x in first.stderr.splitlines() if " done, " in x][-1]
@@ -83,7 +113,9 @@ def test_cli_ray_writes_rows_and_a_rerun_resumes(cluster, tiny, small_prompts, t
     assert "1 Ray actors" in line and f"rows: {out}" in line
     first_rows = pq.read_table(out).to_pylist()
     assert sorted((Path(r["path"]).name, r["status"]) for r in first_rows) == [
-        ("broken.ogg", "failed"), *[(p.name, "done") for p in good]]
+        ("broken.ogg", "failed"),
+        *[(p.name, "done") for p in good],
+    ]
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1, again.stderr

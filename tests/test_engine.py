@@ -1,5 +1,6 @@
 """The native engine on a tiny random Music Flamingo: agreement with llama-mtmd-cli, batched == alone,
 in-memory == file, resident model, prompt handling, sampling, threads."""
+
 from __future__ import annotations
 
 import logging
@@ -8,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import SR, write_float_wav
 from mtmd_cli import run_mtmd_cli
+
 from music_flamingo import InvalidInputError, Prompt
 
 QUESTION = "Describe this track: genre, tempo, key, instruments and mood."
@@ -75,8 +76,14 @@ def test_twenty_calls_load_the_model_once(tiny, clips, caplog):
     from music_flamingo import MusicFlamingoGGUF
 
     caplog.set_level(logging.DEBUG, logger="music_flamingo")
-    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False,
-                           n_threads=1, warmup=False, verbose=True) as eng:
+    with MusicFlamingoGGUF(
+        model_path=tiny.model_gguf,
+        mmproj_path=tiny.mmproj_gguf,
+        flash_attn=False,
+        n_threads=1,
+        warmup=False,
+        verbose=True,
+    ) as eng:
         texts = [eng.generate(clips["5s"], [Prompt(QUESTION, max_tokens=4)]).texts[0] for _ in range(20)]
     loads = [r for r in caplog.records if r.name == "music_flamingo.native" and "model size" in r.getMessage()]
     assert len(loads) == 1, f"model loaded {len(loads)} times"
@@ -95,8 +102,10 @@ def test_sampling_is_reproducible_with_a_seed(engine, clips):
     a = engine.generate(clips["5s"], p)
     b = engine.generate(clips["5s"], p)
     assert a.tokens == b.tokens
-    others = {tuple(engine.generate(clips["5s"], [Prompt(QUESTION, max_tokens=16, temperature=1.5, seed=s)])
-                    .tokens[0]) for s in range(4)}
+    others = {
+        tuple(engine.generate(clips["5s"], [Prompt(QUESTION, max_tokens=16, temperature=1.5, seed=s)]).tokens[0])
+        for s in range(4)
+    }
     assert len(others) > 1, "different seeds should sample different answers at temperature 1.5"
 
 
@@ -134,8 +143,9 @@ def test_gil_is_released_while_generating(engine, clips):
 def test_concurrent_callers_are_serialized(engine, clips):
     expected = engine.generate(clips["5s"], PROMPTS[:2]).tokens
     out: list = []
-    threads = [threading.Thread(target=lambda: out.append(engine.generate(clips["5s"], PROMPTS[:2]).tokens))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: out.append(engine.generate(clips["5s"], PROMPTS[:2]).tokens)) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -143,15 +153,18 @@ def test_concurrent_callers_are_serialized(engine, clips):
     assert out == [expected] * 3
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros(0, np.float32), "empty"),
-    (np.zeros(SR, np.int16), "float32"),
-    (np.zeros(SR, np.float64), "float32"),
-    (np.zeros((SR, 2), np.float32), "mono"),
-    (np.array([0.0, np.nan] * SR, np.float32), "NaN"),
-    (np.array([0.0, np.inf] * SR, np.float32), "NaN or infinite"),
-    (np.full(320, 0.1, np.float32), "shorter than 20 ms"),  # the reference gives it no audio token
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros(0, np.float32), "empty"),
+        (np.zeros(SR, np.int16), "float32"),
+        (np.zeros(SR, np.float64), "float32"),
+        (np.zeros((SR, 2), np.float32), "mono"),
+        (np.array([0.0, np.nan] * SR, np.float32), "NaN"),
+        (np.array([0.0, np.inf] * SR, np.float32), "NaN or infinite"),
+        (np.full(320, 0.1, np.float32), "shorter than 20 ms"),  # the reference gives it no audio token
+    ],
+)
 def test_bad_audio_raises(engine, bad, message):
     with pytest.raises(InvalidInputError, match=message):
         engine.generate(bad, [Prompt(QUESTION, max_tokens=2)])
@@ -163,8 +176,12 @@ def test_audio_token_counts_follow_the_reference(engine, track):
     for n, expected in [(321, 1), (SR // 2, 12), (30 * SR, 750), (30 * SR + 160, 750), (30 * SR + 321, 751)]:
         pcm = np.ascontiguousarray(track[:n])
         assert engine.generate(pcm, [Prompt(QUESTION, max_tokens=1)]).stats.audio_tokens == expected, n
-    assert engine.generate(np.ascontiguousarray(track[:30 * SR]), [Prompt(QUESTION, max_tokens=1)],
-                           framing="llamacpp").stats.audio_tokens == 1500
+    assert (
+        engine.generate(
+            np.ascontiguousarray(track[: 30 * SR]), [Prompt(QUESTION, max_tokens=1)], framing="llamacpp"
+        ).stats.audio_tokens
+        == 1500
+    )
 
 
 def test_wrong_sample_rate_raises(engine):
@@ -191,7 +208,7 @@ def test_audio_longer_than_the_trained_context_raises(engine, tiny):
 def test_tracks_decoded_together_equal_each_track_alone(engine, track):
     """Continuous batching: 5 tracks of different lengths, 2 or 5 in flight, a finished track's slots refilled
     by the next; every answer equals that track decoded alone (greedy, flash attention off)."""
-    tracks = [np.ascontiguousarray(track[SR * (10 + 9 * i):SR * (10 + 9 * i + 4 + 7 * i)]) for i in range(5)]
+    tracks = [np.ascontiguousarray(track[SR * (10 + 9 * i) : SR * (10 + 9 * i + 4 + 7 * i)]) for i in range(5)]
     prompts = [Prompt(QUESTION, max_tokens=6 + 5 * i) for i in range(3)]
     alone = [engine.generate(t, prompts).tokens for t in tracks]
     for in_flight in (2, 5):

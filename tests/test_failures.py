@@ -1,5 +1,6 @@
 """The failures file (defect 5 of issue 11): one record per track under a lock, complete with several processes,
 cleared when a track succeeds, no stale record after a clean rerun, torn lines and killed rewrites survived."""
+
 from __future__ import annotations
 
 import json

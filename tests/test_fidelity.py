@@ -1,6 +1,7 @@
 """The fidelity table in bench/ is real and current: recomputed here on the same tiny weights and real music (a
 subset of its lengths, to stay quick), it matches the committed numbers; the default framing reproduces the
 reference at every length of the table; and the default is the framing those numbers favour."""
+
 from __future__ import annotations
 
 import json

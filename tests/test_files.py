@@ -1,5 +1,6 @@
 """Files that are not what their names say (issue 11, defect 4) and what killed writes leave behind (defect 6).
 Fast: no model is loaded here."""
+
 from __future__ import annotations
 
 import json
@@ -69,15 +70,27 @@ def test_stale_temp_files_are_removed_only_when_ours_and_unlocked(tmp_path):
     d.mkdir(parents=True)
     stale = d / ".song.INFO.ab_12cd3.tmp"
     busy = d / ".busy.INFO.zz9_yy8x.tmp"
-    not_ours = [d / ".song.INFO.short.tmp", d / ".song.json.abcdefgh.tmp", d / "song.INFO.abcdefgh.tmp",
-                d / ".song.INFO.abcdefgh.tmp.bak"]
+    not_ours = [
+        d / ".song.INFO.short.tmp",
+        d / ".song.json.abcdefgh.tmp",
+        d / "song.INFO.abcdefgh.tmp",
+        d / ".song.INFO.abcdefgh.tmp.bak",
+    ]
     hidden = tmp_path / "data" / ".music-flamingo" / ".x.INFO.abcdefgh.tmp"
     hidden.parent.mkdir()
     for p in [stale, busy, *not_ours, hidden]:
         p.write_text("{")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
-                               f"l = FileLock({str(d / 'busy.INFO.lock')!r}); l.acquire(); print(1, flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from filelock import FileLock; "
+            f"l = FileLock({str(d / 'busy.INFO.lock')!r}); l.acquire(); print(1, flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "1"  # a live writer holds busy.INFO's lock
         removed = remove_stale_temp_files(tmp_path / "data")
@@ -93,14 +106,15 @@ def test_a_killed_write_leaves_a_temp_file_that_the_sweep_removes(tmp_path):
     """A real SIGKILL in the middle of update_sidecar (held in fsync by a huge value), then the sweep."""
     side = tmp_path / "song.INFO"
     side.write_text(json.dumps({"bpm": 120}))
-    code = ("import sys, os; sys.path.insert(0, %r)\n"
-            "from music_flamingo import sidecar\n"
-            "real = os.fsync\n"
-            "def slow(fd):\n"
-            "    print('writing', flush=True); import time; time.sleep(60)\n"
-            "sidecar.os.fsync = slow\n"
-            "sidecar.update_sidecar(%r, {'music_flamingo_full': 'x' * 1000})\n") % (
-        str(Path(__file__).resolve().parents[1] / "python"), str(side))
+    code = (
+        "import sys, os; sys.path.insert(0, {!r})\n"
+        "from music_flamingo import sidecar\n"
+        "real = os.fsync\n"
+        "def slow(fd):\n"
+        "    print('writing', flush=True); import time; time.sleep(60)\n"
+        "sidecar.os.fsync = slow\n"
+        "sidecar.update_sidecar({!r}, {{'music_flamingo_full': 'x' * 1000}})\n"
+    ).format(str(Path(__file__).resolve().parents[1] / "python"), str(side))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "writing"
     p.kill()
@@ -122,4 +136,3 @@ def test_names_near_the_limit_get_a_hashed_lock_and_temp_name(tmp_path):
     multibyte = tmp_path / ("é" * 124 + ".INFO")  # 253 bytes in UTF-8
     update_sidecar(multibyte, {"a": 1})
     assert read_sidecar(multibyte) == {"a": 1}
-

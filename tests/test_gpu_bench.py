@@ -1,5 +1,6 @@
 """The prepared GPU run (bench/gpu/run.py) rehearsed on the CPU with tiny shapes, so it works the first time a GPU
 machine is lent: model writer, old method, engine settings, table and JSON."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,34 @@ def test_gpu_bench_runs_on_cpu_and_reports_every_setting(tiny, mtmd_cli, llama_c
     from run import write_wav
 
     wav = tmp_path / "music.wav"
-    write_wav(wav, track[16000 * 20:16000 * 30])
+    write_wav(wav, track[16000 * 20 : 16000 * 30])
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(llama_cpp_dir / "gguf-py")] + [p for p in sys.path if p])}
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "run.py"), "--cpu",
-                        "--meta-model", str(tiny.model_gguf), "--meta-mmproj", str(tiny.mmproj_gguf),
-                        "--audio", str(wav), "--cli", str(mtmd_cli), "--work", str(tmp_path / "work"),
-                        "--out", str(out), "--threads", "1"],
-                       capture_output=True, text=True, timeout=1200, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "gpu" / "run.py"),
+            "--cpu",
+            "--meta-model",
+            str(tiny.model_gguf),
+            "--meta-mmproj",
+            str(tiny.mmproj_gguf),
+            "--audio",
+            str(wav),
+            "--cli",
+            str(mtmd_cli),
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "gpu_bench.json").read_text())
     rows = report["rows"]

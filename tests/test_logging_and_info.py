@@ -1,4 +1,5 @@
 """Native log lines reach Python logging (quietly by default), from worker threads and at exit; system_info()."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def native(records):
 
 def test_verbose_native_logs_reach_python_logging(tiny, caplog):
     caplog.set_level(logging.DEBUG, logger="music_flamingo")
-    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
-                            verbose=True)
+    eng = MusicFlamingoGGUF(
+        model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False, verbose=True
+    )
     eng.close()
     lines = native(caplog.records)
     assert any("llama_model_loader" in r.getMessage() for r in lines)
@@ -40,8 +42,9 @@ def _harmless(records):
 @pytest.mark.parametrize("verbose", [False, True])
 def test_quiet_by_default_and_known_harmless_warnings_are_debug(tiny, clips, caplog, verbose):
     caplog.set_level(logging.DEBUG, logger="music_flamingo")
-    eng = MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
-                            verbose=verbose)
+    eng = MusicFlamingoGGUF(
+        model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False, verbose=verbose
+    )
     eng.generate(clips["5s"], "Hi", max_tokens=2, framing="llamacpp")  # loads mtmd, which prints the warning
     eng.close()
     records = native(caplog.records)
@@ -57,8 +60,9 @@ def test_logs_from_a_worker_thread(tiny, clips, caplog):
     out = {}
 
     def work():
-        with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1,
-                               warmup=False, verbose=True) as eng:
+        with MusicFlamingoGGUF(
+            model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False, verbose=True
+        ) as eng:
             out["text"] = eng.generate(clips["5s"], [Prompt("Describe it.", max_tokens=4)]).texts[0]
 
     t = threading.Thread(target=work)

@@ -5,6 +5,7 @@ still running in a thread (daemon or not) never crashes.
 CI makes 20 soak calls (each encodes at least one 30 s audio window, about 1 s here); the issue's 500 by hand:
 ``MUSIC_FLAMINGO_SOAK_CALLS=500 pytest tests/test_long_running.py -k soak -s``.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import SR, child_env
 from crash_harness import CrashCatcher, engine, native_prompts
 
@@ -42,19 +42,23 @@ def soak(model: str, mmproj: str, music: np.ndarray, calls: int, seed: int) -> d
 
     mf = engine(model, mmproj, flash_attn=False)
     rng = np.random.default_rng(seed)
-    prompts = [Prompt("Describe the music.", max_tokens=3), Prompt("List the instruments.", max_tokens=2),
-               Prompt("What is the tempo?", max_tokens=1)]
+    prompts = [
+        Prompt("Describe the music.", max_tokens=3),
+        Prompt("List the instruments.", max_tokens=2),
+        Prompt("What is the tempo?", max_tokens=1),
+    ]
     framings = ["llamacpp", "reference_trim", "reference_tail"]
-    longest = np.ascontiguousarray(music[:SR * 45])
+    longest = np.ascontiguousarray(music[: SR * 45])
 
     def call(i: int) -> None:
         n = int(rng.integers(SR // 10, SR * 45))
         start = int(rng.integers(0, len(music) - n))
-        audio = np.ascontiguousarray(music[start:start + n])
-        ps = prompts[:1 + i % 3]
+        audio = np.ascontiguousarray(music[start : start + n])
+        ps = prompts[: 1 + i % 3]
         if i % 5 == 4:
-            mf.generate_many([(audio, ps), (audio[: n // 2 + SR // 10], ps)], tracks_in_flight=2,
-                             framing=framings[i % 3])
+            mf.generate_many(
+                [(audio, ps), (audio[: n // 2 + SR // 10], ps)], tracks_in_flight=2, framing=framings[i % 3]
+            )
         else:
             mf.generate(audio, ps, framing=framings[i % 3])
 
@@ -63,13 +67,19 @@ def soak(model: str, mmproj: str, music: np.ndarray, calls: int, seed: int) -> d
         mf.generate_many([(longest, prompts), (longest, prompts)], tracks_in_flight=2, framing=f)
     for i in range(6):
         call(i)
-    before = {"rss_kb": _proc_status("VmRSS"), "fds": len(os.listdir("/proc/self/fd")),
-              "threads": _proc_status("Threads")}
+    before = {
+        "rss_kb": _proc_status("VmRSS"),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "threads": _proc_status("Threads"),
+    }
     t0 = time.monotonic()
     for i in range(calls):
         call(i)
-    after = {"rss_kb": _proc_status("VmRSS"), "fds": len(os.listdir("/proc/self/fd")),
-             "threads": _proc_status("Threads")}
+    after = {
+        "rss_kb": _proc_status("VmRSS"),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "threads": _proc_status("Threads"),
+    }
     return {"before": before, "after": after, "seconds": time.monotonic() - t0}
 
 
@@ -82,15 +92,18 @@ def test_soak_memory_fds_and_threads_stay_flat(tiny, track):
     assert out.status == "returned", out.describe()
     b, a = out.value["before"], out.value["after"]
     growth = (a["rss_kb"] - b["rss_kb"]) / b["rss_kb"]
-    print(f"\n{SOAK_CALLS} calls in {out.value['seconds']:.0f} s: RSS {b['rss_kb'] / 1024:.1f} -> "
-          f"{a['rss_kb'] / 1024:.1f} MiB ({growth:+.2%}), fds {b['fds']} -> {a['fds']}, "
-          f"threads {b['threads']} -> {a['threads']}")
+    print(
+        f"\n{SOAK_CALLS} calls in {out.value['seconds']:.0f} s: RSS {b['rss_kb'] / 1024:.1f} -> "
+        f"{a['rss_kb'] / 1024:.1f} MiB ({growth:+.2%}), fds {b['fds']} -> {a['fds']}, "
+        f"threads {b['threads']} -> {a['threads']}"
+    )
     assert growth < 0.02, (b, a)
     assert a["fds"] <= b["fds"], (b, a)
     assert a["threads"] <= b["threads"], (b, a)
 
 
 # --- close --------------------------------------------------------------------------------------------------------
+
 
 def test_close_twice_and_use_after_close_are_clear_errors(tiny, clips):
     from music_flamingo import EngineError, MusicFlamingoGGUF, Prompt
@@ -106,8 +119,9 @@ def test_close_twice_and_use_after_close_are_clear_errors(tiny, clips):
         mf.analyze(clips["5s"], sample_rate=SR)
 
 
-def race_close(model: str, mmproj: str, delays_ms: list[float], native: bool, seconds: int,
-               nan_tail: bool) -> list[str]:
+def race_close(
+    model: str, mmproj: str, delays_ms: list[float], native: bool, seconds: int, nan_tail: bool
+) -> list[str]:
     """In the child: for each delay, start generate() on a thread and close() the engine that many ms later.
 
     The engine copies and checks the whole audio before it takes its mutex: for long audio that is the
@@ -128,8 +142,16 @@ def race_close(model: str, mmproj: str, delays_ms: list[float], native: bool, se
             try:
                 if native:
                     fr = native_framing("reference_tail")
-                    mf._engine.generate(audio, SR, native_prompts([{"text": "Describe.", "max_tokens": 2}]), "",
-                                        False, fr, False, mf._chat(fr))
+                    mf._engine.generate(
+                        audio,
+                        SR,
+                        native_prompts([{"text": "Describe.", "max_tokens": 2}]),
+                        "",
+                        False,
+                        fr,
+                        False,
+                        mf._chat(fr),
+                    )
                 else:
                     mf.generate(audio, [Prompt("Describe.", max_tokens=2)])
                 outcome.append("answered")
@@ -149,10 +171,10 @@ def test_close_racing_generate_waits_for_the_call(tiny):
     """Through the Python API close() waits for a call in progress (and a call after it gets "engine is closed")."""
     catcher = CrashCatcher(timeout_s=600)
     try:
-        refused = catcher.call(race_close, str(tiny.model_gguf), str(tiny.mmproj_gguf),
-                               [0, 1, 2, 3, 5, 8, 12, 20], False, 300, True)
-        answered = catcher.call(race_close, str(tiny.model_gguf), str(tiny.mmproj_gguf), [0, 1, 2],
-                                False, 45, False)
+        refused = catcher.call(
+            race_close, str(tiny.model_gguf), str(tiny.mmproj_gguf), [0, 1, 2, 3, 5, 8, 12, 20], False, 300, True
+        )
+        answered = catcher.call(race_close, str(tiny.model_gguf), str(tiny.mmproj_gguf), [0, 1, 2], False, 45, False)
     finally:
         catcher.close()
     assert refused.status == "returned", refused.describe()
@@ -165,8 +187,9 @@ def test_close_racing_generate_waits_for_the_call(tiny):
 def test_raw_engine_close_racing_generate_never_crashes(tiny):
     catcher = CrashCatcher(timeout_s=900)
     try:
-        out = catcher.call(race_close, str(tiny.model_gguf), str(tiny.mmproj_gguf), [0, 0.5, 1, 1.5, 2, 3, 4],
-                           True, 120, False)
+        out = catcher.call(
+            race_close, str(tiny.model_gguf), str(tiny.mmproj_gguf), [0, 0.5, 1, 1.5, 2, 3, 4], True, 120, False
+        )
     finally:
         catcher.close()
     assert out.status == "returned", out.describe()
@@ -213,19 +236,33 @@ EXIT_SCRIPT = textwrap.dedent("""
 def exit_setup(tmp_path_factory, track):
     d = tmp_path_factory.mktemp("exit")
     (d / "exit.py").write_text(EXIT_SCRIPT)
-    (d / "p.yaml").write_text("defaults: {temperature: 0}\ndefault_set: [full, technical]\n"
-                              "prompts:\n  full: {max_tokens: 40}\n  technical: {max_tokens: 40}\n")
+    (d / "p.yaml").write_text(
+        "defaults: {temperature: 0}\ndefault_set: [full, technical]\n"
+        "prompts:\n  full: {max_tokens: 40}\n  technical: {max_tokens: 40}\n"
+    )
     root = d / "data"
     root.mkdir()
     for i in range(12):  # groups of 8 tracks in flight: the engine is busy for seconds at a time
-        sf.write(str(root / f"t{i}.flac"), track[SR * (10 + 8 * i):SR * (18 + 8 * i)], SR)
+        sf.write(str(root / f"t{i}.flac"), track[SR * (10 + 8 * i) : SR * (18 + 8 * i)], SR)
     return d
 
 
 def _exit_run(tiny, d: Path, mode: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(d / "exit.py"), str(tiny.model_gguf), str(tiny.mmproj_gguf),
-                           str(d / "p.yaml"), str(d / "data"), mode], capture_output=True, text=True, timeout=600,
-                          env=child_env())
+    return subprocess.run(
+        [
+            sys.executable,
+            str(d / "exit.py"),
+            str(tiny.model_gguf),
+            str(tiny.mmproj_gguf),
+            str(d / "p.yaml"),
+            str(d / "data"),
+            mode,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=child_env(),
+    )
 
 
 def test_exit_with_a_live_engine(tiny, exit_setup):

@@ -1,5 +1,6 @@
 """Wrong model files give a Python exception, never a dead process. Each case runs in a child process, so a crash
 (abort, segfault) would show as a bad exit code instead of taking the test runner down."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import pytest
 def make_gguf(path: Path, llama_cpp_dir: Path, kv: dict) -> Path:
     """A metadata-only GGUF written by the tree's own gguf-py (no tensors)."""
     code = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {str(llama_cpp_dir / 'gguf-py')!r})
+        import sys; sys.path.insert(0, {str(llama_cpp_dir / "gguf-py")!r})
         import gguf
         w = gguf.GGUFWriter({str(path)!r}, arch="clip")
         for k, v in {kv!r}.items():
@@ -32,11 +33,14 @@ def bad_files(tmp_path_factory, tiny, llama_cpp_dir) -> dict[str, tuple[str, str
     (d / "noise.gguf").write_bytes(os.urandom(4096))
     model_bytes = Path(tiny.model_gguf).read_bytes()
     (d / "truncated.gguf").write_bytes(model_bytes[:100_000])  # cut inside the header (the vocabulary)
-    (d / "short.gguf").write_bytes(model_bytes[:len(model_bytes) // 2])  # header intact, tensor data cut
+    (d / "short.gguf").write_bytes(model_bytes[: len(model_bytes) // 2])  # header intact, tensor data cut
     (d / "folder.gguf").mkdir()
-    vision = make_gguf(d / "vision.gguf", llama_cpp_dir, {"clip.has_vision_encoder": True, "clip.has_audio_encoder": False})
-    other = make_gguf(d / "qwen2a.gguf", llama_cpp_dir, {"clip.has_audio_encoder": True,
-                                                         "clip.audio.projector_type": "qwen2a"})
+    vision = make_gguf(
+        d / "vision.gguf", llama_cpp_dir, {"clip.has_vision_encoder": True, "clip.has_audio_encoder": False}
+    )
+    other = make_gguf(
+        d / "qwen2a.gguf", llama_cpp_dir, {"clip.has_audio_encoder": True, "clip.audio.projector_type": "qwen2a"}
+    )
     m, p = str(tiny.model_gguf), str(tiny.mmproj_gguf)
     return {  # case: (model_path, mmproj_path)
         "missing model": (str(d / "nope.gguf"), p),
@@ -82,8 +86,9 @@ EXPECTED = {
 
 
 def test_wrong_model_files_raise_in_a_process_that_survives(bad_files):
-    r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(bad_files)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(bad_files)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, f"child process died ({r.returncode}):\n{r.stderr[-3000:]}"
     results = json.loads(r.stdout.strip().splitlines()[-1])
     for case, needle in EXPECTED.items():

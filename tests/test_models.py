@@ -2,6 +2,7 @@
 useful message offline or on errors. Downloads go to a real HTTP server on loopback that speaks the part of the
 Hugging Face Hub protocol the downloader uses (GET ``/{repo}/resolve/{revision}/{file}``, Range). The last section
 runs the installed huggingface_hub against the same server to pin why models.py does not use hf_hub_download."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,21 +11,19 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
-import pytest
-
-from conftest import child_env
-from music_flamingo.errors import ModelFileError
-from music_flamingo.models import (FILE_REPOSITORIES, MMPROJ_FILE, MODEL_FILES, default_model_dir,
-                                   resolve_model_files)
-
 import huggingface_hub  # noqa: F401  (a core dependency: missing must fail, not skip)
+import pytest
+from conftest import child_env
+
+from music_flamingo.errors import ModelFileError
+from music_flamingo.models import FILE_REPOSITORIES, MMPROJ_FILE, MODEL_FILES, default_model_dir, resolve_model_files
 
 STATIC = "mradermacher/music-flamingo-hf-GGUF"
 IMATRIX = "mradermacher/music-flamingo-hf-i1-GGUF"
@@ -97,7 +96,7 @@ class HubHandler(BaseHTTPRequestHandler):
         start = 0
         if rng is not None:
             assert rng.startswith("bytes=") and rng.endswith("-"), f"unexpected Range {rng!r}"
-            start = int(rng[len("bytes="):-1])
+            start = int(rng[len("bytes=") : -1])
         status = 206 if start else 200
         self.send_response(status)
         self.send_header("X-Repo-Commit", commit)
@@ -155,8 +154,13 @@ def hub(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
-                "MUSIC_FLAMINGO_MODEL_DIR"):
+    for var in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "MUSIC_FLAMINGO_MODEL_DIR",
+    ):
         monkeypatch.delenv(var, raising=False)
 
     fake = FakeHub()
@@ -186,6 +190,7 @@ def resolve_path(repo: str, filename: str) -> str:
 
 # --- tables ------------------------------------------------------------------------------------------------------
 
+
 def test_every_file_has_a_repository() -> None:
     assert set(FILE_REPOSITORIES) == set(MODEL_FILES.values()) | {MMPROJ_FILE}
     for filename, repo in FILE_REPOSITORIES.items():
@@ -206,6 +211,7 @@ def test_unknown_model_name_lists_choices(hub: FakeHub, tmp_path: Path) -> None:
 
 
 # --- local files -------------------------------------------------------------------------------------------------
+
 
 def test_present_files_need_no_network(hub: FakeHub, tmp_path: Path) -> None:
     (tmp_path / MODEL_FILES["Q6_K"]).write_bytes(b"local model")
@@ -240,6 +246,7 @@ def test_offline_lists_expected_paths_and_sources(hub: FakeHub, tmp_path: Path, 
 
 
 # --- downloads ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model_name", ["Q8_0", "Q6_K", "IQ3_M"])
 def test_downloads_missing_files_from_the_right_repositories(hub: FakeHub, tmp_path: Path, model_name: str) -> None:
@@ -343,6 +350,7 @@ def test_stale_partial_file_does_not_corrupt_the_download(hub: FakeHub, tmp_path
 # ETag, then GET) and pin the two differences that decide it. If one of them starts failing, huggingface_hub has
 # gained the feature and models.py can switch to hf_hub_download(local_dir=...).
 
+
 def test_wrong_bytes_are_refused_here_but_accepted_by_hf_hub_download(hub: FakeHub, tmp_path: Path) -> None:
     """Bytes whose sha256 differs from the ETag the Hub states for an LFS file: refused by our downloader (after
     one clean retry); hf_hub_download checks only the length and keeps them."""
@@ -364,10 +372,12 @@ def test_wrong_bytes_are_refused_here_but_accepted_by_hf_hub_download(hub: FakeH
 
 def _kill_mid_download(hub: FakeHub, code: str, partial: Path, pattern: str) -> int:
     """Run ``code`` in a child process, let it receive part of a file, SIGKILL it; the size of its partial file."""
-    env = child_env(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_CACHE=str(partial / "hf-cache"),
-                    HF_TOKEN_PATH=str(partial / "no-token"))
-    child = subprocess.Popen([sys.executable, "-c", code], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = child_env(
+        HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_CACHE=str(partial / "hf-cache"), HF_TOKEN_PATH=str(partial / "no-token")
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         assert hub.stalled.wait(timeout=120), "the child never started the download"
         deadline = time.monotonic() + 60
@@ -395,8 +405,12 @@ def test_a_killed_run_is_resumed_here_but_restarted_by_hf_hub_download(hub: Fake
 
     ours = tmp_path / "ours"
     hub.stall_first_get[filename] = stall
-    kept = _kill_mid_download(hub, f"from music_flamingo.models import resolve_model_files; "
-                                   f"resolve_model_files('Q8_0', {str(ours)!r})", ours, filename + ".part")
+    kept = _kill_mid_download(
+        hub,
+        f"from music_flamingo.models import resolve_model_files; resolve_model_files('Q8_0', {str(ours)!r})",
+        ours,
+        filename + ".part",
+    )
     hub.requests.clear()
     model, _ = resolve_model_files("Q8_0", ours)
     assert model.read_bytes() == big
@@ -406,8 +420,10 @@ def test_a_killed_run_is_resumed_here_but_restarted_by_hf_hub_download(hub: Fake
     hub.stalled.clear()
     hub.release.clear()
     hub.stall_first_get[filename] = stall
-    code = (f"from huggingface_hub import hf_hub_download; "
-            f"hf_hub_download({STATIC!r}, {filename!r}, local_dir={str(theirs)!r}, endpoint={hub.url!r})")
+    code = (
+        f"from huggingface_hub import hf_hub_download; "
+        f"hf_hub_download({STATIC!r}, {filename!r}, local_dir={str(theirs)!r}, endpoint={hub.url!r})"
+    )
     assert _kill_mid_download(hub, code, theirs, "*.incomplete") > 0
     hub.requests.clear()
     got = Path(hf_hub_download(STATIC, filename, local_dir=theirs, endpoint=hub.url))

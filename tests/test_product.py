@@ -1,5 +1,6 @@
 """The product on a tiny model and real music: analyze() API, a dataset tree with organized folders, crops and
 other people's sidecars, resume, corrupt sidecars, two processes on one dataset, the CLI and its exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import DEFAULT_KEYS, SR, write_clip
 
-OTHER_TOOL = {"bpm": 128.0, "key": "F# minor", "essentia": {"danceability": 1.234567e-07, "n": 12345678901234},
-              "caption_blip": "Ünïcode — kept “as is”", "music_flamingo_note": "not ours either"}
-
+OTHER_TOOL = {
+    "bpm": 128.0,
+    "key": "F# minor",
+    "essentia": {"danceability": 1.234567e-07, "n": 12345678901234},
+    "caption_blip": "Ünïcode — kept “as is”",
+    "music_flamingo_note": "not ours either",
+}
 
 
 @pytest.fixture
@@ -33,7 +37,7 @@ def dataset(tmp_path, track, music_dir) -> Path:
     write_clip(loose / "intro.flac", track, 5, 50)
     ogg = sorted(music_dir.glob("ogg/*.ogg"), key=lambda p: p.stat().st_size)[0]
     shutil.copy(ogg, loose / ogg.name)
-    make_m4a(loose / "phone recording, take 2.m4a", track[SR * 60:SR * 66])
+    make_m4a(loose / "phone recording, take 2.m4a", track[SR * 60 : SR * 66])
     (root / "notes.txt").write_text("not audio")
     return root
 
@@ -56,8 +60,7 @@ def make_m4a(path: Path, pcm: np.ndarray) -> Path:
 def test_analyze_returns_the_five_keys_and_prompt_type_returns_text(tiny, clips):
     from music_flamingo import MusicFlamingoGGUF
 
-    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1,
-                           warmup=False) as mf:
+    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False) as mf:
         out = mf.analyze(clips["5s"], sample_rate=SR)
         assert list(out) == DEFAULT_KEYS
         assert all(isinstance(v, str) and v and "\n" not in v for v in out.values())
@@ -81,7 +84,7 @@ def test_long_audio_is_cut_with_a_flag(analyzer, track, caplog):
 
     analyzer.options.max_duration = 12.0
     try:
-        res = analyzer.analyze_track(track[:SR * 20], sample_rate=SR)
+        res = analyzer.analyze_track(track[: SR * 20], sample_rate=SR)
     finally:
         analyzer.options.max_duration = None
     assert res.meta["truncated"] is True
@@ -124,18 +127,30 @@ def test_tracks_in_flight_give_the_same_sidecars_as_one_at_a_time(tiny, dataset,
     from music_flamingo.batch import BatchOptions, run_batch
 
     greedy = tmp_path / "greedy.yaml"
-    greedy.write_text("defaults: {temperature: 0}\nprompts:\n" + "".join(
-        f"  {n}: {{max_tokens: {8 + 3 * i}}}\n" for i, n in
-        enumerate(["full", "technical", "genre_mood", "instrumentation", "structure"])))
+    greedy.write_text(
+        "defaults: {temperature: 0}\nprompts:\n"
+        + "".join(
+            f"  {n}: {{max_tokens: {8 + 3 * i}}}\n"
+            for i, n in enumerate(["full", "technical", "genre_mood", "instrumentation", "structure"])
+        )
+    )
     texts = {}
-    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
-                           flash_attn=False, prompts_files=[greedy]) as mf:
+    with MusicFlamingoGGUF(
+        model_path=tiny.model_gguf,
+        mmproj_path=tiny.mmproj_gguf,
+        n_threads=1,
+        warmup=False,
+        flash_attn=False,
+        prompts_files=[greedy],
+    ) as mf:
         for k in (1, 3):
             got = {}
-            s = run_batch(mf, dataset, BatchOptions(progress=False, overwrite=True, write_sidecars=False,
-                                                    tracks_in_flight=k),
-                          on_result=lambda t, f: got.__setitem__(str(t), {k_: v for k_, v in f.items()
-                                                                          if k_ in DEFAULT_KEYS}))
+            s = run_batch(
+                mf,
+                dataset,
+                BatchOptions(progress=False, overwrite=True, write_sidecars=False, tracks_in_flight=k),
+                on_result=lambda t, f: got.__setitem__(str(t), {k_: v for k_, v in f.items() if k_ in DEFAULT_KEYS}),
+            )
             assert s.done == s.total and s.failed == 0
             texts[k] = got
     assert texts[1] == texts[3]
@@ -163,30 +178,57 @@ def test_undecodable_track_fails_alone(analyzer, dataset):
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True,
-                          timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 def test_two_processes_share_a_dataset_and_do_each_track_once(tiny, dataset, small_prompts, tmp_path):
     from music_flamingo.discovery import discover_tracks
 
-    common = ["--batch", "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf),
-              "--prompts-file", str(small_prompts), "--no-progress"]
-    procs = [subprocess.Popen([sys.executable, "-m", "music_flamingo", str(dataset), *common,
-                               "--jsonl", str(tmp_path / f"p{i}.jsonl")], stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    common = [
+        "--batch",
+        "--model-path",
+        str(tiny.model_gguf),
+        "--mmproj",
+        str(tiny.mmproj_gguf),
+        "--prompts-file",
+        str(small_prompts),
+        "--no-progress",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "music_flamingo", str(dataset), *common, "--jsonl", str(tmp_path / f"p{i}.jsonl")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
-    done = [[json.loads(line)["path"] for line in (tmp_path / f"p{i}.jsonl").read_text().splitlines()]
-            if (tmp_path / f"p{i}.jsonl").exists() else [] for i in range(2)]
+    done = [
+        [json.loads(line)["path"] for line in (tmp_path / f"p{i}.jsonl").read_text().splitlines()]
+        if (tmp_path / f"p{i}.jsonl").exists()
+        else []
+        for i in range(2)
+    ]
     assert not set(done[0]) & set(done[1]), "a track was analysed twice"
     assert sorted(done[0] + done[1]) == sorted(str(t.path) for t in discover_tracks(dataset) if t.selected)
 
 
 def test_cli_single_file_prints_and_writes_sidecar(tiny, dataset, small_prompts):
     target = dataset / "loose" / "intro.flac"
-    r = cli(str(target), "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf),
-            "--prompts-file", str(small_prompts), "--prompts", "full,technical")
+    r = cli(
+        str(target),
+        "--model-path",
+        str(tiny.model_gguf),
+        "--mmproj",
+        str(tiny.mmproj_gguf),
+        "--prompts-file",
+        str(small_prompts),
+        "--prompts",
+        "full,technical",
+    )
     assert r.returncode == 0, r.stderr
     assert "music_flamingo_full:" in r.stdout and "music_flamingo_technical:" in r.stdout
     info = json.loads((dataset / "loose" / "intro.INFO").read_text())
@@ -203,8 +245,9 @@ def test_cli_usage_errors_exit_2(tiny, tmp_path):
     assert r.returncode == 2 and "music-flamingo-hf.Q6_K.gguf" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("prompts:\n  full: {max_tokens: -3}\n")
-    r = cli(str(wav), "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf),
-            "--prompts-file", str(bad))
+    r = cli(
+        str(wav), "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--prompts-file", str(bad)
+    )
     assert r.returncode == 2 and "bad.yaml" in r.stderr and "max_tokens" in r.stderr
     assert cli("--help").returncode == 0
     env = dict(os.environ)
@@ -216,11 +259,32 @@ def test_ctrl_c_stops_cleanly_and_prints_the_summary(tiny, dataset, tmp_path):
     import time
 
     slow = tmp_path / "slow.yaml"  # long answers, so the run is still busy when Ctrl-C comes
-    slow.write_text("defaults: {temperature: 0}\nprompts:\n" + "".join(
-        f"  {n}: {{max_tokens: 60}}\n" for n in ["full", "technical", "genre_mood", "instrumentation", "structure"]))
-    proc = subprocess.Popen([sys.executable, "-m", "music_flamingo", str(dataset), "--batch", "--model-path",
-                             str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--prompts-file", str(slow),
-                             "--no-progress", "--tracks-in-flight", "1"], stderr=subprocess.PIPE, text=True)
+    slow.write_text(
+        "defaults: {temperature: 0}\nprompts:\n"
+        + "".join(
+            f"  {n}: {{max_tokens: 60}}\n" for n in ["full", "technical", "genre_mood", "instrumentation", "structure"]
+        )
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "music_flamingo",
+            str(dataset),
+            "--batch",
+            "--model-path",
+            str(tiny.model_gguf),
+            "--mmproj",
+            str(tiny.mmproj_gguf),
+            "--prompts-file",
+            str(slow),
+            "--no-progress",
+            "--tracks-in-flight",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     sidecars_before = {p: p.read_bytes() for p in dataset.rglob("*.INFO")}
     while time.monotonic() < deadline and proc.poll() is None:
@@ -234,6 +298,9 @@ def test_ctrl_c_stops_cleanly_and_prints_the_summary(tiny, dataset, tmp_path):
     assert "interrupted" in err and "done" in err
     for p in dataset.rglob("*.INFO"):
         assert isinstance(json.loads(p.read_text()), dict)  # no half-written sidecar
-    leftovers = [p for p in dataset.rglob("*") if p.is_file() and p.suffix.lower() not in
-                 {".flac", ".ogg", ".m4a", ".info", ".lock", ".txt"}]
+    leftovers = [
+        p
+        for p in dataset.rglob("*")
+        if p.is_file() and p.suffix.lower() not in {".flac", ".ogg", ".m4a", ".info", ".lock", ".txt"}
+    ]
     assert not leftovers, leftovers

@@ -1,4 +1,5 @@
 """The prompt catalogue: packaged defaults, user YAML layered over it, and errors that say where the mistake is."""
+
 from __future__ import annotations
 
 import textwrap
@@ -10,8 +11,13 @@ from music_flamingo.datatypes import Prompt
 from music_flamingo.errors import MusicFlamingoError, PromptConfigError
 from music_flamingo.prompts import PACKAGED_SOURCE, Catalogue, PromptEntry, load_catalogue
 
-DEFAULT_KEYS = ["music_flamingo_full", "music_flamingo_technical", "music_flamingo_genre_mood",
-                "music_flamingo_instrumentation", "music_flamingo_structure"]
+DEFAULT_KEYS = [
+    "music_flamingo_full",
+    "music_flamingo_technical",
+    "music_flamingo_genre_mood",
+    "music_flamingo_instrumentation",
+    "music_flamingo_structure",
+]
 
 
 def write(tmp_path: Path, body: str, name: str = "user_prompts.yaml") -> Path:
@@ -26,6 +32,7 @@ def cat() -> Catalogue:
 
 
 # --- packaged catalogue ------------------------------------------------------------------------------------------
+
 
 def test_packaged_default_set(cat):
     entries = cat.select(None)
@@ -47,8 +54,11 @@ def test_packaged_texts_ask_for_plain_prose(cat):
 
 def test_extras_selectable_by_name_or_key(cat):
     extras = cat.select(["brief", "genre_mood_inst", "very_brief"])
-    assert [e.key for e in extras] == ["music_flamingo_brief", "music_flamingo_genre_mood_inst",
-                                       "music_flamingo_very_brief"]
+    assert [e.key for e in extras] == [
+        "music_flamingo_brief",
+        "music_flamingo_genre_mood_inst",
+        "music_flamingo_very_brief",
+    ]
     assert [e.max_tokens for e in extras] == [150, 200, 60]
     assert [e.name for e in cat.select(["music_flamingo_brief", " full "])] == ["brief", "full"]
     assert set(cat.default_set) < set(cat.names())
@@ -56,7 +66,9 @@ def test_extras_selectable_by_name_or_key(cat):
 
 def test_select_order_duplicates_and_strings(cat):
     assert [e.name for e in cat.select(["structure", "full", "structure", "music_flamingo_full"])] == [
-        "structure", "full"]
+        "structure",
+        "full",
+    ]
     assert [e.name for e in cat.select("technical")] == ["technical"]
     assert cat.select([]) == []
 
@@ -74,7 +86,14 @@ def test_to_prompt_and_overrides(cat):
     p = e.to_prompt()
     assert isinstance(p, Prompt)
     assert (p.name, p.text, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed) == (
-        "full", e.text, 500, 0.7, 0.9, 50, 42)
+        "full",
+        e.text,
+        500,
+        0.7,
+        0.9,
+        50,
+        42,
+    )
     q = e.to_prompt(temperature=0.0, top_p=1.0, seed=7)
     assert (q.temperature, q.top_p, q.seed, q.max_tokens) == (0.0, 1.0, 7, 500)
     assert e.to_prompt(seed=0).seed == 0  # 0 is an override, not "unset"
@@ -109,8 +128,11 @@ def test_free_text(cat):
 
 # --- user files --------------------------------------------------------------------------------------------------
 
+
 def test_user_file_adds_and_overrides(tmp_path):
-    user = write(tmp_path, """\
+    user = write(
+        tmp_path,
+        """\
         defaults: {temperature: 0.5}
         default_set: [full, lyrics_theme]
         prompts:
@@ -121,11 +143,17 @@ def test_user_file_adds_and_overrides(tmp_path):
             text: What are the lyrics about?
             max_tokens: 120
             top_p: 0.5
-        """)
+        """,
+    )
     cat = load_catalogue([user])
     full = cat.entries["full"]
     assert (full.max_tokens, full.key, full.temperature, full.top_p, full.seed) == (
-        800, "music_flamingo_full", 0.5, 0.9, 42)
+        800,
+        "music_flamingo_full",
+        0.5,
+        0.9,
+        42,
+    )
     assert full.text == load_catalogue().entries["full"].text  # partial override keeps the other fields
     assert full.source == str(user)
     tech = cat.entries["technical"]
@@ -210,11 +238,14 @@ def test_duplicate_key_error_names_both_prompts(tmp_path):
         load_catalogue([path])
 
 
-@pytest.mark.parametrize("body, line", [
-    ("prompts:\n  full: {max_tokens: 10\n", 3),               # unclosed flow mapping
-    ("prompts:\n\tfull: {}\n", 2),                             # tab indentation
-    ("prompts:\n  full: {max_tokens: 10}\n  full: {seed: 1}\n", 3),  # same prompt twice in one file
-])
+@pytest.mark.parametrize(
+    "body, line",
+    [
+        ("prompts:\n  full: {max_tokens: 10\n", 3),  # unclosed flow mapping
+        ("prompts:\n\tfull: {}\n", 2),  # tab indentation
+        ("prompts:\n  full: {max_tokens: 10}\n  full: {seed: 1}\n", 3),  # same prompt twice in one file
+    ],
+)
 def test_yaml_syntax_error_has_line_number(tmp_path, body, line):
     path = write(tmp_path, body, "broken.yaml")
     with pytest.raises(PromptConfigError) as ei:
@@ -228,11 +259,14 @@ def test_unclosed_quote_points_at_its_start(tmp_path):
         load_catalogue([path])
 
 
-@pytest.mark.parametrize("body, words", [
-    ("- full\n- technical\n", ["top level", "mapping"]),
-    ("just text\n", ["top level", "mapping"]),
-    ("prompt: {full: {max_tokens: 10}}\n", ["'prompt'", "allowed"]),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("- full\n- technical\n", ["top level", "mapping"]),
+        ("just text\n", ["top level", "mapping"]),
+        ("prompt: {full: {max_tokens: 10}}\n", ["'prompt'", "allowed"]),
+    ],
+)
 def test_top_level_errors(tmp_path, body, words):
     path = write(tmp_path, body, "top.yaml")
     with pytest.raises(PromptConfigError) as ei:

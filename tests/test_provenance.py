@@ -1,5 +1,6 @@
 """The model hash cache: each model file is hashed once per (path, size, mtime), remembered across runs and
 processes, hashed again when the file changes, and a damaged cache file is ignored."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ def swap_content_keep_stat(path: Path, content: bytes) -> None:
 
 def sha(data: bytes) -> str:
     import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 

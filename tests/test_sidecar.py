@@ -1,5 +1,6 @@
 """Sidecar files hold weeks of other tools' results: updates must keep them exactly, refuse damaged files without
 touching them, survive failures mid-write and concurrent writers."""
+
 from __future__ import annotations
 
 import json
@@ -28,20 +29,26 @@ def leftovers(folder: Path, sidecar: Path) -> list[str]:
 
 # --- path rules -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("audio, expected", [
-    ("/data/Artist - Song/full_mix.flac", "/data/Artist - Song/Artist - Song.INFO"),
-    ("/data/Artist - Song/full_mix.mp3", "/data/Artist - Song/Artist - Song.INFO"),
-    ("/data/Björk, Sigur Rós – Ágætis.byrjun (1999)/full_mix.wav",
-     "/data/Björk, Sigur Rós – Ágætis.byrjun (1999)/Björk, Sigur Rós – Ágætis.byrjun (1999).INFO"),
-    ("/data/v1.2.3/full_mix.opus", "/data/v1.2.3/v1.2.3.INFO"),
-    ("/data/loose/song.flac", "/data/loose/song.INFO"),
-    ("/data/loose/song_crop_03.flac", "/data/loose/song_crop_03.INFO"),
-    ("/data/Artist - Song/full_mix_crop_03.flac", "/data/Artist - Song/full_mix_crop_03.INFO"),
-    ("/data/loose/a.b.c, d.flac", "/data/loose/a.b.c, d.INFO"),
-    ("/data/loose/日本語の曲 🎵.ogg", "/data/loose/日本語の曲 🎵.INFO"),
-    ("/data/loose/full_mix.backup.flac", "/data/loose/full_mix.backup.INFO"),
-    ("/data/loose/no_suffix", "/data/loose/no_suffix.INFO"),
-])
+
+@pytest.mark.parametrize(
+    "audio, expected",
+    [
+        ("/data/Artist - Song/full_mix.flac", "/data/Artist - Song/Artist - Song.INFO"),
+        ("/data/Artist - Song/full_mix.mp3", "/data/Artist - Song/Artist - Song.INFO"),
+        (
+            "/data/Björk, Sigur Rós – Ágætis.byrjun (1999)/full_mix.wav",
+            "/data/Björk, Sigur Rós – Ágætis.byrjun (1999)/Björk, Sigur Rós – Ágætis.byrjun (1999).INFO",
+        ),
+        ("/data/v1.2.3/full_mix.opus", "/data/v1.2.3/v1.2.3.INFO"),
+        ("/data/loose/song.flac", "/data/loose/song.INFO"),
+        ("/data/loose/song_crop_03.flac", "/data/loose/song_crop_03.INFO"),
+        ("/data/Artist - Song/full_mix_crop_03.flac", "/data/Artist - Song/full_mix_crop_03.INFO"),
+        ("/data/loose/a.b.c, d.flac", "/data/loose/a.b.c, d.INFO"),
+        ("/data/loose/日本語の曲 🎵.ogg", "/data/loose/日本語の曲 🎵.INFO"),
+        ("/data/loose/full_mix.backup.flac", "/data/loose/full_mix.backup.INFO"),
+        ("/data/loose/no_suffix", "/data/loose/no_suffix.INFO"),
+    ],
+)
 def test_sidecar_path_rules(audio: str, expected: str) -> None:
     assert sidecar_path(Path(audio)) == Path(expected)
     assert sidecar_path(audio) == Path(expected)  # str accepted too
@@ -57,6 +64,7 @@ def test_sidecar_path_relative_full_mix_uses_real_folder_name(tmp_path: Path, mo
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
+
 
 def test_missing_sidecar_reads_empty(tmp_path: Path) -> None:
     p = tmp_path / "x.INFO"
@@ -74,9 +82,12 @@ def test_has_keys(tmp_path: Path) -> None:
 def test_update_creates_sidecar(tmp_path: Path) -> None:
     p = tmp_path / "new.INFO"
     assert update_sidecar(p, {"music_flamingo": {"caption": "Träumerei", "n": 1}}) == {
-        "music_flamingo": {"caption": "Träumerei", "n": 1}}
-    assert p.read_text(encoding="utf-8") == json.dumps(
-        {"music_flamingo": {"caption": "Träumerei", "n": 1}}, indent=2, ensure_ascii=False) + "\n"
+        "music_flamingo": {"caption": "Träumerei", "n": 1}
+    }
+    assert (
+        p.read_text(encoding="utf-8")
+        == json.dumps({"music_flamingo": {"caption": "Träumerei", "n": 1}}, indent=2, ensure_ascii=False) + "\n"
+    )
     assert leftovers(tmp_path, p) == []
 
 
@@ -121,22 +132,37 @@ def test_merge_keeps_other_keys_byte_for_byte(tmp_path: Path) -> None:
     merged = update_sidecar(p, {"caption": "new caption", "music_flamingo": {"model": "Q6_K", "score": 0.25}})
     expected = ORIGINAL.replace('"caption": "old caption"', '"caption": "new caption"').replace(
         '  "empty_list": []\n}\n',
-        '  "empty_list": [],\n  "music_flamingo": {\n    "model": "Q6_K",\n    "score": 0.25\n  }\n}\n')
+        '  "empty_list": [],\n  "music_flamingo": {\n    "model": "Q6_K",\n    "score": 0.25\n  }\n}\n',
+    )
     assert p.read_text(encoding="utf-8") == expected
-    assert list(merged) == ["bpm", "tiny", "pi", "huge_float", "big_int", "neg_zero", "caption", "nested",
-                            "escaped", "empty_obj", "empty_list", "music_flamingo"]
+    assert list(merged) == [
+        "bpm",
+        "tiny",
+        "pi",
+        "huge_float",
+        "big_int",
+        "neg_zero",
+        "caption",
+        "nested",
+        "escaped",
+        "empty_obj",
+        "empty_list",
+        "music_flamingo",
+    ]
     assert merged["big_int"] == 123456789012345678901234567890 and merged["tiny"] == 1e-7
     assert merged["escaped"] == 'café / "quoted"'
     assert read_sidecar(p) == merged
 
 
 def test_merge_of_json_dump_output_equals_json_dump_of_merge(tmp_path: Path) -> None:
-    old = {"z": 1, "a": {"k": [1, 2.5, "ü"], "n": None}, "m": "x" * 3, "big": 2 ** 80, "f": 0.1}
+    old = {"z": 1, "a": {"k": [1, 2.5, "ü"], "n": None}, "m": "x" * 3, "big": 2**80, "f": 0.1}
     p = tmp_path / "t.INFO"
     p.write_text(json.dumps(old, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     update_sidecar(p, {"a": [], "new": {"deep": {"x": "ÿ"}}})
-    assert p.read_text(encoding="utf-8") == json.dumps(
-        {**old, "a": [], "new": {"deep": {"x": "ÿ"}}}, indent=2, ensure_ascii=False) + "\n"
+    assert (
+        p.read_text(encoding="utf-8")
+        == json.dumps({**old, "a": [], "new": {"deep": {"x": "ÿ"}}}, indent=2, ensure_ascii=False) + "\n"
+    )
 
 
 def test_merge_keeps_values_of_foreign_formatting_verbatim(tmp_path: Path) -> None:
@@ -161,17 +187,22 @@ def test_repeated_updates_are_stable(tmp_path: Path) -> None:
 
 # --- damaged sidecars are refused and left alone -----------------------------------------------------------------
 
-@pytest.mark.parametrize("content", [
-    b'{"a": 1, "b": ',          # truncated
-    b"{not json}",
-    b"",                        # empty file
-    b"[1, 2, 3]\n",             # JSON, but an array
-    b'"just a string"',
-    b"null",
-    b'{"a": 1, "a": 2}',        # duplicate key: a rewrite would silently drop one value
-    b'{"a": 1} {"b": 2}',       # trailing data
-    b'{"a": "\xff\xfe"}',       # not UTF-8
-], ids=["truncated", "garbage", "empty", "array", "string", "null", "duplicate", "trailing", "not-utf8"])
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"a": 1, "b": ',  # truncated
+        b"{not json}",
+        b"",  # empty file
+        b"[1, 2, 3]\n",  # JSON, but an array
+        b'"just a string"',
+        b"null",
+        b'{"a": 1, "a": 2}',  # duplicate key: a rewrite would silently drop one value
+        b'{"a": 1} {"b": 2}',  # trailing data
+        b'{"a": "\xff\xfe"}',  # not UTF-8
+    ],
+    ids=["truncated", "garbage", "empty", "array", "string", "null", "duplicate", "trailing", "not-utf8"],
+)
 def test_invalid_sidecar_raises_and_is_untouched(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "bad.INFO"
     p.write_bytes(content)
@@ -201,7 +232,10 @@ def test_sidecar_that_is_a_directory_raises(tmp_path: Path) -> None:
 
 # --- failures while writing --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [{1, 2}, float("nan"), object(), {"k": {3, 4}}], ids=["set", "nan", "object", "nested-set"])
+
+@pytest.mark.parametrize(
+    "bad", [{1, 2}, float("nan"), object(), {"k": {3, 4}}], ids=["set", "nan", "object", "nested-set"]
+)
 def test_unserializable_update_leaves_file_intact(tmp_path: Path, bad: object) -> None:
     p = tmp_path / "t.INFO"
     p.write_bytes(ORIGINAL.encode("utf-8"))
@@ -240,6 +274,7 @@ def test_failure_after_temp_file_leaves_old_file_and_no_temp(tmp_path: Path, mon
 
 
 # --- permissions, symlinks ---------------------------------------------------------------------------------------
+
 
 def test_permissions_are_kept(tmp_path: Path) -> None:
     p = tmp_path / "t.INFO"
@@ -289,8 +324,12 @@ def test_two_processes_writing_different_keys(tmp_path: Path) -> None:
     p.write_bytes(ORIGINAL.encode("utf-8"))
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(p), name, str(go)], env=env,
-                              stderr=subprocess.PIPE, text=True) for name in ("alpha", "beta")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(p), name, str(go)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for name in ("alpha", "beta")
+    ]
     time.sleep(0.5)  # let both import and reach the start line
     go.touch()
     for proc in procs:
@@ -300,7 +339,7 @@ def test_two_processes_writing_different_keys(tmp_path: Path) -> None:
     assert {f"{n}_{i}" for n in ("alpha", "beta") for i in range(20)} <= set(data)
     assert data["alpha_7"] == {"i": 7, "who": "alpha", "text": "é" * 50}
     text = p.read_text(encoding="utf-8")
-    assert text.startswith(ORIGINAL[:ORIGINAL.index('  "empty_list": []')])  # the old entries are untouched
+    assert text.startswith(ORIGINAL[: ORIGINAL.index('  "empty_list": []')])  # the old entries are untouched
     assert len(data) == 11 + 40
     assert leftovers(tmp_path, p) == ["go"]
 

@@ -1,9 +1,9 @@
 """The engine's throughput machinery on the tiny model: the sampling fast path gives llama.cpp's tokens, the stream
 API reports a bad track alone, the helper thread that encodes audio changes no token, automatic tracks in flight
 stay inside a memory budget, and sizes are checked before anything is allocated."""
+
 from __future__ import annotations
 
-import os
 import resource
 import subprocess
 import sys
@@ -11,17 +11,18 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import SR, child_env
+
 from music_flamingo import InvalidInputError, MusicFlamingoGGUF, Prompt, _core
 
-SAMPLED = [Prompt("Describe this track.", max_tokens=24, temperature=0.7, top_p=0.9, top_k=50, seed=42 + i)
-           for i in range(3)]
+SAMPLED = [
+    Prompt("Describe this track.", max_tokens=24, temperature=0.7, top_p=0.9, top_k=50, seed=42 + i) for i in range(3)
+]
 GREEDY = [Prompt("Describe this track.", max_tokens=10 + 4 * i) for i in range(3)]
 
 
 def pieces(track: np.ndarray, n: int, seconds: float = 4.0) -> list[np.ndarray]:
-    return [np.ascontiguousarray(track[SR * (10 + 7 * i):SR * (10 + 7 * i) + int(seconds * SR)]) for i in range(n)]
+    return [np.ascontiguousarray(track[SR * (10 + 7 * i) : SR * (10 + 7 * i) + int(seconds * SR)]) for i in range(n)]
 
 
 def test_fast_sampling_path_gives_the_tokens_of_llamacpps_sampler(engine, track):
@@ -78,8 +79,14 @@ def test_auto_tracks_in_flight_stay_inside_a_small_memory_budget(tiny, track):
     """The budget decides the context; the KV cells actually free decide admissions; nothing is lost.
     Tracks of 35 s (~900 cells each), so the context's 256-cell granularity cannot fit a second one by rounding."""
     tracks = pieces(track, 3, seconds=35)
-    kw = dict(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False, n_threads=1,
-              warmup=False, prepare_ahead=False)
+    kw = dict(
+        model_path=tiny.model_gguf,
+        mmproj_path=tiny.mmproj_gguf,
+        flash_attn=False,
+        n_threads=1,
+        warmup=False,
+        prepare_ahead=False,
+    )
     with MusicFlamingoGGUF(**kw) as mf:
         reference = [r.tokens for r in mf.generate_many([(t, GREEDY) for t in tracks], tracks_in_flight=1)]
         one = mf.generate(tracks[0], GREEDY).stats
@@ -100,8 +107,9 @@ def test_auto_tracks_in_flight_stay_inside_a_small_memory_budget(tiny, track):
 
 
 def test_a_track_larger_than_the_budget_fails_alone_with_a_clear_error(tiny, track):
-    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
-                           memory_budget_mb=0.001) as mf:
+    with MusicFlamingoGGUF(
+        model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False, memory_budget_mb=0.001
+    ) as mf:
         got: dict[int, object] = {}
         mf.generate_stream(iter(pieces(track, 2, seconds=40)), GREEDY, got.__setitem__)
     assert all(isinstance(got[i], InvalidInputError) and "KV cells" in str(got[i]) for i in (0, 1))
@@ -118,12 +126,14 @@ def _run_isolated(code: str, tiny) -> subprocess.CompletedProcess:
     """Risky calls run in a child process (the same interpreter and import path): an abort there fails the test
     instead of killing the suite."""
     env = child_env(MODEL=str(tiny.model_gguf), MMPROJ=str(tiny.mmproj_gguf))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_the_engine_refuses_audio_too_short_for_the_mel_without_aborting(tiny):
-    r = _run_isolated("""
+    r = _run_isolated(
+        """
         import os, numpy as np
         from music_flamingo import _core, InvalidInputError
         e = _core.Engine(os.environ["MODEL"], os.environ["MMPROJ"], n_threads=1, warmup=False)
@@ -141,13 +151,16 @@ def test_the_engine_refuses_audio_too_short_for_the_mel_without_aborting(tiny):
         for framing in (_core.Framing.ReferenceTrim, _core.Framing.ReferenceTail, _core.Framing.Reference):
             r = e.generate(np.zeros(30 * 16000 + 400, np.float32), 16000, hi, "", False, framing, chat=chat)
             print("ok", r.stats.audio_chunks)
-    """, tiny)
+    """,
+        tiny,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "accepted" not in r.stdout and r.stdout.count("ok 2") == 3
 
 
 def test_close_racing_a_running_call_neither_crashes_nor_hangs(tiny):
-    r = _run_isolated("""
+    r = _run_isolated(
+        """
         import os, threading, time, numpy as np
         from music_flamingo import _core, EngineError
         for delay in (0.0, 0.001, 0.005, 0.02, 0.1):
@@ -170,7 +183,9 @@ def test_close_racing_a_running_call_neither_crashes_nor_hangs(tiny):
             except EngineError:
                 pass
         print("ok")
-    """, tiny)
+    """,
+        tiny,
+    )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 

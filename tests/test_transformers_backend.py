@@ -1,6 +1,7 @@
 """The transformers backend on tiny random checkpoints (AF3 and Music Flamingo 2601 architectures) and real music:
 the Analyzer API, bf16 on CPU, audio encoded once per track, batched == alone, seeded sampling, the attention
 fallback, sidecar parity with the GGUF backend, the CLI, and the errors a user meets first."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from conftest import DEFAULT_KEYS, SR
-
 import torch  # noqa: F401  (the test extra installs it; a missing one must fail, not skip)
 import transformers
-
-
+from conftest import DEFAULT_KEYS, SR
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +29,22 @@ def mf_hf_dir(tiny, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-musicflamingo")
     af3 = AutoConfig.from_pretrained(tiny.hf_dir)
-    cfg = MusicFlamingoConfig(audio_config=af3.audio_config.to_dict(), text_config=af3.text_config.to_dict(),
-                              audio_token_id=af3.audio_token_id)
+    cfg = MusicFlamingoConfig(
+        audio_config=af3.audio_config.to_dict(),
+        text_config=af3.text_config.to_dict(),
+        audio_token_id=af3.audio_token_id,
+    )
     cfg.architectures = ["MusicFlamingoForConditionalGeneration"]
     cfg.save_pretrained(out)
     GenerationConfig.from_pretrained(tiny.hf_dir).save_pretrained(out)
     os.symlink(Path(tiny.hf_dir).resolve() / "model.safetensors", out / "model.safetensors")
     proc = AutoProcessor.from_pretrained(tiny.hf_dir)
-    MusicFlamingoProcessor(feature_extractor=proc.feature_extractor, tokenizer=proc.tokenizer,
-                           chat_template=proc.chat_template, max_audio_len=1200).save_pretrained(out)
+    MusicFlamingoProcessor(
+        feature_extractor=proc.feature_extractor,
+        tokenizer=proc.tokenizer,
+        chat_template=proc.chat_template,
+        max_audio_len=1200,
+    ).save_pretrained(out)
     return out
 
 
@@ -121,8 +125,9 @@ def test_attention_choice_logs_why(caplog):
 
 def test_audio_is_encoded_once_per_track(analyzer, clips):
     calls = {"tower": 0, "mel": 0}
-    hook = analyzer._model.model.audio_tower.register_forward_hook(lambda *a: calls.__setitem__("tower",
-                                                                                               calls["tower"] + 1))
+    hook = analyzer._model.model.audio_tower.register_forward_hook(
+        lambda *a: calls.__setitem__("tower", calls["tower"] + 1)
+    )
     fe = analyzer._processor.feature_extractor
     real = type(fe).__call__
 
@@ -158,12 +163,13 @@ def test_sampling_with_a_fixed_seed_is_reproducible(af3, clips):
     from music_flamingo import Prompt
 
     pcm = clips["5s"]
-    prompts = [Prompt(text=t, max_tokens=8, temperature=1.0, top_p=0.95, top_k=0, seed=7)
-               for t in ("Describe this track.", "What instruments do you hear?")]
+    prompts = [
+        Prompt(text=t, max_tokens=8, temperature=1.0, top_p=0.95, top_k=0, seed=7)
+        for t in ("Describe this track.", "What instruments do you hear?")
+    ]
     a, b = af3.generate(pcm, prompts), af3.generate(pcm, prompts)
     assert a.tokens == b.tokens and a.texts == b.texts
-    other = af3.generate(pcm, [Prompt(text=p.text, max_tokens=8, temperature=1.0, top_p=0.95, seed=8)
-                               for p in prompts])
+    other = af3.generate(pcm, [Prompt(text=p.text, max_tokens=8, temperature=1.0, top_p=0.95, seed=8) for p in prompts])
     assert other.tokens != a.tokens
     seen = []
     real = af3._model.generate
@@ -182,8 +188,12 @@ def test_sampling_with_a_fixed_seed_is_reproducible(af3, clips):
 def test_bfloat16_on_cpu_with_one_sdpa_line(tiny, small_prompts, clips, caplog):
     caplog.set_level(logging.DEBUG, logger="music_flamingo")
     with load(tiny.hf_dir, dtype="bfloat16", prompts_files=[small_prompts], prompts=["full", "technical"]) as mf:
-        lines = [r.getMessage() for r in caplog.records if r.name.startswith("music_flamingo")
-                 and ("sdpa" in r.getMessage().lower() or "flash" in r.getMessage().lower())]
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name.startswith("music_flamingo")
+            and ("sdpa" in r.getMessage().lower() or "flash" in r.getMessage().lower())
+        ]
         assert len(lines) == 1 and "SDPA" in lines[0] and "CUDA" in lines[0], lines
         assert str(mf._model.dtype) == "torch.bfloat16" and mf.provenance()["dtype"] == "bfloat16"
         res = mf.analyze_track(clips["5s"], sample_rate=SR)
@@ -202,8 +212,13 @@ def test_sidecar_fields_match_the_gguf_backend(af3, tiny, small_prompts, clips, 
     wav = tmp_path / "clip.wav"
     sf.write(str(wav), clips["5s"], SR)
     ours = af3.analyze_track(wav).sidecar_fields()
-    with MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False,
-                           prompts_files=[small_prompts]) as g:
+    with MusicFlamingoGGUF(
+        model_path=tiny.model_gguf,
+        mmproj_path=tiny.mmproj_gguf,
+        n_threads=1,
+        warmup=False,
+        prompts_files=[small_prompts],
+    ) as g:
         theirs = g.analyze_track(wav).sidecar_fields()
     assert ours.keys() == theirs.keys()
     assert ours["music_flamingo_model"].startswith("transformers_")
@@ -230,8 +245,10 @@ def test_unknown_and_too_new_checkpoints_say_what_is_needed(tiny, tmp_path, monk
 
 
 def test_import_stays_torch_free():
-    code = ("import sys, music_flamingo as m; c = m.MusicFlamingoTransformers; "
-            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; print(c.__name__)")
+    code = (
+        "import sys, music_flamingo as m; c = m.MusicFlamingoTransformers; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; print(c.__name__)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "MusicFlamingoTransformers", r.stderr
 
@@ -239,9 +256,26 @@ def test_import_stays_torch_free():
 def test_cli_transformers_backend_writes_a_sidecar(tiny, small_prompts, clips, tmp_path):
     wav = tmp_path / "song.wav"
     sf.write(str(wav), clips["5s"], SR)
-    r = subprocess.run([sys.executable, "-m", "music_flamingo", str(wav), "--backend", "transformers",
-                        "--model-id", str(tiny.hf_dir), "--local-files-only", "--prompts", "full",
-                        "--prompts-file", str(small_prompts)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "music_flamingo",
+            str(wav),
+            "--backend",
+            "transformers",
+            "--model-id",
+            str(tiny.hf_dir),
+            "--local-files-only",
+            "--prompts",
+            "full",
+            "--prompts-file",
+            str(small_prompts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert "music_flamingo_full:" in r.stdout
     info = json.loads((tmp_path / "song.INFO").read_text())

@@ -1,5 +1,6 @@
 """Every option value is checked at the boundary, before any model loads (issue 11, defect 7), and audio too short
 for the engine is refused in Python (defect 1, the Python side). Fast: no model is loaded here."""
+
 from __future__ import annotations
 
 import math
@@ -20,32 +21,76 @@ from music_flamingo.prompts import load_catalogue
 NAN, INF = math.nan, math.inf
 
 
-@pytest.mark.parametrize("field, bad", [
-    ("temperature", NAN), ("temperature", INF), ("temperature", -0.1), ("temperature", 1e39), ("temperature", "0.7"),
-    ("top_p", 0.0), ("top_p", 1.01), ("top_p", NAN), ("top_p", -INF),
-    ("top_k", -1), ("top_k", 2**31), ("top_k", 1.5),
-    ("min_p", -0.01), ("min_p", 1.5), ("min_p", NAN),
-    ("repeat_penalty", 0.0), ("repeat_penalty", -1.0), ("repeat_penalty", INF),
-    ("seed", -1), ("seed", 2**32), ("seed", 1.0), ("seed", True),
-    ("repeat_last_n", -1), ("repeat_last_n", validation.REPEAT_LAST_N_MAX + 1), ("repeat_last_n", 2.0),
-    ("repeat_last_n", True),
-    ("max_tokens", 0), ("max_tokens", -5), ("max_tokens", 2**31), ("max_tokens", True), ("max_tokens", 3.0),
-])
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("temperature", NAN),
+        ("temperature", INF),
+        ("temperature", -0.1),
+        ("temperature", 1e39),
+        ("temperature", "0.7"),
+        ("top_p", 0.0),
+        ("top_p", 1.01),
+        ("top_p", NAN),
+        ("top_p", -INF),
+        ("top_k", -1),
+        ("top_k", 2**31),
+        ("top_k", 1.5),
+        ("min_p", -0.01),
+        ("min_p", 1.5),
+        ("min_p", NAN),
+        ("repeat_penalty", 0.0),
+        ("repeat_penalty", -1.0),
+        ("repeat_penalty", INF),
+        ("seed", -1),
+        ("seed", 2**32),
+        ("seed", 1.0),
+        ("seed", True),
+        ("repeat_last_n", -1),
+        ("repeat_last_n", validation.REPEAT_LAST_N_MAX + 1),
+        ("repeat_last_n", 2.0),
+        ("repeat_last_n", True),
+        ("max_tokens", 0),
+        ("max_tokens", -5),
+        ("max_tokens", 2**31),
+        ("max_tokens", True),
+        ("max_tokens", 3.0),
+    ],
+)
 def test_prompt_refuses_every_out_of_range_field(field, bad):
     with pytest.raises(InvalidInputError, match=field):
         Prompt("Describe the music.", **{field: bad})
 
 
 def test_prompt_accepts_the_edges():
-    Prompt("x", max_tokens=1, temperature=0.0, top_p=1.0, top_k=0, min_p=1.0, repeat_penalty=1e-3, seed=2**32 - 1,
-           repeat_last_n=0)
+    Prompt(
+        "x",
+        max_tokens=1,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=1.0,
+        repeat_penalty=1e-3,
+        seed=2**32 - 1,
+        repeat_last_n=0,
+    )
     Prompt("x", repeat_last_n=validation.REPEAT_LAST_N_MAX)
     Prompt("x", max_tokens=2**31 - 1, top_p=1e-9, seed=np.uint32(7), temperature=np.float32(0.5))
 
 
-@pytest.mark.parametrize("kw", [{"temperature": NAN}, {"top_p": 2.0}, {"seed": -1}, {"max_duration": 0},
-                                {"max_duration": -1.0}, {"max_duration": NAN}, {"max_duration": INF},
-                                {"max_duration": 1e-5}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"temperature": NAN},
+        {"top_p": 2.0},
+        {"seed": -1},
+        {"max_duration": 0},
+        {"max_duration": -1.0},
+        {"max_duration": NAN},
+        {"max_duration": INF},
+        {"max_duration": 1e-5},
+    ],
+)
 def test_analysis_options_refuse_bad_values(kw):
     with pytest.raises(InvalidInputError):
         AnalysisOptions(**kw)
@@ -57,11 +102,24 @@ def test_batch_options_refuse_bad_tracks_in_flight(n):
         BatchOptions(tracks_in_flight=n)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--temperature", "nan"], ["--temperature", "-1"], ["--temperature", "inf"], ["--top-p", "2"], ["--top-p", "0"],
-    ["--seed", "-1"], ["--seed", str(2**32)], ["--max-duration", "0"], ["--max-duration", "nan"],
-    ["--max-duration", "1e-5"], ["--tracks-in-flight", "0"], ["--tracks-in-flight", "300"], ["--top-p", "abc"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--temperature", "nan"],
+        ["--temperature", "-1"],
+        ["--temperature", "inf"],
+        ["--top-p", "2"],
+        ["--top-p", "0"],
+        ["--seed", "-1"],
+        ["--seed", str(2**32)],
+        ["--max-duration", "0"],
+        ["--max-duration", "nan"],
+        ["--max-duration", "1e-5"],
+        ["--tracks-in-flight", "0"],
+        ["--tracks-in-flight", "300"],
+        ["--top-p", "abc"],
+    ],
+)
 def test_cli_refuses_bad_values_as_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as ei:
         build_parser().parse_args(["track.flac", *argv])
@@ -70,17 +128,33 @@ def test_cli_refuses_bad_values_as_usage_errors(argv, capsys):
 
 
 def test_cli_accepts_good_values():
-    a = build_parser().parse_args(["t.flac", "--temperature", "0", "--top-p", "1", "--seed", str(2**32 - 1),
-                                   "--max-duration", "0.1", "--tracks-in-flight", "256"])
+    a = build_parser().parse_args(
+        [
+            "t.flac",
+            "--temperature",
+            "0",
+            "--top-p",
+            "1",
+            "--seed",
+            str(2**32 - 1),
+            "--max-duration",
+            "0.1",
+            "--tracks-in-flight",
+            "256",
+        ]
+    )
     assert (a.temperature, a.top_p, a.seed, a.max_duration, a.tracks_in_flight) == (0, 1, 2**32 - 1, 0.1, 256)
 
 
-@pytest.mark.parametrize("yaml_text, field", [
-    ("defaults: {temperature: .nan}\n", "temperature"),
-    ("defaults: {top_p: .inf}\n", "top_p"),
-    ("prompts:\n  full: {temperature: -.inf}\n", "temperature"),
-    ('prompts:\n  full: {text: "a\\0b"}\n', "text"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, field",
+    [
+        ("defaults: {temperature: .nan}\n", "temperature"),
+        ("defaults: {top_p: .inf}\n", "top_p"),
+        ("prompts:\n  full: {temperature: -.inf}\n", "temperature"),
+        ('prompts:\n  full: {text: "a\\0b"}\n', "text"),
+    ],
+)
 def test_prompt_files_refuse_nan_inf_and_nul(tmp_path, yaml_text, field):
     p = tmp_path / "p.yaml"
     p.write_text(yaml_text)

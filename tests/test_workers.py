@@ -2,6 +2,7 @@
 with real worker processes and the tiny model — every good track described exactly once, the broken ones reported,
 one summary and exit code, the sidecars as one process writes them, a rerun resuming; a worker SIGKILLed mid-run
 (reported, its tracks back in the queue once, the run completes); the device plan per backend."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,18 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_written_like_local, local_reference, scaling_dataset, write_clip
 
 
 def engine_args(tiny, small_prompts) -> list[str]:
-    return ["--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf),
-            "--prompts-file", str(small_prompts)]
+    return [
+        "--model-path",
+        str(tiny.model_gguf),
+        "--mmproj",
+        str(tiny.mmproj_gguf),
+        "--prompts-file",
+        str(small_prompts),
+    ]
 
 
 def manifest(path: Path) -> Counter:
@@ -33,21 +39,36 @@ def summary_line(stderr: str) -> str:
     return [line for line in stderr.splitlines() if " done, " in line][-1]
 
 
-def test_two_workers_describe_each_good_track_once_and_report_the_broken(tiny, small_prompts, track, analyzer,
-                                                                          tmp_path):
+def test_two_workers_describe_each_good_track_once_and_report_the_broken(
+    tiny, small_prompts, track, analyzer, tmp_path
+):
     from music_flamingo.batch import failures_path, read_failed_tracks
     from music_flamingo.sidecar import sidecar_path
 
     root = tmp_path / "data"
     g = scaling_dataset(root, track)
     jsonl = tmp_path / "manifest.jsonl"
-    cmd = [sys.executable, "-m", "music_flamingo", str(root), "--batch", *engine_args(tiny, small_prompts),
-           "--workers", "2", "--tracks-in-flight", "2", "--jsonl", str(jsonl)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "music_flamingo",
+        str(root),
+        "--batch",
+        *engine_args(tiny, small_prompts),
+        "--workers",
+        "2",
+        "--tracks-in-flight",
+        "2",
+        "--jsonl",
+        str(jsonl),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stderr  # some tracks failed
     line = summary_line(run.stderr)
-    assert line.startswith(f"{len(g['good'])} done, {len(g['done'])} skipped (complete), 0 skipped (locked), "
-                           f"{len(g['broken'])} failed of {len(g['good'] + g['broken'] + g['done'])} tracks"), line
+    assert line.startswith(
+        f"{len(g['good'])} done, {len(g['done'])} skipped (complete), 0 skipped (locked), "
+        f"{len(g['broken'])} failed of {len(g['good'] + g['broken'] + g['done'])} tracks"
+    ), line
     assert "2 workers" in line and "not taken: 4 stem" in line and "died" not in line
     assert manifest(jsonl) == Counter({str(p): 1 for p in g["good"]})  # each good track once, nothing else
     reference = local_reference(analyzer, g["good"][-1], tmp_path / "reference")
@@ -66,23 +87,35 @@ def test_two_workers_describe_each_good_track_once_and_report_the_broken(tiny, s
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1
     assert summary_line(again.stderr).startswith(
-        f"0 done, {len(g['good'] + g['done'])} skipped (complete), 0 skipped (locked), {len(g['broken'])} failed")
+        f"0 done, {len(g['good'] + g['done'])} skipped (complete), 0 skipped (locked), {len(g['broken'])} failed"
+    )
     assert manifest(jsonl) == Counter({str(p): 1 for p in g["good"]})  # the rerun described nothing again
 
 
-def test_a_killed_worker_is_reported_and_its_tracks_go_back_to_the_queue_once(tiny, small_prompts, track,
-                                                                               tmp_path):
+def test_a_killed_worker_is_reported_and_its_tracks_go_back_to_the_queue_once(tiny, small_prompts, track, tmp_path):
+    from conftest import DEFAULT_KEYS
+
     from music_flamingo.batch import BatchOptions
     from music_flamingo.sidecar import sidecar_path
     from music_flamingo.workers import WorkerSlot, run_workers
 
-    from conftest import DEFAULT_KEYS
-
     root = tmp_path / "data"
     g = scaling_dataset(root, track)
     jsonl = tmp_path / "manifest.jsonl"
-    command = [sys.executable, "-m", "music_flamingo", str(root), "--batch", *engine_args(tiny, small_prompts),
-               "--tracks-in-flight", "1", "--jsonl", str(jsonl), "--threads", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "music_flamingo",
+        str(root),
+        "--batch",
+        *engine_args(tiny, small_prompts),
+        "--tracks-in-flight",
+        "1",
+        "--jsonl",
+        str(jsonl),
+        "--threads",
+        "1",
+    ]
     slots = [WorkerSlot("worker 0"), WorkerSlot("worker 1")]
     killed: list[int] = []
 
@@ -91,11 +124,18 @@ def test_a_killed_worker_is_reported_and_its_tracks_go_back_to_the_queue_once(ti
             os.kill(pid, signal.SIGKILL)  # it holds its next track(s), being decoded and described
             killed.append(pid)
 
-    s = run_workers(root, command, slots, DEFAULT_KEYS, BatchOptions(progress=False, tracks_in_flight=1),
-                    on_event=kill_worker_1_after_its_first_track)
+    s = run_workers(
+        root,
+        command,
+        slots,
+        DEFAULT_KEYS,
+        BatchOptions(progress=False, tracks_in_flight=1),
+        on_event=kill_worker_1_after_its_first_track,
+    )
     assert killed
     assert [(d["worker"], d["pid"], d["how"], d["at"]) for d in s.deaths] == [
-        ("worker 1", killed[0], "killed by SIGKILL", "work")]
+        ("worker 1", killed[0], "killed by SIGKILL", "work")
+    ]
     held = s.deaths[0]["tracks"]
     assert held and s.requeued == len(held)  # back in the queue, once each
     # A track the dead worker finished just before the kill is found complete by the next one: done either way.
@@ -116,14 +156,18 @@ def test_device_plan_sets_the_backends_variable_within_what_the_parent_sees():
     assert [dict(s.env) for s in slots] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
     # a scheduler already gave this job GPUs 2 and 3: device 1 is GPU 3
     slots = plan_slots(["1"], 2, cuda, environ={"CUDA_VISIBLE_DEVICES": "2,3"})
-    assert [(s.label, dict(s.env)) for s in slots] == [("device 1#0", {"CUDA_VISIBLE_DEVICES": "3"}),
-                                                        ("device 1#1", {"CUDA_VISIBLE_DEVICES": "3"})]
+    assert [(s.label, dict(s.env)) for s in slots] == [
+        ("device 1#0", {"CUDA_VISIBLE_DEVICES": "3"}),
+        ("device 1#1", {"CUDA_VISIBLE_DEVICES": "3"}),
+    ]
     with pytest.raises(ValueError, match="leaves devices 0 to 1 visible"):
         plan_slots(["2"], 1, cuda, environ={"CUDA_VISIBLE_DEVICES": "2,3"})
     assert [dict(s.env) for s in plan_slots(["3"], 1, visibility_variables(["ROCm", "CPU"]), environ={})] == [
-        {"HIP_VISIBLE_DEVICES": "3"}]
+        {"HIP_VISIBLE_DEVICES": "3"}
+    ]
     assert [dict(s.env) for s in plan_slots(["1"], 1, visibility_variables(["Vulkan", "CPU"]), environ={})] == [
-        {"GGML_VK_VISIBLE_DEVICES": "1"}]
+        {"GGML_VK_VISIBLE_DEVICES": "1"}
+    ]
     with pytest.raises(ValueError, match="no GPU backend"):
         plan_slots(["0"], 1, visibility_variables(["CPU"]))
     # CPU engines share the cores one engine would use: half the logical CPUs, split among the workers
@@ -134,12 +178,29 @@ def test_device_plan_sets_the_backends_variable_within_what_the_parent_sees():
 
 def test_scaling_usage_errors_exit_2_before_any_model_loads(tmp_path):
     (tmp_path / "a.flac").write_bytes(b"")
-    for args, message in [(["--devices", "0"], "no GPU backend"), (["--workers", "0"], "at least 1"),
-                          (["--ray-output", str(tmp_path / "rows")], "only with --ray"),
-                          (["--ray", "--devices", "0"], "--ray and --devices")]:
-        r = subprocess.run([sys.executable, "-m", "music_flamingo", str(tmp_path), "--batch", "--model-path",
-                            str(tmp_path / "none.gguf"), "--mmproj", str(tmp_path / "none.gguf"), *args],
-                           capture_output=True, text=True, timeout=120)
+    for args, message in [
+        (["--devices", "0"], "no GPU backend"),
+        (["--workers", "0"], "at least 1"),
+        (["--ray-output", str(tmp_path / "rows")], "only with --ray"),
+        (["--ray", "--devices", "0"], "--ray and --devices"),
+    ]:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "music_flamingo",
+                str(tmp_path),
+                "--batch",
+                "--model-path",
+                str(tmp_path / "none.gguf"),
+                "--mmproj",
+                str(tmp_path / "none.gguf"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
 
 
@@ -147,10 +208,27 @@ def test_ctrl_c_stops_every_worker_with_one_summary(tiny, track, tmp_path):
     root = tmp_path / "data"
     for i in range(6):
         write_clip(root / f"take {i}.flac", track, 4, 10 + 5 * i)
-    proc = subprocess.Popen([sys.executable, "-m", "music_flamingo", str(root), "--batch", "--model-path",
-                             str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--workers", "2",
-                             "--tracks-in-flight", "1", "--no-progress", "-v"],  # the default prompts: long answers
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "music_flamingo",
+            str(root),
+            "--batch",
+            "--model-path",
+            str(tiny.model_gguf),
+            "--mmproj",
+            str(tiny.mmproj_gguf),
+            "--workers",
+            "2",
+            "--tracks-in-flight",
+            "1",
+            "--no-progress",
+            "-v",
+        ],  # the default prompts: long answers
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     for line in proc.stderr:  # wait until both engines are loaded and working
         seen.append(line)

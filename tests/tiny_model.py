@@ -8,6 +8,7 @@ cached under a key that changes whenever this file or the llama.cpp tree changes
 
 Script use: ``python tests/tiny_model.py --llama-cpp-dir DIR --cache-dir DIR``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,21 +39,37 @@ AUDIO_LAYERS = 3
 N_BASE_VOCAB = 151643  # BPE tokens in Qwen2; specials start here
 # Qwen2.5 added tokens (151643..151664) as (content, special), as in Qwen2.5's tokenizer.json.
 QWEN25_ADDED = [
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
-    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
-    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False),
-    ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
     ("<|file_sep|>", False),
 ]
 # 151665..151668 are unknown names in the real model; placeholders keep the audio tokens at the ids
 # transformers' AudioFlamingo3 config defaults to (<sound>=151669, <|sound_bos|>, <|sound_eos|>).
 FILLER = [(f"<|mf_reserved_{i}|>", True) for i in range(4)]
 AUDIO = [("<sound>", True), ("<|sound_bos|>", True), ("<|sound_eos|>", True)]
-PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # The template transformers' AudioFlamingo3 conversion writes (convert_audioflamingo3_to_hf.py, the processor's):
 # ChatML with a default system message when the conversation has none, as the real checkpoints' templates have,
 # string content as is and list content as <sound> then the texts. One template serves tokenizer and processor
@@ -112,7 +129,7 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
             nonlocal off
             (n,) = struct.unpack_from("<Q", m, off)
             off += 8 + n
-            return m[off - n:off].decode("utf-8")
+            return m[off - n : off].decode("utf-8")
 
         def value(t: int) -> Any:
             nonlocal off
@@ -153,23 +170,53 @@ def _build_tokenizer(vocab_gguf: Path) -> Any:
     tokens, merges = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     spec = {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [dict(id=N_BASE_VOCAB + i, content=t, single_word=False, lstrip=False, rstrip=False,
-                              normalized=False, special=s)
-                         for i, (t, s) in enumerate(QWEN25_ADDED + FILLER + AUDIO)],
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            dict(
+                id=N_BASE_VOCAB + i,
+                content=t,
+                single_word=False,
+                lstrip=False,
+                rstrip=False,
+                normalized=False,
+                special=s,
+            )
+            for i, (t, s) in enumerate(QWEN25_ADDED + FILLER + AUDIO)
+        ],
         "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": PRETOKENIZE_REGEX}, "behavior": "Isolated", "invert": False},
-            byte_level]},
-        "post_processor": byte_level, "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {t: i for i, t in enumerate(tokens[:N_BASE_VOCAB])},
-                  "merges": [mg.split(" ", 1) for mg in merges]},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": PRETOKENIZE_REGEX}, "behavior": "Isolated", "invert": False},
+                byte_level,
+            ],
+        },
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {t: i for i, t in enumerate(tokens[:N_BASE_VOCAB])},
+            "merges": [mg.split(" ", 1) for mg in merges],
+        },
     }
-    tok = Qwen2Tokenizer(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token="<|im_end|>",
-                         pad_token="<|endoftext|>", bos_token=None, unk_token=None, model_max_length=131072,
-                         extra_special_tokens=None)
+    tok = Qwen2Tokenizer(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        model_max_length=131072,
+        extra_special_tokens=None,
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -177,22 +224,45 @@ def _build_tokenizer(vocab_gguf: Path) -> Any:
 def _build_hf_checkpoint(out_dir: Path, vocab_gguf: Path) -> None:
     """Save a random AF3 checkpoint (text hidden 64 x 2 layers, encoder 64 x 3 layers) plus processor."""
     import torch
-    from transformers import (AudioFlamingo3Config, AudioFlamingo3EncoderConfig,
-                              AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Processor,
-                              GenerationConfig, Qwen2Config, WhisperFeatureExtractor)
+    from transformers import (
+        AudioFlamingo3Config,
+        AudioFlamingo3EncoderConfig,
+        AudioFlamingo3ForConditionalGeneration,
+        AudioFlamingo3Processor,
+        GenerationConfig,
+        Qwen2Config,
+        WhisperFeatureExtractor,
+    )
 
     tok = _build_tokenizer(vocab_gguf)
-    text_cfg = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
-                           rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-                           tie_word_embeddings=False,  # the AF3 class does not tie, so say so
-                           initializer_range=INIT_STD, bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    audio_cfg = AudioFlamingo3EncoderConfig(num_mel_bins=128, num_hidden_layers=AUDIO_LAYERS, num_attention_heads=4,
-                                            intermediate_size=128, hidden_size=64, max_source_positions=1500,
-                                            initializer_range=INIT_STD)
-    cfg = AudioFlamingo3Config(audio_config=audio_cfg, text_config=text_cfg,
-                               audio_token_id=tok.convert_tokens_to_ids("<sound>"))
+    text_cfg = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        tie_word_embeddings=False,  # the AF3 class does not tie, so say so
+        initializer_range=INIT_STD,
+        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    audio_cfg = AudioFlamingo3EncoderConfig(
+        num_mel_bins=128,
+        num_hidden_layers=AUDIO_LAYERS,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_size=64,
+        max_source_positions=1500,
+        initializer_range=INIT_STD,
+    )
+    cfg = AudioFlamingo3Config(
+        audio_config=audio_cfg, text_config=text_cfg, audio_token_id=tok.convert_tokens_to_ids("<sound>")
+    )
     torch.manual_seed(SEED)
     model = AudioFlamingo3ForConditionalGeneration(cfg).eval()
     with torch.no_grad():  # non-trivial norms/biases, so a backend that drops them is caught
@@ -201,19 +271,35 @@ def _build_hf_checkpoint(out_dir: Path, vocab_gguf: Path) -> None:
                 p.add_(torch.randn_like(p) * 0.1)
             elif name.endswith(".bias"):
                 p.copy_(torch.randn_like(p) * INIT_STD)
-    model.generation_config = GenerationConfig(bos_token_id=text_cfg.bos_token_id, eos_token_id=tok.eos_token_id,
-                                               pad_token_id=tok.pad_token_id, do_sample=False, max_new_tokens=32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=text_cfg.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
     model.save_pretrained(out_dir)
-    AudioFlamingo3Processor(feature_extractor=WhisperFeatureExtractor(feature_size=128, return_attention_mask=True),
-                            tokenizer=tok, chat_template=CHAT_TEMPLATE, max_audio_len=1200).save_pretrained(out_dir)
+    AudioFlamingo3Processor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=128, return_attention_mask=True),
+        tokenizer=tok,
+        chat_template=CHAT_TEMPLATE,
+        max_audio_len=1200,
+    ).save_pretrained(out_dir)
 
 
 def _convert(llama_cpp_dir: Path, hf_dir: Path, outfile: Path, mmproj: bool) -> None:
     """Run the tree's own converter, so the GGUF matches what that llama.cpp version expects."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(llama_cpp_dir / "gguf-py"), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), str(hf_dir),
-           "--outtype", "f32", "--outfile", str(outfile)] + (["--mmproj"] if mmproj else [])
+    cmd = [
+        sys.executable,
+        str(llama_cpp_dir / "convert_hf_to_gguf.py"),
+        str(hf_dir),
+        "--outtype",
+        "f32",
+        "--outfile",
+        str(outfile),
+    ] + (["--mmproj"] if mmproj else [])
     proc = subprocess.run(cmd, env=env, cwd=outfile.parent, capture_output=True, text=True)
     if proc.returncode != 0 or not outfile.is_file():
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -224,8 +310,10 @@ def _check(model_gguf: Path, mmproj_gguf: Path) -> None:
     mm = read_gguf_metadata(mmproj_gguf)
     ptype = mm.get("clip.audio.projector_type", mm.get("clip.projector_type"))
     if ptype != "musicflamingo" or mm.get("clip.has_audio_encoder") is not True:
-        raise RuntimeError(f"{mmproj_gguf}: projector type {ptype!r}, has_audio_encoder "
-                           f"{mm.get('clip.has_audio_encoder')!r}; expected 'musicflamingo', True")
+        raise RuntimeError(
+            f"{mmproj_gguf}: projector type {ptype!r}, has_audio_encoder "
+            f"{mm.get('clip.has_audio_encoder')!r}; expected 'musicflamingo', True"
+        )
     log.info("mmproj metadata: %s", {k: v for k, v in mm.items() if k.startswith("clip.")})
     tmpl = read_gguf_metadata(model_gguf).get("tokenizer.chat_template")
     if not tmpl or "<|im_start|>" not in tmpl:

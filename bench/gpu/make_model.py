@@ -17,6 +17,7 @@ usage: make_model.py SMALL_MODEL.gguf SMALL_MMPROJ.gguf OUT_DIR [--shape full|ti
        make_model.py --strip SMALL_MODEL.gguf SMALL_MMPROJ.gguf OUT_DIR      (metadata-only copies)
 needs: numpy and the llama.cpp tree's gguf-py on PYTHONPATH (PYTHONPATH=<tree>/gguf-py)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,15 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 SHAPES = {
     # Qwen2.5-7B + Whisper-large-v3 encoder (n_pos and n_mel are fixed by the audio framing: 1500 and 128)
-    "full": dict(text=dict(n_embd=3584, n_ff=18944, n_head=28, n_head_kv=4, n_layer=28),
-                 audio=dict(n_embd=1280, n_ff=5120, n_head=20, n_layer=32)),
+    "full": dict(
+        text=dict(n_embd=3584, n_ff=18944, n_head=28, n_head_kv=4, n_layer=28),
+        audio=dict(n_embd=1280, n_ff=5120, n_head=20, n_layer=32),
+    ),
     # the smallest that keeps Q6_K rows whole (multiples of 256) and the real 152k vocabulary
-    "tiny": dict(text=dict(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2),
-                 audio=dict(n_embd=64, n_ff=128, n_head=4, n_layer=2)),
+    "tiny": dict(
+        text=dict(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2),
+        audio=dict(n_embd=64, n_ff=128, n_head=4, n_layer=2),
+    ),
 }
 AUDIO_POS, N_MEL = 1500, 128
 FILE_TYPE = {Q.Q6_K: 18, Q.Q8_0: 7, Q.F16: 1}
@@ -45,7 +50,7 @@ POOL = rng.integers(0, 256, size=64 << 20, dtype=np.uint8)
 def random_bytes(n: int) -> np.ndarray:
     """n random-looking bytes: the pool, from a random offset, repeated as needed."""
     start = int(rng.integers(0, POOL.size))
-    return np.resize(np.roll(POOL, -start) if n > POOL.size - start else POOL[start:start + n], n)
+    return np.resize(np.roll(POOL, -start) if n > POOL.size - start else POOL[start : start + n], n)
 
 
 def copy_kv(reader: GGUFReader, writer: GGUFWriter, override: dict) -> None:
@@ -102,9 +107,19 @@ def text_model(small: Path, out: Path, qtype: Q, t: dict) -> None:
     w = GGUFWriter(out, "qwen2")
     e, ff, n_layer = t["n_embd"], t["n_ff"], t["n_layer"]
     kv = t["n_head_kv"] * (e // t["n_head"])
-    copy_kv(r, w, {"qwen2.block_count": n_layer, "qwen2.embedding_length": e, "qwen2.feed_forward_length": ff,
-                   "qwen2.attention.head_count": t["n_head"], "qwen2.attention.head_count_kv": t["n_head_kv"],
-                   "general.file_type": FILE_TYPE[qtype], "general.name": "random"})
+    copy_kv(
+        r,
+        w,
+        {
+            "qwen2.block_count": n_layer,
+            "qwen2.embedding_length": e,
+            "qwen2.feed_forward_length": ff,
+            "qwen2.attention.head_count": t["n_head"],
+            "qwen2.attention.head_count_kv": t["n_head_kv"],
+            "general.file_type": FILE_TYPE[qtype],
+            "general.name": "random",
+        },
+    )
     ones, zeros = (lambda n: np.ones(n, np.float32)), (lambda n: np.zeros(n, np.float32))
     add(w, "token_embd.weight", quantized(n_vocab, e, qtype), qtype)
     add(w, "output.weight", quantized(n_vocab, e, qtype), qtype)
@@ -132,11 +147,20 @@ def text_model(small: Path, out: Path, qtype: Q, t: dict) -> None:
 def mmproj(small: Path, out: Path, a: dict, n_embd_text: int) -> None:
     r = GGUFReader(small)
     w = GGUFWriter(out, "clip")
-    copy_kv(r, w, {"clip.audio.projection_dim": n_embd_text, "clip.audio.embedding_length": a["n_embd"],
-                   "clip.audio.feed_forward_length": a["n_ff"], "clip.audio.block_count": a["n_layer"],
-                   "clip.audio.attention.head_count": a["n_head"], "general.name": "random"})
+    copy_kv(
+        r,
+        w,
+        {
+            "clip.audio.projection_dim": n_embd_text,
+            "clip.audio.embedding_length": a["n_embd"],
+            "clip.audio.feed_forward_length": a["n_ff"],
+            "clip.audio.block_count": a["n_layer"],
+            "clip.audio.attention.head_count": a["n_head"],
+            "general.name": "random",
+        },
+    )
     f16 = lambda *s: (rng.standard_normal(s, dtype=np.float32) * 0.02).astype(np.float16)  # noqa: E731
-    f32 = lambda *s: rng.standard_normal(s, dtype=np.float32) * 0.02                      # noqa: E731
+    f32 = lambda *s: rng.standard_normal(s, dtype=np.float32) * 0.02  # noqa: E731
     e, ff = a["n_embd"], a["n_ff"]
     add(w, "a.conv1d.1.weight", f32(e, N_MEL, 3))
     add(w, "a.conv1d.1.bias", f32(e, 1))
@@ -177,7 +201,9 @@ def strip(src: Path, out: Path, arch: str) -> None:
     w.close()
 
 
-def make(small_model: Path, small_mmproj: Path, out_dir: Path, shape: str = "full", qtype: str = "Q6_K") -> tuple[Path, Path]:
+def make(
+    small_model: Path, small_mmproj: Path, out_dir: Path, shape: str = "full", qtype: str = "Q6_K"
+) -> tuple[Path, Path]:
     """Writes OUT_DIR/model-<type>.gguf and OUT_DIR/mmproj-f16.gguf; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     s = SHAPES[shape]

@@ -15,6 +15,7 @@ prefill each admitted track costs the decode thread, the helper thread's mel + e
 
 usage: run.py --model-dir DIR --meta-model M --meta-mmproj P --audio WAV --cli LLAMA_MTMD_CLI --out OUT [--cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,11 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     if shutil.which("nvidia-smi"):
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                           capture_output=True, text=True)
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
         info["gpu"] = q.stdout.strip()
     return info
 
@@ -120,7 +124,7 @@ class PeakMemory:
             self.peak_mb = max(self.peak_mb, used)
             self._stop.wait(0.05)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self._nvml:
             self._t = threading.Thread(target=self._poll, daemon=True)
             self._t.start()
@@ -150,9 +154,32 @@ def old_method(cli: Path, model: Path, mmproj: Path, wav: Path, prompts, ctx: in
     """One llama-mtmd-cli process per prompt, as users ran it before (weights loaded and audio encoded each time)."""
     walls, rcs = [], []
     for p in prompts:
-        cmd = [str(cli), "-m", str(model), "--mmproj", str(mmproj), "--audio", str(wav), "-p", p.text,
-               "-n", str(p.max_tokens), "--ignore-eos", "--temp", str(p.temperature), "--top-p", str(p.top_p),
-               "--top-k", str(p.top_k), "--seed", str(p.seed), "-c", str(ctx), "-t", str(threads)]
+        cmd = [
+            str(cli),
+            "-m",
+            str(model),
+            "--mmproj",
+            str(mmproj),
+            "--audio",
+            str(wav),
+            "-p",
+            p.text,
+            "-n",
+            str(p.max_tokens),
+            "--ignore-eos",
+            "--temp",
+            str(p.temperature),
+            "--top-p",
+            str(p.top_p),
+            "--top-k",
+            str(p.top_k),
+            "--seed",
+            str(p.seed),
+            "-c",
+            str(ctx),
+            "-t",
+            str(threads),
+        ]
         if gpu:
             cmd += ["-ngl", "99"]
         t0 = time.perf_counter()
@@ -163,14 +190,28 @@ def old_method(cli: Path, model: Path, mmproj: Path, wav: Path, prompts, ctx: in
             log(f"llama-mtmd-cli failed ({r.returncode}): {r.stderr[-2000:]}")
             break
     total = sum(walls)
-    return {"setting": "old method: llama-mtmd-cli per prompt", "tracks": 1, "wall_s": total,
-            "s_per_track": total, "tracks_per_h": 3600 / total if total else 0, "per_prompt_s": walls,
-            "ok": all(rc == 0 for rc in rcs) and len(rcs) == len(prompts),
-            "tokens": sum(p.max_tokens for p in prompts)}
+    return {
+        "setting": "old method: llama-mtmd-cli per prompt",
+        "tracks": 1,
+        "wall_s": total,
+        "s_per_track": total,
+        "tracks_per_h": 3600 / total if total else 0,
+        "per_prompt_s": walls,
+        "ok": all(rc == 0 for rc in rcs) and len(rcs) == len(prompts),
+        "tokens": sum(p.max_tokens for p in prompts),
+    }
 
 
-def engine_setting(mf, pcm: np.ndarray, prompts, setting: str, n_tracks: int, weights_bytes: int,
-                   bw: float | None, prepare_ahead: bool | None = None) -> dict:
+def engine_setting(
+    mf,
+    pcm: np.ndarray,
+    prompts,
+    setting: str,
+    n_tracks: int,
+    weights_bytes: int,
+    bw: float | None,
+    prepare_ahead: bool | None = None,
+) -> dict:
     """N tracks through the engine's stream path (the batch runner's), with per-step profiling.
 
     ``setting``: tracks in flight ("auto" or a number), optionally ``:noprep`` (audio encoded on the decode thread,
@@ -188,9 +229,15 @@ def engine_setting(mf, pcm: np.ndarray, prompts, setting: str, n_tracks: int, we
     try:
         with PeakMemory() as mem:
             t0 = time.perf_counter()
-            st = mf.generate_stream(iter(tracks), prompts, lambda i, r: results.__setitem__(i, r),
-                                    tracks_in_flight=in_flight, max_audio_seconds=len(pcm) / 16000 + 1, profile=True,
-                                    prepare_ahead=prepare_ahead)
+            st = mf.generate_stream(
+                iter(tracks),
+                prompts,
+                lambda i, r: results.__setitem__(i, r),
+                tracks_in_flight=in_flight,
+                max_audio_seconds=len(pcm) / 16000 + 1,
+                profile=True,
+                prepare_ahead=prepare_ahead,
+            )
             wall = time.perf_counter() - t0
     finally:
         _core.set_force_full_sampling(False)
@@ -203,19 +250,33 @@ def engine_setting(mf, pcm: np.ndarray, prompts, setting: str, n_tracks: int, we
     host = np.array(st["step_host_ms"], dtype=float)
     full = batch >= np.percentile(batch, 90) if batch.size else batch.astype(bool)
     row = {
-        "setting": f"engine, tracks in flight {setting}", "in_flight": in_flight, "tracks": n_tracks,
-        "chosen_in_flight": st["tracks_in_flight"], "peak_in_flight": st["peak_in_flight"],
-        "wall_s": wall, "s_per_track": wall / n_tracks, "tracks_per_h": 3600 * n_tracks / wall,
-        "tokens": tokens, "tok_per_s": tokens / wall, "expected_tokens": n_tracks * sum(p.max_tokens for p in prompts),
-        "steps": st["steps"], "mean_batch": float(batch.mean()) if batch.size else 0.0,
-        "step_ms": st["decode_ms"] / steps, "host_ms_per_step": st["host_ms"] / steps,
+        "setting": f"engine, tracks in flight {setting}",
+        "in_flight": in_flight,
+        "tracks": n_tracks,
+        "chosen_in_flight": st["tracks_in_flight"],
+        "peak_in_flight": st["peak_in_flight"],
+        "wall_s": wall,
+        "s_per_track": wall / n_tracks,
+        "tracks_per_h": 3600 * n_tracks / wall,
+        "tokens": tokens,
+        "tok_per_s": tokens / wall,
+        "expected_tokens": n_tracks * sum(p.max_tokens for p in prompts),
+        "steps": st["steps"],
+        "mean_batch": float(batch.mean()) if batch.size else 0.0,
+        "step_ms": st["decode_ms"] / steps,
+        "host_ms_per_step": st["host_ms"] / steps,
         "sample_ms_per_step": st["sample_ms"] / steps,
         "step_ms_at_full_batch": float(dec[full].mean()) if batch.size else 0.0,
         "full_batch": float(batch[full].mean()) if batch.size else 0.0,
         "host_ms_at_full_batch": float(host[full].mean()) if batch.size else 0.0,
-        "admit_ms_per_track": st["admit_ms"] / n_tracks, "prepare_ms_per_track": st["prepare_ms"] / n_tracks,
-        "wait_ms": st["wait_ms"], "n_ctx": st["n_ctx"], "kv_budget_mb": st["kv_budget_mb"],
-        "peak_mem_mb": mem.peak_mb, "errors": errors[:3], "n_errors": len(errors),
+        "admit_ms_per_track": st["admit_ms"] / n_tracks,
+        "prepare_ms_per_track": st["prepare_ms"] / n_tracks,
+        "wait_ms": st["wait_ms"],
+        "n_ctx": st["n_ctx"],
+        "kv_budget_mb": st["kv_budget_mb"],
+        "peak_mem_mb": mem.peak_mb,
+        "errors": errors[:3],
+        "n_errors": len(errors),
         "floor_ms": (weights_bytes / (bw * 1e9) * 1e3) if bw else None,
         "sampling_threads": st["sampling_threads"],
         "encode_ms_per_track": float(np.mean([r.stats.encode_ms for r in good])) if good else 0.0,
@@ -226,9 +287,11 @@ def engine_setting(mf, pcm: np.ndarray, prompts, setting: str, n_tracks: int, we
 
 
 def table(rows: list[dict], base: float | None) -> str:
-    lines = ["| setting | tracks | s/track | tracks/h | vs old | tok/s | step ms (mean B) | floor ms | host ms/step "
-             "| prefill ms/track (decode thread) | mel+encode ms/track (helper) | peak mem MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | tracks | s/track | tracks/h | vs old | tok/s | step ms (mean B) | floor ms | host ms/step "
+        "| prefill ms/track (decode thread) | mel+encode ms/track (helper) | peak mem MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         vs = f"{base / r['s_per_track']:.1f}x" if base and r.get("s_per_track") else ""
         if "step_ms" in r:
@@ -238,10 +301,13 @@ def table(rows: list[dict], base: float | None) -> str:
                 f"| {r['s_per_track']:.2f} | {r['tracks_per_h']:.0f} | {vs} | {r['tok_per_s']:.0f} "
                 f"| {r['step_ms']:.2f} ({r['mean_batch']:.0f}) | {floor} | {r['host_ms_per_step']:.2f} "
                 f"| {r['admit_ms_per_track']:.0f} | {r['mel_ms_per_track'] + r['encode_ms_per_track']:.0f} "
-                f"| {r['peak_mem_mb']:.0f} |")
+                f"| {r['peak_mem_mb']:.0f} |"
+            )
         else:
-            lines.append(f"| {r['setting']} | 1 | {r['s_per_track']:.2f} | {r['tracks_per_h']:.0f} | 1.0x "
-                         f"| {r['tokens'] / r['s_per_track']:.0f} | | | | | | |")
+            lines.append(
+                f"| {r['setting']} | 1 | {r['s_per_track']:.2f} | {r['tracks_per_h']:.0f} | 1.0x "
+                f"| {r['tokens'] / r['s_per_track']:.0f} | | | | | | |"
+            )
     return "\n".join(lines)
 
 
@@ -267,8 +333,10 @@ def main() -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     shape, scale = ("tiny", 0.1) if a.cpu else ("full", 1.0)
     seconds = a.seconds or (5.0 if a.cpu else 150.0)
-    settings = (a.in_flight or ("1,auto,auto:noprep,auto:fullsample" if a.cpu
-                                else "1,4,8,16,auto,auto:fullsample,auto:noprep,24")).split(",")
+    settings = (
+        a.in_flight
+        or ("1,auto,auto:noprep,auto:fullsample" if a.cpu else "1,4,8,16,auto,auto:fullsample,auto:noprep,24")
+    ).split(",")
     report: dict = {"machine": machine(), "shape": shape, "seconds": seconds, "rows": []}
     log(f"machine: {report['machine']}")
 
@@ -284,8 +352,12 @@ def main() -> int:
 
     t0 = time.perf_counter()
     model, mmproj = make_model.make(a.meta_model, a.meta_mmproj, a.work / "model", shape=shape)
-    report["model"] = {"file": model.name, "bytes": model.stat().st_size, "mmproj_bytes": mmproj.stat().st_size,
-                       "make_s": time.perf_counter() - t0}
+    report["model"] = {
+        "file": model.name,
+        "bytes": model.stat().st_size,
+        "mmproj_bytes": mmproj.stat().st_size,
+        "make_s": time.perf_counter() - t0,
+    }
     log(f"model written: {report['model']}")
 
     pcm = read_wav(a.audio)
@@ -327,11 +399,20 @@ def main() -> int:
         log(f"engine, tracks in flight {s}, {n_tracks} tracks ...")
         split = s.endswith(":split")
         if split not in engines:
-            engines[split] = MusicFlamingoGGUF(model_path=model, mmproj_path=mmproj, n_threads=a.threads or None,
-                                               kv_unified=False)
+            engines[split] = MusicFlamingoGGUF(
+                model_path=model, mmproj_path=mmproj, n_threads=a.threads or None, kv_unified=False
+            )
             engines[split].generate(pcm[: 16000 * 5], prompts[:2])
-        row = engine_setting(engines[split], pcm, prompts, s, n_tracks, model.stat().st_size, bw,
-                             prepare_ahead=False if a.no_prepare_ahead else None)
+        row = engine_setting(
+            engines[split],
+            pcm,
+            prompts,
+            s,
+            n_tracks,
+            model.stat().st_size,
+            bw,
+            prepare_ahead=False if a.no_prepare_ahead else None,
+        )
         report["rows"].append(row)
         log(json.dumps({k: v for k, v in row.items()}))
         (a.out / "gpu_bench.json").write_text(json.dumps(report, indent=1))
@@ -344,8 +425,11 @@ def main() -> int:
     (a.out / "gpu_bench.md").write_text(t + "\n")
     print(f"\n{report['machine']}\nbandwidth {bw and round(bw)} GB/s; model {report['model']}\n")
     print(t)
-    bad = [r for r in report["rows"] if r.get("n_errors") or ("tokens" in r and "expected_tokens" in r
-                                                               and r["tokens"] != r["expected_tokens"])]
+    bad = [
+        r
+        for r in report["rows"]
+        if r.get("n_errors") or ("tokens" in r and "expected_tokens" in r and r["tokens"] != r["expected_tokens"])
+    ]
     return 1 if bad else 0
 
 

@@ -7,6 +7,7 @@ Data flows one way: path -> PCM (:mod:`.audio`) -> engine -> texts -> T5-safe te
 (:mod:`.sidecar`); :mod:`.analyzer` strings it together, :mod:`.discovery` finds a dataset's tracks, :mod:`.batch`
 runs them, :mod:`.cli` is the command line.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,17 +17,40 @@ from ._version import __version__
 from .analyzer import AnalysisOptions, TrackAnalysis
 from .audio import load_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt
-from .errors import (AudioDecodeError, EngineError, InvalidInputError, ModelFileError, MusicFlamingoError,
-                     PromptConfigError, SidecarError)
+from .errors import (
+    AudioDecodeError,
+    EngineError,
+    InvalidInputError,
+    ModelFileError,
+    MusicFlamingoError,
+    PromptConfigError,
+    SidecarError,
+)
 from .gguf_backend import MusicFlamingoGGUF
 from .prompts import load_catalogue
 from .text import normalize_music_flamingo_text
 
 __all__ = [
-    "AnalysisOptions", "AudioDecodeError", "EngineError", "GenerationResult", "GenerationStats", "InvalidInputError",
-    "ModelFileError", "MusicFlamingoError", "MusicFlamingoGGUF", "MusicFlamingoTransformers", "Prompt",
-    "PromptConfigError", "SidecarError", "TrackAnalysis", "load_audio", "load_catalogue", "logger",
-    "normalize_music_flamingo_text", "system_info", "__version__",
+    "AnalysisOptions",
+    "AudioDecodeError",
+    "EngineError",
+    "GenerationResult",
+    "GenerationStats",
+    "InvalidInputError",
+    "ModelFileError",
+    "MusicFlamingoError",
+    "MusicFlamingoGGUF",
+    "MusicFlamingoTransformers",
+    "Prompt",
+    "PromptConfigError",
+    "SidecarError",
+    "TrackAnalysis",
+    "load_audio",
+    "load_catalogue",
+    "logger",
+    "normalize_music_flamingo_text",
+    "system_info",
+    "__version__",
 ]
 
 _LAZY = {"MusicFlamingoTransformers": ".transformers_backend"}

@@ -1,4 +1,5 @@
 """``python -m music_flamingo`` is the ``music-flamingo`` command."""
+
 import sys
 
 from .cli import main

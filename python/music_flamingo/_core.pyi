@@ -3,7 +3,9 @@
 Hand-written; tests/test_core_stub.py checks it against the compiled module (every name, every class's attributes,
 every function's parameters), so a change to the binding that is not made here fails a test.
 """
-from typing import Callable, ClassVar, Sequence
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,9 +21,18 @@ class SamplingParams:
     repeat_last_n: int
     seed: int
     ignore_eos: bool
-    def __init__(self, *, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
-                 repeat_penalty: float = 1.0, repeat_last_n: int = 64, seed: int = 0,
-                 ignore_eos: bool = False) -> None: ...
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int = 0,
+        ignore_eos: bool = False,
+    ) -> None: ...
 
 class PromptRequest:
     """One question about a track: its text, token limit and sampling."""
@@ -169,23 +180,62 @@ _ChatPieces = tuple[str, str, str]  # head, mid, tail (music_flamingo.chat_templ
 class Engine:
     """The resident engine: model and audio encoder loaded once. Every call releases the GIL while it runs."""
 
-    def __init__(self, model_path: str, mmproj_path: str, *, n_gpu_layers: int = -1, mmproj_use_gpu: bool = True,
-                 n_threads: int = 0, flash_attn: FlashAttn = ..., n_ctx: int = 0, n_batch: int = 2048,
-                 n_ubatch: int = 1024, n_seq_max: int = 8, kv_type: str = "f16", warmup: bool = True,
-                 n_sampling_threads: int = 0, memory_budget_mb: float = 0.0, prepare_ahead: bool = True,
-                 kv_unified: bool = True) -> None: ...
-    def generate(self, audio: npt.NDArray[np.float32], sample_rate: int, prompts: Sequence[PromptRequest],
-                 system_prompt: str = "", render_special: bool = False, framing: Framing = ...,
-                 debug: bool = False, chat: _ChatPieces | None = None) -> GenerateResult: ...
-    def generate_many(self, tracks: list[tuple[npt.NDArray[np.float32], Sequence[PromptRequest]]],
-                      sample_rate: int, system_prompt: str = "", render_special: bool = False,
-                      framing: Framing = ..., max_in_flight: int = 0,
-                      chat: _ChatPieces | None = None) -> list[GenerateResult]: ...
-    def run_stream(self, next_audio: Callable[[], npt.NDArray[np.float32] | None],
-                   on_result: Callable[[int, GenerateResult], None], prompts: Sequence[PromptRequest],
-                   sample_rate: int, system_prompt: str = "", render_special: bool = False, framing: Framing = ...,
-                   tracks_in_flight: int = 0, max_audio_seconds: float = 0.0, profile: bool = False,
-                   prepare_ahead: int = -1, chat: _ChatPieces | None = None) -> RunStats: ...
+    def __init__(
+        self,
+        model_path: str,
+        mmproj_path: str,
+        *,
+        n_gpu_layers: int = -1,
+        mmproj_use_gpu: bool = True,
+        n_threads: int = 0,
+        flash_attn: FlashAttn = ...,
+        n_ctx: int = 0,
+        n_batch: int = 2048,
+        n_ubatch: int = 1024,
+        n_seq_max: int = 8,
+        kv_type: str = "f16",
+        warmup: bool = True,
+        n_sampling_threads: int = 0,
+        memory_budget_mb: float = 0.0,
+        prepare_ahead: bool = True,
+        kv_unified: bool = True,
+    ) -> None: ...
+    def generate(
+        self,
+        audio: npt.NDArray[np.float32],
+        sample_rate: int,
+        prompts: Sequence[PromptRequest],
+        system_prompt: str = "",
+        render_special: bool = False,
+        framing: Framing = ...,
+        debug: bool = False,
+        chat: _ChatPieces | None = None,
+    ) -> GenerateResult: ...
+    def generate_many(
+        self,
+        tracks: list[tuple[npt.NDArray[np.float32], Sequence[PromptRequest]]],
+        sample_rate: int,
+        system_prompt: str = "",
+        render_special: bool = False,
+        framing: Framing = ...,
+        max_in_flight: int = 0,
+        chat: _ChatPieces | None = None,
+    ) -> list[GenerateResult]: ...
+    def run_stream(
+        self,
+        next_audio: Callable[[], npt.NDArray[np.float32] | None],
+        on_result: Callable[[int, GenerateResult], None],
+        prompts: Sequence[PromptRequest],
+        sample_rate: int,
+        system_prompt: str = "",
+        render_special: bool = False,
+        framing: Framing = ...,
+        tracks_in_flight: int = 0,
+        max_audio_seconds: float = 0.0,
+        profile: bool = False,
+        prepare_ahead: int = -1,
+        chat: _ChatPieces | None = None,
+    ) -> RunStats: ...
     def last_run_stats(self) -> RunStats: ...
     def info(self) -> dict[str, str]: ...
     @property

@@ -6,6 +6,7 @@ run on llama.cpp's worker threads; it takes the GIL and hands the line to :mod:`
 At interpreter exit the bridge is switched off first, so late native messages are dropped instead of touching a
 half-finalised interpreter.
 """
+
 from __future__ import annotations
 
 import atexit

@@ -4,12 +4,14 @@ A backend supplies ``_generate`` (PCM + prompts -> raw texts) and its provenance
 catalogue, the length limit, normalisation and the ``music_flamingo_*`` fields, so both backends write the same
 sidecars.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 from . import validation
 from ._version import __version__
@@ -26,12 +28,12 @@ META_KEY = "music_flamingo_meta"
 class AnalysisOptions:
     """What to ask and how. ``None`` means the catalogue's (or the model's) own value."""
 
-    prompts: Sequence[str] | None = None       # catalogue names; None: the default five
-    prompts_files: Sequence[str | Path] = ()   # user YAML files layered over the packaged catalogue
+    prompts: Sequence[str] | None = None  # catalogue names; None: the default five
+    prompts_files: Sequence[str | Path] = ()  # user YAML files layered over the packaged catalogue
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
-    max_duration: float | None = None          # seconds analysed at most; None: the model's limit
+    max_duration: float | None = None  # seconds analysed at most; None: the model's limit
     normalize: bool = True
 
     def __post_init__(self) -> None:
@@ -76,8 +78,9 @@ class Analyzer:
     def _generate(self, pcm, prompts: list[Prompt]) -> tuple[list[str], GenerationStats | None]:
         raise NotImplementedError
 
-    def _generate_many(self, pcms: Sequence[Any], prompts: list[Prompt],
-                       tracks_in_flight: int) -> list[tuple[list[str], GenerationStats | None]]:
+    def _generate_many(
+        self, pcms: Sequence[Any], prompts: list[Prompt], tracks_in_flight: int
+    ) -> list[tuple[list[str], GenerationStats | None]]:
         """Several tracks with the same prompts. Backends that can decode tracks together override this."""
         return [self._generate(pcm, prompts) for pcm in pcms]
 
@@ -108,9 +111,15 @@ class Analyzer:
         o = self.options
         return [e.to_prompt(temperature=o.temperature, top_p=o.top_p, seed=o.seed) for e in entries]
 
-    def analyze_track(self, audio: AudioSource, sample_rate: int | None = None,
-                      entries: Sequence[PromptEntry] | None = None, *, with_provenance: bool = True,
-                      prepared: PreparedAudio | None = None) -> TrackAnalysis:
+    def analyze_track(
+        self,
+        audio: AudioSource,
+        sample_rate: int | None = None,
+        entries: Sequence[PromptEntry] | None = None,
+        *,
+        with_provenance: bool = True,
+        prepared: PreparedAudio | None = None,
+    ) -> TrackAnalysis:
         """Everything about one track: descriptions by key, raw texts, provenance metadata and timings."""
         entries = list(entries) if entries is not None else self.entries
         name = str(audio) if not hasattr(audio, "shape") else "audio array"
@@ -120,20 +129,25 @@ class Analyzer:
         texts, stats = self._generate(prepared.pcm, prompts)
         return self._analysis(entries, prompts, prepared, texts, stats, with_provenance)
 
-    def analyze_many(self, prepared: Sequence[PreparedAudio],
-                     tracks_in_flight: int | str = "auto") -> list[TrackAnalysis]:
+    def analyze_many(
+        self, prepared: Sequence[PreparedAudio], tracks_in_flight: int | str = "auto"
+    ) -> list[TrackAnalysis]:
         """Several decoded tracks with the current prompts, decoded together where the backend can (continuous
         batching on the GGUF engine). Results in order; one bad track fails the call (the batch runner then
         retries the tracks one by one)."""
         entries = self.entries
         prompts = self.to_prompts(entries)
         outs = self._generate_many([p.pcm for p in prepared], prompts, tracks_in_flight)
-        return [self._analysis(entries, prompts, audio, texts, stats, True)
-                for audio, (texts, stats) in zip(prepared, outs)]
+        return [
+            self._analysis(entries, prompts, audio, texts, stats, True) for audio, (texts, stats) in zip(prepared, outs)
+        ]
 
-    def analyze_stream(self, items: Iterable[tuple[Hashable, PreparedAudio]],
-                       on_result: Callable[[Hashable, "TrackAnalysis | Exception"], None],
-                       tracks_in_flight: int | str = "auto") -> None:
+    def analyze_stream(
+        self,
+        items: Iterable[tuple[Hashable, PreparedAudio]],
+        on_result: Callable[[Hashable, TrackAnalysis | Exception], None],
+        tracks_in_flight: int | str = "auto",
+    ) -> None:
         """Describe decoded tracks as they come, each reported as it finishes: ``on_result(key, analysis)`` or
         ``on_result(key, exception)`` for a track that failed alone. ``items`` may be a generator (the batch runner
         locks and decodes tracks inside it). This base version takes one track at a time; the GGUF backend keeps
@@ -148,25 +162,42 @@ class Analyzer:
                 continue
             on_result(key, result)
 
-    def _analysis(self, entries: Sequence[PromptEntry], prompts: Sequence[Prompt], prepared: PreparedAudio,
-                  texts: Sequence[str], stats: GenerationStats | None, with_provenance: bool) -> TrackAnalysis:
+    def _analysis(
+        self,
+        entries: Sequence[PromptEntry],
+        prompts: Sequence[Prompt],
+        prepared: PreparedAudio,
+        texts: Sequence[str],
+        stats: GenerationStats | None,
+        with_provenance: bool,
+    ) -> TrackAnalysis:
         """Texts by key -> T5-safe descriptions + provenance."""
         raw = {e.key: t for e, t in zip(entries, texts)}
         clean = {k: normalize_music_flamingo_text(t) if self.options.normalize else t for k, t in raw.items()}
         meta = self.track_meta(entries, prompts, prepared) if with_provenance else {}
-        return TrackAnalysis(descriptions=clean, raw=raw, model_label=self.model_label, meta=meta, stats=stats,
-                             audio=prepared)
+        return TrackAnalysis(
+            descriptions=clean, raw=raw, model_label=self.model_label, meta=meta, stats=stats, audio=prepared
+        )
 
-    def track_meta(self, entries: Sequence[PromptEntry], prompts: Sequence[Prompt],
-                   prepared: PreparedAudio) -> dict[str, Any]:
+    def track_meta(
+        self, entries: Sequence[PromptEntry], prompts: Sequence[Prompt], prepared: PreparedAudio
+    ) -> dict[str, Any]:
         return {
             **self.provenance(),
             "package_version": __version__,
             "prompts": [e.name for e in entries],
             "prompts_hash": self.catalogue.texts_hash(entries),
-            "sampling": {p.name: {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k,
-                                  "repeat_penalty": p.repeat_penalty, "seed": p.seed, "max_tokens": p.max_tokens}
-                         for p in prompts},
+            "sampling": {
+                p.name: {
+                    "temperature": p.temperature,
+                    "top_p": p.top_p,
+                    "top_k": p.top_k,
+                    "repeat_penalty": p.repeat_penalty,
+                    "seed": p.seed,
+                    "max_tokens": p.max_tokens,
+                }
+                for p in prompts
+            },
             "seconds_analysed": round(prepared.analysed_seconds, 3),
             "source_seconds": round(prepared.source_seconds, 3),
             "truncated": prepared.truncated,
@@ -174,8 +205,9 @@ class Analyzer:
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
 
-    def analyze(self, audio: AudioSource, sample_rate: int | None = None,
-                prompt_type: str | None = None) -> dict[str, str] | str:
+    def analyze(
+        self, audio: AudioSource, sample_rate: int | None = None, prompt_type: str | None = None
+    ) -> dict[str, str] | str:
         """Describe one track. Without ``prompt_type``: a dict of the selected keys (by default the five
         ``music_flamingo_*`` descriptions). With ``prompt_type='full'`` (any catalogue name): that one text."""
         entries = self.entries_for(prompt_type)

@@ -5,12 +5,12 @@ exception that names the file. soundfile (libsndfile) reads wav/flac/ogg/opus/mp
 reads m4a/aac/wma/alac and whatever libsndfile refuses; soxr resamples. Both decoders hand over the file's own
 channels and rate, so downmix and resampling are the same code whichever decoder ran.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -23,7 +23,7 @@ TARGET_SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 768000  # telephone audio .. 2x DXD (hi-res masters are 352.8/384 kHz)
 MIN_SAMPLES = MIN_AUDIO_SAMPLES  # what the engine is ever given, after conversion (20 ms: the first audio token)
 
-AudioSource = Union[str, os.PathLike, np.ndarray]
+AudioSource = str | os.PathLike | np.ndarray
 
 # libsndfile cannot read these containers/codecs: go straight to ffmpeg.
 _PYAV_FIRST = {".m4a", ".mp4", ".aac", ".wma", ".alac", ".webm", ".mka", ".ac3", ".amr", ".3gp"}
@@ -69,9 +69,11 @@ def require_min_length(pcm: np.ndarray) -> np.ndarray:
     if pcm.size == 0:
         raise InvalidInputError("audio is empty")
     if pcm.size < MIN_SAMPLES:
-        raise InvalidInputError(f"audio is too short: {pcm.size} samples at {TARGET_SAMPLE_RATE} Hz "
-                                f"({pcm.size / TARGET_SAMPLE_RATE * 1000:.1f} ms) after conversion; audio shorter "
-                                f"than 20 ms gives the model no audio token (at least {MIN_SAMPLES} samples)")
+        raise InvalidInputError(
+            f"audio is too short: {pcm.size} samples at {TARGET_SAMPLE_RATE} Hz "
+            f"({pcm.size / TARGET_SAMPLE_RATE * 1000:.1f} ms) after conversion; audio shorter "
+            f"than 20 ms gives the model no audio token (at least {MIN_SAMPLES} samples)"
+        )
     return pcm
 
 
@@ -183,8 +185,9 @@ class PreparedAudio:
     truncated: bool
 
 
-def prepare_audio(source: AudioSource, sample_rate: int | None = None, max_seconds: float | None = None,
-                  name: str = "audio") -> PreparedAudio:
+def prepare_audio(
+    source: AudioSource, sample_rate: int | None = None, max_seconds: float | None = None, name: str = "audio"
+) -> PreparedAudio:
     """Load and convert, then keep at most ``max_seconds``: longer audio is analysed on its first part, with a
     warning, and ``truncated`` set so the sidecar says so (never a silent context overflow)."""
     pcm = load_audio(source, sample_rate)
@@ -194,8 +197,9 @@ def prepare_audio(source: AudioSource, sample_rate: int | None = None, max_secon
         pcm = require_min_length(np.ascontiguousarray(pcm[: int(max_seconds * TARGET_SAMPLE_RATE)]))
         truncated = True
         logger.warning("%s is %.1f s long; analysing its first %.1f s (max_duration)", name, total, max_seconds)
-    return PreparedAudio(pcm=pcm, source_seconds=total, analysed_seconds=len(pcm) / TARGET_SAMPLE_RATE,
-                         truncated=truncated)
+    return PreparedAudio(
+        pcm=pcm, source_seconds=total, analysed_seconds=len(pcm) / TARGET_SAMPLE_RATE, truncated=truncated
+    )
 
 
 def as_engine_audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:

@@ -16,20 +16,22 @@ Built for runs of days over tens of thousands of tracks, possibly by several pro
   track's place goes to the next one at once (continuous batching; the batch never drains between groups);
 - Ctrl-C stops between tracks or decode steps; sidecars are written atomically, so none is left half-written.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import collections
+import dataclasses
 import hashlib
 import itertools
 import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from . import lifecycle, validation
 from ._logging import logger
@@ -44,12 +46,12 @@ from .sidecar import has_keys, remove_stale_temp_files, sidecar_path, update_sid
 STATE_DIR = ".music-flamingo"
 
 # What a run does with each path discovery looked at (one of these per PlannedTrack).
-DONE = "done"                        # the sidecar already has every requested key
-PENDING = "pending"                  # to describe
+DONE = "done"  # the sidecar already has every requested key
+PENDING = "pending"  # to describe
 FAILED_LAST_TIME = "failed last time"  # to describe; listed in the failures file
-LOCKED = "locked"                    # to describe, but another process holds its lock now (dry run only)
+LOCKED = "locked"  # to describe, but another process holds its lock now (dry run only)
 SIDECAR_ERROR = "sidecar unreadable"  # its sidecar cannot be read: the run counts it as failed, touches nothing
-EXCLUDED = "excluded"                # not a track, or not selected (the Track's kind and reason say which)
+EXCLUDED = "excluded"  # not a track, or not selected (the Track's kind and reason say which)
 TO_DESCRIBE = (PENDING, FAILED_LAST_TIME)
 
 
@@ -124,9 +126,17 @@ def is_locked(state_dir: Path, track: Path) -> bool:
     return False
 
 
-def plan_batch(root: str | os.PathLike, keys: Sequence[str], selection: Selection | None = None, *,
-               overwrite: bool = False, check_sidecars: bool = True, retry_failed: bool = False,
-               failures: str | os.PathLike | None = None, check_locks: bool = False) -> list[PlannedTrack]:
+def plan_batch(
+    root: str | os.PathLike,
+    keys: Sequence[str],
+    selection: Selection | None = None,
+    *,
+    overwrite: bool = False,
+    check_sidecars: bool = True,
+    retry_failed: bool = False,
+    failures: str | os.PathLike | None = None,
+    check_locks: bool = False,
+) -> list[PlannedTrack]:
     """What a run over ``root`` would do with each path, without doing it: discovery + selection (see
     :mod:`music_flamingo.discovery`), then each selected track's status from its sidecar (``keys`` present: done),
     the failures file and, with ``check_locks``, the per-track locks. Reads only; the runner and the dry run both
@@ -165,17 +175,28 @@ def plan_batch(root: str | os.PathLike, keys: Sequence[str], selection: Selectio
     return plan
 
 
-def plan_work(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions,
-              summary: BatchSummary, done: list[Path] | None = None) -> list[Path]:
+def plan_work(
+    root: str | os.PathLike,
+    keys: Sequence[str],
+    options: BatchOptions,
+    summary: BatchSummary,
+    done: list[Path] | None = None,
+) -> list[Path]:
     """The tracks a run with these options has to hand to an engine — pending, failed last time, and those whose
     sidecar cannot be read (the runner fails them as it finds them) — from :func:`plan_batch`; ``summary`` gets
     what the plan settles (total, already complete, paths not taken). For callers that hand the tracks to other
     processes (:mod:`.workers`, :mod:`.distributed`), which then run them with ``run_batch(tracks=...)``.
     ``done``, if given, receives the tracks found complete."""
     todo: list[Path] = []
-    for item in plan_batch(root, keys, options.selection, overwrite=options.overwrite,
-                           check_sidecars=options.write_sidecars, retry_failed=options.retry_failed,
-                           failures=options.failures):
+    for item in plan_batch(
+        root,
+        keys,
+        options.selection,
+        overwrite=options.overwrite,
+        check_sidecars=options.write_sidecars,
+        retry_failed=options.retry_failed,
+        failures=options.failures,
+    ):
         if item.status == EXCLUDED:
             label = item.track.excluded_as or ""
             summary.excluded[label] = summary.excluded.get(label, 0) + 1
@@ -235,8 +256,16 @@ def dry_run(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions 
     from .audio import probe_duration
 
     opts = options or BatchOptions()
-    plan = plan_batch(root, keys, opts.selection, overwrite=opts.overwrite, check_sidecars=opts.write_sidecars,
-                      retry_failed=opts.retry_failed, failures=opts.failures, check_locks=True)
+    plan = plan_batch(
+        root,
+        keys,
+        opts.selection,
+        overwrite=opts.overwrite,
+        check_sidecars=opts.write_sidecars,
+        retry_failed=opts.retry_failed,
+        failures=opts.failures,
+        check_locks=True,
+    )
     counts = {s: 0 for s in _STATUS_ROWS}
     counts.update({f"excluded: {why}": 0 for why in (*EXCLUDED_AS.values(), NOT_SELECTED)})
     seconds, unknown = 0.0, 0
@@ -256,14 +285,14 @@ def dry_run(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions 
 class BatchOptions:
     overwrite: bool = False
     write_sidecars: bool = True
-    jsonl: Path | None = None          # one line per analysed track (a manifest), besides or instead of sidecars
-    failures: Path | None = None       # default: <root>/.music-flamingo/failures.jsonl
+    jsonl: Path | None = None  # one line per analysed track (a manifest), besides or instead of sidecars
+    failures: Path | None = None  # default: <root>/.music-flamingo/failures.jsonl
     progress: bool = True
     prefetch: bool = True
     tracks_in_flight: int | str = "auto"  # tracks decoded together in the engine's batch steps (continuous
-                                          # batching); "auto": sized by the engine from free device memory
+    # batching); "auto": sized by the engine from free device memory
     selection: Selection | None = None  # which tracks (discovery.Selection); None: every track, no stems
-    retry_failed: bool = False         # only the tracks listed in the failures file
+    retry_failed: bool = False  # only the tracks listed in the failures file
 
     def __post_init__(self) -> None:
         validation.require("tracks_in_flight", validation.tracks_in_flight(self.tracks_in_flight))
@@ -274,7 +303,7 @@ class BatchSummary:
     total: int = 0
     done: int = 0
     skipped_complete: int = 0
-    skipped_locked: int = 0            # another process has the track, or failed it during this run
+    skipped_locked: int = 0  # another process has the track, or failed it during this run
     failed: int = 0
     interrupted: bool = False
     seconds: float = 0.0
@@ -290,8 +319,10 @@ class BatchSummary:
         return EXIT_FAILED if self.failed else EXIT_OK
 
     def line(self) -> str:
-        s = (f"{self.done} done, {self.skipped_complete} skipped (complete), {self.skipped_locked} skipped (locked), "
-             f"{self.failed} failed of {self.total} tracks in {self.seconds:.1f} s")
+        s = (
+            f"{self.done} done, {self.skipped_complete} skipped (complete), {self.skipped_locked} skipped (locked), "
+            f"{self.failed} failed of {self.total} tracks in {self.seconds:.1f} s"
+        )
         if self.excluded:
             s += "; not taken: " + ", ".join(f"{n} {k}" for k, n in sorted(self.excluded.items()))
         if self.interrupted:
@@ -310,10 +341,10 @@ class TrackOutcome:
 
     path: Path
     status: str
-    error: str = ""                        # failed: the exception's type
-    message: str = ""                      # failed: what went wrong
-    fields: dict[str, Any] | None = None   # done: the fields written (descriptions, model label, provenance)
-    stats: GenerationStats | None = None   # done: the engine's timings
+    error: str = ""  # failed: the exception's type
+    message: str = ""  # failed: what went wrong
+    fields: dict[str, Any] | None = None  # done: the fields written (descriptions, model label, provenance)
+    stats: GenerationStats | None = None  # done: the engine's timings
 
 
 class _Skip(Exception):
@@ -366,10 +397,15 @@ class _Prefetcher:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions | None = None,
-              on_result: Callable[[Path, dict[str, Any]], None] | None = None, *,
-              tracks: Iterable[str | os.PathLike] | None = None,
-              on_track: Callable[[TrackOutcome], None] | None = None) -> BatchSummary:
+def run_batch(
+    analyzer: Analyzer,
+    root: str | os.PathLike,
+    options: BatchOptions | None = None,
+    on_result: Callable[[Path, dict[str, Any]], None] | None = None,
+    *,
+    tracks: Iterable[str | os.PathLike] | None = None,
+    on_track: Callable[[TrackOutcome], None] | None = None,
+) -> BatchSummary:
     """Describe every incomplete track under ``root``; returns the counts. Never raises for a single track.
 
     ``tracks``: describe these (already discovered and selected by the caller, e.g. with :func:`plan_work`)
@@ -419,8 +455,13 @@ def run_batch(analyzer: Analyzer, root: str | os.PathLike, options: BatchOptions
     todo = plan_work(root, keys, opts, summary, done_before) if tracks is None else []
     failures.clear(done_before)  # listed by an earlier run, done since
     if tracks is None:
-        logger.info("%d tracks: %d to analyse, %d already complete; not taken: %s", summary.total, len(todo),
-                    summary.skipped_complete, summary.excluded or "none")
+        logger.info(
+            "%d tracks: %d to analyse, %d already complete; not taken: %s",
+            summary.total,
+            len(todo),
+            summary.skipped_complete,
+            summary.excluded or "none",
+        )
 
     max_s = analyzer.max_analysed_seconds()
     prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
@@ -553,5 +594,17 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="track", dynamic_ncols=True, smoothing=0.1)
 
 
-__all__ = ["BatchOptions", "BatchSummary", "DryRun", "PlannedTrack", "TrackOutcome", "dry_run", "failures_path", "is_locked", "plan_batch", "plan_work",
-           "read_failed_tracks", "run_batch"]
+__all__ = [
+    "BatchOptions",
+    "BatchSummary",
+    "DryRun",
+    "PlannedTrack",
+    "TrackOutcome",
+    "dry_run",
+    "failures_path",
+    "is_locked",
+    "plan_batch",
+    "plan_work",
+    "read_failed_tracks",
+    "run_batch",
+]

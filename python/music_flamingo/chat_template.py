@@ -11,6 +11,7 @@ backends therefore render the template here and only tokenize the pieces:
 text (a ``<|im_end|>`` typed in a prompt stays text). The user's message is the audio, a newline, then the
 question: the layout NVIDIA trained with (``"<sound>" * n + "\\n" + question``), so ``mid`` starts with ``"\\n"``.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,9 @@ def split_rendered(rendered: str, audio_slot: str = AUDIO_SLOT, text_slot: str =
     return ChatPieces(head, mid, tail)
 
 
-def render_pieces(template: str | None, system_prompt: str = "", special_tokens: dict[str, str] | None = None
-                  ) -> ChatPieces:
+def render_pieces(
+    template: str | None, system_prompt: str = "", special_tokens: dict[str, str] | None = None
+) -> ChatPieces:
     """Render ``template`` (a GGUF's ``tokenizer.chat_template``; ChatML when absent) for one user turn of audio
     and a question, with ``system_prompt`` as the system message when given (else the template's default), and
     cut it into :class:`ChatPieces`. ``special_tokens`` (``bos_token``, ``eos_token``) are visible to the template,
@@ -85,5 +87,6 @@ def render_pieces(template: str | None, system_prompt: str = "", special_tokens:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": AUDIO_SLOT + AUDIO_TEXT_SEPARATOR + TEXT_SLOT})
     rendered = _compile(template or CHATML_TEMPLATE).render(
-        messages=messages, add_generation_prompt=True, **(special_tokens or {}))
+        messages=messages, add_generation_prompt=True, **(special_tokens or {})
+    )
     return split_rendered(rendered)

@@ -3,6 +3,7 @@
 Exit codes (defined in :mod:`.errors`): 0 all done, 1 some tracks failed, 2 usage or configuration error (bad
 arguments, missing model files, bad prompts YAML), 130 interrupted (Ctrl-C or SIGTERM).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,19 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import validation
-from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ModelFileError, MusicFlamingoError,
-                     PromptConfigError)
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ModelFileError,
+    MusicFlamingoError,
+    PromptConfigError,
+)
 from .validation import cli_type
 
 
@@ -24,90 +32,171 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="music-flamingo",
         description="Describe music with NVIDIA Music Flamingo: genre, tempo, key, instruments, mood, structure. "
-                    "Results go to .INFO sidecar files (JSON; other keys in them are kept).")
+        "Results go to .INFO sidecar files (JSON; other keys in them are kept).",
+    )
     p.add_argument("path", type=Path, help="an audio file, or with --batch a dataset folder")
     p.add_argument("--batch", action="store_true", help="walk PATH and describe every track still missing a key")
     m = p.add_argument_group("model")
-    m.add_argument("--backend", choices=["gguf", "transformers"], default="gguf",
-                   help="inference backend: gguf (llama.cpp, default) or transformers (PyTorch; needs "
-                        "pip install 'music-flamingo[transformers]')")
+    m.add_argument(
+        "--backend",
+        choices=["gguf", "transformers"],
+        default="gguf",
+        help="inference backend: gguf (llama.cpp, default) or transformers (PyTorch; needs "
+        "pip install 'music-flamingo[transformers]')",
+    )
     m.add_argument("--model", default="Q6_K", help="quantization: Q8_0, Q6_K (default) or IQ3_M")
-    m.add_argument("--model-dir", type=Path, default=None,
-                   help="where the GGUF files are (default: $MUSIC_FLAMINGO_MODEL_DIR or models/music_flamingo)")
+    m.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="where the GGUF files are (default: $MUSIC_FLAMINGO_MODEL_DIR or models/music_flamingo)",
+    )
     m.add_argument("--model-path", type=Path, default=None, help="any text-model GGUF (with --mmproj)")
     m.add_argument("--mmproj", type=Path, default=None, help="the audio encoder GGUF for --model-path")
     m.add_argument("--offline", action="store_true", help="never download; fail listing the expected files")
     m.add_argument("--n-gpu-layers", type=int, default=-1, help="layers on the GPU (-1: all)")
     m.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
-    m.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of the GGUF engine (default: half the logical CPUs; with --workers on a CPU "
-                        "build, divided among the workers)")
-    m.add_argument("--model-id", default="nvidia/music-flamingo-hf",
-                   help="transformers backend: Hub repository or local folder (default: nvidia/music-flamingo-hf; "
-                        "also nvidia/music-flamingo-2601-hf)")
-    m.add_argument("--dtype", choices=["bfloat16", "float16", "float32", "auto"], default="bfloat16",
-                   help="transformers backend: weights and compute precision (default: bfloat16)")
-    m.add_argument("--local-files-only", action="store_true",
-                   help="transformers backend: never download, use the Hugging Face cache or a local folder")
+    m.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of the GGUF engine (default: half the logical CPUs; with --workers on a CPU "
+        "build, divided among the workers)",
+    )
+    m.add_argument(
+        "--model-id",
+        default="nvidia/music-flamingo-hf",
+        help="transformers backend: Hub repository or local folder (default: nvidia/music-flamingo-hf; "
+        "also nvidia/music-flamingo-2601-hf)",
+    )
+    m.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32", "auto"],
+        default="bfloat16",
+        help="transformers backend: weights and compute precision (default: bfloat16)",
+    )
+    m.add_argument(
+        "--local-files-only",
+        action="store_true",
+        help="transformers backend: never download, use the Hugging Face cache or a local folder",
+    )
     q = p.add_argument_group("prompts and sampling")
-    q.add_argument("--prompts", default=None,
-                   help="comma-separated catalogue names (default: full,technical,genre_mood,instrumentation,"
-                        "structure; also brief, genre_mood_inst, very_brief)")
-    q.add_argument("--prompts-file", type=Path, action="append", default=[],
-                   help="YAML adding or overriding prompts (repeatable)")
+    q.add_argument(
+        "--prompts",
+        default=None,
+        help="comma-separated catalogue names (default: full,technical,genre_mood,instrumentation,"
+        "structure; also brief, genre_mood_inst, very_brief)",
+    )
+    q.add_argument(
+        "--prompts-file", type=Path, action="append", default=[], help="YAML adding or overriding prompts (repeatable)"
+    )
     q.add_argument("--prompt", default=None, help="a free-text prompt (key music_flamingo_custom)")
     q.add_argument("--temperature", type=cli_type(float, validation.temperature), default=None)
     q.add_argument("--top-p", type=cli_type(float, validation.top_p), default=None)
     q.add_argument("--seed", type=cli_type(int, validation.seed), default=None)
-    q.add_argument("--max-duration", type=cli_type(float, validation.max_duration), default=None,
-                   help="seconds analysed at most (default: the model's limit, 600 s); longer audio is cut")
+    q.add_argument(
+        "--max-duration",
+        type=cli_type(float, validation.max_duration),
+        default=None,
+        help="seconds analysed at most (default: the model's limit, 600 s); longer audio is cut",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--overwrite", action="store_true", help="redo tracks whose sidecar already has every key")
     o.add_argument("--jsonl", type=Path, default=None, help="also append one JSON line per track to this file")
     o.add_argument("--no-sidecar", action="store_true", help="do not write .INFO files")
-    o.add_argument("--failures", type=Path, default=None,
-                   help="JSONL of failed tracks (default: PATH/.music-flamingo/failures.jsonl)")
+    o.add_argument(
+        "--failures",
+        type=Path,
+        default=None,
+        help="JSONL of failed tracks (default: PATH/.music-flamingo/failures.jsonl)",
+    )
     o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--tracks-in-flight", type=cli_type(_in_flight, validation.tracks_in_flight), default="auto",
-                   help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time; "
-                        "default auto: sized from the device's free memory)")
+    o.add_argument(
+        "--tracks-in-flight",
+        type=cli_type(_in_flight, validation.tracks_in_flight),
+        default="auto",
+        help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time; "
+        "default auto: sized from the device's free memory)",
+    )
     d = p.add_argument_group(
         "dataset selection (with --batch)",
         "Tracks: the full_mix.<ext> of each organized folder, the crops <name>_<n> in crops folders, loose audio "
-        "elsewhere; stems, crop stems and the pipeline's skip-list folders are not tracks (README: Datasets).")
-    d.add_argument("--only", action="append", default=None, metavar="full_mix|crops|loose",
-                   help="only these kinds of track (repeatable or comma-separated; default: all three)")
-    d.add_argument("--stems", action="store_true",
-                   help="describe stems too: the Demucs/DrumSep stems of organized folders and the crops' stems")
-    d.add_argument("--include", action="append", default=[], metavar="GLOB",
-                   help="only tracks whose path below PATH matches (repeatable): '*Live*', 'Rock/*', '*.mp3'")
+        "elsewhere; stems, crop stems and the pipeline's skip-list folders are not tracks (README: Datasets).",
+    )
+    d.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="full_mix|crops|loose",
+        help="only these kinds of track (repeatable or comma-separated; default: all three)",
+    )
+    d.add_argument(
+        "--stems",
+        action="store_true",
+        help="describe stems too: the Demucs/DrumSep stems of organized folders and the crops' stems",
+    )
+    d.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only tracks whose path below PATH matches (repeatable): '*Live*', 'Rock/*', '*.mp3'",
+    )
     d.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching tracks (repeatable)")
     src = d.add_mutually_exclusive_group()
-    src.add_argument("--from-list", metavar="FILE", default=None,
-                     help="only the files listed in FILE ('-': stdin), one path a line, relative to PATH or "
-                          "absolute; the rules above still apply")
-    src.add_argument("--retry-failed", action="store_true",
-                     help="only the tracks listed in the failures file of the last run")
-    d.add_argument("--dry-run", action="store_true",
-                   help="list what would be done and why, with counts and the audio hours pending; loads no "
-                        "model and writes nothing")
+    src.add_argument(
+        "--from-list",
+        metavar="FILE",
+        default=None,
+        help="only the files listed in FILE ('-': stdin), one path a line, relative to PATH or "
+        "absolute; the rules above still apply",
+    )
+    src.add_argument(
+        "--retry-failed", action="store_true", help="only the tracks listed in the failures file of the last run"
+    )
+    d.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be done and why, with counts and the audio hours pending; loads no "
+        "model and writes nothing",
+    )
     s = p.add_argument_group(
         "scaling out (with --batch; README: Scaling out)",
         "Several engines share one run: one progress bar, one summary, one exit code; the same sidecars, locks and "
-        "failures file as one process.")
-    s.add_argument("--devices", default=None, metavar="LIST",
-                   help="one worker process per GPU: device numbers as the build's backend counts them (0,1,2,3) "
-                        "or 'all'; each worker sees only its device (CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, "
-                        "GGML_VK_VISIBLE_DEVICES ...)")
-    s.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="engines per device with --devices; without it, N worker processes (CPU engines, or each "
-                        "over every visible GPU); with --ray, the number of Ray actors (default: one per GPU)")
-    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run on a Ray cluster with Ray Data (pip install 'music-flamingo[ray]'): ADDRESS of the "
-                        "cluster ('auto', 'ray://head:10001'), or none to use $RAY_ADDRESS or start a local one")
-    s.add_argument("--ray-output", type=Path, default=None, metavar="DIR",
-                   help="with --ray: also write one row per track (path, status, error, timings, texts) as "
-                        "Parquet files in DIR")
+        "failures file as one process.",
+    )
+    s.add_argument(
+        "--devices",
+        default=None,
+        metavar="LIST",
+        help="one worker process per GPU: device numbers as the build's backend counts them (0,1,2,3) "
+        "or 'all'; each worker sees only its device (CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, "
+        "GGML_VK_VISIBLE_DEVICES ...)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="engines per device with --devices; without it, N worker processes (CPU engines, or each "
+        "over every visible GPU); with --ray, the number of Ray actors (default: one per GPU)",
+    )
+    s.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster with Ray Data (pip install 'music-flamingo[ray]'): ADDRESS of the "
+        "cluster ('auto', 'ray://head:10001'), or none to use $RAY_ADDRESS or start a local one",
+    )
+    s.add_argument(
+        "--ray-output",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --ray: also write one row per track (path, status, error, timings, texts) as Parquet files in DIR",
+    )
     s.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker of --devices/--workers
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress details; -vv: llama.cpp too")
     return p
@@ -138,18 +227,38 @@ def _make_analyzer(a: argparse.Namespace):
         from .transformers_backend import MusicFlamingoTransformers
 
         mf = MusicFlamingoTransformers(
-            a.model_id, use_flash_attention=a.flash_attn != "off", dtype=a.dtype,
-            local_files_only=a.local_files_only, prompts=names or None, prompts_files=a.prompts_file,
-            temperature=a.temperature, top_p=a.top_p, seed=a.seed, max_duration=a.max_duration)
+            a.model_id,
+            use_flash_attention=a.flash_attn != "off",
+            dtype=a.dtype,
+            local_files_only=a.local_files_only,
+            prompts=names or None,
+            prompts_files=a.prompts_file,
+            temperature=a.temperature,
+            top_p=a.top_p,
+            seed=a.seed,
+            max_duration=a.max_duration,
+        )
         mf.entries = _entries(mf.catalogue, a)
         return mf
     from .gguf_backend import MusicFlamingoGGUF
 
     mf = MusicFlamingoGGUF(
-        model_name=a.model, model_dir=a.model_dir, model_path=a.model_path, mmproj_path=a.mmproj,
-        offline=a.offline, prompts=names or None, prompts_files=a.prompts_file, temperature=a.temperature,
-        top_p=a.top_p, seed=a.seed, max_duration=a.max_duration, n_gpu_layers=a.n_gpu_layers, n_threads=a.threads,
-        flash_attn={"auto": "auto", "on": True, "off": False}[a.flash_attn], verbose=a.verbose >= 2)
+        model_name=a.model,
+        model_dir=a.model_dir,
+        model_path=a.model_path,
+        mmproj_path=a.mmproj,
+        offline=a.offline,
+        prompts=names or None,
+        prompts_files=a.prompts_file,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        seed=a.seed,
+        max_duration=a.max_duration,
+        n_gpu_layers=a.n_gpu_layers,
+        n_threads=a.threads,
+        flash_attn={"auto": "auto", "on": True, "off": False}[a.flash_attn],
+        verbose=a.verbose >= 2,
+    )
     mf.entries = _entries(mf.catalogue, a)
     return mf
 
@@ -182,17 +291,24 @@ def _selection(a: argparse.Namespace):
             paths = read_path_list(a.from_list)
         except OSError as e:
             raise ValueError(f"--from-list: cannot read {a.from_list}: {e}") from e
-    return Selection(only=frozenset(only), stems=a.stems, include=tuple(a.include), exclude=tuple(a.exclude),
-                     paths=paths)
+    return Selection(
+        only=frozenset(only), stems=a.stems, include=tuple(a.include), exclude=tuple(a.exclude), paths=paths
+    )
 
 
 def _batch_options(a: argparse.Namespace, selection):
     from .batch import BatchOptions
 
     return BatchOptions(
-        overwrite=a.overwrite, write_sidecars=not a.no_sidecar, jsonl=a.jsonl, failures=a.failures,
-        progress=not a.no_progress, tracks_in_flight=a.tracks_in_flight, selection=selection,
-        retry_failed=a.retry_failed)
+        overwrite=a.overwrite,
+        write_sidecars=not a.no_sidecar,
+        jsonl=a.jsonl,
+        failures=a.failures,
+        progress=not a.no_progress,
+        tracks_in_flight=a.tracks_in_flight,
+        selection=selection,
+        retry_failed=a.retry_failed,
+    )
 
 
 def _run_batch(mf, a: argparse.Namespace, selection) -> int:
@@ -252,8 +368,9 @@ def _run_workers(a: argparse.Namespace, selection, argv: list[str]) -> int:
     variables = [TORCH_VISIBILITY] if a.backend == "transformers" else visibility_variables(system_info()["backends"])
     devices = None
     if a.devices is not None:
-        devices = _gpu_devices() if a.devices.strip() == "all" else [d.strip() for d in a.devices.split(",")
-                                                                     if d.strip()]
+        devices = (
+            _gpu_devices() if a.devices.strip() == "all" else [d.strip() for d in a.devices.split(",") if d.strip()]
+        )
     try:
         slots = plan_slots(devices, a.workers or 1, variables, threads=a.threads)
     except ValueError as e:
@@ -313,11 +430,29 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(f"{a.path} does not exist")
     if a.batch != a.path.is_dir():
         parser.error("--batch needs a folder" if a.batch else f"{a.path} is a folder: add --batch")
-    batch_only = [o for o, v in [("--only", a.only), ("--stems", a.stems), ("--include", a.include),
-                                 ("--exclude", a.exclude), ("--from-list", a.from_list),
-                                 ("--retry-failed", a.retry_failed), ("--dry-run", a.dry_run)] if v]
-    batch_only += [o for o, v in [("--devices", a.devices), ("--workers", a.workers), ("--ray", a.ray is not None),
-                                  ("--ray-output", a.ray_output)] if v]
+    batch_only = [
+        o
+        for o, v in [
+            ("--only", a.only),
+            ("--stems", a.stems),
+            ("--include", a.include),
+            ("--exclude", a.exclude),
+            ("--from-list", a.from_list),
+            ("--retry-failed", a.retry_failed),
+            ("--dry-run", a.dry_run),
+        ]
+        if v
+    ]
+    batch_only += [
+        o
+        for o, v in [
+            ("--devices", a.devices),
+            ("--workers", a.workers),
+            ("--ray", a.ray is not None),
+            ("--ray-output", a.ray_output),
+        ]
+        if v
+    ]
     if batch_only and not a.batch:
         parser.error(f"{', '.join(batch_only)}: only with --batch")
     if a.ray is not None and a.devices is not None:

@@ -1,8 +1,10 @@
 """Dataclasses that cross the package's API: what to ask (Prompt) and what comes back (GenerationResult)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import validation as v
 from .errors import InvalidInputError
@@ -41,14 +43,19 @@ class Prompt:
         if not self.text.strip():
             raise InvalidInputError("Prompt.text is empty")
         # max_tokens is bounded here by what C++ can hold; the model's trained context bounds it per call.
-        for name, problem in (("max_tokens", v.max_tokens(self.max_tokens, v.INT32_MAX)),
-                              ("temperature", v.temperature(self.temperature)), ("top_p", v.top_p(self.top_p)),
-                              ("top_k", v.top_k(self.top_k)), ("min_p", v.min_p(self.min_p)),
-                              ("repeat_penalty", v.repeat_penalty(self.repeat_penalty)),
-                              ("repeat_last_n", v.repeat_last_n(self.repeat_last_n)), ("seed", v.seed(self.seed))):
+        for name, problem in (
+            ("max_tokens", v.max_tokens(self.max_tokens, v.INT32_MAX)),
+            ("temperature", v.temperature(self.temperature)),
+            ("top_p", v.top_p(self.top_p)),
+            ("top_k", v.top_k(self.top_k)),
+            ("min_p", v.min_p(self.min_p)),
+            ("repeat_penalty", v.repeat_penalty(self.repeat_penalty)),
+            ("repeat_last_n", v.repeat_last_n(self.repeat_last_n)),
+            ("seed", v.seed(self.seed)),
+        ):
             v.require(f"Prompt.{name}", problem)
 
-    def to_native(self) -> "_core.PromptRequest":
+    def to_native(self) -> _core.PromptRequest:
         """The engine's request. Every field but text, max_tokens and name is a sampling setting and goes to
         ``_core.SamplingParams`` by name: a field the engine does not know is a TypeError there, not ignored."""
         from . import _core
@@ -76,11 +83,11 @@ class GenerationStats:
     tokens_generated: int
     decode_tokens_per_s: float
     total_ms: float
-    mel_ms: float = 0.0        # log-mel, where the backend times it apart from the encoder (GGUF)
+    mel_ms: float = 0.0  # log-mel, where the backend times it apart from the encoder (GGUF)
     devices: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_native(cls, stats: "_core.GenerateStats", devices: dict[str, str]) -> "GenerationStats":
+    def from_native(cls, stats: _core.GenerateStats, devices: dict[str, str]) -> GenerationStats:
         """From the engine's stats: every field but ``devices`` by name (tests/test_core_stub.py checks that the
         two classes have the same fields)."""
         return cls(**{f.name: getattr(stats, f.name) for f in fields(cls) if f.name != "devices"}, devices=devices)

@@ -32,31 +32,68 @@ explicit list of ``paths`` (``--from-list``, ``--retry-failed``), which are clas
 :func:`discover_tracks` returns every file it looked at with the reason it is in or out; it needs no model, so a
 scheduler can call it on its own.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ._logging import logger
 from .sidecar import ORGANIZED_MIX_STEM
 
 # Preference order when a folder holds several full mixes (the pipeline's extensions first): one sidecar, one track.
-AUDIO_EXTENSIONS: tuple[str, ...] = (".flac", ".wav", ".mp3", ".ogg", ".m4a", ".aiff", ".aif", ".opus", ".aac",
-                                     ".wma", ".alac", ".mp4", ".webm", ".mka")
+AUDIO_EXTENSIONS: tuple[str, ...] = (
+    ".flac",
+    ".wav",
+    ".mp3",
+    ".ogg",
+    ".m4a",
+    ".aiff",
+    ".aif",
+    ".opus",
+    ".aac",
+    ".wma",
+    ".alac",
+    ".mp4",
+    ".webm",
+    ".mka",
+)
 DEMUCS_STEMS = ("drums", "bass", "other", "vocals")
 DRUMSEP_STEMS = ("kick", "snare", "cymbals", "toms", "percussion")
 STEM_NAMES = DEMUCS_STEMS + DRUMSEP_STEMS
 CROPS_FOLDERS = frozenset({"crops", "_crops"})
 # The pipeline never descends into these when it looks for tracks (src/core/file_utils.py SKIP_DIRECTORIES).
-SKIP_FOLDERS = frozenset({
-    ".venv", "venv", ".env", "env", "node_modules", "__pycache__", ".git", ".tox", ".pytest_cache", ".mypy_cache",
-    "site-packages", "dist-packages", ".cache", "build", "dist", "eggs", "repos", "test data",
-    "bs roformer output", "bs roformer optimized output",
-}) | CROPS_FOLDERS
+SKIP_FOLDERS = (
+    frozenset(
+        {
+            ".venv",
+            "venv",
+            ".env",
+            "env",
+            "node_modules",
+            "__pycache__",
+            ".git",
+            ".tox",
+            ".pytest_cache",
+            ".mypy_cache",
+            "site-packages",
+            "dist-packages",
+            ".cache",
+            "build",
+            "dist",
+            "eggs",
+            "repos",
+            "test data",
+            "bs roformer output",
+            "bs roformer optimized output",
+        }
+    )
+    | CROPS_FOLDERS
+)
 
 _CROP = re.compile(r".+_[0-9]+")
 _CROP_STEM = re.compile(r".+_[0-9]+_(?:" + "|".join(STEM_NAMES) + r")", re.IGNORECASE)
@@ -66,15 +103,27 @@ FULL_MIX, STEM, EXTRA, CROP, CROP_STEM, LOOSE = "full_mix", "stem", "extra", "cr
 SKIP_FOLDER, MISSING, NOT_AUDIO, OUTSIDE = "skip_folder", "missing", "not_audio", "outside_root"
 TRACK_KINDS = frozenset({FULL_MIX, CROP, LOOSE})
 # Why a path is not taken, in a word or two (the dry run's rows): by kind, else NOT_SELECTED.
-EXCLUDED_AS = {STEM: "stem", CROP_STEM: "crop stem", EXTRA: "other audio in an organized folder",
-               SKIP_FOLDER: "skip folder", MISSING: "listed, not found", NOT_AUDIO: "listed, not audio",
-               OUTSIDE: "listed, outside the root"}
+EXCLUDED_AS = {
+    STEM: "stem",
+    CROP_STEM: "crop stem",
+    EXTRA: "other audio in an organized folder",
+    SKIP_FOLDER: "skip folder",
+    MISSING: "listed, not found",
+    NOT_AUDIO: "listed, not audio",
+    OUTSIDE: "listed, outside the root",
+}
 NOT_SELECTED = "not selected (--only/--include/--exclude)"
 STEM_KINDS = frozenset({STEM, CROP_STEM})
 # --only groups: an organized folder's files belong to full_mix, a crops folder's to crops.
 GROUPS = ("full_mix", "crops", "loose")
-_GROUP_OF = {FULL_MIX: "full_mix", STEM: "full_mix", EXTRA: "full_mix", CROP: "crops", CROP_STEM: "crops",
-             LOOSE: "loose"}
+_GROUP_OF = {
+    FULL_MIX: "full_mix",
+    STEM: "full_mix",
+    EXTRA: "full_mix",
+    CROP: "crops",
+    CROP_STEM: "crops",
+    LOOSE: "loose",
+}
 
 
 def is_audio(p: str | os.PathLike) -> bool:
@@ -112,7 +161,8 @@ def classify_folder(folder_name: str, audio_names: Iterable[str]) -> list[tuple[
                 out.append((n, EXTRA, "other audio in an organized folder (its track is the full mix)"))
         return out
     crops_folder = folder_name in CROPS_FOLDERS or any(
-        _CROP.fullmatch(s) and not _CROP_STEM.fullmatch(s) for s in stems.values())
+        _CROP.fullmatch(s) and not _CROP_STEM.fullmatch(s) for s in stems.values()
+    )
     for n in names:
         s = stems[n]
         if crops_folder and _CROP_STEM.fullmatch(s):
@@ -192,6 +242,7 @@ def glob_matches(rel: str, pattern: str) -> bool:
 
 def _track(path: Path, kind: str, reason: str, rel: str, sel: Selection) -> Track:
     """The layout's verdict, then the selection's."""
+
     def out(why: str, label: str | None = None) -> Track:
         return Track(path, kind, False, why, rel, label or EXCLUDED_AS.get(kind, NOT_SELECTED))
 
@@ -330,7 +381,21 @@ def read_path_list(source: str | os.PathLike) -> list[str]:
     return [os.fsdecode(line) for line in lines if line.strip()]
 
 
-__all__ = ["AUDIO_EXTENSIONS", "CROPS_FOLDERS", "DEMUCS_STEMS", "DRUMSEP_STEMS", "EXCLUDED_AS", "GROUPS",
-           "NOT_SELECTED", "SKIP_FOLDERS",
-           "STEM_NAMES", "Selection", "Track", "classify_folder", "discover_tracks", "glob_matches", "is_audio",
-           "read_path_list"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "CROPS_FOLDERS",
+    "DEMUCS_STEMS",
+    "DRUMSEP_STEMS",
+    "EXCLUDED_AS",
+    "GROUPS",
+    "NOT_SELECTED",
+    "SKIP_FOLDERS",
+    "STEM_NAMES",
+    "Selection",
+    "Track",
+    "classify_folder",
+    "discover_tracks",
+    "glob_matches",
+    "is_audio",
+    "read_path_list",
+]

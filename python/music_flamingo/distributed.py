@@ -19,6 +19,7 @@ Every node must see the dataset and the model files at the same paths (a shared 
 across machines: NFSv4, CephFS, Lustre mounted with ``flock``): sidecars are written next to the audio, and the
 actors never download models (the driver fetches missing ones once, before any actor starts).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,16 +27,17 @@ import functools
 import os
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any
 
 from ._logging import logger
 from .analyzer import Analyzer
 from .batch import BatchOptions, BatchSummary, TrackOutcome, failures_path, plan_work, run_batch
 
 # A factory the actors call to build their engine, or MusicFlamingoGGUF's keyword arguments.
-AnalyzerSpec = Union[Callable[[], Analyzer], Mapping[str, Any]]
+AnalyzerSpec = Callable[[], Analyzer] | Mapping[str, Any]
 TIMINGS = ("audio_seconds", "encode_ms", "prefill_ms", "decode_ms", "total_ms")
 SUMMARY_COLUMNS = ["path", "status", "error", "message"]
 NOT_REPORTED = "NotReported"
@@ -48,10 +50,18 @@ def row_schema(keys: Sequence[str]):
     column per description key (null unless done)."""
     import pyarrow as pa
 
-    return pa.schema([("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
-                      ("message", pa.string()), ("model", pa.string()),
-                      *[(name, pa.float64()) for name in TIMINGS], ("tokens_generated", pa.int64()),
-                      *[(key, pa.string()) for key in keys]])
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("message", pa.string()),
+            ("model", pa.string()),
+            *[(name, pa.float64()) for name in TIMINGS],
+            ("tokens_generated", pa.int64()),
+            *[(key, pa.string()) for key in keys],
+        ]
+    )
 
 
 def _shown(path: str | os.PathLike) -> str:
@@ -61,11 +71,16 @@ def _shown(path: str | os.PathLike) -> str:
 def _row(o: TrackOutcome, keys: Sequence[str]) -> dict[str, Any]:
     fields = o.fields or {}
     stats = o.stats
-    return {"path": _shown(o.path), "status": o.status, "error": o.error, "message": o.message,
-            "model": fields.get("music_flamingo_model"),
-            **{name: (getattr(stats, name) if stats is not None else None) for name in TIMINGS},
-            "tokens_generated": stats.tokens_generated if stats is not None else None,
-            **{key: fields.get(key) for key in keys}}
+    return {
+        "path": _shown(o.path),
+        "status": o.status,
+        "error": o.error,
+        "message": o.message,
+        "model": fields.get("music_flamingo_model"),
+        **{name: (getattr(stats, name) if stats is not None else None) for name in TIMINGS},
+        "tokens_generated": stats.tokens_generated if stats is not None else None,
+        **{key: fields.get(key) for key in keys},
+    }
 
 
 def _build(analyzer: AnalyzerSpec) -> Analyzer:
@@ -97,8 +112,13 @@ class TrackDescriber:
     GGML_VK_VISIBLE_DEVICES), before the engine loads.
     """
 
-    def __init__(self, root: str | os.PathLike, analyzer: AnalyzerSpec, options: BatchOptions | None = None,
-                 visibility: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        analyzer: AnalyzerSpec,
+        options: BatchOptions | None = None,
+        visibility: Sequence[str] = (),
+    ) -> None:
         _claim_gpus(visibility)
         self.root = Path(root)
         self.options = dataclasses.replace(options or BatchOptions(), progress=False)
@@ -111,12 +131,19 @@ class TrackDescriber:
 
         paths = [os.fsdecode(p) for p in batch.column("path").to_pylist()]
         outcomes: dict[str, TrackOutcome] = {}
-        summary = run_batch(self.analyzer, self.root, self.options, tracks=paths,
-                            on_track=lambda o: outcomes.__setitem__(str(o.path), o))
+        summary = run_batch(
+            self.analyzer,
+            self.root,
+            self.options,
+            tracks=paths,
+            on_track=lambda o: outcomes.__setitem__(str(o.path), o),
+        )
         if summary.interrupted:  # cancelled: let Ray see it rather than return rows for tracks never tried
             raise KeyboardInterrupt
-        rows = [_row(outcomes.get(p) or TrackOutcome(Path(p), "failed", NOT_REPORTED, "no outcome reported"),
-                     self.keys) for p in paths]
+        rows = [
+            _row(outcomes.get(p) or TrackOutcome(Path(p), "failed", NOT_REPORTED, "no outcome reported"), self.keys)
+            for p in paths
+        ]
         return pa.Table.from_pylist(rows, schema=row_schema(self.keys))
 
 
@@ -141,19 +168,37 @@ def track_dataset(tracks: Sequence[str | os.PathLike]):
     return ray.data.from_items([{"path": os.fsencode(p)} for p in tracks])
 
 
-def describe(ds, root: str | os.PathLike, analyzer: AnalyzerSpec, *, options: BatchOptions | None = None,
-             actors: int = 1, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0, batch_size: int = 16,
-             visibility: Sequence[str] = ()):
+def describe(
+    ds,
+    root: str | os.PathLike,
+    analyzer: AnalyzerSpec,
+    *,
+    options: BatchOptions | None = None,
+    actors: int = 1,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = 1.0,
+    batch_size: int = 16,
+    visibility: Sequence[str] = (),
+):
     """``ds`` (rows with a ``path``) described by a fixed pool of ``actors`` :class:`TrackDescriber` actors, each
     with ``gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs, ``batch_size`` tracks per call (the engine's
     continuous batching works within a call). Lazy, like every Ray dataset: write it or iterate it to run it."""
     import ray.data
 
     return ds.map_batches(
-        TrackDescriber, fn_constructor_kwargs={"root": str(root), "analyzer": analyzer, "options": options,
-                                               "visibility": tuple(visibility)},
-        batch_format="pyarrow", batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
+        TrackDescriber,
+        fn_constructor_kwargs={
+            "root": str(root),
+            "analyzer": analyzer,
+            "options": options,
+            "visibility": tuple(visibility),
+        },
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus_per_actor or None,
+        num_cpus=cpus_per_actor,
+    )
 
 
 @dataclass
@@ -168,11 +213,19 @@ class RaySummary(BatchSummary):
         return s + (f"; rows: {self.rows}" if self.rows else "")
 
 
-def describe_with_ray(root: str | os.PathLike, analyzer: AnalyzerSpec | None = None, *,
-                      keys: Sequence[str] | None = None, options: BatchOptions | None = None,
-                      actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0,
-                      batch_size: int = 16, address: str | None = None,
-                      output: str | os.PathLike | None = None) -> RaySummary:
+def describe_with_ray(
+    root: str | os.PathLike,
+    analyzer: AnalyzerSpec | None = None,
+    *,
+    keys: Sequence[str] | None = None,
+    options: BatchOptions | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+    cpus_per_actor: float = 1.0,
+    batch_size: int = 16,
+    address: str | None = None,
+    output: str | os.PathLike | None = None,
+) -> RaySummary:
     """Describe a dataset on a Ray cluster; returns the counts (and writes the rows as Parquet with ``output``).
 
     ``analyzer``: MusicFlamingoGGUF's keyword arguments (default: ``{"model_name": "Q6_K"}``) or a zero-argument
@@ -201,21 +254,41 @@ def describe_with_ray(root: str | os.PathLike, analyzer: AnalyzerSpec | None = N
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if resources.get("GPU", 0) > 0 else 0.0
         if gpus_per_actor and not visibility and not callable(spec):
-            logger.warning("this llama.cpp build has no GPU backend (%s): each actor holds a GPU but runs on CPU",
-                           ", ".join(system_info()["backends"]))
+            logger.warning(
+                "this llama.cpp build has no GPU backend (%s): each actor holds a GPU but runs on CPU",
+                ", ".join(system_info()["backends"]),
+            )
     if actors is None:
-        actors = (int(resources.get("GPU", 0) // gpus_per_actor) if gpus_per_actor
-                  else int(resources.get("CPU", 1) // cpus_per_actor) - 1)
+        actors = (
+            int(resources.get("GPU", 0) // gpus_per_actor)
+            if gpus_per_actor
+            else int(resources.get("CPU", 1) // cpus_per_actor) - 1
+        )
     actors = max(1, actors)
     if not gpus_per_actor and not callable(spec) and "n_threads" not in spec:
         spec = {**spec, "n_threads": max(1, int(cpus_per_actor))}
     summary = RaySummary(actors=actors)
     todo = plan_work(root, keys, opts, summary)
-    logger.info("%d tracks: %d to describe with %d Ray actors (%s GPU, %s CPU each)", summary.total, len(todo),
-                actors, gpus_per_actor, cpus_per_actor)
+    logger.info(
+        "%d tracks: %d to describe with %d Ray actors (%s GPU, %s CPU each)",
+        summary.total,
+        len(todo),
+        actors,
+        gpus_per_actor,
+        cpus_per_actor,
+    )
     if todo:
-        rows = describe(track_dataset(todo), root, spec, options=opts, actors=actors, gpus_per_actor=gpus_per_actor,
-                        cpus_per_actor=cpus_per_actor, batch_size=batch_size, visibility=visibility)
+        rows = describe(
+            track_dataset(todo),
+            root,
+            spec,
+            options=opts,
+            actors=actors,
+            gpus_per_actor=gpus_per_actor,
+            cpus_per_actor=cpus_per_actor,
+            batch_size=batch_size,
+            visibility=visibility,
+        )
         if output is not None:
             out = Path(output) / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
             rows.write_parquet(str(out))
@@ -267,9 +340,15 @@ def run_cli(a, selection, keys: Sequence[str]) -> RaySummary:
     if engine["threads"] is None and not visibility_variables(system_info()["backends"]):
         engine["threads"] = 1  # CPU actors: one core each (describe_with_ray's cpus_per_actor), not half the node
     factory = functools.partial(cli._make_analyzer, argparse.Namespace(**engine))
-    return describe_with_ray(a.path, factory, keys=keys, options=cli._batch_options(a, selection),
-                             actors=a.workers, address=a.ray or None, output=a.ray_output)
+    return describe_with_ray(
+        a.path,
+        factory,
+        keys=keys,
+        options=cli._batch_options(a, selection),
+        actors=a.workers,
+        address=a.ray or None,
+        output=a.ray_output,
+    )
 
 
-__all__ = ["TrackDescriber", "RaySummary", "describe", "describe_with_ray", "keys_of", "row_schema",
-           "track_dataset"]
+__all__ = ["TrackDescriber", "RaySummary", "describe", "describe_with_ray", "keys_of", "row_schema", "track_dataset"]

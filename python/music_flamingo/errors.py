@@ -4,6 +4,7 @@ Also the process exit codes, the command line's report of the same outcomes: 0 a
 2 usage or configuration error (bad arguments, missing model files, bad prompts YAML, no worker could load its
 engine), 130 interrupted (Ctrl-C or SIGTERM, as shells report Ctrl-C).
 """
+
 from __future__ import annotations
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

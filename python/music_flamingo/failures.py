@@ -16,6 +16,7 @@ records were lost, and a track that later succeeded stayed listed. Now:
 Record: ``{"path": <absolute path>, "error": <exception type>, "message": ..., "time": <UTC ISO>, "host", "pid"}``.
 Reading is incremental (only bytes appended since the last look), so checking a track costs a lock and a stat.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -23,8 +24,9 @@ import json
 import os
 import re
 import socket
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 
@@ -59,8 +61,8 @@ class FailureLog:
         self.path = Path(path)
         self._lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
         self._records: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (record, its line), as last read
-        self._file: BinaryIO | None = None                          # the file last read, kept open (see _refresh)
-        self._offset = 0                                            # bytes of it already parsed
+        self._file: BinaryIO | None = None  # the file last read, kept open (see _refresh)
+        self._offset = 0  # bytes of it already parsed
         self._at_start: dict[str, dict[str, Any]] = {}
         self._temp_re = re.compile(r"^\." + re.escape(self.path.name) + r"\.[a-z0-9_]{8}\.tmp$")
 
@@ -87,9 +89,14 @@ class FailureLog:
     def record(self, track: PathLike, error: BaseException) -> dict[str, Any]:
         """List ``track`` as failed with ``error`` (replacing an older record of it); returns the record."""
         key = _key(track)
-        rec = {"path": key, "error": type(error).__name__, "message": str(error),
-               "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "host": socket.gethostname(), "pid": os.getpid()}
+        rec = {
+            "path": key,
+            "error": type(error).__name__,
+            "message": str(error),
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         with self._locked("record a failure in") as ok:
             if not ok:
                 return rec

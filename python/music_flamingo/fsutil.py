@@ -4,13 +4,13 @@ A FIFO named ``<track>.INFO`` once hung a whole batch in its first scan: opening
 writer, forever. Every reader of user files checks the type before opening and opens non-blocking, so a FIFO, a
 socket, a device or a directory under a track's name is an error that names it, never a hang.
 """
+
 from __future__ import annotations
 
 import os
 import stat
-from typing import Union
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 

@@ -3,13 +3,15 @@
 ``MusicFlamingoGGUF`` keeps one native engine resident; each :meth:`~MusicFlamingoGGUF.generate` call encodes the
 audio once and answers all prompts from one shared prefix, decoded together.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from .models import resolve_model_files
 if TYPE_CHECKING:
     from . import _core
 
-PromptLike = Union[Prompt, str]
+PromptLike = Prompt | str
 _T = TypeVar("_T")
 
 
@@ -34,11 +36,13 @@ def _one_call_at_a_time(method: Callable[..., _T]) -> Callable[..., _T]:
     """Engine calls and :meth:`MusicFlamingoGGUF.close` take turns: ``close()`` waits for a call in progress, and a
     call after it gets "engine is closed" rather than racing the engine's destruction. Once the interpreter is
     exiting (:mod:`.lifecycle`), calls stop as on Ctrl-C."""
+
     @functools.wraps(method)
-    def wrapper(self: "MusicFlamingoGGUF", *args: Any, **kwargs: Any) -> _T:
+    def wrapper(self: MusicFlamingoGGUF, *args: Any, **kwargs: Any) -> _T:
         with self._call_lock:
             lifecycle.raise_if_exiting()
             return method(self, *args, **kwargs)
+
     return wrapper
 
 
@@ -48,12 +52,16 @@ AUDIO_TOKENS_PER_S = 25
 # How audio is put in front of the LLM: the package's names for the engine's _core.Framing members (see
 # cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the framing whose answers came closest to
 # transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
-FRAMINGS = {"llamacpp": "Mtmd", "reference_trim": "ReferenceTrim", "reference_tail": "ReferenceTail",
-            "reference": "Reference"}
+FRAMINGS = {
+    "llamacpp": "Mtmd",
+    "reference_trim": "ReferenceTrim",
+    "reference_tail": "ReferenceTail",
+    "reference": "Reference",
+}
 DEFAULT_FRAMING = "reference"
 
 
-def native_framing(framing: str) -> "_core.Framing":
+def native_framing(framing: str) -> _core.Framing:
     """The engine's framing for one of :data:`FRAMINGS`' names; another name is a ValueError."""
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
@@ -71,7 +79,7 @@ def tracks_in_flight_code(value: int | str) -> int:
     return value
 
 
-def _flash_attn(flash_attn: bool | str | None) -> "_core.FlashAttn":
+def _flash_attn(flash_attn: bool | str | None) -> _core.FlashAttn:
     from . import _core
 
     if flash_attn in (None, "auto"):
@@ -142,9 +150,17 @@ class MusicFlamingoGGUF(Analyzer):
         prepare_ahead: bool = True,
         kv_unified: bool = True,
     ) -> None:
-        super().__init__(options or AnalysisOptions(
-            prompts=prompts, prompts_files=tuple(prompts_files), temperature=temperature, top_p=top_p, seed=seed,
-            max_duration=max_duration))
+        super().__init__(
+            options
+            or AnalysisOptions(
+                prompts=prompts,
+                prompts_files=tuple(prompts_files),
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                max_duration=max_duration,
+            )
+        )
         if model_path is None or mmproj_path is None:
             if model_name is None:
                 raise ModelFileError("give model_name (e.g. 'Q6_K') or both model_path and mmproj_path")
@@ -172,15 +188,30 @@ class MusicFlamingoGGUF(Analyzer):
         self._call_lock = threading.Lock()
         logger.info("loading %s + %s", self.model_path.name, self.mmproj_path.name)
         self._engine = _core.Engine(
-            str(self.model_path), str(self.mmproj_path), n_gpu_layers=n_gpu_layers, mmproj_use_gpu=mmproj_use_gpu,
-            n_threads=n_threads or 0, flash_attn=_flash_attn(flash_attn), n_ctx=n_ctx, n_batch=n_batch,
-            n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_type=kv_cache_type, warmup=warmup,
-            n_sampling_threads=n_sampling_threads, memory_budget_mb=memory_budget_mb, prepare_ahead=prepare_ahead,
-            kv_unified=kv_unified)
+            str(self.model_path),
+            str(self.mmproj_path),
+            n_gpu_layers=n_gpu_layers,
+            mmproj_use_gpu=mmproj_use_gpu,
+            n_threads=n_threads or 0,
+            flash_attn=_flash_attn(flash_attn),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=n_ubatch,
+            n_seq_max=n_seq_max,
+            kv_type=kv_cache_type,
+            warmup=warmup,
+            n_sampling_threads=n_sampling_threads,
+            memory_budget_mb=memory_budget_mb,
+            prepare_ahead=prepare_ahead,
+            kv_unified=kv_unified,
+        )
         lifecycle.track(self)  # closed before the interpreter finalizes, even if a thread is still using it
         self.info = dict(self._engine.info())
-        logger.info("loaded: text model on %s, audio encoder on %s",
-                    self.info["text_model_device"], self.info["audio_encoder_device"])
+        logger.info(
+            "loaded: text model on %s, audio encoder on %s",
+            self.info["text_model_device"],
+            self.info["audio_encoder_device"],
+        )
         self.model_label = "gguf_" + (model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
 
     def chat_pieces(self, system_prompt: str | None = None) -> ChatPieces:
@@ -190,8 +221,11 @@ class MusicFlamingoGGUF(Analyzer):
         template = self.info.get("chat_template", "")
         special = {k: self.info[k] for k in ("bos_token", "eos_token") if self.info.get(k)}
         # the engine reports "chatml" for a GGUF without a template: llama.cpp's assumption, rendered as such
-        return render_pieces(None if template in ("", "chatml") else template,
-                             self.system_prompt if system_prompt is None else system_prompt, special)
+        return render_pieces(
+            None if template in ("", "chatml") else template,
+            self.system_prompt if system_prompt is None else system_prompt,
+            special,
+        )
 
     # --- Analyzer hooks -----------------------------------------------------------------------------------
     def max_analysed_seconds(self) -> float:
@@ -230,8 +264,9 @@ class MusicFlamingoGGUF(Analyzer):
             else:
                 on_result(key, self._analysis(entries, prompts, prepared, result.texts, result.stats, True))
 
-        self.generate_stream(audio(), prompts, done, tracks_in_flight=tracks_in_flight,
-                             max_audio_seconds=self.max_analysed_seconds())
+        self.generate_stream(
+            audio(), prompts, done, tracks_in_flight=tracks_in_flight, max_audio_seconds=self.max_analysed_seconds()
+        )
 
     def _provenance(self) -> dict:
         from .provenance import FileHashCache
@@ -280,12 +315,23 @@ class MusicFlamingoGGUF(Analyzer):
         audio, plist = as_engine_audio(audio), as_prompts(prompts, max_tokens)
         self._check_context(audio, plist)
         fr = self._framing(framing)
-        raw = self._engine.generate(audio, int(sample_rate), [p.to_native() for p in plist], self.system_prompt,
-                                     render_special, fr, debug, self._chat(fr))
+        raw = self._engine.generate(
+            audio,
+            int(sample_rate),
+            [p.to_native() for p in plist],
+            self.system_prompt,
+            render_special,
+            fr,
+            debug,
+            self._chat(fr),
+        )
         result = self._result(raw)
         if debug:
-            result.debug = {"audio_embd": raw.audio_embd, "first_logits": raw.first_logits,
-                            "prompt_tokens": raw.prompt_tokens}
+            result.debug = {
+                "audio_embd": raw.audio_embd,
+                "first_logits": raw.first_logits,
+                "prompt_tokens": raw.prompt_tokens,
+            }
         return result
 
     @_one_call_at_a_time
@@ -309,8 +355,15 @@ class MusicFlamingoGGUF(Analyzer):
             self._check_context(audio, plist)
         native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
         fr = self._framing(framing)
-        raws = self._engine.generate_many(native, int(sample_rate), self.system_prompt, False, fr,
-                                          tracks_in_flight_code(tracks_in_flight), self._chat(fr))
+        raws = self._engine.generate_many(
+            native,
+            int(sample_rate),
+            self.system_prompt,
+            False,
+            fr,
+            tracks_in_flight_code(tracks_in_flight),
+            self._chat(fr),
+        )
         return [self._result(r) for r in raws]
 
     @_one_call_at_a_time
@@ -357,17 +410,29 @@ class MusicFlamingoGGUF(Analyzer):
                 return pcm
             return None
 
-        def done(index: int, raw: "_core.GenerateResult") -> None:
+        def done(index: int, raw: _core.GenerateResult) -> None:
             try:
                 on_result(taken[index], self._result(raw))
             except MusicFlamingoError as e:
                 on_result(taken[index], e)
 
         fr = self._framing(framing)
-        stats = _as_dict(self._engine.run_stream(
-            next_audio, done, plist, TARGET_SAMPLE_RATE, self.system_prompt, False, fr,
-            tracks_in_flight_code(tracks_in_flight), float(max_audio_seconds), bool(profile),
-            -1 if prepare_ahead is None else int(bool(prepare_ahead)), self._chat(fr)))
+        stats = _as_dict(
+            self._engine.run_stream(
+                next_audio,
+                done,
+                plist,
+                TARGET_SAMPLE_RATE,
+                self.system_prompt,
+                False,
+                fr,
+                tracks_in_flight_code(tracks_in_flight),
+                float(max_audio_seconds),
+                bool(profile),
+                -1 if prepare_ahead is None else int(bool(prepare_ahead)),
+                self._chat(fr),
+            )
+        )
         # The stats cover every item of the stream: those refused here never reached the engine's counters.
         stats["tracks"] += refused
         stats["tracks_failed"] += refused
@@ -377,7 +442,7 @@ class MusicFlamingoGGUF(Analyzer):
         """Where the time of the last generate/generate_many/generate_stream went (steps, host, decode, admit)."""
         return _as_dict(self._engine.last_run_stats())
 
-    def _chat(self, framing: "_core.Framing") -> tuple[str, str, str] | None:
+    def _chat(self, framing: _core.Framing) -> tuple[str, str, str] | None:
         """The rendered template pieces for the engine; ``llamacpp`` formats its chat as llama-mtmd-cli does."""
         return None if framing == native_framing("llamacpp") else self.chat_pieces().as_tuple()
 
@@ -393,17 +458,21 @@ class MusicFlamingoGGUF(Analyzer):
                 raise InvalidInputError(
                     f"prompt {i} ({p.name or p.text[:40]!r}): at least {audio_positions} audio positions + "
                     f"max_tokens {p.max_tokens} exceed the model's trained context of {n_ctx_train} "
-                    "(lower max_tokens or shorten the audio)")
+                    "(lower max_tokens or shorten the audio)"
+                )
 
-    def _framing(self, framing: str | None) -> "_core.Framing":
+    def _framing(self, framing: str | None) -> _core.Framing:
         return native_framing(self.framing if framing is None else framing)  # "" is a wrong name, not the default
 
-    def _result(self, raw: "_core.GenerateResult") -> GenerationResult:
+    def _result(self, raw: _core.GenerateResult) -> GenerationResult:
         if raw.error_kind:
-            raise {"InputError": InvalidInputError, "ModelFileError": ModelFileError}.get(
-                raw.error_kind, EngineError)(raw.error)
-        stats = GenerationStats.from_native(raw.stats, devices={
-            "text_model": self.info["text_model_device"], "audio_encoder": self.info["audio_encoder_device"]})
+            raise {"InputError": InvalidInputError, "ModelFileError": ModelFileError}.get(raw.error_kind, EngineError)(
+                raw.error
+            )
+        stats = GenerationStats.from_native(
+            raw.stats,
+            devices={"text_model": self.info["text_model_device"], "audio_encoder": self.info["audio_encoder_device"]},
+        )
         outs = raw.outputs
         return GenerationResult(
             texts=[o.text.decode("utf-8", errors="replace") for o in outs],
@@ -419,7 +488,7 @@ class MusicFlamingoGGUF(Analyzer):
             with self._call_lock:  # after a call in progress, never during it
                 engine.close()
 
-    def __enter__(self) -> "MusicFlamingoGGUF":
+    def __enter__(self) -> MusicFlamingoGGUF:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,6 +8,7 @@ return — and from then on every engine call and every batch step raises ``Keyb
 running in a thread stops as on Ctrl-C (counted as interrupted, nothing recorded as failed) instead of calling a
 closed engine.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -17,7 +18,7 @@ from typing import Any
 
 from ._logging import logger
 
-_live: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
 _exiting = threading.Event()
 
 

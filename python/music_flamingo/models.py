@@ -6,16 +6,16 @@ progress; huggingface_hub supplies the token) into the model folder on first use
 step; ``offline=True``
 or ``HF_HUB_OFFLINE=1`` turns that off and reports exactly which files to put where instead.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 from ._logging import logger
 from .errors import ModelFileError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # The quantizations published for nvidia/music-flamingo-hf.
 MODEL_FILES: dict[str, str] = {
@@ -97,7 +97,7 @@ def _download(url: str, dest: Path, token: str | None, attempts: int = 5) -> Non
         headers["Authorization"] = f"Bearer {token}"
     expected = None
     restarted = False
-    for attempt in range(attempts):
+    for _attempt in range(attempts):
         start = part.stat().st_size if part.exists() else 0
         req = Request(url, headers={**headers, **({"Range": f"bytes={start}-"} if start else {})})
         try:
@@ -107,9 +107,12 @@ def _download(url: str, dest: Path, token: str | None, attempts: int = 5) -> Non
                 etag = (r.headers.get("X-Linked-Etag") or r.headers.get("ETag") or "").strip('W/"')
                 expected = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
                 total = start + int(r.headers.get("Content-Length") or 0)
-                with open(part, "ab" if start else "wb") as f, tqdm(
-                        total=total or None, initial=start, unit="B", unit_scale=True, desc=dest.name,
-                        disable=None) as bar:
+                with (
+                    open(part, "ab" if start else "wb") as f,
+                    tqdm(
+                        total=total or None, initial=start, unit="B", unit_scale=True, desc=dest.name, disable=None
+                    ) as bar,
+                ):
                     while block := r.read(1 << 20):
                         f.write(block)
                         bar.update(len(block))
@@ -122,8 +125,12 @@ def _download(url: str, dest: Path, token: str | None, attempts: int = 5) -> Non
             logger.warning("download of %s failed (%s); retrying", dest.name, e)
             continue
         except (URLError, HTTPException, ConnectionError, TimeoutError) as e:
-            logger.warning("download of %s interrupted at %d bytes (%s); resuming", dest.name,
-                           part.stat().st_size if part.exists() else 0, e)
+            logger.warning(
+                "download of %s interrupted at %d bytes (%s); resuming",
+                dest.name,
+                part.stat().st_size if part.exists() else 0,
+                e,
+            )
             continue
         if expected is not None:
             h = hashlib.sha256()
@@ -134,14 +141,17 @@ def _download(url: str, dest: Path, token: str | None, attempts: int = 5) -> Non
                 part.unlink()
                 if restarted:
                     raise ModelFileError(f"{dest.name}: sha256 does not match the server's after a clean download")
-                logger.warning("%s: checksum mismatch after resuming a stale partial file; downloading again",
-                               dest.name)
+                logger.warning(
+                    "%s: checksum mismatch after resuming a stale partial file; downloading again", dest.name
+                )
                 restarted = True
                 continue
         os.replace(part, dest)
         return
-    raise ModelFileError(f"could not download {dest.name} after {attempts} attempts; the partial file {part} is "
-                         "kept and the next run resumes it")
+    raise ModelFileError(
+        f"could not download {dest.name} after {attempts} attempts; the partial file {part} is "
+        "kept and the next run resumes it"
+    )
 
 
 def resolve_model_files(
@@ -175,7 +185,8 @@ def resolve_model_files(
     except ImportError as exc:
         raise ModelFileError(
             f"model files not found, and huggingface_hub (needed to download them) is not installed; "
-            f"pip install huggingface_hub, or fetch them by hand:\n{listing}") from exc
+            f"pip install huggingface_hub, or fetch them by hand:\n{listing}"
+        ) from exc
 
     directory.mkdir(parents=True, exist_ok=True)
     for path in missing:
@@ -186,11 +197,21 @@ def resolve_model_files(
         except ModelFileError:
             raise
         except Exception as exc:  # HTTP errors (404, 401) and OS errors all mean "not downloaded"
-            raise ModelFileError(f"could not download {path.name} from {repo} ({url}): "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise ModelFileError(
+                f"could not download {path.name} from {repo} ({url}): {type(exc).__name__}: {exc}"
+            ) from exc
         logger.info("downloaded %s (%d bytes)", path, path.stat().st_size)
     return model, mmproj
 
 
-__all__ = ["DEFAULT_MODEL_DIR", "FILE_REPOSITORIES", "MMPROJ_FILE", "MODEL_FILES", "REVISION", "default_model_dir",
-           "file_url", "hub_offline", "resolve_model_files"]
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "FILE_REPOSITORIES",
+    "MMPROJ_FILE",
+    "MODEL_FILES",
+    "REVISION",
+    "default_model_dir",
+    "file_url",
+    "hub_offline",
+    "resolve_model_files",
+]

@@ -8,20 +8,22 @@ hours of batch captioning is expensive.
 Fields a prompt does not set come from ``defaults`` once all files are merged, so a user file that changes
 ``defaults.temperature`` changes every prompt that does not pin its own.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
-from ._logging import logger
 from . import validation
+from ._logging import logger
 from .datatypes import Prompt
 from .errors import PromptConfigError
 from .fsutil import read_regular_file
@@ -42,6 +44,7 @@ _REQUIRED = ("key", "text", "max_tokens")
 
 # --- entries -----------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PromptEntry:
     """One catalogue prompt, fully resolved. ``source`` is the file that last set any of its fields."""
@@ -57,8 +60,9 @@ class PromptEntry:
     seed: int
     source: str = PACKAGED_SOURCE
 
-    def to_prompt(self, temperature: float | None = None, top_p: float | None = None,
-                  seed: int | None = None) -> Prompt:
+    def to_prompt(
+        self, temperature: float | None = None, top_p: float | None = None, seed: int | None = None
+    ) -> Prompt:
         """The engine's :class:`~music_flamingo.datatypes.Prompt`; ``None`` keeps the catalogue's value, anything
         else (from the CLI or :class:`~music_flamingo.analyzer.AnalysisOptions`) overrides it."""
         return Prompt(
@@ -73,8 +77,17 @@ class PromptEntry:
         )
 
     def _hash_fields(self) -> list[Any]:
-        return [self.name, self.key, self.text, self.max_tokens, self.temperature, self.top_p, self.top_k,
-                self.repeat_penalty, self.seed]
+        return [
+            self.name,
+            self.key,
+            self.text,
+            self.max_tokens,
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.repeat_penalty,
+            self.seed,
+        ]
 
 
 @dataclass
@@ -129,13 +142,22 @@ class Catalogue:
             _FIELD_CHECKS[name](value, _Where(source, "prompt 'custom'", name))
         clash = [e.name for e in self.entries.values() if e.key == key]
         if clash:
-            raise PromptConfigError(f"{source}: prompt 'custom': field 'key': {key!r} is already the key of "
-                                    f"prompt {clash[0]!r}; choose another key")
-        return PromptEntry(name="custom", key=key, text=text, max_tokens=max_tokens, source=source,
-                           **{k: self.defaults[k] for k in _SAMPLING})
+            raise PromptConfigError(
+                f"{source}: prompt 'custom': field 'key': {key!r} is already the key of "
+                f"prompt {clash[0]!r}; choose another key"
+            )
+        return PromptEntry(
+            name="custom",
+            key=key,
+            text=text,
+            max_tokens=max_tokens,
+            source=source,
+            **{k: self.defaults[k] for k in _SAMPLING},
+        )
 
 
 # --- validation --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Where:
@@ -163,16 +185,19 @@ def _check_text(v: Any, w: _Where) -> None:
 
 def _checked(check: Callable[[Any], str | None]) -> Callable[[Any, _Where], None]:
     """A field check of :mod:`.validation` (one place for every range) that names the file, prompt and field."""
+
     def run(v: Any, w: _Where) -> None:
         problem = check(v)
         if problem is not None:
             raise w.error(problem)
+
     return run
 
 
 _FIELD_CHECKS: dict[str, Callable[[Any, _Where], None]] = {
-    "key": _check_key, "text": _check_text, **{name: _checked(getattr(validation, name)) for name in
-                                               ("max_tokens", *_SAMPLING)},
+    "key": _check_key,
+    "text": _check_text,
+    **{name: _checked(getattr(validation, name)) for name in ("max_tokens", *_SAMPLING)},
 }
 
 
@@ -190,7 +215,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
             continue  # unhashable keys: construct_mapping below reports them
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark)
+                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+            )
         seen.add(key)
     return loader.construct_mapping(node, deep=True)
 
@@ -213,16 +239,19 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
         logger.warning("prompt file %s is empty", source)
         return {}
     if not isinstance(data, dict):
-        raise PromptConfigError(f"{source}: the top level must be a mapping with keys {', '.join(_TOP_LEVEL)}, "
-                                f"got {type(data).__name__}")
+        raise PromptConfigError(
+            f"{source}: the top level must be a mapping with keys {', '.join(_TOP_LEVEL)}, got {type(data).__name__}"
+        )
     unknown = [str(k) for k in data if k not in _TOP_LEVEL]
     if unknown:
-        raise PromptConfigError(f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
-                                f"allowed: {', '.join(_TOP_LEVEL)}")
+        raise PromptConfigError(
+            f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_TOP_LEVEL)}"
+        )
     return data
 
 
 # --- merging -----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Raw:
@@ -240,7 +269,8 @@ def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
     """Validate one parsed file and layer it over ``raw``."""
     if "version" in data and (not validation.is_int(data["version"]) or data["version"] != CATALOGUE_VERSION):
         raise _Where(source, "top level", "version").error(
-            f"this package reads catalogue version {CATALOGUE_VERSION}, got {data['version']!r}")
+            f"this package reads catalogue version {CATALOGUE_VERSION}, got {data['version']!r}"
+        )
 
     defaults = data.get("defaults", {})
     if defaults is None:
@@ -264,15 +294,18 @@ def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
         prompts = {}
     if not isinstance(prompts, dict):
         raise _Where(source, "prompts", "prompts").error(
-            f"must be a mapping of prompt name -> fields, got {type(prompts).__name__}")
+            f"must be a mapping of prompt name -> fields, got {type(prompts).__name__}"
+        )
     for name, entry in prompts.items():
         label = f"prompt '{name}'"
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise _Where(source, label, "name").error(
-                f"prompt names must match {_NAME_RE.pattern} (no spaces or commas), got {name!r}")
+                f"prompt names must match {_NAME_RE.pattern} (no spaces or commas), got {name!r}"
+            )
         if not isinstance(entry, dict):
             raise _Where(source, label, "fields").error(
-                f"each prompt must be a mapping of fields ({', '.join(_ENTRY_FIELDS)}), got {entry!r}")
+                f"each prompt must be a mapping of fields ({', '.join(_ENTRY_FIELDS)}), got {entry!r}"
+            )
         for fname, value in entry.items():
             if fname not in _ENTRY_FIELDS:
                 raise _Where(source, label, str(fname)).error(f"unknown field; allowed: {', '.join(_ENTRY_FIELDS)}")
@@ -280,8 +313,7 @@ def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
         if name not in raw.prompts:
             for fname in _REQUIRED:
                 if fname not in entry:
-                    raise _Where(source, label, fname).error(
-                        f"missing; a new prompt needs {', '.join(_REQUIRED)}")
+                    raise _Where(source, label, fname).error(f"missing; a new prompt needs {', '.join(_REQUIRED)}")
         raw.prompts.setdefault(name, {}).update(entry)
         raw.prompt_sources[name] = source
 
@@ -292,7 +324,8 @@ def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
             if other in prompts and name not in prompts:  # name the prompt this file touched
                 name, other = other, name
             raise _Where(source, f"prompt '{name}'", "key").error(
-                f"{entry['key']!r} is also the key of prompt '{other}'; each prompt needs its own output key")
+                f"{entry['key']!r} is also the key of prompt '{other}'; each prompt needs its own output key"
+            )
     raw.sources.append(source)
 
 
@@ -304,17 +337,29 @@ def _resolve(raw: _Raw) -> Catalogue:
     for name in raw.default_set:
         if name not in raw.prompts:
             raise _Where(raw.default_set_source, "default_set", "default_set").error(
-                f"unknown prompt {name!r}; available: {', '.join(raw.prompts)}")
+                f"unknown prompt {name!r}; available: {', '.join(raw.prompts)}"
+            )
     entries: dict[str, PromptEntry] = {}
     for name, fields in raw.prompts.items():
         values = {**raw.defaults, **fields}
         entries[name] = PromptEntry(
-            name=name, key=values["key"], text=values["text"], max_tokens=values["max_tokens"],
-            temperature=float(values["temperature"]), top_p=float(values["top_p"]), top_k=values["top_k"],
-            repeat_penalty=float(values["repeat_penalty"]), seed=values["seed"], source=raw.prompt_sources[name],
+            name=name,
+            key=values["key"],
+            text=values["text"],
+            max_tokens=values["max_tokens"],
+            temperature=float(values["temperature"]),
+            top_p=float(values["top_p"]),
+            top_k=values["top_k"],
+            repeat_penalty=float(values["repeat_penalty"]),
+            seed=values["seed"],
+            source=raw.prompt_sources[name],
         )
-    return Catalogue(entries=entries, default_set=list(dict.fromkeys(raw.default_set)),
-                     defaults=dict(raw.defaults), sources=list(raw.sources))
+    return Catalogue(
+        entries=entries,
+        default_set=list(dict.fromkeys(raw.default_set)),
+        defaults=dict(raw.defaults),
+        sources=list(raw.sources),
+    )
 
 
 def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalogue:
@@ -333,6 +378,10 @@ def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalo
         _merge_file(raw, _parse_yaml(text, source), source)
         logger.debug("prompt file %s layered over the catalogue", source)
     catalogue = _resolve(raw)
-    logger.debug("prompt catalogue: %d prompts from %s; default set %s", len(catalogue.entries),
-                 ", ".join(catalogue.sources), ",".join(catalogue.default_set))
+    logger.debug(
+        "prompt catalogue: %d prompts from %s; default set %s",
+        len(catalogue.entries),
+        ", ".join(catalogue.sources),
+        ",".join(catalogue.default_set),
+    )
     return catalogue

@@ -1,6 +1,7 @@
 """Where a description came from: :class:`FileHashCache` hashes multi-gigabyte model files once per (path, size,
 mtime), so the model's sha256 can be recorded in each sidecar without rereading gigabytes per track.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -93,9 +94,14 @@ class FileHashCache:
         if not isinstance(files, dict):
             logger.warning("ignoring hash cache %s: unexpected format", self.cache_file)
             return {}
-        return {k: v for k, v in files.items()
-                if isinstance(v, dict) and isinstance(v.get("sha256"), str)
-                and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int)}
+        return {
+            k: v
+            for k, v in files.items()
+            if isinstance(v, dict)
+            and isinstance(v.get("sha256"), str)
+            and isinstance(v.get("size"), int)
+            and isinstance(v.get("mtime_ns"), int)
+        }
 
     def _save(self, key: str, entry: dict[str, Any]) -> None:
         """Merge ``entry`` into the cache file; other processes' entries written meanwhile are kept."""
@@ -106,8 +112,9 @@ class FileHashCache:
                 on_disk[key] = entry
                 for k, v in on_disk.items():
                     self._entries.setdefault(k, v)  # type: ignore[union-attr]
-                text = json.dumps({"version": _HASH_CACHE_VERSION, "files": on_disk}, indent=2,
-                                  ensure_ascii=False) + "\n"
+                text = (
+                    json.dumps({"version": _HASH_CACHE_VERSION, "files": on_disk}, indent=2, ensure_ascii=False) + "\n"
+                )
                 atomic_write_text(self.cache_file, text)
         except (OSError, SidecarError) as exc:
             logger.warning("could not save hash cache %s: %s", self.cache_file, exc)

@@ -18,6 +18,7 @@ the rules here are about never losing their data:
 * the temporary file of a write that was killed (SIGKILL, power loss) is removed by the next batch run
   (:func:`remove_stale_temp_files`), only once no writer holds its sidecar's lock.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,9 @@ import re
 import stat
 import tempfile
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -36,7 +38,7 @@ from ._logging import logger
 from .errors import SidecarError
 from .fsutil import read_regular_file
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 SIDECAR_SUFFIX = ".INFO"
 # In an organized track folder the mix is ``<folder>/full_mix.<ext>`` and the sidecar is named after the folder.
@@ -109,7 +111,8 @@ def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]
             text = json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
             raise SidecarError(
-                f"value for key {key!r} cannot be stored as JSON ({exc}); {path} was left untouched") from exc
+                f"value for key {key!r} cannot be stored as JSON ({exc}); {path} was left untouched"
+            ) from exc
         rendered[key] = text.replace("\n", "\n  ")  # nested lines indented as json.dump(indent=2) would
 
     # Write through symlinks instead of replacing them, and lock the file that is actually written.
@@ -118,8 +121,10 @@ def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]
     try:
         lock.acquire()
     except Timeout as exc:
-        raise SidecarError(f"could not lock sidecar {path} within {LOCK_TIMEOUT_S:.0f} s ({exc.lock_file} is held); "
-                           "it was left untouched") from exc
+        raise SidecarError(
+            f"could not lock sidecar {path} within {LOCK_TIMEOUT_S:.0f} s ({exc.lock_file} is held); "
+            "it was left untouched"
+        ) from exc
     except OSError as exc:
         raise SidecarError(f"could not lock sidecar {path} ({exc}); it was left untouched") from exc
     try:
@@ -189,8 +194,7 @@ def _parse_object(text: str, path: Path) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise SidecarError(f"sidecar {path} is not valid JSON ({exc}); it was left untouched") from exc
     if not isinstance(data, dict):
-        raise SidecarError(
-            f"sidecar {path} holds a JSON {type(data).__name__}, not an object; it was left untouched")
+        raise SidecarError(f"sidecar {path} holds a JSON {type(data).__name__}, not an object; it was left untouched")
     return data
 
 
@@ -337,5 +341,13 @@ def remove_stale_temp_files(root: PathLike) -> list[Path]:
     return removed
 
 
-__all__ = ["LOCK_TIMEOUT_S", "SIDECAR_SUFFIX", "atomic_write_text", "has_keys", "read_sidecar",
-           "remove_stale_temp_files", "sidecar_path", "update_sidecar"]
+__all__ = [
+    "LOCK_TIMEOUT_S",
+    "SIDECAR_SUFFIX",
+    "atomic_write_text",
+    "has_keys",
+    "read_sidecar",
+    "remove_stale_temp_files",
+    "sidecar_path",
+    "update_sidecar",
+]

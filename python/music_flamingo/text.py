@@ -10,6 +10,7 @@ The function is idempotent (a cleaned caption cleaned again is unchanged), so da
 safely. One pass is already a fixed point for ordinary model output; for adversarial input (markdown markers that
 only appear once other markup is removed) passes repeat until nothing changes.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,20 +21,37 @@ __all__ = ["normalize_music_flamingo_text"]
 
 # --- characters --------------------------------------------------------------------------------------------------
 
-_DASHES = "\u2010\u2011\u2012\u2013\u2212"             # hyphen, non-breaking hyphen, figure dash, en dash, minus
-_LONG_DASHES = "\u2014\u2015"                           # em dash, horizontal bar: parenthetical, so spaced
+_DASHES = "\u2010\u2011\u2012\u2013\u2212"  # hyphen, non-breaking hyphen, figure dash, en dash, minus
+_LONG_DASHES = "\u2014\u2015"  # em dash, horizontal bar: parenthetical, so spaced
 _SINGLE_QUOTES = "\u2018\u2019\u201a\u201b\u2032\u2039\u203a"  # ‘ ’ ‚ ‛ ′ ‹ ›
 _DOUBLE_QUOTES = "\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb"  # “ ” „ ‟ ″ « »
 _SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
 # Invisible format characters: no glyph, no piece in a T5 vocabulary, and they break word matching.
-_INVISIBLE = "\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063" \
-             "\u2064\u2066\u2067\u2068\u2069\ufeff"
+_INVISIBLE = (
+    "\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063"
+    "\u2064\u2066\u2067\u2068\u2069\ufeff"
+)
 _BULLETS = "\u2022\u00b7\u2023\u2043\u2219\u25e6\u25cf\u25aa"  # • · ‣ ⁃ ∙ ◦ ● ▪
 _ARROWS = {
-    "\u2192": "->", "\u27f6": "->", "\u2794": "->", "\u279c": "->", "\u279d": "->", "\u279e": "->", "\u21fe": "->",
-    "\u2190": "<-", "\u27f5": "<-", "\u2194": "<->", "\u27f7": "<->",
-    "\u21d2": "=>", "\u27f9": "=>", "\u21d0": "<=", "\u27f8": "<=", "\u21d4": "<=>", "\u27fa": "<=>",
-    "\u2191": "up", "\u2193": "down",
+    "\u2192": "->",
+    "\u27f6": "->",
+    "\u2794": "->",
+    "\u279c": "->",
+    "\u279d": "->",
+    "\u279e": "->",
+    "\u21fe": "->",
+    "\u2190": "<-",
+    "\u27f5": "<-",
+    "\u2194": "<->",
+    "\u27f7": "<->",
+    "\u21d2": "=>",
+    "\u27f9": "=>",
+    "\u21d0": "<=",
+    "\u27f8": "<=",
+    "\u21d4": "<=>",
+    "\u27fa": "<=>",
+    "\u2191": "up",
+    "\u2193": "down",
 }
 _MUSIC = {"\u266f": "#", "\u266d": "b", "\u266e": "natural", "\U0001d12a": "##", "\U0001d12b": "bb"}
 
@@ -58,29 +76,38 @@ _TRANSLATION: dict[int, str] = {
 
 #: Characters the output never contains (bullets are handled as list markers or separators, not by the table).
 TYPOGRAPHIC_CHARS: frozenset[str] = frozenset(
-    _DASHES + _LONG_DASHES + _SINGLE_QUOTES + _DOUBLE_QUOTES + _SPACES + _INVISIBLE + _BULLETS + "\u2026\u00d7"
-    + "".join(_ARROWS) + "".join(_MUSIC) + "\ufffd"
+    _DASHES
+    + _LONG_DASHES
+    + _SINGLE_QUOTES
+    + _DOUBLE_QUOTES
+    + _SPACES
+    + _INVISIBLE
+    + _BULLETS
+    + "\u2026\u00d7"
+    + "".join(_ARROWS)
+    + "".join(_MUSIC)
+    + "\ufffd"
 )
 
 # --- patterns ----------------------------------------------------------------------------------------------------
 
-_NATURAL_AFTER_NOTE = re.compile(r"(?<=[A-Ga-g])\u266e")            # "C♮" -> "C natural", not "Cnatural"
-_INLINE_BULLET = re.compile(rf"\s*(?:[{_BULLETS}]\s*)+")            # "Rock · Pop" -> "Rock, Pop"
+_NATURAL_AFTER_NOTE = re.compile(r"(?<=[A-Ga-g])\u266e")  # "C♮" -> "C natural", not "Cnatural"
+_INLINE_BULLET = re.compile(rf"\s*(?:[{_BULLETS}]\s*)+")  # "Rock · Pop" -> "Rock, Pop"
 _LEADING_BULLET = re.compile(rf"^\s*[{_BULLETS}]\s*")
 
 _CODE_FENCE = re.compile(r"^\s*(?:`{3,}|~{3,})\s*[A-Za-z0-9_+.-]*\s*$")
-_RULE = re.compile(r"^\s*([-*_=])(?:\s*\1){2,}\s*$")                  # --- *** ___ === (and setext underlines)
-_TABLE_SEPARATOR = re.compile(r"^\s*\|[\s|:-]*-[\s|:-]*$")           # |---|:--:|
-_HEADING = re.compile(r"^\s*#{1,6}(?:\s+|$)")                        # "# x" only: "C# major" and "#1" stay
+_RULE = re.compile(r"^\s*([-*_=])(?:\s*\1){2,}\s*$")  # --- *** ___ === (and setext underlines)
+_TABLE_SEPARATOR = re.compile(r"^\s*\|[\s|:-]*-[\s|:-]*$")  # |---|:--:|
+_HEADING = re.compile(r"^\s*#{1,6}(?:\s+|$)")  # "# x" only: "C# major" and "#1" stay
 _HEADING_CLOSE = re.compile(r"\s+#+\s*$")
 _BLOCKQUOTE = re.compile(r"^\s*>\s*")
-_LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\(?\d{1,2}[.)])\s+")        # "- x", "* x", "+ x", "1. x", "(2) x"
+_LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\(?\d{1,2}[.)])\s+")  # "- x", "* x", "+ x", "1. x", "(2) x"
 
 # Emphasis: the delimiters must not touch a word on their outer side, so snake_case, 2**3 and 4*4 are left alone.
 # Spans are bounded (real emphasis is a few words) so runaway output full of stray "*" stays linear in time.
 _STAR_EMPHASIS = re.compile(r"(?<![\w*])(\*{1,3})(?![\s*])(.{1,400}?)(?<![\s*])\1(?![\w*])")
 _UNDERSCORE_EMPHASIS = re.compile(r"(?<!\w)(_{1,3})(?![\s_])(.{1,400}?)(?<![\s_])\1(?!\w)")
-_STRAY_STARS = re.compile(r"(?<!\w)\*{2,}|\*{2,}(?!\w)")             # unbalanced "**" from truncated output
+_STRAY_STARS = re.compile(r"(?<!\w)\*{2,}|\*{2,}(?!\w)")  # unbalanced "**" from truncated output
 _WHITESPACE = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+(?=[.,!?;:](?:\s|$))")
 
@@ -91,6 +118,7 @@ _MAX_PASSES = 8
 
 
 # --- one line ----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Line:
@@ -144,6 +172,7 @@ def _clean_line(raw: str) -> _Line | None:
 
 # --- lines into sentences ----------------------------------------------------------------------------------------
 
+
 def _ends_sentence(s: str) -> bool:
     return bool(_SENTENCE_END.search(s))
 
@@ -179,6 +208,7 @@ def _flatten(lines: list[_Line]) -> str:
 
 
 # --- public ------------------------------------------------------------------------------------------------------
+
 
 def _one_pass(text: str) -> str:
     s = _NATURAL_AFTER_NOTE.sub(" \u266e", text)

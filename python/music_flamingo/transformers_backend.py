@@ -8,6 +8,7 @@ all prompts of a sampling group are answered by one batched ``generate`` on left
 
 torch and transformers are imported only when a model is loaded, so ``import music_flamingo`` never needs them.
 """
+
 from __future__ import annotations
 
 import gc
@@ -15,8 +16,9 @@ import inspect
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -27,15 +29,23 @@ from .chat_template import AUDIO_TEXT_SEPARATOR, TEXT_SLOT, ChatPieces, split_re
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError
 
-PromptLike = Union[Prompt, str]
+PromptLike = Prompt | str
 
 # model_type -> (transformers class, first transformers release that has it, seconds the model was trained for)
 MODEL_TYPES: dict[str, tuple[str, str, float]] = {
     "audioflamingo3": ("AudioFlamingo3ForConditionalGeneration", "5.0.0", 600.0),
     "musicflamingo": ("MusicFlamingoForConditionalGeneration", "5.5.0", 1200.0),
 }
-_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16",
-           "float32": "float32", "fp32": "float32", "float": "float32"}
+_DTYPES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
 _WINDOW_SECONDS = 30
 
 
@@ -44,8 +54,10 @@ def _import_torch_transformers():
         import torch
         import transformers
     except ImportError as e:
-        raise ModelFileError(f"the transformers backend needs torch and transformers ({e}); install them with "
-                             "pip install 'music-flamingo[transformers]'") from e
+        raise ModelFileError(
+            f"the transformers backend needs torch and transformers ({e}); install them with "
+            "pip install 'music-flamingo[transformers]'"
+        ) from e
     return torch, transformers
 
 
@@ -62,7 +74,7 @@ def _resolve_dtype(torch, dtype):
     return getattr(torch, name)
 
 
-def _target_device(torch, device_map) -> "Any":
+def _target_device(torch, device_map) -> Any:
     """The device the text model will mostly live on, as from_pretrained's ``device_map`` will place it."""
     if device_map in (None, "auto", "balanced", "balanced_low_0", "sequential"):
         if torch.cuda.is_available():
@@ -93,12 +105,12 @@ def _choose_attention(torch, use_flash_attention: bool, device, dtype) -> str:
         logger.info("attention: SDPA (flash attention not requested)")
         return "sdpa"
     if device.type != "cuda":
-        logger.info("attention: SDPA (FlashAttention-2 needs a CUDA or ROCm device; the model runs on %s)",
-                    device.type)
+        logger.info("attention: SDPA (FlashAttention-2 needs a CUDA or ROCm device; the model runs on %s)", device.type)
         return "sdpa"
     if dtype not in (torch.float16, torch.bfloat16, "auto"):
-        logger.info("attention: SDPA (FlashAttention-2 needs float16 or bfloat16, not %s)",
-                    str(dtype).removeprefix("torch."))
+        logger.info(
+            "attention: SDPA (FlashAttention-2 needs float16 or bfloat16, not %s)", str(dtype).removeprefix("torch.")
+        )
         return "sdpa"
     ok, why = _flash_attn_importable()
     if not ok:
@@ -155,9 +167,17 @@ class MusicFlamingoTransformers(Analyzer):
         options: AnalysisOptions | None = None,
         system_prompt: str = "",
     ) -> None:
-        super().__init__(options or AnalysisOptions(
-            prompts=prompts, prompts_files=tuple(prompts_files), temperature=temperature, top_p=top_p, seed=seed,
-            max_duration=max_duration))
+        super().__init__(
+            options
+            or AnalysisOptions(
+                prompts=prompts,
+                prompts_files=tuple(prompts_files),
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                max_duration=max_duration,
+            )
+        )
         self.system_prompt = system_prompt
         torch, transformers = _import_torch_transformers()
         self._torch = torch
@@ -167,38 +187,46 @@ class MusicFlamingoTransformers(Analyzer):
         mid = self.model_id
         looks_local = os.path.isabs(mid) or mid.startswith((".", "~")) or mid.count("/") > 1
         if looks_local and not Path(self.model_id).expanduser().is_dir():
-            raise ModelFileError(f"no checkpoint folder at {self.model_id!r} (give a local folder or a Hub id such as "
-                                 "nvidia/music-flamingo-hf)")
+            raise ModelFileError(
+                f"no checkpoint folder at {self.model_id!r} (give a local folder or a Hub id such as "
+                "nvidia/music-flamingo-hf)"
+            )
         if looks_local:
             self.model_id = str(Path(self.model_id).expanduser())
         # --- which class: from config.json alone, so an old transformers still says what it lacks ---
         try:
-            config_dict, _ = transformers.PretrainedConfig.get_config_dict(self.model_id,
-                                                                           local_files_only=local_files_only)
+            config_dict, _ = transformers.PretrainedConfig.get_config_dict(
+                self.model_id, local_files_only=local_files_only
+            )
         except (OSError, ValueError) as e:
             raise ModelFileError(f"could not read the config of {self.model_id!r}: {e}") from e
         self.model_type = str(config_dict.get("model_type", ""))
         if not self.model_type:
-            raise ModelFileError(f"{self.model_id!r} has no config.json naming a model_type: not a transformers "
-                                 "checkpoint")
+            raise ModelFileError(
+                f"{self.model_id!r} has no config.json naming a model_type: not a transformers checkpoint"
+            )
         if self.model_type not in MODEL_TYPES:
-            raise ModelFileError(f"{self.model_id!r} is not a Music Flamingo checkpoint: model_type "
-                                 f"{self.model_type!r}, expected one of {sorted(MODEL_TYPES)}")
+            raise ModelFileError(
+                f"{self.model_id!r} is not a Music Flamingo checkpoint: model_type "
+                f"{self.model_type!r}, expected one of {sorted(MODEL_TYPES)}"
+            )
         cls_name, min_version, trained_seconds = MODEL_TYPES[self.model_type]
         model_cls = getattr(transformers, cls_name, None)
         if model_cls is None:
             raise ModelFileError(
                 f"{self.model_id!r} is a {self.model_type!r} checkpoint ({cls_name}), which needs transformers>="
                 f"{min_version}; this is transformers {transformers.__version__}. Upgrade with "
-                f"pip install -U 'transformers>={min_version}'")
+                f"pip install -U 'transformers>={min_version}'"
+            )
         self.max_duration_default = trained_seconds
 
         # --- where, in what precision, with which attention ---
         requested_dtype = _resolve_dtype(torch, dtype)
         device = _target_device(torch, device_map)
         self.attn_implementation = _choose_attention(torch, use_flash_attention, device, requested_dtype)
-        load_kw: dict[str, Any] = dict(dtype=requested_dtype, attn_implementation=self.attn_implementation,
-                                       local_files_only=local_files_only)
+        load_kw: dict[str, Any] = dict(
+            dtype=requested_dtype, attn_implementation=self.attn_implementation, local_files_only=local_files_only
+        )
         move_to = None
         if device_map is not None:
             from transformers.utils import is_accelerate_available
@@ -213,8 +241,9 @@ class MusicFlamingoTransformers(Analyzer):
         logger.info("loading %s (%s) as %s", self.model_id, self.model_type, cls_name)
         t0 = time.perf_counter()
         try:
-            self._processor = transformers.AutoProcessor.from_pretrained(self.model_id,
-                                                                         local_files_only=local_files_only)
+            self._processor = transformers.AutoProcessor.from_pretrained(
+                self.model_id, local_files_only=local_files_only
+            )
             model = model_cls.from_pretrained(self.model_id, **load_kw)
         except OSError as e:
             raise ModelFileError(f"could not load {self.model_id!r}: {e}") from e
@@ -228,16 +257,16 @@ class MusicFlamingoTransformers(Analyzer):
         self.commit_hash = getattr(self._model.config, "_commit_hash", None) or config_dict.get("_commit_hash")
         self._tokenizer = self._processor.tokenizer
         self.audio_token_id = int(self._model.config.audio_token_id)
-        self._audio_features_takes_ids = "input_ids" in inspect.signature(
-            self._model.get_audio_features).parameters
+        self._audio_features_takes_ids = "input_ids" in inspect.signature(self._model.get_audio_features).parameters
         gc_cfg = self._model.generation_config
         eos = gc_cfg.eos_token_id if gc_cfg is not None else None
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         if self._tokenizer.eos_token_id is not None and self._tokenizer.eos_token_id not in eos:
             eos.append(self._tokenizer.eos_token_id)
         if not eos:
-            raise ModelFileError(f"{self.model_id!r}: neither the generation config nor the tokenizer names an "
-                                 "end-of-sequence token")
+            raise ModelFileError(
+                f"{self.model_id!r}: neither the generation config nor the tokenizer names an end-of-sequence token"
+            )
         self.eos_token_ids: list[int] = eos
         pad = self._tokenizer.pad_token_id
         if pad is None:
@@ -247,13 +276,15 @@ class MusicFlamingoTransformers(Analyzer):
         # The prompts' own settings decide how to sample, as in the GGUF backend: nothing is inherited from the
         # checkpoint's generation_config.json but its special tokens.
         self._model.generation_config = transformers.GenerationConfig(
-            eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id)
+            eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id
+        )
         self.torch_compile = bool(torch_compile)
         if self.torch_compile:
             logger.info("compiling the model's forward with torch.compile")
             self._model.forward = torch.compile(self._model.forward, dynamic=True)
-        logger.info("loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."),
-                    self.device)
+        logger.info(
+            "loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."), self.device
+        )
 
     # --- Analyzer hooks -----------------------------------------------------------------------------------
     def _generate(self, pcm, prompts):
@@ -287,8 +318,15 @@ class MusicFlamingoTransformers(Analyzer):
         question; the system message is ``system_prompt`` or the template's default), cut at the audio placeholder
         and the question. The same pieces the GGUF backend renders from its GGUF (music_flamingo.chat_template)."""
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": [{"type": "audio", "audio": pcm},
-                                                     {"type": "text", "text": AUDIO_TEXT_SEPARATOR + TEXT_SLOT}]})
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio", "audio": pcm},
+                    {"type": "text", "text": AUDIO_TEXT_SEPARATOR + TEXT_SLOT},
+                ],
+            }
+        )
         rendered = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return split_rendered(rendered, audio_slot=self._processor.audio_token)
 
@@ -301,12 +339,15 @@ class MusicFlamingoTransformers(Analyzer):
         text (special tokens typed in a prompt stay text, as in the GGUF backend) between ``mid`` and ``tail``."""
         torch = self._torch
         pieces = self.chat_pieces(pcm)
-        feats = self._processor(text=[pieces.head + self._processor.audio_token + pieces.mid], audio=[pcm],
-                                return_tensors="pt")
+        feats = self._processor(
+            text=[pieces.head + self._processor.audio_token + pieces.mid], audio=[pcm], return_tensors="pt"
+        )
         prefix = feats["input_ids"][0][feats["attention_mask"][0].bool()].tolist()
         tail = self._tokenizer.encode(pieces.tail, add_special_tokens=False)
-        ids = [prefix + self._tokenizer.encode(t, add_special_tokens=False, split_special_tokens=True) + tail
-               for t in texts]
+        ids = [
+            prefix + self._tokenizer.encode(t, add_special_tokens=False, split_special_tokens=True) + tail
+            for t in texts
+        ]
         shared = 0
         for column in zip(*ids):
             if any(c != column[0] for c in column):
@@ -343,8 +384,10 @@ class MusicFlamingoTransformers(Analyzer):
         model = self._require_model()
         audio = as_engine_audio(audio)
         if int(sample_rate) != TARGET_SAMPLE_RATE:
-            raise InvalidInputError(f"audio arrays must be at {TARGET_SAMPLE_RATE} Hz, got {sample_rate}; convert "
-                                    "with music_flamingo.audio.load_audio")
+            raise InvalidInputError(
+                f"audio arrays must be at {TARGET_SAMPLE_RATE} Hz, got {sample_rate}; convert "
+                "with music_flamingo.audio.load_audio"
+            )
         pcm = np.ascontiguousarray(audio, dtype=np.float32)
         if pcm.ndim != 1 or pcm.size == 0:
             raise InvalidInputError(f"audio must be a non-empty mono array, got shape {pcm.shape}")
@@ -365,8 +408,9 @@ class MusicFlamingoTransformers(Analyzer):
             audio_embeds = self._encode_audio(feats, ids0)
             n_audio = int((ids0 == self.audio_token_id).sum())
             if audio_embeds.shape[0] != n_audio:
-                raise EngineError(f"the audio encoder gave {audio_embeds.shape[0]} embeddings for {n_audio} audio "
-                                  "tokens")
+                raise EngineError(
+                    f"the audio encoder gave {audio_embeds.shape[0]} embeddings for {n_audio} audio tokens"
+                )
             embed = model.get_input_embeddings()
             audio_embeds = audio_embeds.to(self.device, embed.weight.dtype)
             rows = []
@@ -381,8 +425,11 @@ class MusicFlamingoTransformers(Analyzer):
 
             groups: dict[tuple, list[int]] = {}
             for i, p in enumerate(plist):
-                key = (("greedy", p.repeat_penalty) if p.temperature <= 0 else
-                       ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed))
+                key = (
+                    ("greedy", p.repeat_penalty)
+                    if p.temperature <= 0
+                    else ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed)
+                )
                 groups.setdefault(key, []).append(i)
             tokens: list[list[int]] = [[] for _ in plist]
             stops: list[str] = ["max_tokens"] * len(plist)
@@ -397,23 +444,32 @@ class MusicFlamingoTransformers(Analyzer):
                 attention = torch.zeros(len(members), width, dtype=torch.long, device=self.device)
                 for b, i in enumerate(members):  # left padding
                     n = rows[i].shape[0]
-                    embeds[b, width - n:] = rows[i]
-                    attention[b, width - n:] = 1
+                    embeds[b, width - n :] = rows[i]
+                    attention[b, width - n :] = 1
                 sampled = key[0] == "sample"
                 # Every sampling field explicit: generate() fills unset ones from its global defaults (top_k 50).
                 # top_k 0 disables top-k there as in llama.cpp; the neutral values keep greedy free of warnings.
                 gen_cfg = GenerationConfig(
-                    max_new_tokens=max_new, do_sample=sampled, num_beams=1,
-                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id,
+                    max_new_tokens=max_new,
+                    do_sample=sampled,
+                    num_beams=1,
+                    eos_token_id=self.eos_token_ids,
+                    pad_token_id=self.pad_token_id,
+                    bos_token_id=self.bos_token_id,
                     repetition_penalty=p0.repeat_penalty,
-                    **(dict(temperature=p0.temperature, top_p=p0.top_p, top_k=p0.top_k, min_p=p0.min_p or None)
-                       if sampled else dict(temperature=1.0, top_p=1.0, top_k=50)))
+                    **(
+                        dict(temperature=p0.temperature, top_p=p0.top_p, top_k=p0.top_k, min_p=p0.min_p or None)
+                        if sampled
+                        else dict(temperature=1.0, top_p=1.0, top_k=50)
+                    ),
+                )
                 clock = _FirstStepClock(sync)
                 if sampled:
                     torch.manual_seed(p0.seed)
                 t0 = time.perf_counter()
-                out = model.generate(inputs_embeds=embeds, attention_mask=attention, generation_config=gen_cfg,
-                                     logits_processor=[clock])
+                out = model.generate(
+                    inputs_embeds=embeds, attention_mask=attention, generation_config=gen_cfg, logits_processor=[clock]
+                )
                 sync()
                 t1 = time.perf_counter()
                 first = clock.t_first if clock.t_first is not None else t1
@@ -421,7 +477,7 @@ class MusicFlamingoTransformers(Analyzer):
                 decode_s += t1 - first
                 seqs = out.sequences if hasattr(out, "sequences") else out
                 for b, i in enumerate(members):
-                    row = seqs[b].tolist()[:plist[i].max_tokens]
+                    row = seqs[b].tolist()[: plist[i].max_tokens]
                     for k, tok in enumerate(row):
                         if tok in self.eos_token_ids:
                             row, stops[i] = row[:k], "eog"
@@ -459,7 +515,7 @@ class MusicFlamingoTransformers(Analyzer):
         if on_cuda:
             self._torch.cuda.empty_cache()
 
-    def __enter__(self) -> "MusicFlamingoTransformers":
+    def __enter__(self) -> MusicFlamingoTransformers:
         return self
 
     def __exit__(self, *exc: object) -> None:

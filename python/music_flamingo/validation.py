@@ -9,11 +9,13 @@ same id and put a bare ``NaN`` (not JSON) into manifests.
 Numbers cross into C++ as ``float``/``int``/``uint32``, so bounds are those types' ranges where nothing stricter
 applies: a value the engine cannot hold is refused here rather than silently becoming ``inf`` or wrapping around.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import InvalidInputError
 
@@ -139,6 +141,25 @@ def cli_type(convert: Callable[[str], Any], check: Callable[[Any], str | None]) 
     return parse
 
 
-__all__ = ["is_int", "is_real", "MAX_TOKENS_LIMIT", "MAX_TRACKS_IN_FLIGHT", "MIN_AUDIO_SAMPLES", "MIN_AUDIO_SECONDS", "SEED_MAX", "cli_type", "max_duration",
-           "max_tokens", "min_p", "repeat_last_n", "REPEAT_LAST_N_MAX", "repeat_penalty", "require", "seed", "temperature", "top_k", "top_p",
-           "tracks_in_flight"]
+__all__ = [
+    "is_int",
+    "is_real",
+    "MAX_TOKENS_LIMIT",
+    "MAX_TRACKS_IN_FLIGHT",
+    "MIN_AUDIO_SAMPLES",
+    "MIN_AUDIO_SECONDS",
+    "SEED_MAX",
+    "cli_type",
+    "max_duration",
+    "max_tokens",
+    "min_p",
+    "repeat_last_n",
+    "REPEAT_LAST_N_MAX",
+    "repeat_penalty",
+    "require",
+    "seed",
+    "temperature",
+    "top_k",
+    "top_p",
+    "tracks_in_flight",
+]

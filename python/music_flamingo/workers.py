@@ -27,6 +27,7 @@ Protocol, one JSON value a line. Worker → parent, on the pipe: ``{"event": "re
 outcome. Parent → worker, on the worker's stdin: a track path, or ``null`` (no more work). POSIX only (the pipe is
 an inherited file descriptor).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,9 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 from ._logging import logger
 from .batch import BatchOptions, BatchSummary, TrackOutcome, _progress, failures_path, plan_work, run_batch
@@ -56,8 +57,8 @@ VISIBILITY: dict[str, str] = {
 }
 # The transformers backend runs on torch, which honours CUDA_VISIBLE_DEVICES on CUDA and ROCm builds alike.
 TORCH_VISIBILITY = "CUDA_VISIBLE_DEVICES"
-MAX_DEATHS = 3          # workers lost in one place before it is given up
-_STOP_GRACE_S = 60.0    # how long a worker may take to stop after Ctrl-C before it is killed
+MAX_DEATHS = 3  # workers lost in one place before it is given up
+_STOP_GRACE_S = 60.0  # how long a worker may take to stop after Ctrl-C before it is killed
 
 
 def visibility_variables(backends: Sequence[str]) -> list[str]:
@@ -74,8 +75,14 @@ class WorkerSlot:
     args: tuple[str, ...] = ()
 
 
-def plan_slots(devices: Sequence[str] | None, workers: int, variables: Sequence[str], *,
-               threads: int | None = None, environ: Mapping[str, str] = os.environ) -> list[WorkerSlot]:
+def plan_slots(
+    devices: Sequence[str] | None,
+    workers: int,
+    variables: Sequence[str],
+    *,
+    threads: int | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> list[WorkerSlot]:
     """The workers a run starts. ``devices`` (``--devices``): ``workers`` engines on each, each process seeing
     only its device through ``variables``; a device number counts within what the parent already sees (with
     ``CUDA_VISIBLE_DEVICES=2,3`` set, device 0 is GPU 2), as torch and llama.cpp count. No ``devices``:
@@ -93,8 +100,10 @@ def plan_slots(devices: Sequence[str] | None, workers: int, variables: Sequence[
         args = ("--threads", str(threads)) if threads else ()
         return [WorkerSlot(f"worker {i}", {}, args) for i in range(workers)]
     if not variables:
-        raise ValueError("--devices: this build has no GPU backend (rebuild with CMAKE_ARGS, see README: GPU builds); "
-                         "use --workers N for several engines on CPU")
+        raise ValueError(
+            "--devices: this build has no GPU backend (rebuild with CMAKE_ARGS, see README: GPU builds); "
+            "use --workers N for several engines on CPU"
+        )
     if not devices:
         raise ValueError("--devices: no device given")
     args = ("--threads", str(threads)) if threads else ()
@@ -120,8 +129,8 @@ class WorkersSummary(BatchSummary):
 
     workers: int = 0
     deaths: list[dict[str, Any]] = field(default_factory=list)  # worker, pid, how, the tracks it held
-    requeued: int = 0                                           # tracks given back to the queue
-    no_worker: bool = False                                     # no worker could be started: a setup error
+    requeued: int = 0  # tracks given back to the queue
+    no_worker: bool = False  # no worker could be started: a setup error
 
     @property
     def exit_code(self) -> int:
@@ -131,13 +140,16 @@ class WorkersSummary(BatchSummary):
     def line(self) -> str:
         s = f"{super().line()}; {self.workers} workers"
         if self.deaths:
-            s += (f"; {len(self.deaths)} worker(s) died ("
-                  + ", ".join(f"{d['worker']}: {d['how']}" for d in self.deaths)
-                  + f"), {self.requeued} track(s) given back to the queue")
+            s += (
+                f"; {len(self.deaths)} worker(s) died ("
+                + ", ".join(f"{d['worker']}: {d['how']}" for d in self.deaths)
+                + f"), {self.requeued} track(s) given back to the queue"
+            )
         return s
 
 
 # --- the worker's side --------------------------------------------------------------------------------------------
+
 
 class _Channel:
     """JSON lines to the parent. A parent that has gone away closes it; the worker then finishes what it holds."""
@@ -162,8 +174,7 @@ class _Channel:
                 logger.warning("the parent process is gone: finishing the tracks in hand, then stopping")
 
 
-def serve(analyzer, root: str | os.PathLike, options: BatchOptions, fd: int,
-          stdin: IO[str] | None = None) -> int:
+def serve(analyzer, root: str | os.PathLike, options: BatchOptions, fd: int, stdin: IO[str] | None = None) -> int:
     """The worker: :func:`run_batch` over the tracks the parent writes on ``stdin``, each outcome reported on
     ``fd``. Returns the run's exit code."""
     channel = _Channel(fd)
@@ -182,8 +193,9 @@ def serve(analyzer, root: str | os.PathLike, options: BatchOptions, fd: int,
             yield path
 
     def report(o: TrackOutcome) -> None:
-        channel.send({"event": "track", "path": str(o.path), "status": o.status, "error": o.error,
-                      "message": o.message})
+        channel.send(
+            {"event": "track", "path": str(o.path), "status": o.status, "error": o.error, "message": o.message}
+        )
 
     summary = run_batch(analyzer, root, options, tracks=tracks(), on_track=report)
     return summary.exit_code
@@ -191,13 +203,14 @@ def serve(analyzer, root: str | os.PathLike, options: BatchOptions, fd: int,
 
 # --- the parent's side --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Worker:
     slot: int
     proc: subprocess.Popen
-    events: int                                          # read end of the event pipe
-    output: int                                          # read end of the worker's stdout + stderr
-    ready: bool = False                                  # its engine is loaded
+    events: int  # read end of the event pipe
+    output: int  # read end of the worker's stdout + stderr
+    ready: bool = False  # its engine is loaded
     held: dict[str, None] = field(default_factory=dict)  # tracks handed out, not yet reported (in order)
     buffers: dict[int, bytes] = field(default_factory=dict)  # an unfinished line per pipe
 
@@ -222,17 +235,24 @@ class _Parent:
     """The run as the parent sees it: the queue, the live workers, who holds which track, the summary. One thread:
     a selector loop over every worker's two pipes (its events, its output)."""
 
-    def __init__(self, command: Sequence[str], slots: Sequence[WorkerSlot], queue: list[str], opts: BatchOptions,
-                 summary: WorkersSummary, on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        slots: Sequence[WorkerSlot],
+        queue: list[str],
+        opts: BatchOptions,
+        summary: WorkersSummary,
+        on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None,
+    ) -> None:
         self.command, self.slots, self.summary, self.on_event = list(command), list(slots), summary, on_event
         self.queue: deque[str] = deque(queue)
         self.hold = 1  # the most tracks one worker has had in hand (in its engine, being decoded, just taken)
         self.bar = _progress(len(queue), opts.progress)
         self.sel = selectors.DefaultSelector()
-        self.live: dict[int, _Worker] = {}               # by pid
+        self.live: dict[int, _Worker] = {}  # by pid
         self.deaths_of_slot: Counter[int] = Counter()
-        self.retired: set[int] = set()                   # slots given up
-        self.died_holding: Counter[str] = Counter()      # track -> workers that died while it was in their hands
+        self.retired: set[int] = set()  # slots given up
+        self.died_holding: Counter[str] = Counter()  # track -> workers that died while it was in their hands
         self.ever_ready = False
 
     def run(self) -> None:
@@ -261,8 +281,15 @@ class _Parent:
         ev_r, ev_w = os.pipe()
         argv = [*self.command, "--no-progress", "--worker-fd", str(ev_w), *slot.args]
         try:  # its own session: a terminal's Ctrl-C reaches the parent only, which stops the workers once
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    pass_fds=(ev_w,), env={**os.environ, **slot.env}, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(ev_w,),
+                env={**os.environ, **slot.env},
+                start_new_session=True,
+            )
         finally:
             os.close(ev_w)
         assert proc.stdout is not None
@@ -360,14 +387,16 @@ class _Parent:
         if (clean and not w.held) or self.summary.interrupted:  # when stopping, what it held is simply not done
             return
         label, how, held = self.slots[w.slot].label, _how(rc), list(w.held)
-        self.summary.deaths.append({"worker": label, "pid": w.proc.pid, "how": how, "tracks": held,
-                                    "at": "work" if w.ready else "start-up"})
+        self.summary.deaths.append(
+            {"worker": label, "pid": w.proc.pid, "how": how, "tracks": held, "at": "work" if w.ready else "start-up"}
+        )
         self.deaths_of_slot[w.slot] += 1
         if not w.ready:
             logger.error("%s died while loading its engine (%s); not replaced", label, how)
         else:
-            logger.error("%s died (%s) holding %d track(s)%s", label, how, len(held),
-                         ": " + ", ".join(held) if held else "")
+            logger.error(
+                "%s died (%s) holding %d track(s)%s", label, how, len(held), ": " + ", ".join(held) if held else ""
+            )
         self.give_back(held, how)
         if w.ready and self.deaths_of_slot[w.slot] < MAX_DEATHS:
             self.start(w.slot)
@@ -383,8 +412,13 @@ class _Parent:
         for path in held:
             if self.died_holding[path]:
                 self.summary.failed += 1
-                self.summary.failures.append({"path": path, "error": "WorkerDied",
-                                              "message": f"two workers died while it was in hand (last: {how})"})
+                self.summary.failures.append(
+                    {
+                        "path": path,
+                        "error": "WorkerDied",
+                        "message": f"two workers died while it was in hand (last: {how})",
+                    }
+                )
                 self.bar.update(1)
                 logger.error("failed: %s: two workers died while it was in hand", path)
                 continue
@@ -408,9 +442,14 @@ class _Parent:
                 pass
 
 
-def run_workers(root: str | os.PathLike, command: Sequence[str], slots: Sequence[WorkerSlot], keys: Sequence[str],
-                options: BatchOptions | None = None,
-                on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None = None) -> WorkersSummary:
+def run_workers(
+    root: str | os.PathLike,
+    command: Sequence[str],
+    slots: Sequence[WorkerSlot],
+    keys: Sequence[str],
+    options: BatchOptions | None = None,
+    on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None = None,
+) -> WorkersSummary:
     """Describe the dataset at ``root`` with one worker process per slot; returns the counts of all of them.
 
     ``command`` starts a worker engine that takes the tracks and options of this run: ``[python, -m,
@@ -422,8 +461,13 @@ def run_workers(root: str | os.PathLike, command: Sequence[str], slots: Sequence
     t0 = time.monotonic()
     summary = WorkersSummary(workers=len(slots))
     todo = [str(p) for p in plan_work(root, keys, opts, summary)]
-    logger.info("%d tracks: %d to describe with %d workers, %d already complete", summary.total, len(todo),
-                len(slots), summary.skipped_complete)
+    logger.info(
+        "%d tracks: %d to describe with %d workers, %d already complete",
+        summary.total,
+        len(todo),
+        len(slots),
+        summary.skipped_complete,
+    )
     parent = _Parent(command, slots, todo, opts, summary, on_event)
     parent.run()
     if parent.queue and not summary.interrupted:
@@ -432,8 +476,9 @@ def run_workers(root: str | os.PathLike, command: Sequence[str], slots: Sequence
         else:  # every place lost its workers
             for path in parent.queue:
                 summary.failed += 1
-                summary.failures.append({"path": path, "error": "NoWorker",
-                                         "message": "no worker was left to describe it"})
+                summary.failures.append(
+                    {"path": path, "error": "NoWorker", "message": "no worker was left to describe it"}
+                )
     summary.seconds = time.monotonic() - t0
     fpath = failures_path(root, opts.failures)
     if summary.failures and fpath.exists():
@@ -441,5 +486,14 @@ def run_workers(root: str | os.PathLike, command: Sequence[str], slots: Sequence
     return summary
 
 
-__all__ = ["MAX_DEATHS", "TORCH_VISIBILITY", "VISIBILITY", "WorkerSlot", "WorkersSummary", "plan_slots",
-           "run_workers", "serve", "visibility_variables"]
+__all__ = [
+    "MAX_DEATHS",
+    "TORCH_VISIBILITY",
+    "VISIBILITY",
+    "WorkerSlot",
+    "WorkersSummary",
+    "plan_slots",
+    "run_workers",
+    "serve",
+    "visibility_variables",
+]
