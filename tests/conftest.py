@@ -31,6 +31,14 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 SR = 16000
 
 
+def batch_cli(root: Path, tiny, *args: str, prompts: Path | None = None) -> list[str]:
+    """The command line of the batch runner over ``root`` with the tiny model (and a prompts file)."""
+    files = ["--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf)]
+    if prompts is not None:
+        files += ["--prompts-file", str(prompts)]
+    return [sys.executable, "-m", "music_flamingo", str(root), "--batch", *files, *args]
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child Python that must import the same music_flamingo as this process: the parent's
     whole import path, so an installed wheel (CI) and a source tree with a built module (dev) both work."""

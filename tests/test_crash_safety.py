@@ -18,14 +18,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SR
+from conftest import SR, batch_cli
 
 TRIALS = int(os.environ.get("MUSIC_FLAMINGO_CRASH_TRIALS", "20"))
 SEED = int(os.environ.get("MUSIC_FLAMINGO_CRASH_SEED", "11"))
@@ -81,23 +80,7 @@ def make_dataset(root: Path, music: np.ndarray, n: int = N_TRACKS, bad: int = 0)
 
 
 def cli(root: Path, tiny, prompts: Path, manifest: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "music_flamingo",
-        str(root),
-        "--batch",
-        "--model-path",
-        str(tiny.model_gguf),
-        "--mmproj",
-        str(tiny.mmproj_gguf),
-        "--prompts-file",
-        str(prompts),
-        "--no-progress",
-        "--jsonl",
-        str(manifest),
-        *extra,
-    ]
+    return batch_cli(root, tiny, "--no-progress", "--jsonl", str(manifest), *extra, prompts=prompts)
 
 
 def manifest_paths(manifest: Path) -> list[str]:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq  # the test extra installs ray[data], which brings pyarrow
 import pytest
 import ray
-from conftest import DEFAULT_KEYS, assert_written_like_local, local_reference, scaling_dataset, write_clip
+from conftest import DEFAULT_KEYS, assert_written_like_local, batch_cli, local_reference, scaling_dataset, write_clip
 
 
 @pytest.fixture(scope="module")
@@ -89,23 +88,7 @@ def test_cli_ray_writes_rows_and_a_rerun_resumes(cluster, tiny, small_prompts, t
     good = [write_clip(root / f"take {i}.flac", track, 2, 20 + 3 * i) for i in range(3)]
     (root / "broken.ogg").write_bytes(b"OggS but not really")
     out = tmp_path / "rows"
-    cmd = [
-        sys.executable,
-        "-m",
-        "music_flamingo",
-        str(root),
-        "--batch",
-        "--model-path",
-        str(tiny.model_gguf),
-        "--mmproj",
-        str(tiny.mmproj_gguf),
-        "--prompts-file",
-        str(small_prompts),
-        "--ray",
-        cluster,
-        "--ray-output",
-        str(out),
-    ]
+    cmd = batch_cli(root, tiny, "--ray", cluster, "--ray-output", str(out), prompts=small_prompts)
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 1, first.stderr
     line = [x for x in first.stderr.splitlines() if " done, " in x][-1]

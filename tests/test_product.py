@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DEFAULT_KEYS, SR, write_clip
+from conftest import DEFAULT_KEYS, SR, batch_cli, write_clip
 
 OTHER_TOOL = {
     "bpm": 128.0,
@@ -186,19 +186,9 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 def test_two_processes_share_a_dataset_and_do_each_track_once(tiny, dataset, small_prompts, tmp_path):
     from music_flamingo.discovery import discover_tracks
 
-    common = [
-        "--batch",
-        "--model-path",
-        str(tiny.model_gguf),
-        "--mmproj",
-        str(tiny.mmproj_gguf),
-        "--prompts-file",
-        str(small_prompts),
-        "--no-progress",
-    ]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "music_flamingo", str(dataset), *common, "--jsonl", str(tmp_path / f"p{i}.jsonl")],
+            batch_cli(dataset, tiny, "--no-progress", "--jsonl", str(tmp_path / f"p{i}.jsonl"), prompts=small_prompts),
             stderr=subprocess.PIPE,
             text=True,
         )

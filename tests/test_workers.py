@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import assert_written_like_local, local_reference, scaling_dataset, write_clip
+from conftest import assert_written_like_local, batch_cli, local_reference, scaling_dataset, write_clip
 
 
 def engine_args(tiny, small_prompts) -> list[str]:
@@ -208,24 +208,9 @@ def test_ctrl_c_stops_every_worker_with_one_summary(tiny, track, tmp_path):
     root = tmp_path / "data"
     for i in range(6):
         write_clip(root / f"take {i}.flac", track, 4, 10 + 5 * i)
+    # the default prompts: long answers
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "music_flamingo",
-            str(root),
-            "--batch",
-            "--model-path",
-            str(tiny.model_gguf),
-            "--mmproj",
-            str(tiny.mmproj_gguf),
-            "--workers",
-            "2",
-            "--tracks-in-flight",
-            "1",
-            "--no-progress",
-            "-v",
-        ],  # the default prompts: long answers
+        batch_cli(root, tiny, "--workers", "2", "--tracks-in-flight", "1", "--no-progress", "-v"),
         stderr=subprocess.PIPE,
         text=True,
     )
