@@ -226,6 +226,18 @@ def test_cli_single_file_prints_and_writes_sidecar(tiny, dataset, small_prompts)
     assert "music_flamingo_structure" not in info
 
 
+def test_cli_free_text_prompt_alone_and_with_named_prompts(tiny, dataset, small_prompts):
+    target = dataset / "loose" / "intro.flac"
+    model = ["--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--no-sidecar"]
+    alone = cli(str(target), *model, "--prompts-file", str(small_prompts), "--prompt", "What is the tempo?")
+    assert alone.returncode == 0, alone.stderr
+    assert "music_flamingo_custom:" in alone.stdout and "music_flamingo_full:" not in alone.stdout
+    both = cli(str(target), *model, "--prompts-file", str(small_prompts), "--prompts", "technical", "--prompt", "Key?")
+    assert both.returncode == 0, both.stderr
+    assert "music_flamingo_technical:" in both.stdout and "music_flamingo_custom:" in both.stdout
+    assert "music_flamingo_full:" not in both.stdout
+
+
 def test_cli_usage_errors_exit_2(tiny, tmp_path):
     assert cli(str(tmp_path / "missing.flac")).returncode == 2
     assert cli(str(tmp_path)).returncode == 2  # a folder without --batch

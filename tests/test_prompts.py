@@ -290,3 +290,15 @@ def test_yaml_is_shipped_inside_the_package():
     from importlib import resources
 
     assert resources.files("music_flamingo").joinpath("prompts.yaml").is_file()
+
+
+def test_asked_combines_names_and_free_text(cat):
+    default = [e.key for e in cat.select(None)]
+    assert [e.key for e in cat.asked()] == default
+    assert [e.key for e in cat.asked(["technical"])] == ["music_flamingo_technical"]
+    assert [e.key for e in cat.asked(None, "Tempo?")] == ["music_flamingo_custom"]  # --prompt alone asks only it
+    both = cat.asked(["technical", "full"], "Tempo?")
+    assert [e.key for e in both] == ["music_flamingo_technical", "music_flamingo_full", "music_flamingo_custom"]
+    assert both[-1].text == "Tempo?"
+    with pytest.raises(PromptConfigError, match="unknown prompt"):
+        cat.asked(["nope"], "Tempo?")

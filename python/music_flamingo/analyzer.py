@@ -102,6 +102,12 @@ class Analyzer:
             self._provenance_cache = self._provenance()
         return self._provenance_cache
 
+    def use_prompts(self, names: Sequence[str] | None = None, free_text: str | None = None) -> list[PromptEntry]:
+        """Choose what later calls ask (:meth:`.Catalogue.asked`): catalogue ``names`` (None: the default set) and/or
+        one free-text question, written to ``music_flamingo_custom``."""
+        self.entries = self.catalogue.asked(names, free_text)
+        return self.entries
+
     def entries_for(self, prompt_type: str | Sequence[str] | None) -> list[PromptEntry]:
         if prompt_type is None:
             return self.entries

@@ -212,17 +212,17 @@ def _prompt_names(a: argparse.Namespace) -> list[str] | None:
     return [n.strip() for n in a.prompts.split(",") if n.strip()] if a.prompts else None
 
 
-def _entries(catalogue, a: argparse.Namespace) -> list:
-    """The prompts a run asks: --prompts (default: the catalogue's set), or only --prompt, or both."""
-    names = _prompt_names(a)
-    entries = catalogue.select(names or None) if names or not a.prompt else []
-    if a.prompt:
-        entries = entries + [catalogue.free_text(a.prompt)]
-    return entries
-
-
 def _make_analyzer(a: argparse.Namespace):
+    """The backend the options name, asking --prompts (default: the catalogue's set), only --prompt, or both."""
     names = _prompt_names(a)
+    common = dict(
+        prompts=names or None,
+        prompts_files=a.prompts_file,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        seed=a.seed,
+        max_duration=a.max_duration,
+    )
     if a.backend == "transformers":
         from .transformers_backend import MusicFlamingoTransformers
 
@@ -231,14 +231,9 @@ def _make_analyzer(a: argparse.Namespace):
             use_flash_attention=a.flash_attn != "off",
             dtype=a.dtype,
             local_files_only=a.local_files_only,
-            prompts=names or None,
-            prompts_files=a.prompts_file,
-            temperature=a.temperature,
-            top_p=a.top_p,
-            seed=a.seed,
-            max_duration=a.max_duration,
+            **common,
         )
-        mf.entries = _entries(mf.catalogue, a)
+        mf.use_prompts(names, a.prompt)
         return mf
     from .gguf_backend import MusicFlamingoGGUF
 
@@ -248,18 +243,13 @@ def _make_analyzer(a: argparse.Namespace):
         model_path=a.model_path,
         mmproj_path=a.mmproj,
         offline=a.offline,
-        prompts=names or None,
-        prompts_files=a.prompts_file,
-        temperature=a.temperature,
-        top_p=a.top_p,
-        seed=a.seed,
-        max_duration=a.max_duration,
+        **common,
         n_gpu_layers=a.n_gpu_layers,
         n_threads=a.threads,
         flash_attn={"auto": "auto", "on": True, "off": False}[a.flash_attn],
         verbose=a.verbose >= 2,
     )
-    mf.entries = _entries(mf.catalogue, a)
+    mf.use_prompts(names, a.prompt)
     return mf
 
 
@@ -323,7 +313,7 @@ def _keys(a: argparse.Namespace) -> list[str]:
     """The sidecar keys a run with these options writes, from the prompt catalogue alone (no model loaded)."""
     from .prompts import load_catalogue
 
-    return [e.key for e in _entries(load_catalogue(a.prompts_file), a)]
+    return [e.key for e in load_catalogue(a.prompts_file).asked(_prompt_names(a), a.prompt)]
 
 
 def _dry_run(a: argparse.Namespace, selection) -> int:

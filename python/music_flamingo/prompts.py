@@ -127,6 +127,14 @@ class Catalogue:
             )
         return list(chosen.values())
 
+    def asked(self, names: Sequence[str] | None = None, free_text: str | None = None) -> list[PromptEntry]:
+        """What a run asks: the entries ``names`` (None: the default set) and, with ``free_text``, one more
+        question written to ``music_flamingo_custom``; ``free_text`` alone asks only it (``--prompt``)."""
+        entries = self.select(list(names) if names else None) if names or not free_text else []
+        if free_text:
+            entries = [*entries, self.free_text(free_text)]
+        return entries
+
     @staticmethod
     def texts_hash(entries: Sequence[PromptEntry]) -> str:
         """16 hex digits identifying what was asked (names, keys, texts, limits, sampling, in order), so datasets
