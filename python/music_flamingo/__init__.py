@@ -27,6 +27,7 @@ from .errors import (
     SidecarError,
 )
 from .gguf_backend import MusicFlamingoGGUF
+from .native import system_info
 from .prompts import load_catalogue
 from .text import normalize_music_flamingo_text
 
@@ -70,16 +71,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-def system_info() -> dict[str, Any]:
-    """The llama.cpp commit this package was built from, the compiled ggml backends and the devices found."""
-    from . import _core
-    from ._logging import install_native_logging
-
-    install_native_logging()
-    info: dict[str, Any] = dict(_core.build_info())
-    info["backends"] = info["backends"].split(",") if info["backends"] else []
-    info["devices"] = [dict(d) for d in _core.list_devices()]
-    info["version"] = __version__
-    return info

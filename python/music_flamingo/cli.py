@@ -345,14 +345,14 @@ def _prepare_model_files(a: argparse.Namespace) -> list[str]:
 
 def _gpu_devices() -> list[str]:
     """``--devices all``: the GPUs this build's backends found (numbered as the backend numbers them)."""
-    from . import system_info
+    from .native import system_info
 
     return [str(i) for i, d in enumerate(d for d in system_info()["devices"] if d["type"] == "gpu")]
 
 
 def _run_workers(a: argparse.Namespace, selection, argv: list[str]) -> int:
     """--devices / --workers: one worker process per device (or N on CPU), one bar, one summary, one exit code."""
-    from . import system_info
+    from .native import system_info
     from .workers import TORCH_VISIBILITY, plan_slots, run_workers, visibility_variables
 
     variables = [TORCH_VISIBILITY] if a.backend == "transformers" else visibility_variables(system_info()["backends"])
@@ -383,15 +383,37 @@ def _run_ray(a: argparse.Namespace, selection) -> int:
         return EXIT_USAGE
     from ray.exceptions import RayError
 
-    from .distributed import run_cli
-
     try:
-        summary = run_cli(a, selection, _keys(a))
+        summary = _ray_summary(a, selection)
     except RayError as e:  # an actor could not start (its engine did not load), the cluster went away ...
         print(f"music-flamingo: the Ray run failed: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     print(summary.line(), file=sys.stderr)
     return summary.exit_code
+
+
+def _ray_summary(a: argparse.Namespace, selection):
+    """The Ray run itself: this command line's own engine options on every actor."""
+    import functools
+
+    from .distributed import describe_with_ray
+    from .native import system_info
+    from .workers import visibility_variables
+
+    engine = vars(a).copy()
+    if _prepare_model_files(a):  # fetched here, once
+        engine["offline"] = True
+    if engine["threads"] is None and not visibility_variables(system_info()["backends"]):
+        engine["threads"] = 1  # CPU actors: one core each (describe_with_ray's cpus_per_actor), not half the node
+    return describe_with_ray(
+        a.path,
+        functools.partial(_make_analyzer, argparse.Namespace(**engine)),
+        keys=_keys(a),
+        options=_batch_options(a, selection),
+        actors=a.workers,
+        address=a.ray or None,
+        output=a.ray_output,
+    )
 
 
 def _terminate_as_interrupt(signum: int, frame: object) -> None:

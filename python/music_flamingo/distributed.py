@@ -23,7 +23,6 @@ actors never download models (the driver fetches missing ones once, before any a
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 import uuid
@@ -238,7 +237,7 @@ def describe_with_ray(
     """
     import ray
 
-    from . import system_info
+    from .native import system_info
     from .workers import visibility_variables
 
     t0 = time.monotonic()
@@ -325,30 +324,6 @@ def _count(summary: BatchSummary, tables) -> None:
             setattr(summary, status, getattr(summary, status) + 1)
             if status == "failed":
                 summary.failures.append({"path": row["path"], "error": row["error"], "message": row["message"]})
-
-
-def run_cli(a, selection, keys: Sequence[str]) -> RaySummary:
-    """``music-flamingo DIR --batch --ray [ADDRESS]``: the CLI's own engine options on every actor."""
-    import argparse
-
-    from . import cli, system_info
-    from .workers import visibility_variables
-
-    engine = vars(a).copy()
-    if cli._prepare_model_files(a):  # fetched here, once
-        engine["offline"] = True
-    if engine["threads"] is None and not visibility_variables(system_info()["backends"]):
-        engine["threads"] = 1  # CPU actors: one core each (describe_with_ray's cpus_per_actor), not half the node
-    factory = functools.partial(cli._make_analyzer, argparse.Namespace(**engine))
-    return describe_with_ray(
-        a.path,
-        factory,
-        keys=keys,
-        options=cli._batch_options(a, selection),
-        actors=a.workers,
-        address=a.ray or None,
-        output=a.ray_output,
-    )
 
 
 __all__ = ["TrackDescriber", "RaySummary", "describe", "describe_with_ray", "keys_of", "row_schema", "track_dataset"]
