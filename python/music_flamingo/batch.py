@@ -10,7 +10,8 @@ Built for runs of days over tens of thousands of tracks, possibly by several pro
 - one failing track never stops the run: it is logged, counted and listed in a failures JSONL (:mod:`.failures`:
   one record per track, cleared when it succeeds; a track another process failed in this run is not retried);
 - each track is locked (filelock, in ``<root>/.music-flamingo/locks``) while it is analysed, so processes sharing
-  a dataset do each track once; a locked track is skipped, not waited for;
+  a dataset do each track once; a locked track is not waited for: it is looked at once more after the others (its
+  holder may have died) and skipped if still locked;
 - the next tracks are decoded and resampled on a background thread while the engine works on the current ones;
 - tracks stream into the engine: up to ``tracks_in_flight`` decode together in its batch steps, and a finished
   track's place goes to the next one at once (continuous batching; the batch never drains between groups);
