@@ -177,6 +177,36 @@ def test_undecodable_track_fails_alone(analyzer, dataset):
     assert s.failures[0]["error"] == "AudioDecodeError"
 
 
+def test_a_locked_track_gets_a_second_look_after_the_others(analyzer, track, tmp_path):
+    """A track another process holds is not waited for, but looked at again after the rest: done if its holder let
+    go (a killed process), skipped if still held. The lock is a real flock on the runner's own lock file."""
+    from filelock import FileLock
+
+    from music_flamingo.batch import BatchOptions, _lock_path, run_batch, state_dir_of
+
+    root = tmp_path / "data"
+    clips = [write_clip(root / f"take {i}.flac", track, 2, 10 + 3 * i) for i in range(6)]
+    (state_dir_of(root) / "locks").mkdir(parents=True)
+    opts = BatchOptions(progress=False, tracks_in_flight=1, write_sidecars=False, overwrite=True)
+    for holder_lets_go in (True, False):
+        held = FileLock(str(_lock_path(state_dir_of(root), clips[0])), thread_local=False)
+        held.acquire(timeout=0)
+        done: list[str] = []
+
+        def on_result(t, fields, let_go=holder_lets_go):
+            done.append(Path(t).name)
+            if let_go and held.is_locked:
+                held.release()  # the holder dies after the run has moved past its track
+
+        s = run_batch(analyzer, root, opts, on_result=on_result)
+        if held.is_locked:
+            held.release()
+        if holder_lets_go:
+            assert (s.done, s.skipped_locked) == (6, 0) and done[-1] == "take 0.flac", (s.line(), done)
+        else:
+            assert (s.done, s.skipped_locked) == (5, 1) and "take 0.flac" not in done, (s.line(), done)
+
+
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True, timeout=600, **kw
