@@ -211,6 +211,7 @@ def as_engine_audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
         raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
     if audio.dtype == np.float32 and audio.dtype is not np.dtype(np.float32):
         # An array that crossed a process boundary (pickle, multiprocessing) has an equal but distinct float32
-        # descriptor, which the native module's dtype check (by identity) refuses: view it with the canonical one.
+        # descriptor. The native check compares type numbers, so it accepts either; the view (free) makes such an
+        # array indistinguishable from a local one for any code that compares descriptors by identity.
         audio = audio.view(np.float32)
     return require_min_length(audio)
