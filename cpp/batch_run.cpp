@@ -30,21 +30,6 @@ std::string detokenize(const llama_vocab * vocab, const std::vector<int32_t> & t
     return out;
 }
 
-std::vector<int32_t> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special) {
-    if (text.empty()) return {};
-    std::vector<int32_t> toks(text.size() + 8);
-    int n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
-                           parse_special);
-    if (n < 0) {
-        toks.resize((size_t) -n);
-        n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
-                           parse_special);
-    }
-    if (n < 0) throw InputError("could not tokenize prompt text");
-    toks.resize((size_t) n);
-    return toks;
-}
-
 void validate_track(const TrackRequest & t) {
     if (t.pcm.empty()) throw InputError("audio is empty");
     if (t.pcm.size() < kMinAudioSamples) {

@@ -6,6 +6,7 @@
 #include "gguf_check.h"
 #include "llama.h"
 #include "mtmd.h"
+#include "prefix.h"
 
 #include <algorithm>
 #include <cmath>
@@ -61,21 +62,6 @@ llama_flash_attn_type fa_type(FlashAttn v) {
         case FlashAttn::On: return LLAMA_FLASH_ATTN_TYPE_ENABLED;
         default: return LLAMA_FLASH_ATTN_TYPE_AUTO;
     }
-}
-
-std::vector<int32_t> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special) {
-    if (text.empty()) return {};
-    std::vector<int32_t> toks(text.size() + 8);
-    int n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
-                           parse_special);
-    if (n < 0) {
-        toks.resize((size_t) -n);
-        n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
-                           parse_special);
-    }
-    if (n < 0) throw InputError("could not tokenize prompt text");
-    toks.resize((size_t) n);
-    return toks;
 }
 
 // The KV cells a track can ever need besides its prefix: every prompt's suffix and token limit. A sequence never

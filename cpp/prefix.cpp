@@ -138,8 +138,7 @@ void PrefixPlanner::add_audio(PreparedPrefix & px, const float * embd, int n_tok
     px.pieces.push_back(std::move(piece));
 }
 
-std::vector<int32_t> PrefixPlanner::tokenize(const std::string & text, bool parse_special) const {
-    const llama_vocab * vocab = llama_model_get_vocab(ctx_.model);
+std::vector<int32_t> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special) {
     if (text.empty()) return {};
     std::vector<int32_t> toks(text.size() + 8);
     int n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), false,
@@ -152,6 +151,10 @@ std::vector<int32_t> PrefixPlanner::tokenize(const std::string & text, bool pars
     if (n < 0) throw InputError("could not tokenize prompt text");
     toks.resize((size_t) n);
     return toks;
+}
+
+std::vector<int32_t> PrefixPlanner::tokenize(const std::string & text, bool parse_special) const {
+    return mf::tokenize(llama_model_get_vocab(ctx_.model), text, parse_special);
 }
 
 std::vector<float> PrefixPlanner::encode_window_mtmd(const float * pcm, size_t n, PreparedPrefix & px) {

@@ -12,11 +12,16 @@
 #include <vector>
 
 struct llama_model;
+struct llama_vocab;
 struct mtmd_context;
 
 namespace mf {
 
 class AudioWindowEncoder;
+
+// Text to token ids with llama_tokenize (no BOS added). parse_special=false keeps a user's "<|im_end|>" as text.
+// Empty text gives no tokens; text llama.cpp cannot tokenize is an InputError.
+std::vector<int32_t> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special);
 
 // What a planner may use: the text model (vocabulary, embedding width), the encoder of the default framing and
 // mtmd's (the other framings; null until the engine made it), the CPU threads for the log-mel and encoder.
