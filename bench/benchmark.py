@@ -84,11 +84,9 @@ def machine_info() -> dict[str, Any]:
 
 
 def tiny_model():
-    import fetch_llama_cpp
-    from conftest import CACHE
-    from tiny_model import ensure_tiny_model
+    from tiny_model import default_tiny_model
 
-    return ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
+    return default_tiny_model()
 
 
 def default_cli() -> Path:

@@ -67,11 +67,9 @@ def model_files(model_path: str | None = None, mmproj_path: str | None = None) -
     """The GGUF pair to benchmark: the given one, else the tests' tiny model (built and cached on first use)."""
     if model_path:
         return model_path, mmproj_path
-    import fetch_llama_cpp
-    from conftest import CACHE
-    from tiny_model import ensure_tiny_model
+    from tiny_model import default_tiny_model
 
-    tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
+    tiny = default_tiny_model()
     return tiny.model_gguf, tiny.mmproj_gguf
 
 
@@ -149,13 +147,11 @@ def agree(a: list[int], b: list[int]) -> int:
 
 
 def measure(lengths: list[float], n_tokens: int) -> dict:
-    import fetch_llama_cpp
-    from conftest import CACHE
-    from tiny_model import ensure_tiny_model
+    from tiny_model import default_tiny_model
 
     from music_flamingo import MusicFlamingoGGUF, Prompt
 
-    tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
+    tiny = default_tiny_model()
     ref = Reference(tiny.hf_dir)
     eng = MusicFlamingoGGUF(
         model_path=tiny.model_gguf,

@@ -36,18 +36,11 @@ def main() -> None:
     a = ap.parse_args()
 
     import numpy as np
+    from fidelity import model_files
 
     from music_flamingo import MusicFlamingoGGUF, Prompt, _core
 
-    if a.model_path:
-        model, mmproj = a.model_path, a.mmproj
-    else:
-        import fetch_llama_cpp
-        from conftest import CACHE
-        from tiny_model import ensure_tiny_model
-
-        tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
-        model, mmproj = tiny.model_gguf, tiny.mmproj_gguf
+    model, mmproj = model_files(a.model_path, a.mmproj)
     rng = np.random.default_rng(0)
     prompts = [
         Prompt(

@@ -37,17 +37,9 @@ def main() -> None:
     a = ap.parse_args()
 
     from conftest import write_clip
-    from fidelity import load_music
+    from fidelity import load_music, model_files
 
-    if a.model_path:
-        model, mmproj = a.model_path, a.mmproj
-    else:
-        import fetch_llama_cpp
-        from conftest import CACHE
-        from tiny_model import ensure_tiny_model
-
-        tiny = ensure_tiny_model(fetch_llama_cpp.resolve(), CACHE / "test-models")
-        model, mmproj = tiny.model_gguf, tiny.mmproj_gguf
+    model, mmproj = model_files(a.model_path, a.mmproj)
     music = load_music(10 + a.tracks * (a.seconds + 1))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"

@@ -353,6 +353,14 @@ def ensure_tiny_model(llama_cpp_dir: Path, cache_dir: Path) -> TinyModel:
     return result
 
 
+def default_tiny_model() -> TinyModel:
+    """The tiny model of the llama.cpp tree this package builds with, in the test cache: what the benchmarks use
+    when no model is given (the tests' ``tiny`` fixture also honours ``LLAMA_CPP_DIR``)."""
+    import fetch_llama_cpp
+
+    return ensure_tiny_model(fetch_llama_cpp.resolve(), fetch_llama_cpp.cache_root() / "test-models")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-cpp-dir", type=Path, required=True, help="llama.cpp source tree")
