@@ -254,7 +254,7 @@ def _time_analyzer(an, spec, label: str) -> dict[str, Any]:
     def one(t):
         c0 = _cpu_s(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
-        prepared = prepare_audio(t["file"], None, an.max_analysed_seconds(), name=t["file"])
+        prepared = prepare_audio(t["file"], None, an.analyzer.max_analysed_seconds(), name=t["file"])
         t1 = time.perf_counter()
         res = an.analyze_track(t["file"], entries=entries, prepared=prepared)
         t2 = time.perf_counter()

@@ -37,10 +37,9 @@ ONE_PROMPT = "defaults: {temperature: 0}\ndefault_set: [full]\nprompts:\n  full:
 
 def with_prompts(mf: Any, prompts: str) -> Any:
     """The resident engine asking the prompts of this YAML file (one engine for every case, not one per file)."""
-    from music_flamingo.prompts import load_catalogue
+    from music_flamingo.analyzer import AnalysisOptions, Analyzer
 
-    mf.catalogue = load_catalogue([prompts])
-    mf.entries = mf.catalogue.select(None)
+    mf.analyzer = Analyzer(mf, AnalysisOptions(prompts_files=[prompts]))
     return mf
 
 

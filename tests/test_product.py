@@ -15,6 +15,8 @@ import pytest
 import soundfile as sf
 from conftest import DEFAULT_KEYS, SR, batch_cli, write_clip
 
+META_KEYS = {"music_flamingo_model", "music_flamingo_meta"}
+
 OTHER_TOOL = {
     "bpm": 128.0,
     "key": "F# minor",
@@ -254,6 +256,74 @@ def test_cli_single_file_prints_and_writes_sidecar(tiny, dataset, small_prompts)
     info = json.loads((dataset / "loose" / "intro.INFO").read_text())
     assert {"music_flamingo_full", "music_flamingo_technical"} <= set(info)
     assert "music_flamingo_structure" not in info
+
+
+def test_cli_single_file_goes_through_the_batch_runner(tiny, dataset, small_prompts, tmp_path):
+    """One file: the runner's JSONL line, its failures file (listed on failure, cleared on success), its track lock
+    (held by another process: nothing done, exit 1) and its exit codes."""
+    from filelock import FileLock
+
+    from music_flamingo.batch import _lock_path, read_failed_tracks, state_dir_of
+
+    target = dataset / "loose" / "intro.flac"
+    model = ["--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--prompts-file"]
+    model += [str(small_prompts), "--prompts", "full", "--jsonl", str(tmp_path / "m.jsonl")]
+    failures = state_dir_of(target) / "failures.jsonl"
+
+    broken = dataset / "loose" / "broken.flac"
+    broken.write_bytes(b"fLaC" + bytes(100))
+    r = cli(str(broken), *model)
+    assert r.returncode == 1 and "AudioDecodeError" in r.stderr, r.stderr
+    assert read_failed_tracks(failures) == [str(broken)]
+
+    with FileLock(str(_lock_path(state_dir_of(target), target))):
+        r = cli(str(target), *model)
+    assert r.returncode == 1 and "another process" in r.stderr and "music_flamingo_full:" not in r.stdout
+    assert not (dataset / "loose" / "intro.INFO").exists()
+
+    broken.unlink()
+    sf.write(str(broken), np.zeros(SR, np.float32), SR)  # mended: described, and no longer listed
+    r = cli(str(broken), *model)
+    assert r.returncode == 0 and "music_flamingo_full:" in r.stdout, r.stderr
+    assert read_failed_tracks(failures) == []
+    (line,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert line["path"] == str(broken) and set(line) == {"path", "music_flamingo_full", *META_KEYS}
+    assert (
+        json.loads((dataset / "loose" / "broken.INFO").read_text())["music_flamingo_full"]
+        == line["music_flamingo_full"]
+    )
+
+
+def test_an_analyzer_composes_over_a_resident_model(analyzer, small_prompts, dataset, track):
+    """Analyzer(backend): a second analyzer over the same resident engine asks its own prompts; run_batch takes
+    either the model (its own analyzer) or an analyzer."""
+    from music_flamingo.analyzer import AnalysisOptions, Analyzer
+    from music_flamingo.batch import BatchOptions, run_batch
+
+    technical = Analyzer(analyzer, AnalysisOptions(prompts=["technical"], prompts_files=[small_prompts]))
+    assert list(technical.analyze(track[: SR * 3], sample_rate=SR)) == ["music_flamingo_technical"]
+    assert [e.key for e in analyzer.entries] == DEFAULT_KEYS  # the model's own analyzer is unchanged
+    s = run_batch(technical, dataset, BatchOptions(progress=False))
+    assert s.done == s.total > 0 and s.failed == 0
+    info = json.loads((dataset / "loose" / "intro.INFO").read_text())
+    assert "music_flamingo_technical" in info and "music_flamingo_full" not in info
+    assert info["music_flamingo_meta"]["prompts"] == ["technical"]
+
+
+def test_analysis_options_are_one_list_for_keywords_and_options(tiny, small_prompts):
+    from music_flamingo import MusicFlamingoGGUF
+    from music_flamingo.analyzer import AnalysisOptions
+
+    with pytest.raises(TypeError, match="MusicFlamingoGGUF\\(\\) got an unexpected keyword argument 'promts'"):
+        MusicFlamingoGGUF(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, promts=["full"])
+    base = AnalysisOptions(temperature=0.5, prompts_files=[small_prompts])
+    with MusicFlamingoGGUF(
+        model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, warmup=False, options=base, seed=3, prompt="Key?"
+    ) as mf:
+        o = mf.options
+        assert (o.temperature, o.seed, o.prompt, o.prompts_files) == (0.5, 3, "Key?", (small_prompts,))
+        assert [e.key for e in mf.entries] == ["music_flamingo_custom"]  # the free text alone, as --prompt
+    assert base.seed is None  # the caller's options are not changed
 
 
 def test_cli_free_text_prompt_alone_and_with_named_prompts(tiny, dataset, small_prompts):

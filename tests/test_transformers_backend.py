@@ -228,6 +228,48 @@ def test_sidecar_fields_match_the_gguf_backend(af3, tiny, small_prompts, clips, 
     json.dumps(ours)  # a sidecar must serialise
 
 
+def test_both_backends_refuse_the_same_bad_arrays_with_the_same_words(af3, engine, clips):
+    """Audio is validated once, in music_flamingo.audio, for both backends' generate()."""
+    from music_flamingo import InvalidInputError
+
+    pcm = clips["5s"]
+    bad = {
+        "float64": (pcm.astype(np.float64), SR),
+        "big-endian": (pcm.astype(">f4"), SR),
+        "stereo": (np.stack([pcm, pcm], axis=1), SR),
+        "NaN": (np.where(np.arange(len(pcm)) == 7, np.nan, pcm).astype(np.float32), SR),
+        "10 samples": (pcm[:10], SR),
+        "44.1 kHz": (pcm, 44100),
+    }
+    for what, (audio, rate) in bad.items():
+        said = []
+        for backend in (af3, engine):
+            with pytest.raises(InvalidInputError) as e:
+                backend.generate(audio, "Describe this track.", sample_rate=rate)
+            said.append(str(e.value))
+        assert said[0] == said[1], what
+
+
+def test_a_dataset_run_over_the_transformers_backend(af3, clips, tmp_path):
+    """The batch runner over a backend without generate_stream: the Analyzer takes one track at a time, and a bad
+    track fails alone."""
+    from music_flamingo.batch import BatchOptions, run_batch
+
+    for i in range(2):
+        sf.write(str(tmp_path / f"song{i}.wav"), clips["5s"][i * SR :], SR)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    s = run_batch(af3, tmp_path, BatchOptions(progress=False))
+    assert (s.total, s.done, s.failed) == (3, 2, 1), s.line()
+    for i in range(2):
+        info = json.loads((tmp_path / f"song{i}.INFO").read_text())
+        assert list(info)[:5] == DEFAULT_KEYS and info["music_flamingo_meta"]["backend"] == "transformers"
+
+
+def test_a_misspelled_analysis_option_is_refused_before_torch_loads_a_model(tiny):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+        load(tiny.hf_dir, temprature=0.5)
+
+
 def test_unknown_and_too_new_checkpoints_say_what_is_needed(tiny, tmp_path, monkeypatch):
     from music_flamingo import ModelFileError
     from music_flamingo import transformers_backend as tb

@@ -202,16 +202,33 @@ def prepare_audio(
     )
 
 
-def as_engine_audio(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
-    """A path is decoded to float32 mono 16 kHz; an array is passed through for the engine to validate its dtype,
-    shape and values — but not its length: too short is refused here (see :func:`require_min_length`)."""
+def as_engine_audio(audio: str | os.PathLike | np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
+    """What both backends' ``generate()`` take, checked here once for both: a path is decoded to float32 mono
+    16 kHz; an array must already be that — float32 in native byte order, 1-D, at 16 kHz, finite, at least 20 ms —
+    else InvalidInputError says what to do (:func:`load_audio` converts anything else). The GGUF engine checks
+    dtype, shape, rate and values again, as the last guard of the native boundary."""
+    if int(sample_rate) != TARGET_SAMPLE_RATE:
+        raise InvalidInputError(
+            f"audio must be sampled at {TARGET_SAMPLE_RATE} Hz (got {sample_rate}); "
+            "music_flamingo.audio.load_audio(samples, sample_rate) converts it"
+        )
     if isinstance(audio, (str, os.PathLike)):
         return load_audio(audio)
     if not isinstance(audio, np.ndarray):
         raise TypeError(f"audio must be a path or a numpy array, got {type(audio).__name__}")
-    if audio.dtype == np.float32 and audio.dtype is not np.dtype(np.float32):
+    dt = audio.dtype
+    if dt.kind != "f" or dt.itemsize != 4 or not dt.isnative:
+        raise InvalidInputError(
+            f"audio must be a float32 array (got {dt}); music_flamingo.audio.load_audio() converts anything else"
+        )
+    if audio.ndim != 1:
+        raise InvalidInputError(f"audio must be mono, a 1-D array (got shape {audio.shape})")
+    if dt is not np.dtype(np.float32):
         # An array that crossed a process boundary (pickle, multiprocessing) has an equal but distinct float32
         # descriptor. The native check compares type numbers, so it accepts either; the view (free) makes such an
         # array indistinguishable from a local one for any code that compares descriptors by identity.
         audio = audio.view(np.float32)
-    return require_min_length(audio)
+    require_min_length(audio)
+    if not np.isfinite(audio).all():
+        raise InvalidInputError("audio contains NaN or infinite samples")
+    return audio

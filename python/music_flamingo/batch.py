@@ -36,7 +36,7 @@ from typing import Any
 
 from . import lifecycle, validation
 from ._logging import logger
-from .analyzer import Analyzer
+from .analyzer import Analyzer, AnalyzerCalls, as_analyzer
 from .audio import PreparedAudio, prepare_audio
 from .datatypes import GenerationStats
 from .discovery import EXCLUDED_AS, NOT_SELECTED, Selection, Track, discover_tracks
@@ -399,7 +399,7 @@ class _Prefetcher:
 
 
 def run_batch(
-    analyzer: Analyzer,
+    analyzer: Analyzer | AnalyzerCalls,
     root: str | os.PathLike,
     options: BatchOptions | None = None,
     on_result: Callable[[Path, dict[str, Any]], None] | None = None,
@@ -408,6 +408,9 @@ def run_batch(
     on_track: Callable[[TrackOutcome], None] | None = None,
 ) -> BatchSummary:
     """Describe every incomplete track under ``root``; returns the counts. Never raises for a single track.
+
+    ``analyzer``: an :class:`~music_flamingo.analyzer.Analyzer` or a model class holding one (``MusicFlamingoGGUF``).
+    ``root`` may be one file (the single-file command line): its folder's ``.music-flamingo/`` holds the lock.
 
     ``tracks``: describe these (already discovered and selected by the caller, e.g. with :func:`plan_work`)
     instead of planning the run here; the iterable is consumed lazily, as the engine takes tracks, so a caller can
@@ -418,10 +421,16 @@ def run_batch(
     """
     from filelock import FileLock, Timeout
 
+    analyzer = as_analyzer(analyzer)
     opts = options or BatchOptions()
     root = Path(root)
     state_dir = state_dir_of(root)
-    (state_dir / "locks").mkdir(parents=True, exist_ok=True)
+    try:
+        (state_dir / "locks").mkdir(parents=True, exist_ok=True)
+        can_lock = True
+    except OSError as e:  # a read-only dataset: no sidecar can be written either, but --jsonl/--no-sidecar runs work
+        can_lock = False
+        logger.warning("cannot keep track locks in %s (%s): another process may describe the same tracks", state_dir, e)
     failures = FailureLog(failures_path(root, opts.failures))
     failures.start()
     if root.is_dir():
@@ -489,9 +498,9 @@ def run_batch(
         """One track locked, checked and decoded; None when it is skipped or failed (counted here). A track
         locked elsewhere goes to ``deferred`` if given, else is counted as skipped."""
         lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
-        lock = FileLock(str(_lock_path(state_dir, track)), thread_local=False)  # released on another thread
+        lock = FileLock(str(_lock_path(state_dir, track)), thread_local=False) if can_lock else _NoLock()
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=0)  # released on another thread (thread_local=False)
         except Timeout:
             prefetch.drop(track)
             if deferred is not None:
@@ -578,6 +587,13 @@ def run_batch(
     if summary.failures:
         summary.failures_file = str(failures.path)
     return summary
+
+
+class _NoLock:
+    """Where no lock file can be created (a read-only dataset): the run goes on unlocked, as it said it would."""
+
+    def acquire(self, timeout: float = 0) -> None: ...
+    def release(self) -> None: ...
 
 
 class _NoBar:

@@ -7,7 +7,6 @@ arguments, missing model files, bad prompts YAML), 130 interrupted (Ctrl-C or SI
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -208,66 +207,81 @@ def _setup_logging(verbosity: int) -> None:
     logging.getLogger("music_flamingo").setLevel(level)
 
 
-def _prompt_names(a: argparse.Namespace) -> list[str] | None:
-    return [n.strip() for n in a.prompts.split(",") if n.strip()] if a.prompts else None
+def _analysis_options(a: argparse.Namespace):
+    """What to ask and how (:class:`~music_flamingo.analyzer.AnalysisOptions`): --prompts (default: the
+    catalogue's set), --prompt, --prompts-file, the sampling options and --max-duration. The one place the command
+    line turns them into options, for the engines and for the keys a run writes."""
+    from .analyzer import AnalysisOptions
 
-
-def _make_analyzer(a: argparse.Namespace):
-    """The backend the options name, asking --prompts (default: the catalogue's set), only --prompt, or both."""
-    names = _prompt_names(a)
-    common = dict(
+    names = [n.strip() for n in a.prompts.split(",") if n.strip()] if a.prompts else None
+    return AnalysisOptions(
         prompts=names or None,
+        prompt=a.prompt,
         prompts_files=a.prompts_file,
         temperature=a.temperature,
         top_p=a.top_p,
         seed=a.seed,
         max_duration=a.max_duration,
     )
+
+
+def _make_analyzer(a: argparse.Namespace):
+    """The model the options name (public constructors only), holding the analyzer of these options."""
+    options = _analysis_options(a)
     if a.backend == "transformers":
         from .transformers_backend import MusicFlamingoTransformers
 
-        mf = MusicFlamingoTransformers(
+        return MusicFlamingoTransformers(
             a.model_id,
             use_flash_attention=a.flash_attn != "off",
             dtype=a.dtype,
             local_files_only=a.local_files_only,
-            **common,
+            options=options,
         )
-        mf.use_prompts(names, a.prompt)
-        return mf
     from .gguf_backend import MusicFlamingoGGUF
 
-    mf = MusicFlamingoGGUF(
+    return MusicFlamingoGGUF(
         model_name=a.model,
         model_dir=a.model_dir,
         model_path=a.model_path,
         mmproj_path=a.mmproj,
         offline=a.offline,
-        **common,
+        options=options,
         n_gpu_layers=a.n_gpu_layers,
         n_threads=a.threads,
         flash_attn={"auto": "auto", "on": True, "off": False}[a.flash_attn],
         verbose=a.verbose >= 2,
     )
-    mf.use_prompts(names, a.prompt)
-    return mf
 
 
 def _run_single(mf, a: argparse.Namespace) -> int:
-    from .sidecar import sidecar_path, update_sidecar
+    """One file through the batch runner (the same lock, sidecar merge, JSONL line, failures file and exit codes
+    as a dataset run), always described anew; its descriptions are printed."""
+    from .batch import BatchOptions, TrackOutcome, run_batch
+    from .sidecar import sidecar_path
 
-    result = mf.analyze_track(a.path)
-    for key, text in result.descriptions.items():
-        print(f"{key}:\n{text}\n")
-    fields = result.sidecar_fields()
-    if not a.no_sidecar:
-        path = sidecar_path(a.path)
-        update_sidecar(path, fields)
-        print(f"wrote {path}", file=sys.stderr)
-    if a.jsonl:
-        with open(a.jsonl, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"path": str(a.path), **fields}, ensure_ascii=False) + "\n")
-    return EXIT_OK
+    keys = [e.key for e in mf.entries]
+    outcome: list[TrackOutcome] = []
+    options = BatchOptions(
+        overwrite=True, write_sidecars=not a.no_sidecar, jsonl=a.jsonl, failures=a.failures, progress=False
+    )
+    summary = run_batch(mf, a.path, options, tracks=[a.path], on_track=outcome.append)
+    if summary.interrupted:
+        print("interrupted", file=sys.stderr)
+        return summary.exit_code
+    o = outcome[0] if outcome else None
+    if o is not None and o.status == "done":
+        for key in keys:
+            print(f"{key}:\n{o.fields[key]}\n")
+        if not a.no_sidecar:
+            print(f"wrote {sidecar_path(a.path)}", file=sys.stderr)
+        return summary.exit_code
+    if o is not None and o.status == "failed":
+        print(f"music-flamingo: {o.error}: {o.message}", file=sys.stderr)
+        return summary.exit_code
+    # the only other outcome of an overwriting run: another process holds the track's lock and is describing it
+    print(f"music-flamingo: {a.path} is being described by another process right now; nothing done", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _selection(a: argparse.Namespace):
@@ -311,9 +325,7 @@ def _run_batch(mf, a: argparse.Namespace, selection) -> int:
 
 def _keys(a: argparse.Namespace) -> list[str]:
     """The sidecar keys a run with these options writes, from the prompt catalogue alone (no model loaded)."""
-    from .prompts import load_catalogue
-
-    return [e.key for e in load_catalogue(a.prompts_file).asked(_prompt_names(a), a.prompt)]
+    return [e.key for e in _analysis_options(a).asked()]
 
 
 def _dry_run(a: argparse.Namespace, selection) -> int:

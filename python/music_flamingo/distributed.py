@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ._logging import logger
-from .analyzer import Analyzer
+from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls, as_analyzer
 from .batch import BatchOptions, BatchSummary, TrackOutcome, failures_path, plan_work, run_batch
 
 # A factory the actors call to build their engine, or MusicFlamingoGGUF's keyword arguments.
-AnalyzerSpec = Callable[[], Analyzer] | Mapping[str, Any]
+AnalyzerSpec = Callable[[], Analyzer | AnalyzerCalls] | Mapping[str, Any]
 TIMINGS = ("audio_seconds", "encode_ms", "prefill_ms", "decode_ms", "total_ms")
 SUMMARY_COLUMNS = ["path", "status", "error", "message"]
 NOT_REPORTED = "NotReported"
@@ -84,10 +84,10 @@ def _row(o: TrackOutcome, keys: Sequence[str]) -> dict[str, Any]:
 
 def _build(analyzer: AnalyzerSpec) -> Analyzer:
     if callable(analyzer):
-        return analyzer()
+        return as_analyzer(analyzer())
     from .gguf_backend import MusicFlamingoGGUF
 
-    return MusicFlamingoGGUF(**dict(analyzer))
+    return MusicFlamingoGGUF(**dict(analyzer)).analyzer
 
 
 def keys_of(analyzer: AnalyzerSpec) -> list[str]:
@@ -95,9 +95,9 @@ def keys_of(analyzer: AnalyzerSpec) -> list[str]:
     ``prompts_files``), read from the prompt catalogue without loading a model."""
     if callable(analyzer):
         raise ValueError("give keys= with an analyzer factory (the sidecar keys its prompts write)")
-    from .prompts import load_catalogue
-
-    return [e.key for e in load_catalogue(analyzer.get("prompts_files", ())).select(analyzer.get("prompts"))]
+    fields = {f.name for f in dataclasses.fields(AnalysisOptions)}
+    chosen = {k: v for k, v in analyzer.items() if k in fields}
+    return [e.key for e in AnalysisOptions.of("MusicFlamingoGGUF", analyzer.get("options"), chosen).asked()]
 
 
 class TrackDescriber:

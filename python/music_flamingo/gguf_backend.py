@@ -1,7 +1,9 @@
 """The GGUF backend: llama.cpp's mtmd in this process, model and audio encoder loaded once.
 
 ``MusicFlamingoGGUF`` keeps one native engine resident; each :meth:`~MusicFlamingoGGUF.generate` call encodes the
-audio once and answers all prompts from one shared prefix, decoded together.
+audio once and answers all prompts from one shared prefix, decoded together. It is a backend of
+:class:`~music_flamingo.analyzer.Analyzer` (``generate``, ``generate_many``, ``generate_stream``) and holds one
+(``mf.analyzer``) for the seed's ``mf.analyze(path)``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from . import lifecycle, validation
 from ._logging import logger, set_native_log_level
-from .analyzer import AnalysisOptions, Analyzer
+from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .chat_template import ChatPieces, render_pieces
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
@@ -95,13 +97,15 @@ def _as_dict(native: Any) -> dict[str, Any]:
     return {k: getattr(native, k) for k in dir(native) if not k.startswith("_")}
 
 
-class MusicFlamingoGGUF(Analyzer):
+class MusicFlamingoGGUF(AnalyzerCalls):
     """Music Flamingo from GGUF files, resident in this process.
 
     Either ``model_name`` (``'Q8_0'``, ``'Q6_K'``, ``'IQ3_M'``: looked up in ``model_dir``, downloaded there when
     missing unless ``offline``) or explicit ``model_path`` + ``mmproj_path``. :meth:`analyze` describes a track with
-    the prompt catalogue; :meth:`generate` asks any prompts. ``prompts``, ``prompts_files``, ``temperature``,
-    ``top_p``, ``seed`` and ``max_duration`` are the :class:`~music_flamingo.analyzer.AnalysisOptions`. ``n_gpu_layers=-1`` offloads every layer when a GPU backend was compiled in;
+    the prompt catalogue (through ``self.analyzer``); :meth:`generate` asks any prompts. The analysis options —
+    ``prompts``, ``prompt``, ``prompts_files``, ``temperature``, ``top_p``, ``seed``, ``max_duration``, ``normalize``
+    — are the fields of :class:`~music_flamingo.analyzer.AnalysisOptions`, given as keywords or as ``options=``.
+    ``n_gpu_layers=-1`` offloads every layer when a GPU backend was compiled in;
     the audio encoder goes to the GPU too unless ``mmproj_use_gpu=False``. ``flash_attn``: ``'auto'`` (fastest),
     or ``True``/``False`` to pin the numerics (``False`` makes batched decoding bit-identical to decoding alone).
     ``framing``: ``'reference'`` (default; closest to the reference implementation at every length: each window
@@ -115,7 +119,8 @@ class MusicFlamingoGGUF(Analyzer):
     KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own).
     """
 
-    backend = "gguf"
+    backend = "gguf"  # the provenance's "backend"
+    max_duration_default = 600.0  # AF3 architecture: 20 windows of 30 s
 
     def __init__(
         self,
@@ -125,12 +130,6 @@ class MusicFlamingoGGUF(Analyzer):
         mmproj_path: str | os.PathLike | None = None,
         model_dir: str | os.PathLike | None = None,
         offline: bool = False,
-        prompts: Sequence[str] | None = None,
-        prompts_files: Sequence[str | os.PathLike] = (),
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        max_duration: float | None = None,
         options: AnalysisOptions | None = None,
         n_gpu_layers: int = -1,
         mmproj_use_gpu: bool = True,
@@ -149,18 +148,10 @@ class MusicFlamingoGGUF(Analyzer):
         memory_budget_mb: float = 0.0,
         prepare_ahead: bool = True,
         kv_unified: bool = True,
+        **analysis: Any,
     ) -> None:
-        super().__init__(
-            options
-            or AnalysisOptions(
-                prompts=prompts,
-                prompts_files=tuple(prompts_files),
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
-                max_duration=max_duration,
-            )
-        )
+        # first: a bad option or prompts file is refused before the model loads
+        self.analyzer = Analyzer(self, AnalysisOptions.of(type(self).__name__, options, analysis))
         if model_path is None or mmproj_path is None:
             if model_name is None:
                 raise ModelFileError("give model_name (e.g. 'Q6_K') or both model_path and mmproj_path")
@@ -227,48 +218,17 @@ class MusicFlamingoGGUF(Analyzer):
             special,
         )
 
-    # --- Analyzer hooks -----------------------------------------------------------------------------------
-    def max_analysed_seconds(self) -> float:
-        # framing="llamacpp" (mtmd) adds a silent window at exact multiples of 30 s: stay 10 ms short of a
-        # multiple so 10 minutes are 20 windows, as the model was trained, not 21. (The reference framings need no
-        # margin; 10 ms less gives them the same 750 tokens for the last window.)
-        limit = self.max_duration
+    # --- the backend's side of the Analyzer ---------------------------------------------------------------
+    @staticmethod
+    def analysed_seconds(limit: float) -> float:
+        """Where audio is cut for a limit of ``limit`` seconds. framing="llamacpp" (mtmd) adds a silent window at
+        exact multiples of 30 s: stay 10 ms short of a multiple so 10 minutes are 20 windows, as the model was
+        trained, not 21. (The reference framings need no margin; 10 ms less gives them the same 750 tokens for the
+        last window.)"""
         return limit - 0.01 if limit % 30 == 0 else limit
 
-    def _generate(self, pcm, prompts):
-        res = self.generate(pcm, prompts)
-        return res.texts, res.stats
-
-    def _generate_many(self, pcms, prompts, tracks_in_flight):
-        results = self.generate_many([(pcm, prompts) for pcm in pcms], tracks_in_flight=tracks_in_flight)
-        return [(r.texts, r.stats) for r in results]
-
-    def analyze_stream(self, items, on_result, tracks_in_flight="auto") -> None:
-        """Continuous batching over a stream of decoded tracks (see :meth:`Analyzer.analyze_stream`): the engine's
-        helper thread pulls the next item whenever a track can be admitted, so the batch never drains between
-        groups; results arrive in the order tracks finish."""
-        entries = self.entries
-        prompts = self.to_prompts(entries)
-        taken: list = []  # (key, prepared) in the order the engine took them: its index is the engine's
-
-        def audio():
-            for key, prepared in items:
-                taken.append((key, prepared))
-                yield prepared.pcm
-
-        def done(index: int, result) -> None:
-            key, prepared = taken[index]
-            taken[index] = None  # the audio is no longer needed
-            if isinstance(result, Exception):
-                on_result(key, result)
-            else:
-                on_result(key, self._analysis(entries, prompts, prepared, result.texts, result.stats, True))
-
-        self.generate_stream(
-            audio(), prompts, done, tracks_in_flight=tracks_in_flight, max_audio_seconds=self.max_analysed_seconds()
-        )
-
-    def _provenance(self) -> dict:
+    def provenance(self) -> dict[str, Any]:
+        """Backend, model files and their sha256, the llama.cpp commit and the devices (for every sidecar)."""
         from .provenance import FileHashCache
 
         hashes = FileHashCache()
@@ -312,7 +272,7 @@ class MusicFlamingoGGUF(Analyzer):
         embeddings fed to the LLM, the first step's logits of prompt 0 and its prompt token ids, -1 per audio
         position (``result.debug``), for fidelity measurements.
         """
-        audio, plist = as_engine_audio(audio), as_prompts(prompts, max_tokens)
+        audio, plist = as_engine_audio(audio, sample_rate), as_prompts(prompts, max_tokens)
         self._check_context(audio, plist)
         fr = self._framing(framing)
         raw = self._engine.generate(
@@ -350,7 +310,7 @@ class MusicFlamingoGGUF(Analyzer):
         ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
         raised after all tracks ran."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
-        decoded = [(as_engine_audio(a), as_prompts(ps, max_tokens)) for a, ps in tracks]
+        decoded = [(as_engine_audio(a, sample_rate), as_prompts(ps, max_tokens)) for a, ps in tracks]
         for audio, plist in decoded:
             self._check_context(audio, plist)
         native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
@@ -487,9 +447,3 @@ class MusicFlamingoGGUF(Analyzer):
         if engine is not None:
             with self._call_lock:  # after a call in progress, never during it
                 engine.close()
-
-    def __enter__(self) -> MusicFlamingoGGUF:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

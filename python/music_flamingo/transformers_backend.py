@@ -1,6 +1,7 @@
 """The transformers backend: Music Flamingo through Hugging Face transformers' own classes, resident in this process.
 
-The fallback and reference next to the GGUF backend, with the same API (:class:`~music_flamingo.analyzer.Analyzer`).
+The fallback and reference next to the GGUF backend, with the same API: a backend of
+:class:`~music_flamingo.analyzer.Analyzer` (``generate``) that holds one (``mf.analyzer``) for ``mf.analyze(path)``.
 The checkpoint's ``model_type`` picks the class: ``audioflamingo3`` (``nvidia/music-flamingo-hf``) ->
 ``AudioFlamingo3ForConditionalGeneration``, ``musicflamingo`` (``nvidia/music-flamingo-2601-hf``, rotary time
 embeddings) -> ``MusicFlamingoForConditionalGeneration``. Each track's audio goes through the audio encoder once;
@@ -23,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from ._logging import logger
-from .analyzer import AnalysisOptions, Analyzer
+from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .chat_template import AUDIO_TEXT_SEPARATOR, TEXT_SLOT, ChatPieces, split_rendered
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
-from .errors import EngineError, InvalidInputError, ModelFileError
+from .errors import EngineError, ModelFileError
 
 PromptLike = Prompt | str
 
@@ -134,7 +135,7 @@ class _FirstStepClock:
         return scores
 
 
-class MusicFlamingoTransformers(Analyzer):
+class MusicFlamingoTransformers(AnalyzerCalls):
     """Music Flamingo from a Hugging Face checkpoint, resident in this process (torch + transformers).
 
     ``model_id`` is a Hub repository (``nvidia/music-flamingo-hf``, ``nvidia/music-flamingo-2601-hf``) or a local
@@ -142,12 +143,13 @@ class MusicFlamingoTransformers(Analyzer):
     ``'float32'`` or ``'auto'``. ``use_flash_attention`` uses FlashAttention-2 where it can (CUDA/ROCm device,
     ``flash_attn`` installed, half precision) and SDPA otherwise. ``device_map`` goes to ``from_pretrained``.
     ``torch_compile=True`` compiles the model's forward (off by default: it crashes on ROCm). ``system_prompt``:
-    the system message (default: the chat template's own, e.g. "You are a helpful assistant."). ``prompts``,
-    ``prompts_files``, ``temperature``, ``top_p``, ``seed`` and ``max_duration`` are the
-    :class:`~music_flamingo.analyzer.AnalysisOptions`, as for :class:`~music_flamingo.MusicFlamingoGGUF`.
+    the system message (default: the chat template's own, e.g. "You are a helpful assistant."). The analysis
+    options (``prompts``, ``prompt``, ``prompts_files``, ``temperature``, ...) are the fields of
+    :class:`~music_flamingo.analyzer.AnalysisOptions`, as keywords or ``options=``, as for
+    :class:`~music_flamingo.MusicFlamingoGGUF`.
     """
 
-    backend = "transformers"
+    backend = "transformers"  # the provenance's "backend"
 
     def __init__(
         self,
@@ -158,26 +160,12 @@ class MusicFlamingoTransformers(Analyzer):
         device_map: Any = "auto",
         local_files_only: bool = False,
         torch_compile: bool = False,
-        prompts: Sequence[str] | None = None,
-        prompts_files: Sequence[str | os.PathLike] = (),
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        max_duration: float | None = None,
         options: AnalysisOptions | None = None,
         system_prompt: str = "",
+        **analysis: Any,
     ) -> None:
-        super().__init__(
-            options
-            or AnalysisOptions(
-                prompts=prompts,
-                prompts_files=tuple(prompts_files),
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
-                max_duration=max_duration,
-            )
-        )
+        # first: a bad option or prompts file is refused before torch is imported and the model loads
+        self.analyzer = Analyzer(self, AnalysisOptions.of(type(self).__name__, options, analysis))
         self.system_prompt = system_prompt
         torch, transformers = _import_torch_transformers()
         self._torch = torch
@@ -286,12 +274,9 @@ class MusicFlamingoTransformers(Analyzer):
             "loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."), self.device
         )
 
-    # --- Analyzer hooks -----------------------------------------------------------------------------------
-    def _generate(self, pcm, prompts):
-        res = self.generate(pcm, prompts)
-        return res.texts, res.stats
-
-    def _provenance(self) -> dict:
+    # --- the backend's side of the Analyzer ---------------------------------------------------------------
+    def provenance(self) -> dict[str, Any]:
+        """Backend, checkpoint and its commit, library versions, precision, attention and device."""
         import transformers
 
         return {
@@ -382,17 +367,7 @@ class MusicFlamingoTransformers(Analyzer):
         """
         torch = self._torch
         model = self._require_model()
-        audio = as_engine_audio(audio)
-        if int(sample_rate) != TARGET_SAMPLE_RATE:
-            raise InvalidInputError(
-                f"audio arrays must be at {TARGET_SAMPLE_RATE} Hz, got {sample_rate}; convert "
-                "with music_flamingo.audio.load_audio"
-            )
-        pcm = np.ascontiguousarray(audio, dtype=np.float32)
-        if pcm.ndim != 1 or pcm.size == 0:
-            raise InvalidInputError(f"audio must be a non-empty mono array, got shape {pcm.shape}")
-        if not np.isfinite(pcm).all():
-            raise InvalidInputError("audio contains NaN or infinite samples")
+        pcm = np.ascontiguousarray(as_engine_audio(audio, sample_rate))
         plist = as_prompts(prompts, max_tokens)
         # The processor cuts audio at its own max_audio_len; the Analyzer has already cut it where it should.
         windows_s = math.ceil(len(pcm) / TARGET_SAMPLE_RATE / _WINDOW_SECONDS) * _WINDOW_SECONDS
@@ -514,9 +489,3 @@ class MusicFlamingoTransformers(Analyzer):
         gc.collect()
         if on_cuda:
             self._torch.cuda.empty_cache()
-
-    def __enter__(self) -> MusicFlamingoTransformers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
