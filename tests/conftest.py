@@ -39,6 +39,13 @@ def batch_cli(root: Path, tiny, *args: str, prompts: Path | None = None) -> list
     return [sys.executable, "-m", "music_flamingo", str(root), "--batch", *files, *args]
 
 
+def run_cli(*args: str, stdin: str | None = None, **kw) -> subprocess.CompletedProcess:
+    """``python -m music_flamingo ARGS`` in a child, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True, input=stdin, timeout=600, **kw
+    )
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child Python that must import the same music_flamingo as this process: the parent's
     whole import path, so an installed wheel (CI) and a source tree with a built module (dev) both work."""

@@ -8,13 +8,12 @@ what they say."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import DEFAULT_KEYS, write_clip
+from conftest import run_cli as cli
 
 T1 = "Artist - Album - Track"
 T2 = "Sigur Rós – Ágætis byrjun – Svefn-g-englar"
@@ -107,12 +106,6 @@ def run(analyzer, root: Path, **kw):
         on_result=lambda t, f: described.append(Path(t).relative_to(root).as_posix()),
     )
     return s, described
-
-
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True, input=stdin, timeout=600
-    )
 
 
 def test_default_run_describes_exactly_the_mixes_crops_and_loose_files(analyzer, layout):

@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from conftest import DEFAULT_KEYS, SR, batch_cli, write_clip
+from conftest import run_cli as cli
 
 META_KEYS = {"music_flamingo_model", "music_flamingo_meta"}
 
@@ -209,12 +209,6 @@ def test_a_locked_track_gets_a_second_look_after_the_others(analyzer, track, tmp
             assert (s.done, s.skipped_locked) == (5, 1) and "take 0.flac" not in done, (s.line(), done)
 
 
-def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "music_flamingo", *args], capture_output=True, text=True, timeout=600, **kw
-    )
-
-
 def test_two_processes_share_a_dataset_and_do_each_track_once(tiny, dataset, small_prompts, tmp_path):
     from music_flamingo.discovery import discover_tracks
 
@@ -368,22 +362,7 @@ def test_ctrl_c_stops_cleanly_and_prints_the_summary(tiny, dataset, tmp_path):
         )
     )
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "music_flamingo",
-            str(dataset),
-            "--batch",
-            "--model-path",
-            str(tiny.model_gguf),
-            "--mmproj",
-            str(tiny.mmproj_gguf),
-            "--prompts-file",
-            str(slow),
-            "--no-progress",
-            "--tracks-in-flight",
-            "1",
-        ],
+        batch_cli(dataset, tiny, "--no-progress", "--tracks-in-flight", "1", prompts=slow),
         stderr=subprocess.PIPE,
         text=True,
     )

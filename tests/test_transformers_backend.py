@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch  # noqa: F401  (the test extra installs it; a missing one must fail, not skip)
 import transformers
-from conftest import DEFAULT_KEYS, SR
+from conftest import DEFAULT_KEYS, SR, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -298,26 +298,8 @@ def test_import_stays_torch_free():
 def test_cli_transformers_backend_writes_a_sidecar(tiny, small_prompts, clips, tmp_path):
     wav = tmp_path / "song.wav"
     sf.write(str(wav), clips["5s"], SR)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "music_flamingo",
-            str(wav),
-            "--backend",
-            "transformers",
-            "--model-id",
-            str(tiny.hf_dir),
-            "--local-files-only",
-            "--prompts",
-            "full",
-            "--prompts-file",
-            str(small_prompts),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    hf = ["--backend", "transformers", "--model-id", str(tiny.hf_dir), "--local-files-only"]
+    r = run_cli(str(wav), *hf, "--prompts", "full", "--prompts-file", str(small_prompts))
     assert r.returncode == 0, r.stderr
     assert "music_flamingo_full:" in r.stdout
     info = json.loads((tmp_path / "song.INFO").read_text())

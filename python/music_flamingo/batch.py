@@ -176,6 +176,22 @@ def plan_batch(
     return plan
 
 
+def _plan(
+    root: str | os.PathLike, keys: Sequence[str], o: BatchOptions, check_locks: bool = False
+) -> list[PlannedTrack]:
+    """:func:`plan_batch` with a run's options: the run and its dry run plan alike."""
+    return plan_batch(
+        root,
+        keys,
+        o.selection,
+        overwrite=o.overwrite,
+        check_sidecars=o.write_sidecars,
+        retry_failed=o.retry_failed,
+        failures=o.failures,
+        check_locks=check_locks,
+    )
+
+
 def plan_work(
     root: str | os.PathLike,
     keys: Sequence[str],
@@ -189,15 +205,7 @@ def plan_work(
     processes (:mod:`.workers`, :mod:`.distributed`), which then run them with ``run_batch(tracks=...)``.
     ``done``, if given, receives the tracks found complete."""
     todo: list[Path] = []
-    for item in plan_batch(
-        root,
-        keys,
-        options.selection,
-        overwrite=options.overwrite,
-        check_sidecars=options.write_sidecars,
-        retry_failed=options.retry_failed,
-        failures=options.failures,
-    ):
+    for item in _plan(root, keys, options):
         if item.status == EXCLUDED:
             label = item.track.excluded_as or ""
             summary.excluded[label] = summary.excluded.get(label, 0) + 1
@@ -256,17 +264,7 @@ def dry_run(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions 
     length of the audio to describe (read from file headers). Writes nothing."""
     from .audio import probe_duration
 
-    opts = options or BatchOptions()
-    plan = plan_batch(
-        root,
-        keys,
-        opts.selection,
-        overwrite=opts.overwrite,
-        check_sidecars=opts.write_sidecars,
-        retry_failed=opts.retry_failed,
-        failures=opts.failures,
-        check_locks=True,
-    )
+    plan = _plan(root, keys, options or BatchOptions(), check_locks=True)
     counts = {s: 0 for s in _STATUS_ROWS}
     counts.update({f"excluded: {why}": 0 for why in (*EXCLUDED_AS.values(), NOT_SELECTED)})
     seconds, unknown = 0.0, 0
