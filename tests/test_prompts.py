@@ -302,3 +302,14 @@ def test_asked_combines_names_and_free_text(cat):
     assert both[-1].text == "Tempo?"
     with pytest.raises(PromptConfigError, match="unknown prompt"):
         cat.asked(["nope"], "Tempo?")
+
+
+def test_analysis_options_ask_one_name_given_as_a_string():
+    """prompts="technical" is one name (as select() takes it), not the letters t, e, c ..."""
+    from music_flamingo.analyzer import AnalysisOptions
+
+    assert [e.key for e in AnalysisOptions(prompts="technical").asked()] == ["music_flamingo_technical"]
+    assert [e.key for e in AnalysisOptions(prompts="full", prompt="Key?").asked()] == [
+        "music_flamingo_full",
+        "music_flamingo_custom",
+    ]

@@ -130,7 +130,7 @@ class Catalogue:
     def asked(self, names: Sequence[str] | None = None, free_text: str | None = None) -> list[PromptEntry]:
         """What a run asks: the entries ``names`` (None: the default set) and, with ``free_text``, one more
         question written to ``music_flamingo_custom``; ``free_text`` alone asks only it (``--prompt``)."""
-        entries = self.select(list(names) if names else None) if names or not free_text else []
+        entries = self.select(names or None) if names or not free_text else []  # a str is one name
         if free_text:
             entries = [*entries, self.free_text(free_text)]
         return entries
