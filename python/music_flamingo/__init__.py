@@ -4,8 +4,8 @@ The GGUF backend runs llama.cpp's mtmd in-process (``music_flamingo._core``); se
 :class:`MusicFlamingoTransformers` is the same API on Hugging Face transformers (torch is imported only when it loads
 a model: ``import music_flamingo`` never imports it).
 Data flows one way: path -> PCM (:mod:`.audio`) -> engine -> texts -> T5-safe text (:mod:`.text`) -> sidecar
-(:mod:`.sidecar`); :mod:`.analyzer` strings it together, :mod:`.discovery` finds a dataset's tracks, :mod:`.batch`
-runs them, :mod:`.cli` is the command line.
+(:mod:`.sidecar`); :class:`Analyzer` strings it together over a backend (each model class holds one),
+:mod:`.discovery` finds a dataset's tracks, :mod:`.batch` runs them, :mod:`.cli` is the command line.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from ._logging import logger
 from ._version import __version__
-from .analyzer import AnalysisOptions, TrackAnalysis
+from .analyzer import AnalysisOptions, Analyzer, TrackAnalysis
 from .audio import load_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt
 from .errors import (
@@ -33,6 +33,7 @@ from .text import normalize_music_flamingo_text
 
 __all__ = [
     "AnalysisOptions",
+    "Analyzer",
     "AudioDecodeError",
     "EngineError",
     "GenerationResult",
