@@ -31,12 +31,15 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 SR = 16000
 
 
+def model_args(tiny, prompts: Path | None = None) -> list[str]:
+    """The command-line options that load the tiny model (and a prompts file)."""
+    files = ["--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf)]
+    return files + (["--prompts-file", str(prompts)] if prompts is not None else [])
+
+
 def batch_cli(root: Path, tiny, *args: str, prompts: Path | None = None) -> list[str]:
     """The command line of the batch runner over ``root`` with the tiny model (and a prompts file)."""
-    files = ["--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf)]
-    if prompts is not None:
-        files += ["--prompts-file", str(prompts)]
-    return [sys.executable, "-m", "music_flamingo", str(root), "--batch", *files, *args]
+    return [sys.executable, "-m", "music_flamingo", str(root), "--batch", *model_args(tiny, prompts), *args]
 
 
 def run_cli(*args: str, stdin: str | None = None, **kw) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_KEYS, write_clip
+from conftest import DEFAULT_KEYS, model_args, write_clip
 from conftest import run_cli as cli
 
 T1 = "Artist - Album - Track"
@@ -208,12 +208,7 @@ def test_from_list_on_stdin_takes_the_listed_tracks_only(tiny, small_prompts, la
         "--batch",
         "--from-list",
         "-",
-        "--model-path",
-        str(tiny.model_gguf),
-        "--mmproj",
-        str(tiny.mmproj_gguf),
-        "--prompts-file",
-        str(small_prompts),
+        *model_args(tiny, small_prompts),
         "--prompts",
         "full",
         "--no-progress",

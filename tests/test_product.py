@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DEFAULT_KEYS, SR, batch_cli, write_clip
+from conftest import DEFAULT_KEYS, SR, batch_cli, model_args, write_clip
 from conftest import run_cli as cli
 
 META_KEYS = {"music_flamingo_model", "music_flamingo_meta"}
@@ -234,17 +234,7 @@ def test_two_processes_share_a_dataset_and_do_each_track_once(tiny, dataset, sma
 
 def test_cli_single_file_prints_and_writes_sidecar(tiny, dataset, small_prompts):
     target = dataset / "loose" / "intro.flac"
-    r = cli(
-        str(target),
-        "--model-path",
-        str(tiny.model_gguf),
-        "--mmproj",
-        str(tiny.mmproj_gguf),
-        "--prompts-file",
-        str(small_prompts),
-        "--prompts",
-        "full,technical",
-    )
+    r = cli(str(target), *model_args(tiny, small_prompts), "--prompts", "full,technical")
     assert r.returncode == 0, r.stderr
     assert "music_flamingo_full:" in r.stdout and "music_flamingo_technical:" in r.stdout
     info = json.loads((dataset / "loose" / "intro.INFO").read_text())
@@ -260,8 +250,7 @@ def test_cli_single_file_goes_through_the_batch_runner(tiny, dataset, small_prom
     from music_flamingo.batch import _lock_path, read_failed_tracks, state_dir_of
 
     target = dataset / "loose" / "intro.flac"
-    model = ["--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--prompts-file"]
-    model += [str(small_prompts), "--prompts", "full", "--jsonl", str(tmp_path / "m.jsonl")]
+    model = [*model_args(tiny, small_prompts), "--prompts", "full", "--jsonl", str(tmp_path / "m.jsonl")]
     failures = state_dir_of(target) / "failures.jsonl"
 
     broken = dataset / "loose" / "broken.flac"
@@ -322,7 +311,7 @@ def test_analysis_options_are_one_list_for_keywords_and_options(tiny, small_prom
 
 def test_cli_free_text_prompt_alone_and_with_named_prompts(tiny, dataset, small_prompts):
     target = dataset / "loose" / "intro.flac"
-    model = ["--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--no-sidecar"]
+    model = [*model_args(tiny), "--no-sidecar"]
     alone = cli(str(target), *model, "--prompts-file", str(small_prompts), "--prompt", "What is the tempo?")
     assert alone.returncode == 0, alone.stderr
     assert "music_flamingo_custom:" in alone.stdout and "music_flamingo_full:" not in alone.stdout
@@ -341,9 +330,7 @@ def test_cli_usage_errors_exit_2(tiny, tmp_path):
     assert r.returncode == 2 and "music-flamingo-hf.Q6_K.gguf" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("prompts:\n  full: {max_tokens: -3}\n")
-    r = cli(
-        str(wav), "--model-path", str(tiny.model_gguf), "--mmproj", str(tiny.mmproj_gguf), "--prompts-file", str(bad)
-    )
+    r = cli(str(wav), *model_args(tiny, bad))
     assert r.returncode == 2 and "bad.yaml" in r.stderr and "max_tokens" in r.stderr
     assert cli("--help").returncode == 0
     env = dict(os.environ)

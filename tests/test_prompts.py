@@ -6,18 +6,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import DEFAULT_KEYS
 
 from music_flamingo.datatypes import Prompt
 from music_flamingo.errors import MusicFlamingoError, PromptConfigError
 from music_flamingo.prompts import PACKAGED_SOURCE, Catalogue, PromptEntry, load_catalogue
-
-DEFAULT_KEYS = [
-    "music_flamingo_full",
-    "music_flamingo_technical",
-    "music_flamingo_genre_mood",
-    "music_flamingo_instrumentation",
-    "music_flamingo_structure",
-]
 
 
 def write(tmp_path: Path, body: str, name: str = "user_prompts.yaml") -> Path:

@@ -14,18 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import assert_written_like_local, batch_cli, local_reference, scaling_dataset, write_clip
-
-
-def engine_args(tiny, small_prompts) -> list[str]:
-    return [
-        "--model-path",
-        str(tiny.model_gguf),
-        "--mmproj",
-        str(tiny.mmproj_gguf),
-        "--prompts-file",
-        str(small_prompts),
-    ]
+from conftest import assert_written_like_local, batch_cli, local_reference, model_args, scaling_dataset, write_clip
 
 
 def manifest(path: Path) -> Counter:
@@ -54,7 +43,7 @@ def test_two_workers_describe_each_good_track_once_and_report_the_broken(
         "music_flamingo",
         str(root),
         "--batch",
-        *engine_args(tiny, small_prompts),
+        *model_args(tiny, small_prompts),
         "--workers",
         "2",
         "--tracks-in-flight",
@@ -108,7 +97,7 @@ def test_a_killed_worker_is_reported_and_its_tracks_go_back_to_the_queue_once(ti
         "music_flamingo",
         str(root),
         "--batch",
-        *engine_args(tiny, small_prompts),
+        *model_args(tiny, small_prompts),
         "--tracks-in-flight",
         "1",
         "--jsonl",
