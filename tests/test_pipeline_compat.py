@@ -372,3 +372,29 @@ def test_tracks_with_different_prompts_decode_together(engine, clips) -> None:
     )
     assert [got[i] for i in range(3)] == alone
     assert engine.last_run_stats()["peak_in_flight"] == 3
+
+
+# --- their model folder ------------------------------------------------------------------------------------------
+
+
+def test_their_model_folder_through_the_cli(tmp_path: Path, track: np.ndarray, tiny, small_prompts) -> None:
+    """models/music_flamingo/ as the pipeline has it (the imatrix Q6_K beside the static Q8_0; here the tiny model
+    under those names): --model Q6_K takes the i1 file, says so, downloads nothing, and the sidecar names it."""
+    models = tmp_path / "models" / "music_flamingo"
+    models.mkdir(parents=True)
+    (models / "music-flamingo-hf.i1-Q6_K.gguf").symlink_to(tiny.model_gguf)
+    (models / "music-flamingo-hf.Q8_0.gguf").symlink_to(tiny.model_gguf)
+    (models / "music-flamingo-hf.mmproj-f16.gguf").symlink_to(tiny.mmproj_gguf)
+    f = write_clip(tmp_path / "a.flac", track, 2.0, 10)
+    r = run_cli(
+        str(f), "--model", "Q6_K", "--model-dir", str(models), "--offline", "--prompts-file", str(small_prompts),
+        env=child_env(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "music-flamingo-hf.i1-Q6_K.gguf" in r.stderr  # said which file was taken
+    written = json.loads(f.with_suffix(".INFO").read_text())
+    assert written["music_flamingo_model"] == "gguf_Q6_K"  # as the pipeline labels it
+    assert written["music_flamingo_meta"]["model"] == "music-flamingo-hf.i1-Q6_K.gguf"
+    assert sorted(p.name for p in models.iterdir()) == sorted(
+        ["music-flamingo-hf.i1-Q6_K.gguf", "music-flamingo-hf.Q8_0.gguf", "music-flamingo-hf.mmproj-f16.gguf"]
+    )  # nothing downloaded

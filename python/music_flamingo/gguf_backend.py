@@ -156,13 +156,12 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         if model_path is None or mmproj_path is None:
             if model_name is None:
                 raise ModelFileError("give model_name (e.g. 'Q6_K') or both model_path and mmproj_path")
-            model_name = canonical_model_name(model_name)
             found_model, found_mmproj = resolve_model_files(model_name, model_dir, offline=offline)
             model_path = model_path or found_model
             mmproj_path = mmproj_path or found_mmproj
         else:
             model_name = None  # explicit files: the label comes from the file name
-        self.model_name = model_name
+        self.model_name = canonical_model_name(model_name) if model_name is not None else None  # q6_k: Q6_K
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path)
         for path in (self.model_path, self.mmproj_path):
@@ -205,7 +204,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             self.info["text_model_device"],
             self.info["audio_encoder_device"],
         )
-        self.model_label = "gguf_" + (model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
+        self.model_label = "gguf_" + (self.model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
 
     def chat_pieces(self, system_prompt: str | None = None) -> ChatPieces:
         """The GGUF's own chat template rendered around the audio and the question, as transformers renders it:
