@@ -398,3 +398,32 @@ def test_their_model_folder_through_the_cli(tmp_path: Path, track: np.ndarray, t
     assert sorted(p.name for p in models.iterdir()) == sorted(
         ["music-flamingo-hf.i1-Q6_K.gguf", "music-flamingo-hf.Q8_0.gguf", "music-flamingo-hf.mmproj-f16.gguf"]
     )  # nothing downloaded
+
+
+def test_the_transformers_backend_fills_and_trims_alike(tmp_path: Path, track: np.ndarray, tiny) -> None:
+    """The backend without generate_stream (one track at a time): each track asked its own filled prompt, and
+    --trim-frac's excerpt is what it analyses."""
+    from music_flamingo import MusicFlamingoTransformers
+    from music_flamingo.batch import BatchOptions, TrackOutcome, run_batch
+
+    data = tmp_path / "data"
+    expected = {}
+    for i, shape in enumerate(("full", "wrong")):
+        f = write_clip(data / f"song{i}.flac", track, 10.0, 20 + 10 * i)
+        f.with_suffix(".INFO").write_text(json.dumps(SIDECARS[shape][0]))
+        expected[f.name] = SIDECARS[shape][1] + " " + TAIL
+    outcomes: list[TrackOutcome] = []
+    mf = MusicFlamingoTransformers(
+        tiny.hf_dir,
+        local_files_only=True,
+        dtype="float32",
+        prompts_files=[pipeline_config(tmp_path, max_tokens=4)],
+        trim_frac=0.6,
+    )
+    with mf:
+        s = run_batch(mf, data, BatchOptions(progress=False, jsonl=tmp_path / "m.jsonl"), on_track=outcomes.append)
+    assert (s.done, s.failed) == (2, 0), s.line()
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert {Path(x["path"]).name: x["prompts"]["full"] for x in lines} == expected
+    assert [o.stats.audio_seconds for o in outcomes] == [pytest.approx(6.0)] * 2
+    assert all(x["music_flamingo_meta"]["span_analysed"] == [0.0, 6.0] for x in lines)
