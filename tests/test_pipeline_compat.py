@@ -427,3 +427,28 @@ def test_the_transformers_backend_fills_and_trims_alike(tmp_path: Path, track: n
     assert {Path(x["path"]).name: x["prompts"]["full"] for x in lines} == expected
     assert [o.stats.audio_seconds for o in outcomes] == [pytest.approx(6.0)] * 2
     assert all(x["music_flamingo_meta"]["span_analysed"] == [0.0, 6.0] for x in lines)
+
+
+def test_a_template_failing_on_one_tracks_values_fails_that_track(tmp_path: Path, track: np.ndarray, analyzer) -> None:
+    """A Jinja expression that cannot take one track's value (a string where a number was meant): that track is a
+    logged, counted failure naming the prompt file; the others are described with their own values."""
+    from music_flamingo import AnalysisOptions, Analyzer
+    from music_flamingo.batch import BatchOptions, read_failed_tracks, run_batch
+
+    p = tmp_path / "tempo.yaml"
+    p.write_text(
+        "default_set: [tempo]\nprompts:\n  tempo:\n    key: music_flamingo_tempo\n    max_tokens: 4\n"
+        "    text: 'Is it near {{ (info.bpm * 2) | round | int }} half-beats per minute?'\n"
+    )
+    data = tmp_path / "data"
+    for name, bpm in (("good", 120.5), ("typo", "fast")):
+        f = write_clip(data / f"{name}.flac", track, 2.0, 10)
+        f.with_suffix(".INFO").write_text(json.dumps({"bpm": bpm}))
+    an = Analyzer(analyzer, AnalysisOptions(prompts_files=[p]))
+    s = run_batch(an, data, BatchOptions(progress=False, jsonl=tmp_path / "m.jsonl"))
+    assert (s.done, s.failed) == (1, 1), s.line()
+    assert s.failures[0]["error"] == "PromptConfigError" and str(p) in s.failures[0]["message"]
+    assert read_failed_tracks(data / ".music-flamingo" / "failures.jsonl") == [str(data / "typo.flac")]
+    (line,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert line["prompts"] == {"tempo": "Is it near 241 half-beats per minute?"}
+    assert json.loads((data / "typo.INFO").read_text()) == {"bpm": "fast"}  # untouched

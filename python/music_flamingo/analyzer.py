@@ -22,6 +22,7 @@ from . import validation
 from ._version import __version__
 from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt
+from .errors import PromptConfigError
 from .prompts import Catalogue, PromptEntry, load_catalogue
 from .sidecar import read_sidecar, sidecar_path
 from .text import normalize_music_flamingo_text
@@ -193,6 +194,13 @@ class Analyzer:
             return None
         return self.track_prompts(read_sidecar(sidecar_path(path)), Path(path).name, entries)
 
+    def _own(self, prompts: Sequence[Prompt] | None) -> list[Prompt]:
+        """A track's prompts: those given (filled from its sidecar), else the catalogue's as written — templates
+        with their fallbacks (no sidecar values)."""
+        if prompts is not None:
+            return list(prompts)
+        return self.track_prompts({}) if self.templated else self.to_prompts(self.entries)
+
     def prepare(self, audio: AudioSource, sample_rate: int | None = None, name: str | None = None) -> PreparedAudio:
         """One track's audio as the model gets it: decoded, cut at the length limit, an excerpt with
         ``trim_frac``."""
@@ -245,8 +253,7 @@ class Analyzer:
         its sidecar, :meth:`prompts_for_file`; None: the shared ones). Results in order; one bad track fails the
         call (the batch runner then retries the tracks one by one)."""
         entries = self.entries
-        shared = self.track_prompts({})
-        per_track = [list(p) if p is not None else shared for p in (prompts or [None] * len(prepared))]
+        per_track = [self._own(p) for p in (prompts or [None] * len(prepared))]
         many = getattr(self.backend, "generate_many", None)
         if many is not None:
             results = many([(a.pcm, p) for a, p in zip(prepared, per_track)], tracks_in_flight=tracks_in_flight)
@@ -267,13 +274,12 @@ class Analyzer:
         ``tracks_in_flight`` tracks decoding together, whatever their prompts, and pulls the next item as soon as
         one finishes, on its helper thread; results then arrive in the order tracks finish. Otherwise one track at a
         time."""
-        entries = self.entries
-        shared = self.track_prompts({})
+        entries, templated = self.entries, self.templated
         stream = getattr(self.backend, "generate_stream", None)
         if stream is None:
-            for key, prepared, prompts in map(_with_prompts, items):
-                prompts = shared if prompts is None else list(prompts)
+            for key, prepared, own in map(_with_prompts, items):
                 try:
+                    prompts = self._own(own)
                     result = self.backend.generate(prepared.pcm, prompts)
                     analysis = self._analysis(entries, prompts, prepared, result, True)
                 except KeyboardInterrupt:
@@ -288,9 +294,14 @@ class Analyzer:
         taken: list[tuple[Hashable, PreparedAudio, list[Prompt]] | None] = []
 
         def audio():
-            for key, prepared, prompts in map(_with_prompts, items):
-                taken.append((key, prepared, shared if prompts is None else list(prompts)))
-                yield prepared.pcm if prompts is None else (prepared.pcm, taken[-1][2])
+            for key, prepared, own in map(_with_prompts, items):
+                try:
+                    prompts = self._own(own)
+                except PromptConfigError as e:  # a template that cannot take this track's values: it fails alone
+                    on_result(key, e)
+                    continue
+                taken.append((key, prepared, prompts))
+                yield (prepared.pcm, prompts) if own is not None or templated else prepared.pcm
 
         def done(index: int, result: GenerationResult | Exception) -> None:
             key, prepared, prompts = taken[index]
@@ -302,10 +313,11 @@ class Analyzer:
 
         # Filled texts are longer than their templates: the run is sized with room for what fills them (a track
         # that still does not fit fails alone, in the engine).
-        sizing = [dataclasses.replace(p, max_tokens=p.max_tokens + FILL_ROOM_TOKENS) for p in shared]
+        plain = self.to_prompts(entries)  # the texts as written
+        sizing = [dataclasses.replace(p, max_tokens=p.max_tokens + FILL_ROOM_TOKENS) for p in plain]
         stream(
             audio(),
-            sizing if self.templated else shared,
+            sizing if templated else plain,
             done,
             tracks_in_flight=tracks_in_flight,
             max_audio_seconds=self.max_analysed_seconds(),
