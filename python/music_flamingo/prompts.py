@@ -369,7 +369,9 @@ def _from_pipeline(data: dict[str, Any], source: str, known: Sequence[str]) -> t
     become follow-ups (kept, not asked yet)."""
     section = data[PIPELINE_SECTION] or {}
     if not isinstance(section, dict):
-        raise _Where(source, PIPELINE_SECTION, PIPELINE_SECTION).error(f"must be a mapping, got {type(section)}")
+        raise _Where(source, PIPELINE_SECTION, PIPELINE_SECTION).error(
+            f"must be a mapping, got {type(section).__name__}"
+        )
     prompts, limits = _pipeline_mapping(section, "prompts", source), _pipeline_mapping(section, "max_tokens", source)
     out: dict[str, dict[str, Any]] = {}
     for name, value in prompts.items():
