@@ -137,8 +137,9 @@ public:
         return eng->generate_many(reqs, system_prompt, render_special, framing, max_in_flight, false, check, pieces);
     }
 
-    // A stream of tracks sharing one list of prompts: next_audio() -> float32 array or None (called from the
-    // engine's helper thread), on_result(index, result) as each track finishes (in the caller's thread).
+    // A stream of tracks sharing one list of prompts, or each with its own: next_audio() -> float32 array,
+    // (array, prompts) or None (called from the engine's helper thread), on_result(index, result) as each track
+    // finishes (in the caller's thread).
     mf::RunStats run_stream(py::object next_audio, py::object on_result, const std::vector<mf::PromptRequest> & prompts,
                             int sample_rate, const std::string & system_prompt, bool render_special,
                             mf::Framing framing, int tracks_in_flight, double max_audio_seconds, bool profile,
@@ -161,6 +162,15 @@ public:
             py::gil_scoped_acquire gil;
             py::object a = next_audio();
             if (a.is_none()) return false;
+            if (py::isinstance<py::tuple>(a)) {
+                // (audio, prompts): this track's own prompts (filled from its sidecar); `prompts` then only sizes
+                // the run, and a track whose prompts need more cells than the context holds fails alone (admit)
+                auto pair = a.cast<py::tuple>();
+                if (pair.size() != 2) throw mf::InputError("a stream item is an array or an (audio, prompts) pair");
+                out.pcm = to_pcm(pair[0].cast<py::array>(), sample_rate, engine_rate);
+                out.prompts = pair[1].cast<std::vector<mf::PromptRequest>>();
+                return true;
+            }
             out.pcm = to_pcm(a.cast<py::array>(), sample_rate, engine_rate);
             out.prompts = prompts;
             return true;
@@ -371,8 +381,9 @@ PYBIND11_MODULE(_core, m) {
              py::arg("framing") = mf::Framing::Mtmd, py::arg("tracks_in_flight") = 0,
              py::arg("max_audio_seconds") = 0.0, py::arg("profile") = false, py::arg("prepare_ahead") = -1,
              py::arg("chat") = py::none(),
-             "Continuous batching over a stream: next_audio() -> array or None (helper thread), on_result(index, "
-             "result) per finished track; a failing track is reported in its result. Returns the run's stats.")
+             "Continuous batching over a stream: next_audio() -> array, (array, prompts) or None (helper thread), "
+             "on_result(index, result) per finished track; a failing track is reported in its result. Returns the "
+             "run's stats.")
         .def("last_run_stats", &PyEngine::last_run_stats, "Where the last run's time went (steps, host, decode).")
         .def("info", &PyEngine::info)
         .def_property_readonly("sample_rate", &PyEngine::sample_rate)

@@ -223,7 +223,9 @@ class Engine:
     ) -> list[GenerateResult]: ...
     def run_stream(
         self,
-        next_audio: Callable[[], npt.NDArray[np.float32] | None],
+        next_audio: Callable[
+            [], npt.NDArray[np.float32] | tuple[npt.NDArray[np.float32], Sequence[PromptRequest]] | None
+        ],
         on_result: Callable[[int, GenerateResult], None],
         prompts: Sequence[PromptRequest],
         sample_rate: int,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,18 @@ from . import validation
 from ._version import __version__
 from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt
+from .errors import PromptConfigError
 from .prompts import Catalogue, PromptEntry, load_catalogue
+from .sidecar import read_sidecar, sidecar_path
 from .text import normalize_music_flamingo_text
 
 _Model = TypeVar("_Model", bound="AnalyzerCalls")
 
 MODEL_KEY = "music_flamingo_model"
 META_KEY = "music_flamingo_meta"
+# Tokens a filled template may add to its prompt, over the template's own text: room the engine sizes a stream for
+# (the pipeline's {genres} and {metadata} fragments together are about 100 tokens).
+FILL_ROOM_TOKENS = 256
 
 
 @dataclass
@@ -43,11 +49,12 @@ class AnalysisOptions:
     seed: int | None = None
     max_duration: float | None = None  # seconds analysed at most; None: the model's limit
     normalize: bool = True
+    trim_frac: float | None = None  # analyse only the first share of each track, faded out (an excerpt)
 
     def __post_init__(self) -> None:
         """Every value checked here, before a backend loads its model (InvalidInputError, a ValueError)."""
         self.prompts_files = tuple(self.prompts_files)
-        for name in ("temperature", "top_p", "seed", "max_duration"):
+        for name in ("temperature", "top_p", "seed", "max_duration", "trim_frac"):
             value = getattr(self, name)
             if value is not None:
                 validation.require(name, getattr(validation, name)(value))
@@ -82,6 +89,7 @@ class TrackAnalysis:
     meta: dict[str, Any]
     stats: GenerationStats | None = None
     audio: PreparedAudio | None = field(default=None, repr=False)
+    prompts: dict[str, str] = field(default_factory=dict)  # the texts as sent, by prompt name (filled per track)
 
     def sidecar_fields(self) -> dict[str, Any]:
         """The keys this package owns in a sidecar: the descriptions, the model label and the metadata."""
@@ -157,9 +165,50 @@ class Analyzer:
             return self.entries
         return self.catalogue.select([prompt_type] if isinstance(prompt_type, str) else list(prompt_type))
 
-    def to_prompts(self, entries: Sequence[PromptEntry]) -> list[Prompt]:
+    def to_prompts(self, entries: Sequence[PromptEntry], texts: Sequence[str] | None = None) -> list[Prompt]:
+        """The engine's prompts of ``entries``, with ``texts`` as filled for one track (default: as written)."""
         o = self.options
-        return [e.to_prompt(temperature=o.temperature, top_p=o.top_p, seed=o.seed) for e in entries]
+        texts = texts if texts is not None else [None] * len(entries)
+        return [
+            e.to_prompt(temperature=o.temperature, top_p=o.top_p, seed=o.seed, text=t) for e, t in zip(entries, texts)
+        ]
+
+    @property
+    def templated(self) -> bool:
+        """Whether what is asked is filled per track from its sidecar (:mod:`.templates`)."""
+        return self.catalogue.templated(self.entries)
+
+    def track_prompts(
+        self, info: Mapping[str, Any] | None, file: str = "", entries: Sequence[PromptEntry] | None = None
+    ) -> list[Prompt]:
+        """The prompts asked of one track whose sidecar holds ``info``: templates filled (PromptConfigError when
+        a template cannot be filled for this track's values)."""
+        entries = self.entries if entries is None else entries
+        return self.to_prompts(entries, [e.fill(info, file) for e in entries])
+
+    def prompts_for_file(self, path: str | Path, entries: Sequence[PromptEntry] | None = None) -> list[Prompt] | None:
+        """:meth:`track_prompts` for an audio file, from its sidecar; None when nothing asked is a template (every
+        track gets the same prompts). A damaged sidecar is the SidecarError of :func:`.sidecar.read_sidecar`."""
+        entries = self.entries if entries is None else entries
+        if not self.catalogue.templated(entries):
+            return None
+        return self.track_prompts(read_sidecar(sidecar_path(path)), Path(path).name, entries)
+
+    def _own(self, prompts: Sequence[Prompt] | None) -> list[Prompt]:
+        """A track's prompts: those given (filled from its sidecar), else the catalogue's as written — templates
+        with their fallbacks (no sidecar values)."""
+        if prompts is not None:
+            return list(prompts)
+        return self.track_prompts({}) if self.templated else self.to_prompts(self.entries)
+
+    def prepare(self, audio: AudioSource, sample_rate: int | None = None, name: str | None = None) -> PreparedAudio:
+        """One track's audio as the model gets it: decoded, cut at the length limit, an excerpt with
+        ``trim_frac``."""
+        if name is None:
+            name = str(audio) if not hasattr(audio, "shape") else "audio array"
+        return prepare_audio(
+            audio, sample_rate, self.max_analysed_seconds(), name=name, trim_frac=self.options.trim_frac
+        )
 
     def analyze(
         self, audio: AudioSource, sample_rate: int | None = None, prompt_type: str | None = None
@@ -183,45 +232,54 @@ class Analyzer:
     ) -> TrackAnalysis:
         """Everything about one track: descriptions by key, raw texts, provenance metadata and timings."""
         entries = list(entries) if entries is not None else self.entries
-        name = str(audio) if not hasattr(audio, "shape") else "audio array"
         if prepared is None:
-            prepared = prepare_audio(audio, sample_rate, self.max_analysed_seconds(), name=name)
-        prompts = self.to_prompts(entries)
+            prepared = self.prepare(audio, sample_rate)
+        prompts = None
+        if isinstance(audio, (str, os.PathLike)):  # a file: templates are filled from its sidecar
+            prompts = self.prompts_for_file(audio, entries)
+        if prompts is None:
+            prompts = self.track_prompts({}, entries=entries)  # an array: every template's fallback
         result = self.backend.generate(prepared.pcm, prompts)
         return self._analysis(entries, prompts, prepared, result, with_provenance)
 
     def analyze_many(
-        self, prepared: Sequence[PreparedAudio], tracks_in_flight: int | str = "auto"
+        self,
+        prepared: Sequence[PreparedAudio],
+        tracks_in_flight: int | str = "auto",
+        prompts: Sequence[Sequence[Prompt] | None] | None = None,
     ) -> list[TrackAnalysis]:
         """Several decoded tracks with the current prompts, decoded together where the backend can
-        (``generate_many``: continuous batching on the GGUF engine). Results in order; one bad track fails the call
-        (the batch runner then retries the tracks one by one)."""
+        (``generate_many``: continuous batching on the GGUF engine). ``prompts``: each track's own (filled from
+        its sidecar, :meth:`prompts_for_file`; None: the shared ones). Results in order; one bad track fails the
+        call (the batch runner then retries the tracks one by one)."""
         entries = self.entries
-        prompts = self.to_prompts(entries)
+        per_track = [self._own(p) for p in (prompts or [None] * len(prepared))]
         many = getattr(self.backend, "generate_many", None)
         if many is not None:
-            results = many([(p.pcm, prompts) for p in prepared], tracks_in_flight=tracks_in_flight)
+            results = many([(a.pcm, p) for a, p in zip(prepared, per_track)], tracks_in_flight=tracks_in_flight)
         else:
-            results = [self.backend.generate(p.pcm, prompts) for p in prepared]
-        return [self._analysis(entries, prompts, audio, r, True) for audio, r in zip(prepared, results)]
+            results = [self.backend.generate(a.pcm, p) for a, p in zip(prepared, per_track)]
+        return [self._analysis(entries, p, a, r, True) for a, p, r in zip(prepared, per_track, results)]
 
     def analyze_stream(
         self,
-        items: Iterable[tuple[Hashable, PreparedAudio]],
+        items: Iterable[tuple[Hashable, PreparedAudio] | tuple[Hashable, PreparedAudio, Sequence[Prompt] | None]],
         on_result: Callable[[Hashable, TrackAnalysis | Exception], None],
         tracks_in_flight: int | str = "auto",
     ) -> None:
         """Describe decoded tracks as they come, each reported as it finishes: ``on_result(key, analysis)`` or
         ``on_result(key, exception)`` for a track that failed alone. ``items`` may be a generator (the batch runner
-        locks and decodes tracks inside it). A backend with ``generate_stream`` (GGUF) keeps up to
-        ``tracks_in_flight`` tracks decoding together and pulls the next item as soon as one finishes, on its helper
-        thread; results then arrive in the order tracks finish. Otherwise one track at a time."""
-        entries = self.entries
-        prompts = self.to_prompts(entries)
+        locks and decodes tracks inside it); an item may carry the track's own prompts (filled from its sidecar,
+        :meth:`prompts_for_file`) as a third element. A backend with ``generate_stream`` (GGUF) keeps up to
+        ``tracks_in_flight`` tracks decoding together, whatever their prompts, and pulls the next item as soon as
+        one finishes, on its helper thread; results then arrive in the order tracks finish. Otherwise one track at a
+        time."""
+        entries, templated = self.entries, self.templated
         stream = getattr(self.backend, "generate_stream", None)
         if stream is None:
-            for key, prepared in items:
+            for key, prepared, own in map(_with_prompts, items):
                 try:
+                    prompts = self._own(own)
                     result = self.backend.generate(prepared.pcm, prompts)
                     analysis = self._analysis(entries, prompts, prepared, result, True)
                 except KeyboardInterrupt:
@@ -232,22 +290,38 @@ class Analyzer:
                 on_result(key, analysis)
             return
 
-        taken: list[tuple[Hashable, PreparedAudio] | None] = []  # in the order the backend took them: its index
+        # in the order the backend took them (its index): key, audio, prompts
+        taken: list[tuple[Hashable, PreparedAudio, list[Prompt]] | None] = []
 
         def audio():
-            for key, prepared in items:
-                taken.append((key, prepared))
-                yield prepared.pcm
+            for key, prepared, own in map(_with_prompts, items):
+                try:
+                    prompts = self._own(own)
+                except PromptConfigError as e:  # a template that cannot take this track's values: it fails alone
+                    on_result(key, e)
+                    continue
+                taken.append((key, prepared, prompts))
+                yield (prepared.pcm, prompts) if own is not None or templated else prepared.pcm
 
         def done(index: int, result: GenerationResult | Exception) -> None:
-            key, prepared = taken[index]
+            key, prepared, prompts = taken[index]
             taken[index] = None  # the audio is no longer needed
             if isinstance(result, Exception):
                 on_result(key, result)
             else:
                 on_result(key, self._analysis(entries, prompts, prepared, result, True))
 
-        stream(audio(), prompts, done, tracks_in_flight=tracks_in_flight, max_audio_seconds=self.max_analysed_seconds())
+        # Filled texts are longer than their templates: the run is sized with room for what fills them (a track
+        # that still does not fit fails alone, in the engine).
+        plain = self.to_prompts(entries)  # the texts as written
+        sizing = [dataclasses.replace(p, max_tokens=p.max_tokens + FILL_ROOM_TOKENS) for p in plain]
+        stream(
+            audio(),
+            sizing if templated else plain,
+            done,
+            tracks_in_flight=tracks_in_flight,
+            max_audio_seconds=self.max_analysed_seconds(),
+        )
 
     def _analysis(
         self,
@@ -262,7 +336,13 @@ class Analyzer:
         clean = {k: normalize_music_flamingo_text(t) if self.options.normalize else t for k, t in raw.items()}
         meta = self.track_meta(entries, prompts, prepared) if with_provenance else {}
         return TrackAnalysis(
-            descriptions=clean, raw=raw, model_label=self.model_label, meta=meta, stats=result.stats, audio=prepared
+            descriptions=clean,
+            raw=raw,
+            model_label=self.model_label,
+            meta=meta,
+            stats=result.stats,
+            audio=prepared,
+            prompts={e.name: p.text for e, p in zip(entries, prompts)},
         )
 
     def track_meta(
@@ -287,6 +367,8 @@ class Analyzer:
             "seconds_analysed": round(prepared.analysed_seconds, 3),
             "source_seconds": round(prepared.source_seconds, 3),
             "truncated": prepared.truncated,
+            **_excerpt_meta(prepared),
+            **_filled_meta(entries, prompts),
             "sample_rate": TARGET_SAMPLE_RATE,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -300,6 +382,30 @@ class Analyzer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _with_prompts(item: tuple[Any, ...]) -> tuple[Hashable, PreparedAudio, Sequence[Prompt] | None]:
+    """A stream item as (key, audio, its own prompts or None)."""
+    return (item[0], item[1], item[2] if len(item) > 2 else None)
+
+
+def _excerpt_meta(prepared: PreparedAudio) -> dict[str, Any]:
+    """What the sidecar says of an excerpt (``trim_frac``): the span analysed (seconds from the start of the track)
+    and the fade before its cut. Nothing for a whole track."""
+    if prepared.trim_frac is None:
+        return {}
+    return {
+        "trim_frac": prepared.trim_frac,
+        "span_analysed": [0.0, round(prepared.analysed_seconds, 3)],
+        "fade_out_seconds": round(prepared.fade_seconds, 3),
+    }
+
+
+def _filled_meta(entries: Sequence[PromptEntry], prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """The texts of the prompts filled for this track (templates), by name, so a caption's question can be read
+    back; prompts sent as written are identified by ``prompts_hash`` alone."""
+    filled = {e.name: p.text for e, p in zip(entries, prompts) if e.template is not None}
+    return {"prompts_filled": filled} if filled else {}
 
 
 def as_analyzer(obj: Analyzer | AnalyzerCalls) -> Analyzer:

@@ -37,9 +37,9 @@ from typing import Any
 from . import lifecycle, validation
 from ._logging import logger
 from .analyzer import Analyzer, AnalyzerCalls, as_analyzer
-from .audio import PreparedAudio, prepare_audio
-from .datatypes import GenerationStats
-from .discovery import EXCLUDED_AS, NOT_SELECTED, Selection, Track, discover_tracks
+from .audio import PreparedAudio
+from .datatypes import GenerationStats, Prompt
+from .discovery import EXCLUDED_AS, NOT_SAMPLED, NOT_SELECTED, Selection, Track, discover_tracks
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SidecarError
 from .failures import FailureLog
 from .sidecar import has_keys, remove_stale_temp_files, sidecar_path, update_sidecar
@@ -266,7 +266,7 @@ def dry_run(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions 
 
     plan = _plan(root, keys, options or BatchOptions(), check_locks=True)
     counts = {s: 0 for s in _STATUS_ROWS}
-    counts.update({f"excluded: {why}": 0 for why in (*EXCLUDED_AS.values(), NOT_SELECTED)})
+    counts.update({f"excluded: {why}": 0 for why in (*EXCLUDED_AS.values(), NOT_SELECTED, NOT_SAMPLED)})
     seconds, unknown = 0.0, 0
     for item in plan:
         row = f"excluded: {item.track.excluded_as}" if item.status == EXCLUDED else item.status
@@ -471,13 +471,12 @@ def run_batch(
             summary.excluded or "none",
         )
 
-    max_s = analyzer.max_analysed_seconds()
-    prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
+    prefetch = _Prefetcher(lambda p: analyzer.prepare(p, name=str(p)), opts.prefetch)  # cut, or an excerpt
     jsonl = open(opts.jsonl, "a", encoding="utf-8") if opts.jsonl else None
     bar = _progress(len(todo) if tracks is None else None, opts.progress)
     held: dict[Path, Any] = {}  # track -> its FileLock, from admission until its result is written
 
-    def admitted() -> Iterator[tuple[Path, PreparedAudio]]:
+    def admitted() -> Iterator[tuple[Path, PreparedAudio, list[Prompt] | None]]:
         """The tracks to analyse, in order, each locked and decoded. The engine pulls from this on its helper
         thread whenever it can take a track, so locking and decoding stay off the decode loop. A track locked by
         another process is looked at once more after the others: if that process died (SIGKILL, a lost node),
@@ -492,7 +491,7 @@ def run_batch(
             if taken is not None:
                 yield taken
 
-    def take(track: Path, deferred: list[Path] | None) -> tuple[Path, PreparedAudio] | None:
+    def take(track: Path, deferred: list[Path] | None) -> tuple[Path, PreparedAudio, list[Prompt] | None] | None:
         """One track locked, checked and decoded; None when it is skipped or failed (counted here). A track
         locked elsewhere goes to ``deferred`` if given, else is counted as skipped."""
         lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
@@ -527,6 +526,7 @@ def run_batch(
                 tell(track, "skipped_locked")
                 raise _Skip
             prepared = prefetch.get(track)
+            prompts = analyzer.prompts_for_file(track)  # templates filled from its sidecar (None: shared ones)
         except _Skip:
             prefetch.drop(track)
             lock.release()
@@ -539,7 +539,7 @@ def run_batch(
             bar.update(1)
             return None
         held[track] = lock
-        return track, prepared
+        return track, prepared, prompts
 
     def finish(track: Path, result: Any) -> None:
         """One track's result: written (sidecar, manifest) or counted as failed; its lock released."""
@@ -549,8 +549,9 @@ def run_batch(
             fields = result.sidecar_fields()
             if opts.write_sidecars:
                 update_sidecar(sidecar_path(track), fields)
-            if jsonl is not None:
-                jsonl.write(json.dumps({"path": str(track), **fields}, ensure_ascii=False) + "\n")
+            if jsonl is not None:  # with the prompts as sent (filled per track from its sidecar)
+                line = {"path": str(track), **fields, "prompts": result.prompts}
+                jsonl.write(json.dumps(line, ensure_ascii=False) + "\n")
                 jsonl.flush()
             if on_result is not None:
                 on_result(track, fields)

@@ -24,6 +24,7 @@ from .errors import (
     MusicFlamingoError,
     PromptConfigError,
 )
+from .models import DEFAULT_MODEL
 from .validation import cli_type
 
 
@@ -43,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference backend: gguf (llama.cpp, default) or transformers (PyTorch; needs "
         "pip install 'music-flamingo[transformers]')",
     )
-    m.add_argument("--model", default="Q6_K", help="quantization: Q8_0, Q6_K (default) or IQ3_M")
+    m.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"quantization: any published one by name (Q8_0, {DEFAULT_MODEL} (default), IQ3_M, i1-Q4_K_M ...); a bare "
+        "name takes the static or the imatrix (i1-) file already in --model-dir",
+    )
     m.add_argument(
         "--model-dir",
         type=Path,
@@ -87,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         "structure; also brief, genre_mood_inst, very_brief)",
     )
     q.add_argument(
-        "--prompts-file", type=Path, action="append", default=[], help="YAML adding or overriding prompts (repeatable)"
+        "--prompts-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="YAML adding or overriding prompts (repeatable); also the pipeline's config/master_pipeline.yaml "
+        "(its music_flamingo: prompts and max_tokens)",
     )
     q.add_argument("--prompt", default=None, help="a free-text prompt (key music_flamingo_custom)")
     q.add_argument("--temperature", type=cli_type(float, validation.temperature), default=None)
@@ -98,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli_type(float, validation.max_duration),
         default=None,
         help="seconds analysed at most (default: the model's limit, 600 s); longer audio is cut",
+    )
+    q.add_argument(
+        "--trim-frac",
+        type=cli_type(float, validation.trim_frac),
+        default=None,
+        metavar="FRAC",
+        help="analyse only the first FRAC of each track (0.6: 60 %%), faded out over the last 5 %% of the track "
+        "before the cut, within --max-duration; the sidecar records the span analysed",
     )
     o = p.add_argument_group("output")
     o.add_argument("--overwrite", action="store_true", help="redo tracks whose sidecar already has every key")
@@ -153,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--retry-failed", action="store_true", help="only the tracks listed in the failures file of the last run"
     )
+    d.add_argument(
+        "--sample",
+        type=cli_type(float, validation.sample),
+        default=None,
+        metavar="FRACTION",
+        help="take about this share of the tracks (0.5: half), the same ones on every run with the same "
+        "--sample-seed; a larger share keeps the tracks a smaller one took",
+    )
+    d.add_argument("--sample-seed", type=int, default=0, metavar="N", help="which tracks --sample takes (default 0)")
     d.add_argument(
         "--dry-run",
         action="store_true",
@@ -222,6 +250,7 @@ def _analysis_options(a: argparse.Namespace):
         top_p=a.top_p,
         seed=a.seed,
         max_duration=a.max_duration,
+        trim_frac=a.trim_frac,
     )
 
 
@@ -296,7 +325,13 @@ def _selection(a: argparse.Namespace):
         except OSError as e:
             raise ValueError(f"--from-list: cannot read {a.from_list}: {e}") from e
     return Selection(
-        only=frozenset(only), stems=a.stems, include=tuple(a.include), exclude=tuple(a.exclude), paths=paths
+        only=frozenset(only),
+        stems=a.stems,
+        include=tuple(a.include),
+        exclude=tuple(a.exclude),
+        paths=paths,
+        sample=a.sample,
+        sample_seed=a.sample_seed,
     )
 
 
@@ -463,6 +498,7 @@ def _main(argv: Sequence[str] | None) -> int:
             ("--exclude", a.exclude),
             ("--from-list", a.from_list),
             ("--retry-failed", a.retry_failed),
+            ("--sample", a.sample is not None),
             ("--dry-run", a.dry_run),
         ]
         if v

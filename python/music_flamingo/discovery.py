@@ -9,6 +9,7 @@ folder                                             audio file                   
 =================================================  ===================================  ===========  ==============
 below the root, hidden (``.name``)                 (not walked, not reported)           —            no
 below the root, on the pipeline's skip list        (not walked; the folder is reported) skip_folder  no
+below the root, named ``augmentations``            (not walked; the folder is reported) augmentation no
 organized folder: holds ``full_mix.<ext>``         ``full_mix.<ext>``                   full_mix     yes
                                                    Demucs / DrumSep stem (``drums``…)    stem         with ``stems``
                                                    any other audio                      extra        no
@@ -23,18 +24,25 @@ anywhere else (and other files of a crops folder)  any audio                    
   its sidecar is ``<crop>.INFO`` (:func:`music_flamingo.sidecar.sidecar_path`).
 * ``crops`` and ``_crops`` are on the pipeline's skip list only because its crops pass walks them separately; here
   they are walked as crops folders. The root itself is never skipped: naming it is choosing it.
+* ``<track>/augmentations/<variant>/`` holds the pipeline's augmented copies of a track (pitch, tempo, EQ ...):
+  they inherit their parent's caption, so they are never described (the dry run's "excluded: augmentation
+  variant").
 * Names are compared exactly as the pipeline writes them (``full_mix``, folder names); stem names ignore case.
 * Symlinked folders are not followed (no cycles); symlinked files are taken.
 
 :class:`Selection` then narrows the tracks: ``only`` (``full_mix`` — the organized folders' mixes and, with
 ``stems``, their stems; ``crops`` — crops and crop stems; ``loose``), ``stems``, ``include``/``exclude`` globs and an
-explicit list of ``paths`` (``--from-list``, ``--retry-failed``), which are classified by the same rule.
+explicit list of ``paths`` (``--from-list``, ``--retry-failed``), which are classified by the same rule, and
+``sample``: a reproducible share of the tracks (:func:`sample_draw`: a hash of the path below the root and
+``sample_seed``, so the same seed takes the same tracks again, and a larger share keeps every track a smaller one
+took).
 :func:`discover_tracks` returns every file it looked at with the reason it is in or out; it needs no model, so a
 scheduler can call it on its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -66,6 +74,7 @@ DEMUCS_STEMS = ("drums", "bass", "other", "vocals")
 DRUMSEP_STEMS = ("kick", "snare", "cymbals", "toms", "percussion")
 STEM_NAMES = DEMUCS_STEMS + DRUMSEP_STEMS
 CROPS_FOLDERS = frozenset({"crops", "_crops"})
+AUGMENTATION_FOLDERS = frozenset({"augmentations"})  # <track>/augmentations/<variant>/: copies, never described
 # The pipeline never descends into these when it looks for tracks (src/core/file_utils.py SKIP_DIRECTORIES).
 SKIP_FOLDERS = (
     frozenset(
@@ -101,6 +110,7 @@ _CROP_STEM = re.compile(r".+_[0-9]+_(?:" + "|".join(STEM_NAMES) + r")", re.IGNOR
 # Kinds: what the layout says a path is.
 FULL_MIX, STEM, EXTRA, CROP, CROP_STEM, LOOSE = "full_mix", "stem", "extra", "crop", "crop_stem", "loose"
 SKIP_FOLDER, MISSING, NOT_AUDIO, OUTSIDE = "skip_folder", "missing", "not_audio", "outside_root"
+AUGMENTATION = "augmentation"
 TRACK_KINDS = frozenset({FULL_MIX, CROP, LOOSE})
 # Why a path is not taken, in a word or two (the dry run's rows): by kind, else NOT_SELECTED.
 EXCLUDED_AS = {
@@ -108,11 +118,13 @@ EXCLUDED_AS = {
     CROP_STEM: "crop stem",
     EXTRA: "other audio in an organized folder",
     SKIP_FOLDER: "skip folder",
+    AUGMENTATION: "augmentation variant",
     MISSING: "listed, not found",
     NOT_AUDIO: "listed, not audio",
     OUTSIDE: "listed, outside the root",
 }
 NOT_SELECTED = "not selected (--only/--include/--exclude)"
+NOT_SAMPLED = "not sampled (--sample)"
 STEM_KINDS = frozenset({STEM, CROP_STEM})
 # --only groups: an organized folder's files belong to full_mix, a crops folder's to crops.
 GROUPS = ("full_mix", "crops", "loose")
@@ -189,6 +201,8 @@ class Selection:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     paths: tuple[str | os.PathLike, ...] | None = None
+    sample: float | None = None  # take this share of the tracks (0, 1]; None: all
+    sample_seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "only", frozenset(self.only))
@@ -199,6 +213,8 @@ class Selection:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.paths is not None:
             object.__setattr__(self, "paths", tuple(self.paths))
+        if self.sample is not None and (isinstance(self.sample, bool) or not 0 < self.sample <= 1):
+            raise ValueError(f"--sample takes a share in (0, 1], got {self.sample!r}")
 
 
 @dataclass(frozen=True)
@@ -259,7 +275,21 @@ def _track(path: Path, kind: str, reason: str, rel: str, sel: Selection) -> Trac
     hit = next((p for p in sel.exclude if glob_matches(rel, p)), None)
     if hit is not None:
         return out(f"{reason}; matches --exclude {hit}", NOT_SELECTED)
+    if sel.sample is not None and sel.sample < 1:
+        draw = sample_draw(rel, sel.sample_seed)
+        how = f"--sample {sel.sample:g}, --sample-seed {sel.sample_seed}"
+        if draw >= sel.sample:
+            return out(f"{reason}; not sampled: its draw {draw:.4f} >= {sel.sample:g} ({how})", NOT_SAMPLED)
+        reason += f"; sampled: its draw {draw:.4f} < {sel.sample:g} ({how})"
     return Track(path, kind, True, reason, rel)
+
+
+def sample_draw(rel: str, seed: int = 0) -> float:
+    """A track's draw in [0, 1) for ``--sample``: from the sha256 of the seed and its path below the root, so it is
+    the same on every run and machine, and independent of the other tracks. A track is sampled when its draw is
+    below the share asked."""
+    digest = hashlib.sha256(f"{int(seed)}\0{rel}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _excluded(path: Path, kind: str, reason: str, rel: str) -> Track:
@@ -285,7 +315,14 @@ def _skip_reason(folder_name: str) -> str | None:
         return "a hidden folder"
     if folder_name in SKIP_FOLDERS:
         return f"'{folder_name}' is on the pipeline's skip list; not walked"
+    if folder_name in AUGMENTATION_FOLDERS:
+        return "augmented copies of a track (augmentations/<variant>/): they inherit its caption; not walked"
     return None
+
+
+def _folder_kind(folder_name: str) -> str:
+    """The kind of a folder that is not walked (:func:`_skip_reason`)."""
+    return AUGMENTATION if folder_name in AUGMENTATION_FOLDERS else SKIP_FOLDER
 
 
 def _walk(root: Path, sel: Selection) -> Iterator[Track]:
@@ -301,7 +338,7 @@ def _walk(root: Path, sel: Selection) -> Iterator[Track]:
             if why is None:
                 keep.append(d)
             elif not d.startswith("."):  # hidden folders (.git, our own .music-flamingo) are not worth a line
-                yield _excluded(here / d, SKIP_FOLDER, why, f"{rel_dir}/{d}".lstrip("/"))
+                yield _excluded(here / d, _folder_kind(d), why, f"{rel_dir}/{d}".lstrip("/"))
         dirnames[:] = keep
         for name, kind, reason in classify_folder(here.name, [f for f in filenames if is_audio(f)]):
             yield _track(here / name, kind, reason, f"{rel_dir}/{name}".lstrip("/"), sel)
@@ -338,9 +375,9 @@ def _listed(root: Path, sel: Selection) -> Iterator[Track]:
         if not is_audio(path):
             yield _excluded(path, NOT_AUDIO, "listed but not an audio file", rel)
             continue
-        skip = next((why for d in rel.split("/")[:-1] if (why := _skip_reason(d)) is not None), None)
+        skip = next(((d, why) for d in rel.split("/")[:-1] if (why := _skip_reason(d)) is not None), None)
         if skip is not None:
-            yield _excluded(path, SKIP_FOLDER, f"in a folder that is not walked: {skip}", rel)
+            yield _excluded(path, _folder_kind(skip[0]), f"in a folder that is not walked: {skip[1]}", rel)
             continue
         folder = path.parent
         if folder not in folders:
@@ -363,7 +400,7 @@ def discover_tracks(root: str | os.PathLike, selection: Selection | None = None)
     root = Path(root)
     sel = selection or Selection()
     if sel.paths is None and root.is_file():
-        one = Selection(sel.only, sel.stems, sel.include, sel.exclude, (root.absolute(),))
+        one = Selection(sel.only, sel.stems, sel.include, sel.exclude, (root.absolute(),))  # one file: no --sample
         return list(_listed(root.parent, one))
     return list(_listed(root, sel) if sel.paths is not None else _walk(root, sel))
 
@@ -383,11 +420,13 @@ def read_path_list(source: str | os.PathLike) -> list[str]:
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "AUGMENTATION_FOLDERS",
     "CROPS_FOLDERS",
     "DEMUCS_STEMS",
     "DRUMSEP_STEMS",
     "EXCLUDED_AS",
     "GROUPS",
+    "NOT_SAMPLED",
     "NOT_SELECTED",
     "SKIP_FOLDERS",
     "STEM_NAMES",
@@ -398,4 +437,5 @@ __all__ = [
     "glob_matches",
     "is_audio",
     "read_path_list",
+    "sample_draw",
 ]

@@ -25,7 +25,7 @@ from .chat_template import ChatPieces, render_pieces
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .fsutil import require_regular_file
-from .models import resolve_model_files
+from .models import DEFAULT_MODEL, canonical_model_name, resolve_model_files
 
 if TYPE_CHECKING:
     from . import _core
@@ -100,8 +100,9 @@ def _as_dict(native: Any) -> dict[str, Any]:
 class MusicFlamingoGGUF(AnalyzerCalls):
     """Music Flamingo from GGUF files, resident in this process.
 
-    Either ``model_name`` (``'Q8_0'``, ``'Q6_K'``, ``'IQ3_M'``: looked up in ``model_dir``, downloaded there when
-    missing unless ``offline``) or explicit ``model_path`` + ``mmproj_path``. :meth:`analyze` describes a track with
+    Either ``model_name`` (any published quantization: ``'Q8_0'``, ``'Q6_K'`` (default), ``'IQ3_M'``,
+    ``'i1-Q4_K_M'`` ...: looked up in ``model_dir``, static or ``i1-`` file, downloaded there when missing unless
+    ``offline``; see :func:`~music_flamingo.models.resolve_model_files`) or explicit ``model_path`` + ``mmproj_path``. :meth:`analyze` describes a track with
     the prompt catalogue (through ``self.analyzer``); :meth:`generate` asks any prompts. The analysis options —
     ``prompts``, ``prompt``, ``prompts_files``, ``temperature``, ``top_p``, ``seed``, ``max_duration``, ``normalize``
     — are the fields of :class:`~music_flamingo.analyzer.AnalysisOptions`, given as keywords or as ``options=``.
@@ -124,7 +125,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
 
     def __init__(
         self,
-        model_name: str | None = "Q6_K",
+        model_name: str | None = DEFAULT_MODEL,
         *,
         model_path: str | os.PathLike | None = None,
         mmproj_path: str | os.PathLike | None = None,
@@ -160,7 +161,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             mmproj_path = mmproj_path or found_mmproj
         else:
             model_name = None  # explicit files: the label comes from the file name
-        self.model_name = model_name
+        self.model_name = canonical_model_name(model_name) if model_name is not None else None  # q6_k: Q6_K
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path)
         for path in (self.model_path, self.mmproj_path):
@@ -203,7 +204,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             self.info["text_model_device"],
             self.info["audio_encoder_device"],
         )
-        self.model_label = "gguf_" + (model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
+        self.model_label = "gguf_" + (self.model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
 
     def chat_pieces(self, system_prompt: str | None = None) -> ChatPieces:
         """The GGUF's own chat template rendered around the audio and the question, as transformers renders it:
@@ -346,7 +347,9 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         track that failed alone (too short, too long for the context), the exception; ``index`` counts the items
         of ``audio``. Keep ``on_result`` short: the decode loop waits for it (and audio refused before the engine
         takes it is reported from the engine's helper thread). ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
-        10 minutes). ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
+        10 minutes). An item of ``audio`` may also be ``(array, prompts)``: that track's own prompts (as many as
+        ``prompts``, which then only size the run: give them room for the longest texts), decoded in the same batch
+        steps as the others. ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
         went (steps, host and decode ms, tracks in flight)."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
@@ -361,13 +364,17 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             for item in it:
                 index, count = count, count + 1
                 try:
-                    pcm = as_engine_audio(item)
+                    if isinstance(item, tuple):  # (audio, this track's own prompts)
+                        own = [p.to_native() for p in as_prompts(item[1], max_tokens)]
+                        value: Any = (as_engine_audio(item[0]), own)
+                    else:
+                        value = as_engine_audio(item)
                 except MusicFlamingoError as e:
                     refused += 1
                     on_result(index, e)
                     continue
                 taken.append(index)
-                return pcm
+                return value
             return None
 
         def done(index: int, raw: _core.GenerateResult) -> None:

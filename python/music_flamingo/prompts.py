@@ -7,6 +7,15 @@ hours of batch captioning is expensive.
 
 Fields a prompt does not set come from ``defaults`` once all files are merged, so a user file that changes
 ``defaults.temperature`` changes every prompt that does not pin its own.
+
+A prompt's text may be a template filled per track from its sidecar (``{genres}``, ``{metadata}``, Jinja2:
+:mod:`.templates`); templates are compiled here, so an error is refused with the catalogue, before a model loads.
+
+Two shapes of file are read (:func:`load_catalogue` tells them apart by their top-level keys): this package's own
+(``version``, ``defaults``, ``default_set``, ``prompts``) and the users' pipeline config
+(``config/master_pipeline.yaml`` of Taikakim/mir-feature-extraction), whose ``music_flamingo:`` section gives
+``prompts: {key: text}`` (answers written as ``music_flamingo_<key>``), ``max_tokens: {key: n}`` and
+``revision: {prompts: {key: text}}``, follow-up questions kept in :attr:`Catalogue.followups`.
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ from ._logging import logger
 from .datatypes import Prompt
 from .errors import PromptConfigError
 from .fsutil import read_regular_file
+from .templates import Template, TemplateProblem, compile_text
 
-__all__ = ["Catalogue", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE"]
+__all__ = ["Catalogue", "FollowUp", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE"]
 
 PACKAGED_SOURCE = "music_flamingo/prompts.yaml"
 CATALOGUE_VERSION = 1
@@ -59,14 +69,29 @@ class PromptEntry:
     repeat_penalty: float
     seed: int
     source: str = PACKAGED_SOURCE
+    template: Template | None = field(default=None, compare=False, repr=False)  # None: the text is sent as is
+
+    def fill(self, info: Any = None, file: str = "") -> str:
+        """The text asked of a track whose sidecar holds ``info`` (:mod:`.templates`); a plain text as it is."""
+        if self.template is None:
+            return self.text
+        try:
+            return self.template.fill(info, file)
+        except TemplateProblem as e:
+            raise PromptConfigError(f"{self.source}: prompt '{self.name}': {e}") from e
 
     def to_prompt(
-        self, temperature: float | None = None, top_p: float | None = None, seed: int | None = None
+        self,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        text: str | None = None,
     ) -> Prompt:
         """The engine's :class:`~music_flamingo.datatypes.Prompt`; ``None`` keeps the catalogue's value, anything
-        else (from the CLI or :class:`~music_flamingo.analyzer.AnalysisOptions`) overrides it."""
+        else (from the CLI or :class:`~music_flamingo.analyzer.AnalysisOptions`) overrides it. ``text``: the text
+        as filled for one track (:meth:`fill`); default the catalogue's."""
         return Prompt(
-            text=self.text,
+            text=self.text if text is None else text,
             max_tokens=self.max_tokens,
             temperature=self.temperature if temperature is None else float(temperature),
             top_p=self.top_p if top_p is None else float(top_p),
@@ -90,14 +115,34 @@ class PromptEntry:
         ]
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """A follow-up question about a track's answers (the pipeline's ``revision.prompts``: short summaries written
+    as ``music_flamingo_<name>``). Read and validated with the catalogue; not asked by this version yet (asking it
+    needs the engine to continue a finished conversation: issue 20, item 3)."""
+
+    name: str
+    key: str
+    text: str
+    max_tokens: int
+    temperature: float | None
+    source: str
+
+
 @dataclass
 class Catalogue:
-    """All known prompts by name, the default selection and the sampling defaults, after merging every file."""
+    """All known prompts by name, the default selection and the sampling defaults, after merging every file;
+    ``followups``: the follow-up questions the files named (see :class:`FollowUp`)."""
 
     entries: dict[str, PromptEntry]
     default_set: list[str]
     defaults: dict[str, Any] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    followups: dict[str, FollowUp] = field(default_factory=dict)
+
+    def templated(self, entries: Sequence[PromptEntry]) -> bool:
+        """Whether any of ``entries`` is filled per track (its text differs from track to track)."""
+        return any(e.template is not None for e in entries)
 
     def names(self) -> list[str]:
         return list(self.entries)
@@ -160,6 +205,7 @@ class Catalogue:
             text=text,
             max_tokens=max_tokens,
             source=source,
+            template=_compiled(text, source, "custom", None),
             **{k: self.defaults[k] for k in _SAMPLING},
         )
 
@@ -250,12 +296,137 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
         raise PromptConfigError(
             f"{source}: the top level must be a mapping with keys {', '.join(_TOP_LEVEL)}, got {type(data).__name__}"
         )
+    if _is_pipeline_config(data):
+        return data
     unknown = [str(k) for k in data if k not in _TOP_LEVEL]
     if unknown:
         raise PromptConfigError(
-            f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_TOP_LEVEL)}"
+            f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_TOP_LEVEL)} "
+            f"(or a pipeline config with a '{PIPELINE_SECTION}:' section)"
         )
     return data
+
+
+def _text_lines(text: str, path: Sequence[str]) -> dict[str, int]:
+    """The file line (1-based) where each prompt's text starts, for the mapping of prompts at ``path`` (e.g.
+    ``("prompts",)``): template errors name it. A value given as a mapping is looked up under ``text``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:  # already reported by _parse_yaml
+        return {}
+
+    def child(n: Any, key: str) -> Any:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                if getattr(k, "value", None) == key:
+                    return v
+        return None
+
+    for key in path:
+        node = child(node, key)
+    lines: dict[str, int] = {}
+    for k, v in node.value if isinstance(node, yaml.MappingNode) else ():
+        scalar = child(v, "text") if isinstance(v, yaml.MappingNode) else v
+        if isinstance(scalar, yaml.ScalarNode):
+            block = scalar.style in ("|", ">")  # the text starts on the line after the indicator
+            lines[str(k.value)] = scalar.start_mark.line + 1 + block
+    return lines
+
+
+def _compiled(text: str, source: str, name: str, line: int | None) -> Template | None:
+    """The text's template (None: a plain text), or the PromptConfigError naming file, line and prompt."""
+    try:
+        return compile_text(text)
+    except TemplateProblem as e:
+        where = f"{source}:{line + e.line - 1}" if line is not None else source
+        raise PromptConfigError(f"{where}: prompt '{name}': field 'text': {e}") from e
+
+
+# --- the users' pipeline config (config/master_pipeline.yaml) ----------------------------------------------------
+
+PIPELINE_SECTION = "music_flamingo"
+PIPELINE_MAX_TOKENS = 500  # the pipeline's DEFAULT_TOKEN_LIMITS, for a prompt its max_tokens does not list
+_PIPELINE_KEYS = ("prompts", "max_tokens", "revision")
+_PIPELINE_NOTED = ("enabled", "model", "context_size", "sample_probability")  # read by the pipeline, not here
+
+
+def _is_pipeline_config(data: dict[str, Any]) -> bool:
+    return PIPELINE_SECTION in data and not any(k in data for k in _TOP_LEVEL)
+
+
+def _pipeline_mapping(section: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = section.get(name) or {}
+    if not isinstance(value, dict):
+        raise _Where(source, PIPELINE_SECTION, name).error(f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _from_pipeline(data: dict[str, Any], source: str, known: Sequence[str]) -> tuple[dict[str, Any], list[FollowUp]]:
+    """The pipeline config's ``music_flamingo:`` section in this package's shape: each ``prompts`` key ``k`` a
+    prompt named ``k`` written as ``music_flamingo_<k>`` with ``max_tokens[k]`` (else 500, the pipeline's
+    default), and these prompts the default set (the pipeline asks exactly them). A value ``true`` (the older
+    ``prompts: {full: true}``) asks the packaged prompt of that name; ``false`` leaves it out. ``revision.prompts``
+    become follow-ups (kept, not asked yet)."""
+    section = data[PIPELINE_SECTION] or {}
+    if not isinstance(section, dict):
+        raise _Where(source, PIPELINE_SECTION, PIPELINE_SECTION).error(
+            f"must be a mapping, got {type(section).__name__}"
+        )
+    prompts, limits = _pipeline_mapping(section, "prompts", source), _pipeline_mapping(section, "max_tokens", source)
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in prompts.items():
+        entry: dict[str, Any] = {"max_tokens": limits[name]} if name in limits else {}
+        if value is True:
+            if name not in known:
+                raise _Where(source, f"{PIPELINE_SECTION}.prompts", str(name)).error(
+                    f"'true' asks a packaged prompt, and there is none of that name; give its text instead "
+                    f"(packaged: {', '.join(known)})"
+                )
+        elif value is False or value is None:
+            continue
+        else:
+            entry = {"key": f"music_flamingo_{name}", "text": value, "max_tokens": PIPELINE_MAX_TOKENS, **entry}
+        out[name] = entry
+    for name in limits:
+        if name not in prompts:
+            logger.warning("%s: %s.max_tokens.%s names no prompt; ignored", source, PIPELINE_SECTION, name)
+    noted = {k: section[k] for k in _PIPELINE_NOTED if k in section and k != "enabled"}
+    if noted:
+        logger.info(
+            "%s: %s read from the pipeline config; model and sampling are this command's options (--model, "
+            "--sample): %s",
+            source,
+            ", ".join(_PIPELINE_KEYS),
+            ", ".join(f"{k}={v!r}" for k, v in noted.items()),
+        )
+    converted = {"default_set": list(out), "prompts": out} if out else {}
+    return converted, _followups(_pipeline_mapping(section, "revision", source), source)
+
+
+def _followups(revision: dict[str, Any], source: str) -> list[FollowUp]:
+    """The pipeline's ``revision:`` follow-up questions, validated (kept for the follow-up pass)."""
+    prompts = revision.get("prompts") or {}
+    where = f"{PIPELINE_SECTION}.revision"
+    if not isinstance(prompts, dict):
+        raise _Where(source, where, "prompts").error(f"must be a mapping of key -> text, got {prompts!r}")
+    if revision.get("enabled", True) is False:
+        return []
+    max_tokens = revision.get("max_tokens", PIPELINE_MAX_TOKENS)
+    _FIELD_CHECKS["max_tokens"](max_tokens, _Where(source, where, "max_tokens"))
+    temperature = revision.get("temperature")
+    if temperature is not None:
+        _FIELD_CHECKS["temperature"](temperature, _Where(source, where, "temperature"))
+    out = []
+    for name, text in prompts.items():
+        key = f"music_flamingo_{name}"
+        _FIELD_CHECKS["key"](key, _Where(source, f"{where}.prompts.{name}", "key"))
+        _FIELD_CHECKS["text"](text, _Where(source, f"{where}.prompts.{name}", "text"))
+        out.append(FollowUp(str(name), key, text, max_tokens, temperature, source))
+    if out:
+        logger.info(
+            "%s: follow-up prompts %s kept; this version does not ask them yet", source, ", ".join(f.name for f in out)
+        )
+    return out
 
 
 # --- merging -----------------------------------------------------------------------------------------------------
@@ -270,10 +441,12 @@ class _Raw:
     default_set_source: str = PACKAGED_SOURCE
     prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompt_sources: dict[str, str] = field(default_factory=dict)
+    text_where: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # file and line of each text
     sources: list[str] = field(default_factory=list)
+    followups: dict[str, FollowUp] = field(default_factory=dict)
 
 
-def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
+def _merge_file(raw: _Raw, data: dict[str, Any], source: str, lines: dict[str, int] | None = None) -> None:
     """Validate one parsed file and layer it over ``raw``."""
     if "version" in data and (not validation.is_int(data["version"]) or data["version"] != CATALOGUE_VERSION):
         raise _Where(source, "top level", "version").error(
@@ -324,6 +497,8 @@ def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
                     raise _Where(source, label, fname).error(f"missing; a new prompt needs {', '.join(_REQUIRED)}")
         raw.prompts.setdefault(name, {}).update(entry)
         raw.prompt_sources[name] = source
+        if "text" in entry:
+            raw.text_where[name] = (source, (lines or {}).get(name))
 
     seen: dict[str, str] = {}
     for name, entry in raw.prompts.items():
@@ -350,6 +525,7 @@ def _resolve(raw: _Raw) -> Catalogue:
     entries: dict[str, PromptEntry] = {}
     for name, fields in raw.prompts.items():
         values = {**raw.defaults, **fields}
+        text_source, line = raw.text_where.get(name, (raw.prompt_sources[name], None))
         entries[name] = PromptEntry(
             name=name,
             key=values["key"],
@@ -361,13 +537,27 @@ def _resolve(raw: _Raw) -> Catalogue:
             repeat_penalty=float(values["repeat_penalty"]),
             seed=values["seed"],
             source=raw.prompt_sources[name],
+            template=_compiled(values["text"], text_source, name, line),
         )
     return Catalogue(
         entries=entries,
         default_set=list(dict.fromkeys(raw.default_set)),
         defaults=dict(raw.defaults),
         sources=list(raw.sources),
+        followups=dict(raw.followups),
     )
+
+
+def _merge_text(raw: _Raw, text: str, source: str) -> None:
+    """One file's text, of either shape, layered over ``raw``."""
+    data = _parse_yaml(text, source)
+    if data and _is_pipeline_config(data):
+        converted, followups = _from_pipeline(data, source, list(raw.prompts))
+        _merge_file(raw, converted, source, _text_lines(text, (PIPELINE_SECTION, "prompts")))
+        raw.followups.update({f.name: f for f in followups})
+        logger.info("%s read as a pipeline config: prompts %s", source, ", ".join(converted.get("prompts", {})))
+    else:
+        _merge_file(raw, data, source, _text_lines(text, ("prompts",)))
 
 
 def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalogue:
@@ -376,14 +566,14 @@ def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalo
         extra_files = [extra_files]
     raw = _Raw()
     packaged = resources.files("music_flamingo").joinpath("prompts.yaml").read_text(encoding="utf-8")
-    _merge_file(raw, _parse_yaml(packaged, PACKAGED_SOURCE), PACKAGED_SOURCE)
+    _merge_text(raw, packaged, PACKAGED_SOURCE)
     for path in extra_files:
         source = str(path)
         try:
             text = read_regular_file(path).decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise PromptConfigError(f"{source}: cannot read prompt file: {e}") from e
-        _merge_file(raw, _parse_yaml(text, source), source)
+        _merge_text(raw, text, source)
         logger.debug("prompt file %s layered over the catalogue", source)
     catalogue = _resolve(raw)
     logger.debug(

@@ -108,6 +108,16 @@ def max_duration(v: Any) -> str | None:
     return None
 
 
+def fraction(v: Any) -> str | None:
+    """A share of something (``--trim-frac``, ``--sample``): a number in (0, 1]."""
+    if not is_real(v) or not 0 < v <= 1:
+        return f"must be a number in (0, 1], got {v!r}"
+    return None
+
+
+trim_frac = sample = fraction
+
+
 def tracks_in_flight(v: Any) -> str | None:
     if v == "auto":  # sized by the engine from free device memory
         return None
@@ -150,6 +160,7 @@ __all__ = [
     "MIN_AUDIO_SECONDS",
     "SEED_MAX",
     "cli_type",
+    "fraction",
     "max_duration",
     "max_tokens",
     "min_p",
@@ -157,9 +168,11 @@ __all__ = [
     "REPEAT_LAST_N_MAX",
     "repeat_penalty",
     "require",
+    "sample",
     "seed",
     "temperature",
     "top_k",
     "top_p",
     "tracks_in_flight",
+    "trim_frac",
 ]
