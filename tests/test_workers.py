@@ -172,6 +172,9 @@ def test_scaling_usage_errors_exit_2_before_any_model_loads(tmp_path):
         (["--workers", "0"], "at least 1"),
         (["--ray-output", str(tmp_path / "rows")], "only with --ray"),
         (["--ray", "--devices", "0"], "--ray and --devices"),
+        (["--workers", "2", "--track-timeout", "0"], "must be a finite number of seconds >= 1"),
+        (["--workers", "2", "--track-timeout", "nan"], "must be a finite number of seconds >= 1"),
+        (["--ray", "--track-timeout", "60"], "--track-timeout: only with --devices/--workers"),
     ]:
         r = subprocess.run(
             [
