@@ -197,7 +197,8 @@ class TrackDescriber:
         """A pyarrow batch with a ``path`` column (bytes or text) -> one row per path (:func:`row_schema`)."""
         import pyarrow as pa
 
-        paths = [os.fsdecode(p) for p in batch.column("path").to_pylist()]
+        # as the runner names them in its outcomes (Path: "a//b" is "a/b"), so that rows and ledger match
+        paths = [str(Path(os.fsdecode(p))) for p in batch.column("path").to_pylist()]
         rows = self._run(paths, self.options) if self.ledger is None else self._attempt(paths)
         unreported = lambda p: TrackOutcome(Path(p), "failed", NOT_REPORTED, "no outcome reported")  # noqa: E731
         table = [rows.get(p) or _row(unreported(p), self.keys) for p in paths]
