@@ -7,17 +7,20 @@ children — the dashboard and runtime-env agents, idle workers, actors — are 
 SIGKILL of the driver they ran on for a minute or more (the agents until a health check noticed), holding memory,
 GPUs and the dataset's track locks.
 
-This script is started by :mod:`music_flamingo.distributed` as ``python _raywatch.py RAYLET_PID PID:START ...``
-(by path, stdlib only, so it runs whatever the driver's import path was), in a session of its own, with its stdin
-a pipe whose other end only the driver holds. It waits for that pipe to close — which happens however the driver
-ends — then SIGKILLs the cluster's processes: the head processes it was given (checked by their start time, so a
-reused pid is left alone) and every process whose environment names that raylet (``RAY_RAYLET_PID``: Ray sets it
-in each process the raylet starts). Linux only (it reads ``/proc``); elsewhere it is not started.
+This script is started by :mod:`music_flamingo.distributed` as ``python _raywatch.py PID:START ...`` — the
+cluster's head processes with their start times — (by path, stdlib only, so it runs whatever the driver's import
+path was), in a session of its own, with its stdin a pipe whose other end only the driver holds. While it waits
+for that pipe to close — which happens however the driver ends — it notes, once a second, every process below the
+head processes in the process tree (they are reparented when their parent dies, so the tree must be seen while it
+stands). Then it SIGKILLs them all, each checked by its start time so that a reused pid is left alone. (The
+environment cannot tell a cluster's processes: Ray's workers rewrite their title over it.) Linux only (it reads
+``/proc``); elsewhere it is not started.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import time
@@ -34,43 +37,64 @@ def start_time(pid: int) -> int | None:
     return None if fields[0] == b"Z" else int(fields[19])
 
 
-def children_of(raylet_pid: int) -> list[int]:
-    """The live processes whose environment says this raylet started them."""
-    marker = b"RAY_RAYLET_PID=%d" % raylet_pid
-    found = []
+def processes() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (parent pid, start time)."""
+    found = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
+        if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if marker in f.read().split(b"\0"):
-                    found.append(int(name))
-        except OSError:  # gone, or not ours to read
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
             continue
+        if fields[0] != b"Z":
+            found[int(name)] = (int(fields[1]), int(fields[19]))
     return found
 
 
-def sweep(raylet_pid: int, heads: dict[int, int]) -> int:
-    """SIGKILL the cluster's processes still alive; returns how many were signalled."""
-    victims = [pid for pid, start in heads.items() if start_time(pid) == start] + children_of(raylet_pid)
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return len(victims)
+def below(roots: dict[int, int]) -> dict[int, int]:
+    """``roots`` (pid -> start time) that are still alive and every process below them: pid -> start time."""
+    table = processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found = {pid: start for pid, start in roots.items() if table.get(pid, (0, None))[1] == start}
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child != os.getpid():
+                found[child] = table[child][1]
+                todo.append(child)
+    return found
+
+
+def kill(known: dict[int, int]) -> int:
+    """SIGKILL the processes of ``known`` (pid -> start time) that are still those processes; returns how many."""
+    n = 0
+    for pid, start in known.items():
+        if start_time(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                n += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return n
 
 
 def main(argv: list[str]) -> int:
-    raylet_pid = int(argv[0])
-    heads = {int(p): int(s) for p, s in (a.split(":") for a in argv[1:])}
+    heads = {int(p): int(s) for p, s in (a.split(":") for a in argv)}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver's Ctrl-C is the driver's to handle
-    while sys.stdin.buffer.read(65536):  # returns b"" once the driver, the only writer, is gone
-        pass
-    # Twice: a process the raylet was starting at that moment appears a moment later.
-    for _ in range(2):
-        sweep(raylet_pid, heads)
-        time.sleep(1.0)
+    known = below(heads)
+    while True:
+        ready, _, _ = select.select([sys.stdin.buffer], [], [], 1.0)
+        if ready and not os.read(sys.stdin.fileno(), 65536):
+            break  # end of file: the driver, the only writer, is gone
+        known.update(below(heads))  # the raylet's agents, workers and actors, as they come
+    known.update(below(known))  # and what was started since the last look, while its parent still lives
+    kill(known)
+    time.sleep(1.0)
+    kill(below(known))  # a process that was being started then
     return 0
 
 

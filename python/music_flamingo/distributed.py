@@ -441,7 +441,7 @@ def _watch_local_cluster() -> None:
     r, w = os.pipe()
     try:
         _watchdog = subprocess.Popen(
-            [sys.executable, _raywatch.__file__, str(raylets[0].process.pid), *args],
+            [sys.executable, _raywatch.__file__, *args],
             stdin=r,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
