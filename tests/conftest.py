@@ -231,3 +231,65 @@ def assert_written_like_local(sidecar: Path, reference: dict) -> None:
     strip = lambda m: {k: v for k, v in m.items() if k not in PER_TRACK_META}  # noqa: E731
     assert strip(got["music_flamingo_meta"]) == strip(reference["music_flamingo_meta"])
     assert all(got[k] for k in DEFAULT_KEYS)
+
+
+# --- a track that kills the process describing it (tests/test_workers.py, tests/test_distributed.py) --------------
+
+
+class KillWhoeverLocks:
+    """A real crash on a named track, without a hook in the package: a thread watches the kernel's table of file
+    locks (``/proc/locks``, Linux) and SIGKILLs whatever process holds the run's lock on one of ``tracks`` — the
+    lock a worker or a Ray actor takes when its engine admits the track. Every attempt at those tracks dies, as if
+    the track crashed the engine. ``kills`` lists ``(pid, track)`` in order. Use as a context manager."""
+
+    def __init__(self, root: Path, tracks: list[Path], poll_s: float = 0.01) -> None:
+        from music_flamingo.batch import _lock_path, state_dir_of
+
+        self.locks = {_lock_path(state_dir_of(root), t): t for t in tracks}
+        self.poll_s = poll_s
+        self.kills: list[tuple[int, Path]] = []
+        self._stop = None
+        self._thread = None
+
+    def _holders(self) -> dict[int, Path]:
+        """pid -> track, for the watched lock files some process holds now."""
+        inodes = {}
+        for lock, t in self.locks.items():
+            try:
+                inodes[os.stat(lock).st_ino] = t
+            except FileNotFoundError:
+                pass
+        if not inodes:
+            return {}
+        found = {}
+        with open("/proc/locks", encoding="ascii") as f:
+            for line in f:  # "1: FLOCK  ADVISORY  WRITE 4242 08:01:131073 0 EOF"; waiters are marked "->"
+                parts = line.split()
+                if "->" in parts or len(parts) < 6:
+                    continue
+                pid, ino = int(parts[4]), int(parts[5].rsplit(":", 1)[1])
+                if ino in inodes and pid != os.getpid():
+                    found[pid] = inodes[ino]
+        return found
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            for pid, t in self._holders().items():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                if not self.kills or self.kills[-1][0] != pid:
+                    self.kills.append((pid, t))
+
+    def __enter__(self) -> KillWhoeverLocks:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

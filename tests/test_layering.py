@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "music_flamingo"
 # Lowest first. A module may import any module listed before it.
 LAYERS = [
     "_core",  # the compiled engine
-    "errors", "_version", "fsutil", "chat_template", "text",
+    "errors", "_raywatch", "_version", "fsutil", "chat_template", "text",
     "_logging", "validation", "lifecycle", "models", "sidecar", "native",
     "datatypes", "audio", "provenance", "discovery", "failures", "templates", "prompts",
     "analyzer",

@@ -209,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
         "over every visible GPU); with --ray, the number of Ray actors (default: one per GPU)",
     )
     s.add_argument(
+        "--track-timeout",
+        type=cli_type(float, validation.track_timeout),
+        default=None,
+        metavar="SECONDS",
+        help="with --devices/--workers: a worker that holds tracks and finishes none in SECONDS is taken for "
+        "frozen (a hung driver), killed and replaced, its tracks given to others (default: from its measured "
+        "pace and the length of the audio it holds, at least 120 s; 15 min before its first track). Runs the "
+        "engine in a worker even with --workers 1",
+    )
+    s.add_argument(
         "--ray",
         nargs="?",
         const="",
@@ -400,7 +410,7 @@ def _gpu_devices() -> list[str]:
 def _run_workers(a: argparse.Namespace, selection, argv: list[str]) -> int:
     """--devices / --workers: one worker process per device (or N on CPU), one bar, one summary, one exit code."""
     from .native import system_info
-    from .workers import TORCH_VISIBILITY, plan_slots, run_workers, visibility_variables
+    from .workers import TORCH_VISIBILITY, Deadlines, plan_slots, run_workers, visibility_variables
 
     variables = [TORCH_VISIBILITY] if a.backend == "transformers" else visibility_variables(system_info()["backends"])
     devices = None
@@ -416,7 +426,8 @@ def _run_workers(a: argparse.Namespace, selection, argv: list[str]) -> int:
     keys = _keys(a)
     extra = _prepare_model_files(a)
     command = [sys.executable, "-m", "music_flamingo", *argv, *extra]
-    summary = run_workers(a.path, command, slots, keys, _batch_options(a, selection))
+    deadlines = Deadlines(track_timeout=a.track_timeout, max_seconds=a.max_duration or Deadlines.max_seconds)
+    summary = run_workers(a.path, command, slots, keys, _batch_options(a, selection), deadlines=deadlines)
     print(summary.line(), file=sys.stderr)
     return summary.exit_code
 
@@ -508,6 +519,7 @@ def _main(argv: Sequence[str] | None) -> int:
         for o, v in [
             ("--devices", a.devices),
             ("--workers", a.workers),
+            ("--track-timeout", a.track_timeout),
             ("--ray", a.ray is not None),
             ("--ray-output", a.ray_output),
         ]
@@ -519,6 +531,8 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--ray and --devices: Ray gives each actor its GPU; use --workers for the number of actors")
     if a.ray_output is not None and a.ray is None:
         parser.error("--ray-output: only with --ray")
+    if a.track_timeout is not None and a.ray is not None:
+        parser.error("--track-timeout: only with --devices/--workers (Ray restarts an actor that dies)")
     for opt, n in (("--workers", a.workers), ("--threads", a.threads)):
         if n is not None and n < 1:
             parser.error(f"{opt} must be at least 1, got {n}")
@@ -536,7 +550,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_USAGE
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-    if a.worker_fd is None and (a.ray is not None or a.devices is not None or (a.workers or 1) > 1):
+    workers = a.devices is not None or (a.workers or 1) > 1 or a.track_timeout is not None
+    if a.worker_fd is None and (a.ray is not None or workers):
         try:
             return _run_ray(a, selection) if a.ray is not None else _run_workers(a, selection, argv)
         except (ModelFileError, PromptConfigError) as e:

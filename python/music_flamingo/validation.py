@@ -126,6 +126,13 @@ def tracks_in_flight(v: Any) -> str | None:
     return None
 
 
+def track_timeout(v: Any) -> str | None:
+    # below a second a worker would be killed between two looks of the parent (it looks once a second)
+    if not is_real(v) or v < 1:
+        return f"must be a finite number of seconds >= 1, got {v!r}"
+    return None
+
+
 def require(field: str, problem: str | None) -> None:
     """Raise :class:`InvalidInputError` naming ``field`` when a check found a problem (the Python API's way)."""
     if problem is not None:
@@ -173,6 +180,7 @@ __all__ = [
     "temperature",
     "top_k",
     "top_p",
+    "track_timeout",
     "tracks_in_flight",
     "trim_frac",
 ]
