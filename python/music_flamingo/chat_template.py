@@ -90,6 +90,8 @@ def render_pieces(
     and a question, with ``system_prompt`` as the system message when given (else the template's default), and
     cut it into :class:`ChatPieces`. ``special_tokens`` (``bos_token``, ``eos_token``) are visible to the template,
     as transformers passes the tokenizer's."""
+    import jinja2
+
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": AUDIO_SLOT + AUDIO_TEXT_SEPARATOR + TEXT_SLOT})
     compiled = _compile(template or CHATML_TEMPLATE)
@@ -97,7 +99,10 @@ def render_pieces(
     pieces = split_rendered(rendered)
     # The same chat one turn on: the answer, then a follow-up question (:attr:`ChatPieces.next_turn`).
     turns = [*messages, {"role": "assistant", "content": ANSWER_SLOT}, {"role": "user", "content": FOLLOWUP_SLOT}]
-    longer = compiled.render(messages=turns, add_generation_prompt=True, **(special_tokens or {}))
+    try:
+        longer = compiled.render(messages=turns, add_generation_prompt=True, **(special_tokens or {}))
+    except jinja2.exceptions.TemplateError:  # a template for one turn only: no follow-ups
+        return pieces
     return dataclasses.replace(pieces, next_turn=next_turn(rendered, longer, pieces.tail))
 
 
