@@ -98,7 +98,7 @@ def keys_of(analyzer: AnalyzerSpec) -> list[str]:
         raise ValueError("give keys= with an analyzer factory (the sidecar keys its prompts write)")
     fields = {f.name for f in dataclasses.fields(AnalysisOptions)}
     chosen = {k: v for k, v in analyzer.items() if k in fields}
-    return [e.key for e in AnalysisOptions.of("MusicFlamingoGGUF", analyzer.get("options"), chosen).asked()]
+    return AnalysisOptions.of("MusicFlamingoGGUF", analyzer.get("options"), chosen).keys()
 
 
 class TrackDescriber:
@@ -123,7 +123,7 @@ class TrackDescriber:
         self.root = Path(root)
         self.options = dataclasses.replace(options or BatchOptions(), progress=False)
         self.analyzer = _build(analyzer)
-        self.keys = [e.key for e in self.analyzer.entries]
+        self.keys = self.analyzer.keys()
 
     def __call__(self, batch):
         """A pyarrow batch with a ``path`` column (bytes or text) -> one row per path (:func:`row_schema`)."""

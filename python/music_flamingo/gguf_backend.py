@@ -467,10 +467,11 @@ def _decoded(text: bytes) -> str:
 
 
 def _engine_audio(audio: Any, sample_rate: int, prompts: Sequence[Prompt]) -> np.ndarray:
-    """:func:`as_engine_audio`, or for ``None`` an empty array: a text-only conversation, allowed when every
-    prompt has a known answer (the follow-ups' catch-up pass)."""
-    if audio is not None:
+    """:func:`as_engine_audio`, or for ``None`` (or an empty array) an empty array: a text-only conversation,
+    allowed when every prompt has a known answer (the follow-ups' catch-up pass)."""
+    text_only = audio is None or (isinstance(audio, np.ndarray) and audio.size == 0)
+    if not text_only:
         return as_engine_audio(audio, sample_rate)
     if not all(p.answer is not None for p in prompts):
-        raise InvalidInputError("audio is None: only prompts with a known answer (follow-ups to ask) go without audio")
+        raise InvalidInputError("no audio: only prompts with a known answer (follow-ups to ask) go without audio")
     return np.zeros(0, np.float32)
