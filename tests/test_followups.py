@@ -4,9 +4,13 @@ other tracks it equals alone; the catch-up pass feeds a known answer (text only,
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import SR
+from conftest import SR, batch_cli, child_env, run_cli, write_clip
 
 from music_flamingo import InvalidInputError, Prompt
 from music_flamingo.chat_template import CHATML_TEMPLATE, _compile, render_pieces
@@ -100,3 +104,130 @@ def test_next_turn_pieces_render_the_model_template(tiny):
         ]
         rendered = _compile(tmpl or CHATML_TEMPLATE).render(messages=messages, add_generation_prompt=True)
         assert rendered == p.head + "AUDIO" + p.mid + "Q" + p.tail + "A" + p.next_turn + "F" + p.tail
+
+
+# --- through the Analyzer, the batch runner and the command line ----------------------------------------------------
+
+PIPELINE = """\
+music_flamingo:
+  prompts:
+    full: "Describe the track in detail."
+  max_tokens:
+    full: 6
+  revision:
+    max_tokens: 4
+    prompts:
+      short_technical: "A brief technical description of production and mixing (20-30 words)"
+      short_mood: "The mood and emotional character (10-20 words)"
+"""
+SHORT_KEYS = ["music_flamingo_short_technical", "music_flamingo_short_mood"]
+
+
+def pipeline_file(tmp_path) -> Path:
+    p = tmp_path / "master_pipeline.yaml"
+    p.write_text(PIPELINE, encoding="utf-8")
+    return p
+
+
+def test_a_run_writes_the_answer_and_its_followups_as_one_conversation(engine, tmp_path, clips):
+    from music_flamingo import AnalysisOptions, Analyzer
+
+    an = Analyzer(engine, AnalysisOptions(prompts_files=[pipeline_file(tmp_path)], normalize=False))
+    assert an.keys() == ["music_flamingo_full", *SHORT_KEYS]
+    got = an.analyze_track(clips["5s"], SR)
+    (full,) = an.to_prompts(an.entries)  # the catalogue's sampling settings, the follow-ups riding on it
+    assert [(f.name, f.text, f.max_tokens) for f in full.followups] == [
+        ("short_technical", "A brief technical description of production and mixing (20-30 words)", 4),
+        ("short_mood", "The mood and emotional character (10-20 words)", 4),
+    ]
+    direct = engine.generate(clips["5s"], [full])
+    assert got.descriptions == {
+        "music_flamingo_full": direct.texts[0],
+        **{k: f.text for k, f in zip(SHORT_KEYS, direct.followups[0])},
+    }
+    assert got.meta["followups"] == ["short_technical", "short_mood"]
+
+
+def test_catch_up_writes_only_the_followups_and_keeps_every_other_key(engine, tmp_path, track):
+    """The catch-up pass on sidecars that already hold the answer: text only (no audio decoded), the follow-ups
+    after the sidecar's own answer, only their keys written; a sidecar without the answer is left alone; a
+    second run finds everything done."""
+    from music_flamingo import AnalysisOptions, Analyzer
+    from music_flamingo.batch import run_batch
+
+    data = tmp_path / "data"
+    answers = ["A bright synth-pop song with punchy drums.", "Slow ambient drones, dark and spacious."]
+    before = {}
+    for i, answer in enumerate(answers + [None]):
+        f = write_clip(data / f"song_{i}.flac", track, 2.0, 10 + 3 * i)
+        info = {"position": i, "essentia_genre": {"Pop---Synth-pop": 0.4}, "music_flamingo_meta": {"run": "old"}}
+        if answer is not None:
+            info["music_flamingo_full"] = answer
+        f.with_suffix(".INFO").write_text(json.dumps(info))
+        before[f] = info
+    an = Analyzer(engine, AnalysisOptions(prompts_files=[pipeline_file(tmp_path)], catch_up=True, normalize=False))
+    assert an.keys() == SHORT_KEYS
+    summary = run_batch(an, data)
+    assert (summary.done, summary.failed, summary.skipped_complete) == (2, 0, 1)
+    (full,) = an.to_prompts(an.entries)
+    for f, info in before.items():
+        written = json.loads(f.with_suffix(".INFO").read_text())
+        if "music_flamingo_full" not in info:
+            assert written == info
+            continue
+        alone = engine.generate(None, [dataclasses.replace(full, answer=info["music_flamingo_full"])])
+        assert written == {**info, **{k: a.text for k, a in zip(SHORT_KEYS, alone.followups[0])}}
+    again = run_batch(an, data)
+    assert (again.done, again.skipped_complete) == (0, 3)
+
+
+def test_cli_summaries_and_the_catch_up_pass(tiny, tmp_path, track):
+    data = tmp_path / "data"
+    f = write_clip(data / "song.flac", track, 2.0, 12)
+    small = tmp_path / "small.yaml"
+    small.write_text("prompts:\n  full: {max_tokens: 5}\n")
+    r = run_cli(
+        *batch_cli(data, tiny, "--prompts", "full", "--summaries", "--no-progress", prompts=small)[3:], env=child_env()
+    )
+    assert r.returncode == 0, r.stderr
+    written = json.loads(f.with_suffix(".INFO").read_text())
+    summaries = ["music_flamingo_short_technical", "music_flamingo_short_mood", "music_flamingo_short_genre"]
+    assert all(isinstance(written[k], str) for k in ["music_flamingo_full", *summaries])
+    # the catch-up pass after a run without summaries: only the three keys are added
+    for k in summaries:
+        del written[k]
+    f.with_suffix(".INFO").write_text(json.dumps(written))
+    r = run_cli(
+        *batch_cli(data, tiny, "--summaries", "--summaries-only", "--no-progress", prompts=small)[3:], env=child_env()
+    )
+    assert r.returncode == 0, r.stderr
+    after = json.loads(f.with_suffix(".INFO").read_text())
+    assert {k: v for k, v in after.items() if k not in summaries} == written
+    assert all(isinstance(after[k], str) for k in summaries)
+    bad = run_cli(str(data), "--batch", "--summaries-only", "--dry-run", env=child_env())
+    assert bad.returncode != 0 and "follow-up" in bad.stderr
+
+
+# --- the transformers backend (the conversation evaluated again: generate() cannot continue one row's cache) --------
+
+
+@pytest.fixture(scope="module")
+def hf(tiny):
+    from music_flamingo import MusicFlamingoTransformers
+
+    mf = MusicFlamingoTransformers(tiny.hf_dir, local_files_only=True, dtype="float32")
+    yield mf
+    mf.close()
+
+
+def test_transformers_followups_equal_a_fresh_conversation(hf, engine, clips):
+    pcm = clips["5s"]
+    assert hf.chat_pieces(pcm).next_turn == engine.chat_pieces().next_turn  # the same turn on both backends
+    cont = hf.generate(pcm, [asked(max_tokens=6), Prompt("Name the genre.", max_tokens=3)])
+    assert [len(f) for f in cont.followups] == [2, 0] and cont.followups[0][0].tokens
+    fresh = hf.generate(pcm, [asked(answer=tuple(cont.tokens[0]))])
+    assert fresh.stop_reasons == ["answer"]
+    assert [f.tokens for f in fresh.followups[0]] == [f.tokens for f in cont.followups[0]]
+    assert hf.generate(pcm, [Prompt(QUESTION, max_tokens=6)]).tokens[0] == cont.tokens[0]
+    text = hf.generate(None, [asked(answer="A calm ambient piece with soft synth pads.")])
+    assert text.stats.audio_tokens == 0 and all(f.tokens for f in text.followups[0])
