@@ -30,7 +30,12 @@ std::string detokenize(const llama_vocab * vocab, const std::vector<int32_t> & t
     return out;
 }
 
+bool all_answered(const TrackRequest & t) {
+    return !t.prompts.empty() && std::all_of(t.prompts.begin(), t.prompts.end(), [](const auto & p) { return p.answered; });
+}
+
 void validate_track(const TrackRequest & t) {
+    if (t.pcm.empty() && all_answered(t)) return;  // text only: the catch-up of follow-ups (cpp/followup.cpp)
     if (t.pcm.empty()) throw InputError("audio is empty");
     if (t.pcm.size() < kMinAudioSamples) {
         throw InputError("audio is too short: " + std::to_string(t.pcm.size()) + " samples (at least " +
@@ -97,23 +102,28 @@ bool BatchRun::prepare_one(Pending & p) {
         }
         const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
         int text_cells = 0;
+        const bool text_only = p.req.pcm.empty();
         for (const auto & pr : p.req.prompts) {
-            std::vector<int32_t> toks = mid_toks_;
+            std::vector<int32_t> toks = text_only ? std::vector<int32_t>{} : mid_toks_;  // mid follows the audio
             auto u = tokenize(vocab, pr.text, /*parse_special*/ false);  // the user's text never becomes control tokens
             toks.insert(toks.end(), u.begin(), u.end());
             toks.insert(toks.end(), tail_toks_.begin(), tail_toks_.end());
+            const auto answer = known_answer_tokens(vocab, pr);  // fed with the question (followup.h)
+            toks.insert(toks.end(), answer.begin(), answer.end());
             text_cells += (int) toks.size() + pr.max_tokens;
             p.suffix.push_back(std::move(toks));
         }
-        if ((int) p.req.prompts.size() > lim_.n_seq) {
-            throw InputError("a track has " + std::to_string(p.req.prompts.size()) + " prompts; this run has " +
-                             std::to_string(lim_.n_seq) + " sequences");
+        p.fu = plan_followups(vocab, chat_, p.req.prompts, lim_.n_ctx_train);
+        text_cells += p.fu.cells;
+        if (track_sequences(p.req.prompts) > lim_.n_seq) {
+            throw InputError("a track has " + std::to_string(track_sequences(p.req.prompts)) + " prompts and "
+                             "follow-ups; this run has " + std::to_string(lim_.n_seq) + " sequences");
         }
         // Whole 30 s windows alone take 750 positions each in every framing: a track that cannot fit the trained
         // context even so fails here, before its audio is encoded.
         const long min_prefix = (long) (p.req.pcm.size() / (30 * 16000)) * 750;
         for (size_t i = 0; i < p.suffix.size(); i++) {
-            const long per_seq = min_prefix + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens;
+            const long per_seq = min_prefix + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens + p.fu.chain[i];
             if (per_seq > lim_.n_ctx_train) {
                 throw InputError("audio (at least " + std::to_string(min_prefix) + " positions) + prompt " +
                                  std::to_string(i) + " + max_tokens = " + std::to_string(per_seq) +
@@ -122,7 +132,7 @@ bool BatchRun::prepare_one(Pending & p) {
             }
         }
         auto t0 = Clock::now();
-        p.px = planner_->prepare(p.req.pcm);
+        p.px = text_only ? planner_->prepare_text() : planner_->prepare(p.req.pcm);
         const double ms = ms_between(t0, Clock::now());
         {
             std::lock_guard<std::mutex> lk(m_);
@@ -267,8 +277,9 @@ void BatchRun::fail(size_t index, const std::exception_ptr & e, GenerateResult r
 // free now (the caller retries after a retire).
 bool BatchRun::admit(Pending & p) {
     const size_t n_prompts = p.req.prompts.size();
+    const size_t n_slots = n_prompts + p.fu.parent.size();  // a sequence per prompt and per follow-up
     for (size_t i = 0; i < n_prompts; i++) {
-        const long per_seq = (long) p.px.n_pos + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens;
+        const long per_seq = (long) p.px.n_pos + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens + p.fu.chain[i];
         if (per_seq > lim_.n_ctx_train) {
             throw InputError("audio (" + std::to_string(p.px.n_pos) + " positions) + prompt " + std::to_string(i) +
                              " + max_tokens = " + std::to_string(per_seq) + " exceeds the model's trained context of " +
@@ -278,21 +289,21 @@ bool BatchRun::admit(Pending & p) {
     if (lim_.seq_cells > 0) {
         // a stream per sequence: each of this track's sequences must fit one stream; streams free = sequences free
         for (size_t i = 0; i < n_prompts; i++) {
-            const long per_seq = (long) p.px.n_pos + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens;
+            const long per_seq = (long) p.px.n_pos + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens + p.fu.chain[i];
             if (per_seq > lim_.seq_cells) {
                 throw InputError("prompt " + std::to_string(i) + " of this track needs " + std::to_string(per_seq) +
                                  " KV cells but each sequence's cache holds " + std::to_string(lim_.seq_cells) +
                                  " (lower max_tokens, shorten the audio, or raise n_ctx / the memory budget)");
             }
         }
-        if (free_seqs_.size() < n_prompts) return false;
+        if (free_seqs_.size() < n_slots) return false;
     } else {
         if (p.cells > lim_.n_ctx) {
             throw InputError("this track needs " + std::to_string(p.cells) + " KV cells (audio + prompts + token "
                              "limits) but the context holds " + std::to_string(lim_.n_ctx) +
                              " (lower max_tokens, shorten the audio, or raise n_ctx / the memory budget)");
         }
-        if (reserved_cells_ + p.cells > lim_.n_ctx || free_seqs_.size() < n_prompts) return false;
+        if (reserved_cells_ + p.cells > lim_.n_ctx || free_seqs_.size() < n_slots) return false;
     }
 
     llama_memory_t mem = llama_get_memory(res_.ctx.get());
@@ -310,12 +321,13 @@ bool BatchRun::admit(Pending & p) {
     st.mel_ms = p.px.mel_ms;
     st.encode_ms = p.px.encode_ms;
     for (const auto & s : p.suffix) st.prompt_tokens += (int) s.size();
-    for (size_t i = 0; i < n_prompts; i++) {
+    for (size_t i = 0; i < n_slots; i++) {
         a.seqs.push_back(free_seqs_.back());
         free_seqs_.pop_back();
     }
     // First tokens: sampled right after the decode that produced their logits (a later decode overwrites them).
     auto sample_first = [&](size_t i, int idx) {
+        if (a.req.prompts[i].answered) return take_answer(a, i);  // nothing to sample (followup.h)
         float * lg = llama_get_logits_ith(res_.ctx.get(), idx);
         if (opts_.debug && a.index == 0 && i == 0) a.res.first_logits.assign(lg, lg + n_vocab_);
         a.logit_idx[i] = -1;
@@ -335,6 +347,7 @@ bool BatchRun::admit(Pending & p) {
         a.live.assign(n_prompts, true);
         a.logit_idx.assign(n_prompts, -1);
         a.n_live = n_prompts;
+        open_followup_slots(a, std::move(p.fu));
         if (st.prompt_tokens <= lim_.n_batch) {
             // all prompt suffixes in one batch, one logits row each
             Batch prompts(std::max(st.prompt_tokens, 1));
@@ -416,6 +429,7 @@ void BatchRun::admit_ready(bool block) {
         }
         if (!admitted) return;  // no room until a track retires
         have_next_ = false;
+        start_followups();  // answers known or ended on their first token
         retire();  // a track whose prompts all ended on their first token
     }
 }
@@ -429,7 +443,7 @@ void BatchRun::accept(Active & a, size_t i, int32_t tok) {
     } else {
         out.tokens.push_back(tok);
         a.res.stats.tokens_generated++;
-        if ((int) out.tokens.size() < a.req.prompts[i].max_tokens) {
+        if ((int) out.tokens.size() < a.limit[i]) {
             a.logit_idx[i] = step_.add(tok, a.pos[i]++, a.seqs[i], true);
             return;
         }
@@ -488,7 +502,11 @@ void BatchRun::retire() {
         st.decode_ms = ms_between(a.t_decode, now);
         st.decode_tokens_per_s = st.decode_ms > 0 ? st.tokens_generated / (st.decode_ms / 1000.0) : 0.0;
         st.total_ms = ms_between(a.t_start, now);
-        for (auto & o : a.res.outputs) o.text = detokenize(vocab, o.tokens, opts_.render_special);
+        nest_followups(a);
+        for (auto & o : a.res.outputs) {
+            o.text = detokenize(vocab, o.tokens, opts_.render_special);
+            for (auto & f : o.followups) f.text = detokenize(vocab, f.tokens, opts_.render_special);
+        }
         const size_t index = a.index;
         GenerateResult res = std::move(a.res);
         active_.erase(active_.begin() + (long) k);
@@ -506,6 +524,7 @@ RunStats BatchRun::run() {
     for (;;) {
         step_.clear();
         sample_step();
+        start_followups();
         retire();
         const auto t_admit = Clock::now();
         const double wait_before = stats_.wait_ms;

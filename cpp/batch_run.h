@@ -11,6 +11,7 @@
 
 #include "audio_window.h"
 #include "engine.h"
+#include "followup.h"
 #include "prefix.h"
 #include "sampling.h"
 
@@ -92,6 +93,7 @@ private:
         PreparedPrefix px;
         std::vector<std::vector<int32_t>> suffix;  // per prompt: mid + user text + tail tokens
         int cells = 0;                             // KV cells the track can ever need
+        FollowUpPlan fu;                           // its follow-up questions (cpp/followup.cpp)
         std::exception_ptr error;
     };
     struct Active {
@@ -106,6 +108,10 @@ private:
         size_t n_live = 0;
         int cells = 0;
         Clock::time_point t_start, t_decode;
+        // Slots (seqs, samplers, pos, live, outputs) are the prompts', then one per follow-up (cpp/followup.cpp).
+        std::vector<int> limit;      // per slot: its token limit
+        std::vector<bool> waiting;   // per slot: a follow-up whose answer has not ended yet
+        FollowUpPlan fu;
     };
 
     // helper thread (or inline without prepare_ahead)
@@ -123,6 +129,11 @@ private:
     void sample_step();
     void accept(Active & a, size_t i, int32_t tok);
     void retire();
+    // follow-ups (cpp/followup.cpp)
+    void open_followup_slots(Active & a, FollowUpPlan && fu);
+    void take_answer(Active & a, size_t i);
+    void start_followups();
+    void nest_followups(Active & a);
     void fail(size_t index, const std::exception_ptr & e, GenerateResult res = {});
 
     Engine::Resources & res_;

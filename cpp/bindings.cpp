@@ -2,6 +2,7 @@
 // (described in python/music_flamingo/_core.pyi), releases the GIL around all llama.cpp work, maps C++ errors to
 // the package's Python exceptions and native log lines to Python logging.
 #include "engine.h"
+#include "followup.h"
 #include "log_bridge.h"
 #include "sampling.h"
 
@@ -49,11 +50,12 @@ void set_log_callback(py::object cb) {
     throw py::error_already_set();
 }
 
-// None, or the (head, mid, tail) the Python layer rendered from the model's chat template.
+// None, or the (head, mid, tail[, next_turn]) the Python layer rendered from the model's chat template.
 std::optional<mf::ChatPieces> to_chat(const py::object & chat) {
     if (chat.is_none()) return std::nullopt;
-    auto t = chat.cast<std::tuple<std::string, std::string, std::string>>();
-    return mf::ChatPieces{std::get<0>(t), std::get<1>(t), std::get<2>(t)};
+    auto t = chat.cast<std::vector<std::string>>();
+    if (t.size() != 3 && t.size() != 4) throw mf::InputError("chat is (head, mid, tail) or (head, mid, tail, next_turn)");
+    return mf::ChatPieces{t[0], t[1], t[2], t.size() == 4 ? t[3] : std::string()};
 }
 
 // Checked here, with the GIL held, so the message names what the caller passed. Returns a private copy: the
@@ -154,7 +156,7 @@ public:
         o.profile = profile;
         o.prepare_ahead = prepare_ahead;
         o.interrupted = interrupt_check();
-        o.max_prompts = std::max<int>(1, (int) prompts.size());
+        o.max_prompts = std::max<int>(1, mf::track_sequences(prompts));  // sequences per track, follow-ups included
         o.max_text_cells = eng->prompts_cells(prompts, o, &o.max_prompt_cells);
         if (max_audio_seconds > 0) o.max_audio_samples = (size_t) (max_audio_seconds * eng->sample_rate());
         const int engine_rate = eng->sample_rate();
@@ -235,17 +237,40 @@ void bind_types(py::module_ & m) {
                 Field<&S::seed>{"seed"},
                 Field<&S::ignore_eos>{"ignore_eos"});
 
+    using F = mf::FollowUpRequest;
+    const F fdflt{};
+    py::class_<F>(m, "FollowUpRequest", "A question asked after a prompt's answer, in the same conversation.")
+        .def(py::init([](std::string text, int max_tokens, const S & sampling) {
+                 return F{std::move(text), max_tokens, sampling};
+             }),
+             py::arg("text"), py::kw_only(), py::arg("max_tokens") = fdflt.max_tokens,
+             py::arg("sampling") = fdflt.sampling)
+        .def_readwrite("text", &F::text)
+        .def_readwrite("max_tokens", &F::max_tokens)
+        .def_readwrite("sampling", &F::sampling);
+
     using P = mf::PromptRequest;
     const P dflt{};
-    py::class_<P>(m, "PromptRequest", "One question about a track: its text, token limit and sampling.")
-        .def(py::init([](std::string text, int max_tokens, const S & sampling) {
-                 return P{std::move(text), max_tokens, sampling};
+    py::class_<P>(m, "PromptRequest", "One question about a track: its text, token limit and sampling; its "
+                                      "follow-ups; a known answer (not generated: only the follow-ups are).")
+        .def(py::init([](std::string text, int max_tokens, const S & sampling, std::vector<F> followups,
+                         std::optional<std::string> answer, std::vector<int32_t> answer_tokens) {
+                 P p{std::move(text), max_tokens, sampling, std::move(followups)};
+                 p.answered = answer.has_value() || !answer_tokens.empty();
+                 p.answer = answer.value_or("");
+                 p.answer_tokens = std::move(answer_tokens);
+                 return p;
              }),
              py::arg("text"), py::kw_only(), py::arg("max_tokens") = dflt.max_tokens,
-             py::arg("sampling") = dflt.sampling)
+             py::arg("sampling") = dflt.sampling, py::arg("followups") = std::vector<F>{},
+             py::arg("answer") = py::none(), py::arg("answer_tokens") = std::vector<int32_t>{})
         .def_readwrite("text", &P::text)
         .def_readwrite("max_tokens", &P::max_tokens)
-        .def_readwrite("sampling", &P::sampling);
+        .def_readwrite("sampling", &P::sampling)
+        .def_readwrite("followups", &P::followups)
+        .def_readonly("answered", &P::answered)
+        .def_readonly("answer", &P::answer)
+        .def_readonly("answer_tokens", &P::answer_tokens);
 
     py::enum_<mf::Framing>(m, "Framing", "How the audio is put in front of the LLM (cpp/engine.h).")
         .value("Mtmd", mf::Framing::Mtmd)
@@ -279,7 +304,8 @@ void bind_types(py::module_ & m) {
         // bytes: a cut at max_tokens may split a UTF-8 character; the Python layer decodes
         .def_property_readonly("text", [](const O & o) { return py::bytes(o.text); })
         .def_readonly("tokens", &O::tokens)
-        .def_readonly("stop_reason", &O::stop_reason);
+        .def_readonly("stop_reason", &O::stop_reason)
+        .def_readonly("followups", &O::followups);
 
     using R = mf::GenerateResult;
     py::class_<R>(m, "GenerateResult", "One track's answers and stats (read-only); the debug arrays are empty "

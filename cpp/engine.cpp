@@ -73,9 +73,11 @@ int text_cells(const llama_vocab * vocab, const ChatPieces & chat, const std::ve
     const int around = (int) (tokenize(vocab, chat.mid, true).size() + tokenize(vocab, chat.tail, true).size());
     long n = 0, top = 0;
     for (const auto & p : prompts) {
-        const long one = std::min<long>(around + (long) tokenize(vocab, p.text, false).size() + std::max(p.max_tokens, 0),
-                                        n_ctx_train);
-        n += one;
+        long chain = 0;  // a known answer and the follow-ups (followup.h)
+        const long followups = followup_cells(vocab, chat, p, &chain);
+        const long one = std::min<long>(around + (long) tokenize(vocab, p.text, false).size() + std::max(p.max_tokens, 0) +
+                                            chain, n_ctx_train);
+        n += one + followups;
         top = std::max(top, one);
     }
     if (most) *most = (int) top;
@@ -426,7 +428,7 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
         const llama_vocab * vocab = llama_model_get_vocab(res_->model.get());
         const auto mid = tokenize(vocab, chat.mid, true), tail = tokenize(vocab, chat.tail, true);
         for (const auto & t : tracks) {
-            o.max_prompts = std::max(o.max_prompts, (int) t.prompts.size());
+            o.max_prompts = std::max(o.max_prompts, track_sequences(t.prompts));  // sequences per track
             const int prefix = std::min(max_prefix_positions(chat, t.pcm.size()), n_ctx_train());
             int most = 0;
             o.track_cells.push_back(prefix + text_cells(vocab, chat, t.prompts, n_ctx_train(), &most));

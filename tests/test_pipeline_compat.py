@@ -43,7 +43,7 @@ music_flamingo:
   revision:
     enabled: true
     model: models/LMM/granite-4.0-h-tiny-GGUF/granite-4.0-h-tiny-Q8_0.gguf
-    max_tokens: 512
+    max_tokens: {{RMAX}}
     temperature: 0.7
     n_ctx: 4096
     prompts:
@@ -53,6 +53,8 @@ music_flamingo:
 processing:
   device: cuda
 """
+
+SHORT = ("short_technical", "short_mood", "short_genre")  # the config's revision prompts, asked as follow-ups
 
 GENRES = {
     "Electronic---Goa Trance": 0.39,
@@ -94,10 +96,11 @@ SIDECARS = {
 }  # fmt: skip
 
 
-def pipeline_config(tmp_path: Path, max_tokens: int = 512) -> Path:
+def pipeline_config(tmp_path: Path, max_tokens: int = 512, revision_max_tokens: int = 512) -> Path:
     p = tmp_path / "config" / "master_pipeline.yaml"
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(PIPELINE_YAML.replace("{MAX}", str(max_tokens)), encoding="utf-8")
+    text = PIPELINE_YAML.replace("{MAX}", str(max_tokens)).replace("{RMAX}", str(revision_max_tokens))
+    p.write_text(text, encoding="utf-8")
     return p
 
 
@@ -320,7 +323,8 @@ def test_trim_frac_through_the_engine_and_the_cli(tmp_path: Path, track: np.ndar
 
 def test_filled_prompts_through_the_cli(tmp_path: Path, track: np.ndarray, tiny) -> None:
     """A dataset with the pipeline's sidecars: each track asked its own filled `full` prompt, recorded in its
-    --jsonl line and its metadata, all decoded in one run; other keys kept."""
+    --jsonl line and its metadata, and the config's three short summaries as follow-ups, all decoded in one run;
+    other keys kept."""
     data = tmp_path / "data"
     expected = {}
     for i, (info, start) in enumerate(SIDECARS.values()):
@@ -331,18 +335,20 @@ def test_filled_prompts_through_the_cli(tmp_path: Path, track: np.ndarray, tiny)
     expected[bare.name] = "Genre unknown.  " + TAIL
     manifest = tmp_path / "run.jsonl"
     cmd = batch_cli(data, tiny, "--jsonl", str(manifest), "--no-progress", "--tracks-in-flight", "5")
-    cmd += ["--prompts-file", str(pipeline_config(tmp_path, max_tokens=6))]
+    cmd += ["--prompts-file", str(pipeline_config(tmp_path, max_tokens=6, revision_max_tokens=4))]
     r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert {Path(x["path"]).name: x["prompts"]["full"] for x in lines} == expected
     for x in lines:
-        assert set(x["prompts"]) == {"full"} and x["music_flamingo_full"]
+        assert set(x["prompts"]) == {"full", *SHORT} and x["music_flamingo_full"]
+        assert all(isinstance(x[f"music_flamingo_{n}"], str) for n in SHORT)
         assert x["music_flamingo_meta"]["prompts_filled"] == {"full": expected[Path(x["path"]).name]}
     for i, (info, _) in enumerate(SIDECARS.values()):
         written = json.loads((data / "crops" / f"Song_{i}.INFO").read_text())
         assert {k: written[k] for k in ("position", *info)} == {"position": i, **info}  # other keys kept
         assert "music_flamingo_full" in written and "music_flamingo_technical" not in written
+        assert {f"music_flamingo_{n}" for n in SHORT} <= set(written)
         assert written["music_flamingo_meta"]["prompts_filled"]["full"] == expected[f"Song_{i}.flac"]
 
 

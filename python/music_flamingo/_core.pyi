@@ -34,13 +34,38 @@ class SamplingParams:
         ignore_eos: bool = False,
     ) -> None: ...
 
+class FollowUpRequest:
+    """A question asked after a prompt's answer, in the same conversation (its KV cells continued)."""
+
+    text: str
+    max_tokens: int  # the follow-up's own token limit
+    sampling: SamplingParams
+    def __init__(self, text: str, *, max_tokens: int = 64, sampling: SamplingParams = ...) -> None: ...
+
 class PromptRequest:
-    """One question about a track: its text, token limit and sampling."""
+    """One question about a track: its text, token limit and sampling; its follow-ups; a known answer (``answer``
+    text or ``answer_tokens``: fed, not generated, so only the follow-ups are)."""
 
     text: str
     max_tokens: int
     sampling: SamplingParams
-    def __init__(self, text: str, *, max_tokens: int = 256, sampling: SamplingParams = ...) -> None: ...
+    followups: list[FollowUpRequest]
+    @property
+    def answered(self) -> bool: ...
+    @property
+    def answer(self) -> str: ...
+    @property
+    def answer_tokens(self) -> list[int]: ...
+    def __init__(
+        self,
+        text: str,
+        *,
+        max_tokens: int = 256,
+        sampling: SamplingParams = ...,
+        followups: list[FollowUpRequest] = [],
+        answer: str | None = None,
+        answer_tokens: list[int] = [],
+    ) -> None: ...
 
 class Framing:
     """How the audio is put in front of the LLM (cpp/engine.h, enum Framing)."""
@@ -112,6 +137,8 @@ class PromptOutput:
     def tokens(self) -> list[int]: ...
     @property
     def stop_reason(self) -> str: ...
+    @property
+    def followups(self) -> list[PromptOutput]: ...
 
 class GenerateResult:
     """One track's answers and stats (read-only); the debug fields are empty unless ``debug`` was asked for."""
@@ -175,7 +202,8 @@ class RunStats:
     @property
     def step_decode_ms(self) -> list[float]: ...
 
-_ChatPieces = tuple[str, str, str]  # head, mid, tail (music_flamingo.chat_template)
+# head, mid, tail[, next_turn] (music_flamingo.chat_template; without next_turn follow-ups are refused)
+_ChatPieces = tuple[str, str, str] | tuple[str, str, str, str]
 
 class Engine:
     """The resident engine: model and audio encoder loaded once. Every call releases the GIL while it runs."""

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+
 from . import validation
 from ._version import __version__
 from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt
 from .errors import PromptConfigError
-from .prompts import Catalogue, PromptEntry, load_catalogue
+from .prompts import Catalogue, FollowUp, PromptEntry, load_catalogue
 from .sidecar import read_sidecar, sidecar_path
 from .text import normalize_music_flamingo_text
 
@@ -50,6 +52,13 @@ class AnalysisOptions:
     max_duration: float | None = None  # seconds analysed at most; None: the model's limit
     normalize: bool = True
     trim_frac: float | None = None  # analyse only the first share of each track, faded out (an excerpt)
+    # Follow-up questions (the catalogue's, e.g. the pipeline config's revision prompts) asked after one answer in
+    # the same conversation, written as their keys: names; None: every one the catalogue has; (): none.
+    followups: Sequence[str] | None = None
+    followups_of: str | None = None  # the prompt whose answer they follow; None: "full" if asked, else the first
+    # The catch-up pass: only the follow-ups, from the answer a track's sidecar already holds (text only, no audio);
+    # only the follow-ups' keys are written.
+    catch_up: bool = False
 
     def __post_init__(self) -> None:
         """Every value checked here, before a backend loads its model (InvalidInputError, a ValueError)."""
@@ -75,8 +84,46 @@ class AnalysisOptions:
 
     def asked(self, catalogue: Catalogue | None = None) -> list[PromptEntry]:
         """The entries these options ask, in order (:meth:`.Catalogue.asked`): from the catalogue alone, so the
-        dry run and the parents of several engines know a run's sidecar keys without loading a model."""
-        return (catalogue or self.catalogue()).asked(self.prompts, self.prompt)
+        dry run and the parents of several engines know a run's sidecar keys without loading a model. The catch-up
+        pass asks only the prompt its follow-ups follow."""
+        catalogue = catalogue or self.catalogue()
+        entries = catalogue.asked(self.prompts, self.prompt)
+        return [followups_parent(self, catalogue, entries)] if self.catch_up else entries
+
+    def asked_followups(self, catalogue: Catalogue | None = None) -> list[FollowUp]:
+        """The follow-up questions these options ask (PromptConfigError for an unknown name)."""
+        catalogue = catalogue or self.catalogue()
+        if self.followups is None:
+            chosen = list(catalogue.followups.values())
+        else:
+            unknown = [n for n in self.followups if n not in catalogue.followups]
+            if unknown:
+                raise PromptConfigError(
+                    f"unknown follow-up(s) {', '.join(map(repr, unknown))}; available: "
+                    + (
+                        ", ".join(catalogue.followups)
+                        or "none (add a prompts file with revision prompts, or --summaries)"
+                    )
+                )
+            chosen = [catalogue.followups[n] for n in dict.fromkeys(self.followups)]
+        if self.catch_up and not chosen:
+            raise PromptConfigError("the catch-up pass needs follow-up questions (none in the prompt catalogue)")
+        return chosen
+
+    def keys(self, catalogue: Catalogue | None = None) -> list[str]:
+        """The sidecar keys a run writes (a track holding them all is done): the prompts' and the follow-ups'; the
+        catch-up pass, the follow-ups' alone."""
+        catalogue = catalogue or self.catalogue()
+        fkeys = [f.key for f in self.asked_followups(catalogue)]
+        return fkeys if self.catch_up else [e.key for e in self.asked(catalogue)] + fkeys
+
+
+def followups_parent(options: AnalysisOptions, catalogue: Catalogue, entries: Sequence[PromptEntry]) -> PromptEntry:
+    """The prompt whose answer the follow-ups continue: ``followups_of``, else ``full`` when asked (the answer the
+    pipeline summarises), else the first prompt asked."""
+    if options.followups_of is not None:
+        return catalogue.select([options.followups_of])[0]
+    return next((e for e in entries if e.name == "full"), entries[0])
 
 
 @dataclass
@@ -90,9 +137,13 @@ class TrackAnalysis:
     stats: GenerationStats | None = None
     audio: PreparedAudio | None = field(default=None, repr=False)
     prompts: dict[str, str] = field(default_factory=dict)  # the texts as sent, by prompt name (filled per track)
+    catch_up: bool = False  # only follow-ups: the sidecar's answer, label and metadata stay as they are
 
     def sidecar_fields(self) -> dict[str, Any]:
-        """The keys this package owns in a sidecar: the descriptions, the model label and the metadata."""
+        """The keys this package owns in a sidecar: the descriptions, the model label and the metadata (the
+        catch-up pass: its follow-ups' keys alone)."""
+        if self.catch_up:
+            return dict(self.descriptions)
         return {**self.descriptions, MODEL_KEY: self.model_label, META_KEY: self.meta}
 
 
@@ -130,6 +181,7 @@ class Analyzer:
         self.options = options or AnalysisOptions()
         self.catalogue: Catalogue = self.options.catalogue()
         self.entries: list[PromptEntry] = self.options.asked(self.catalogue)
+        self.followups: list[FollowUp] = self.options.asked_followups(self.catalogue)
         self._provenance: dict[str, Any] | None = None
 
     @property
@@ -166,12 +218,30 @@ class Analyzer:
         return self.catalogue.select([prompt_type] if isinstance(prompt_type, str) else list(prompt_type))
 
     def to_prompts(self, entries: Sequence[PromptEntry], texts: Sequence[str] | None = None) -> list[Prompt]:
-        """The engine's prompts of ``entries``, with ``texts`` as filled for one track (default: as written)."""
+        """The engine's prompts of ``entries``, with ``texts`` as filled for one track (default: as written); the
+        follow-ups ride on the prompt whose answer they follow (:attr:`Prompt.followups`)."""
         o = self.options
         texts = texts if texts is not None else [None] * len(entries)
-        return [
+        prompts = [
             e.to_prompt(temperature=o.temperature, top_p=o.top_p, seed=o.seed, text=t) for e, t in zip(entries, texts)
         ]
+        at = self.followups_index(entries)
+        if at is not None:
+            asked = tuple(followup_prompt(f, o) for f in self.followups)
+            prompts[at] = dataclasses.replace(prompts[at], followups=asked)
+        return prompts
+
+    def followups_index(self, entries: Sequence[PromptEntry]) -> int | None:
+        """Where in ``entries`` the prompt the follow-ups follow is; None: no follow-ups, or that prompt not there."""
+        if not self.followups or not entries:
+            return None
+        parent = followups_parent(self.options, self.catalogue, self.entries or entries)
+        return next((i for i, e in enumerate(entries) if e.name == parent.name), None)
+
+    def keys(self) -> list[str]:
+        """The sidecar keys this analyzer writes (a track holding them all is done; :meth:`AnalysisOptions.keys`)."""
+        fkeys = [f.key for f in self.followups]
+        return fkeys if self.options.catch_up else [e.key for e in self.entries] + fkeys
 
     @property
     def templated(self) -> bool:
@@ -190,9 +260,21 @@ class Analyzer:
         """:meth:`track_prompts` for an audio file, from its sidecar; None when nothing asked is a template (every
         track gets the same prompts). A damaged sidecar is the SidecarError of :func:`.sidecar.read_sidecar`."""
         entries = self.entries if entries is None else entries
+        if self.options.catch_up:
+            return self.catch_up_prompts(read_sidecar(sidecar_path(path)), Path(path).name)
         if not self.catalogue.templated(entries):
             return None
         return self.track_prompts(read_sidecar(sidecar_path(path)), Path(path).name, entries)
+
+    def catch_up_prompts(self, info: Mapping[str, Any] | None, file: str = "") -> list[Prompt]:
+        """The catch-up pass for a track whose sidecar holds ``info``: the answer it already has fed as the model's
+        turn, the follow-ups asked after it. [] when the sidecar holds no such answer (nothing to catch up)."""
+        (parent,) = self.entries
+        answer = (info or {}).get(parent.key)
+        if not isinstance(answer, str) or not answer.strip():
+            return []
+        (prompt,) = self.track_prompts(info, file, [parent])
+        return [dataclasses.replace(prompt, answer=answer)]
 
     def _own(self, prompts: Sequence[Prompt] | None) -> list[Prompt]:
         """A track's prompts: those given (filled from its sidecar), else the catalogue's as written — templates
@@ -204,6 +286,8 @@ class Analyzer:
     def prepare(self, audio: AudioSource, sample_rate: int | None = None, name: str | None = None) -> PreparedAudio:
         """One track's audio as the model gets it: decoded, cut at the length limit, an excerpt with
         ``trim_frac``."""
+        if self.options.catch_up:  # text only: the audio is not needed, nor decoded
+            return PreparedAudio(np.zeros(0, np.float32), 0.0, 0.0, False)
         if name is None:
             name = str(audio) if not hasattr(audio, "shape") else "audio array"
         return prepare_audio(
@@ -332,9 +416,15 @@ class Analyzer:
         with_provenance: bool,
     ) -> TrackAnalysis:
         """Texts by key -> T5-safe descriptions + provenance."""
-        raw = {e.key: t for e, t in zip(entries, result.texts)}
+        catch_up = self.options.catch_up
+        raw = {} if catch_up else {e.key: t for e, t in zip(entries, result.texts)}
+        at = self.followups_index(entries)
+        if at is not None:  # the follow-ups' answers, by their keys
+            raw.update({f.key: a.text for f, a in zip(self.followups, result.followups[at])})
         clean = {k: normalize_music_flamingo_text(t) if self.options.normalize else t for k, t in raw.items()}
-        meta = self.track_meta(entries, prompts, prepared) if with_provenance else {}
+        meta = self.track_meta(entries, prompts, prepared) if with_provenance and not catch_up else {}
+        asked = {e.name: p.text for e, p in zip(entries, prompts)}
+        asked.update({f.name: f.text for p in prompts for f in p.followups})
         return TrackAnalysis(
             descriptions=clean,
             raw=raw,
@@ -342,7 +432,8 @@ class Analyzer:
             meta=meta,
             stats=result.stats,
             audio=prepared,
-            prompts={e.name: p.text for e, p in zip(entries, prompts)},
+            prompts=asked,
+            catch_up=catch_up,
         )
 
     def track_meta(
@@ -352,6 +443,7 @@ class Analyzer:
             **self.provenance(),
             "package_version": __version__,
             "prompts": [e.name for e in entries],
+            **({"followups": [f.name for f in self.followups]} if self.followups_index(entries) is not None else {}),
             "prompts_hash": self.catalogue.texts_hash(entries),
             "sampling": {
                 p.name: {
@@ -456,3 +548,17 @@ class AnalyzerCalls:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def followup_prompt(f: FollowUp, o: AnalysisOptions) -> Prompt:
+    """The engine's :class:`Prompt` of a follow-up question: its own temperature (the pipeline's revision
+    temperature) when it has one, else the run's (greedy by default)."""
+    temperature = f.temperature if f.temperature is not None else o.temperature
+    return Prompt(
+        f.text,
+        max_tokens=f.max_tokens,
+        temperature=0.0 if temperature is None else float(temperature),
+        top_p=1.0 if o.top_p is None else float(o.top_p),
+        seed=0 if o.seed is None else int(o.seed),
+        name=f.name,
+    )

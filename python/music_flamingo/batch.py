@@ -433,7 +433,7 @@ def run_batch(
     failures.start()
     if root.is_dir():
         remove_stale_temp_files(root)  # of sidecar writes killed in earlier runs
-    keys = [e.key for e in analyzer.entries]
+    keys = analyzer.keys()  # the prompts' and the follow-ups' (the catch-up pass: the follow-ups' alone)
     t0 = time.monotonic()
     summary = BatchSummary()
     counting = threading.Lock()  # the summary is updated from the engine's helper thread and this one
@@ -527,6 +527,12 @@ def run_batch(
                 raise _Skip
             prepared = prefetch.get(track)
             prompts = analyzer.prompts_for_file(track)  # templates filled from its sidecar (None: shared ones)
+            if prompts == []:  # the catch-up pass, and the sidecar holds no answer to follow up
+                with counting:
+                    summary.skipped_complete += 1
+                logger.info("no answer to follow up in its sidecar, skipped: %s", track)
+                tell(track, "skipped_complete")
+                raise _Skip
         except _Skip:
             prefetch.drop(track)
             lock.release()

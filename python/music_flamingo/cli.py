@@ -101,6 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(its music_flamingo: prompts and max_tokens)",
     )
     q.add_argument("--prompt", default=None, help="a free-text prompt (key music_flamingo_custom)")
+    q.add_argument(
+        "--summaries",
+        action="store_true",
+        help="also ask the pipeline's three short summaries (music_flamingo_short_technical, _short_mood, "
+        "_short_genre) as follow-up questions after the full answer, in the same conversation",
+    )
+    q.add_argument(
+        "--followups",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated follow-up questions to ask (default: every one the prompts files name, e.g. the "
+        "pipeline config's revision prompts; 'none': none)",
+    )
+    q.add_argument(
+        "--followups-of",
+        default=None,
+        metavar="NAME",
+        help="the prompt whose answer the follow-ups follow (default: full when asked, else the first prompt)",
+    )
+    q.add_argument(
+        "--summaries-only",
+        action="store_true",
+        help="the catch-up pass: ask only the follow-ups, after the answer each track's sidecar already holds "
+        "(text only, no audio decoded); writes only the follow-ups' keys",
+    )
     q.add_argument("--temperature", type=cli_type(float, validation.temperature), default=None)
     q.add_argument("--top-p", type=cli_type(float, validation.top_p), default=None)
     q.add_argument("--seed", type=cli_type(int, validation.seed), default=None)
@@ -250,12 +275,17 @@ def _analysis_options(a: argparse.Namespace):
     catalogue's set), --prompt, --prompts-file, the sampling options and --max-duration. The one place the command
     line turns them into options, for the engines and for the keys a run writes."""
     from .analyzer import AnalysisOptions
+    from .prompts import SUMMARIES_FILE
 
     names = [n.strip() for n in a.prompts.split(",") if n.strip()] if a.prompts else None
+    followups = None if a.followups is None else [n.strip() for n in a.followups.split(",") if n.strip()]
     return AnalysisOptions(
         prompts=names or None,
         prompt=a.prompt,
-        prompts_files=a.prompts_file,
+        prompts_files=[SUMMARIES_FILE, *a.prompts_file] if a.summaries else a.prompts_file,
+        followups=[] if followups == ["none"] else followups,
+        followups_of=a.followups_of,
+        catch_up=a.summaries_only,
         temperature=a.temperature,
         top_p=a.top_p,
         seed=a.seed,
@@ -299,7 +329,7 @@ def _run_single(mf, a: argparse.Namespace) -> int:
     from .batch import BatchOptions, TrackOutcome, run_batch
     from .sidecar import sidecar_path
 
-    keys = [e.key for e in mf.entries]
+    keys = mf.analyzer.keys()
     outcome: list[TrackOutcome] = []
     options = BatchOptions(
         overwrite=True, write_sidecars=not a.no_sidecar, jsonl=a.jsonl, failures=a.failures, progress=False
@@ -370,7 +400,7 @@ def _run_batch(mf, a: argparse.Namespace, selection) -> int:
 
 def _keys(a: argparse.Namespace) -> list[str]:
     """The sidecar keys a run with these options writes, from the prompt catalogue alone (no model loaded)."""
-    return [e.key for e in _analysis_options(a).asked()]
+    return _analysis_options(a).keys()
 
 
 def _dry_run(a: argparse.Namespace, selection) -> int:

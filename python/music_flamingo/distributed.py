@@ -113,7 +113,7 @@ def keys_of(analyzer: AnalyzerSpec) -> list[str]:
         raise ValueError("give keys= with an analyzer factory (the sidecar keys its prompts write)")
     fields = {f.name for f in dataclasses.fields(AnalysisOptions)}
     chosen = {k: v for k, v in analyzer.items() if k in fields}
-    return [e.key for e in AnalysisOptions.of("MusicFlamingoGGUF", analyzer.get("options"), chosen).asked()]
+    return AnalysisOptions.of("MusicFlamingoGGUF", analyzer.get("options"), chosen).keys()
 
 
 class _Ledger:
@@ -192,7 +192,7 @@ class TrackDescriber:
         self.options = dataclasses.replace(options or BatchOptions(), progress=False)
         self.ledger = ledger
         self.analyzer = _build(analyzer)
-        self.keys = [e.key for e in self.analyzer.entries]
+        self.keys = self.analyzer.keys()
 
     def __call__(self, batch):
         """A pyarrow batch with a ``path`` column (bytes or text) -> one row per path (:func:`row_schema`)."""

@@ -22,7 +22,7 @@ from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .chat_template import ChatPieces, render_pieces
-from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
+from .datatypes import FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .fsutil import require_regular_file
 from .models import DEFAULT_MODEL, canonical_model_name, resolve_model_files
@@ -273,7 +273,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         embeddings fed to the LLM, the first step's logits of prompt 0 and its prompt token ids, -1 per audio
         position (``result.debug``), for fidelity measurements.
         """
-        audio, plist = as_engine_audio(audio, sample_rate), as_prompts(prompts, max_tokens)
+        plist = as_prompts(prompts, max_tokens)
+        audio = _engine_audio(audio, sample_rate, plist)
         self._check_context(audio, plist)
         fr = self._framing(framing)
         raw = self._engine.generate(
@@ -311,7 +312,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
         raised after all tracks ran."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
-        decoded = [(as_engine_audio(a, sample_rate), as_prompts(ps, max_tokens)) for a, ps in tracks]
+        asked = [(a, as_prompts(ps, max_tokens)) for a, ps in tracks]
+        decoded = [(_engine_audio(a, sample_rate, plist), plist) for a, plist in asked]
         for audio, plist in decoded:
             self._check_context(audio, plist)
         native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
@@ -365,8 +367,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
                 index, count = count, count + 1
                 try:
                     if isinstance(item, tuple):  # (audio, this track's own prompts)
-                        own = [p.to_native() for p in as_prompts(item[1], max_tokens)]
-                        value: Any = (as_engine_audio(item[0]), own)
+                        own = as_prompts(item[1], max_tokens)
+                        value: Any = (_engine_audio(item[0], TARGET_SAMPLE_RATE, own), [p.to_native() for p in own])
                     else:
                         value = as_engine_audio(item)
                 except MusicFlamingoError as e:
@@ -409,7 +411,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         """Where the time of the last generate/generate_many/generate_stream went (steps, host, decode, admit)."""
         return _as_dict(self._engine.last_run_stats())
 
-    def _chat(self, framing: _core.Framing) -> tuple[str, str, str] | None:
+    def _chat(self, framing: _core.Framing) -> tuple[str, ...] | None:
         """The rendered template pieces for the engine; ``llamacpp`` formats its chat as llama-mtmd-cli does."""
         return None if framing == native_framing("llamacpp") else self.chat_pieces().as_tuple()
 
@@ -442,10 +444,13 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         )
         outs = raw.outputs
         return GenerationResult(
-            texts=[o.text.decode("utf-8", errors="replace") for o in outs],
+            texts=[_decoded(o.text) for o in outs],
             stop_reasons=[o.stop_reason for o in outs],
             tokens=[list(o.tokens) for o in outs],
             stats=stats,
+            followups=[
+                [FollowUpAnswer(_decoded(f.text), f.stop_reason, list(f.tokens)) for f in o.followups] for o in outs
+            ],
         )
 
     def close(self) -> None:
@@ -454,3 +459,19 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         if engine is not None:
             with self._call_lock:  # after a call in progress, never during it
                 engine.close()
+
+
+def _decoded(text: bytes) -> str:
+    """The engine's raw bytes as text (a cut at max_tokens may split a UTF-8 character)."""
+    return text.decode("utf-8", errors="replace")
+
+
+def _engine_audio(audio: Any, sample_rate: int, prompts: Sequence[Prompt]) -> np.ndarray:
+    """:func:`as_engine_audio`, or for ``None`` (or an empty array) an empty array: a text-only conversation,
+    allowed when every prompt has a known answer (the follow-ups' catch-up pass)."""
+    text_only = audio is None or (isinstance(audio, np.ndarray) and audio.size == 0)
+    if not text_only:
+        return as_engine_audio(audio, sample_rate)
+    if not all(p.answer is not None for p in prompts):
+        raise InvalidInputError("no audio: only prompts with a known answer (follow-ups to ask) go without audio")
+    return np.zeros(0, np.float32)

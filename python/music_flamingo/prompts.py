@@ -15,7 +15,7 @@ Two shapes of file are read (:func:`load_catalogue` tells them apart by their to
 (``version``, ``defaults``, ``default_set``, ``prompts``) and the users' pipeline config
 (``config/master_pipeline.yaml`` of Taikakim/mir-feature-extraction), whose ``music_flamingo:`` section gives
 ``prompts: {key: text}`` (answers written as ``music_flamingo_<key>``), ``max_tokens: {key: n}`` and
-``revision: {prompts: {key: text}}``, follow-up questions kept in :attr:`Catalogue.followups`.
+``revision: {prompts: {key: text}}``, follow-up questions in :attr:`Catalogue.followups`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -38,9 +39,11 @@ from .errors import PromptConfigError
 from .fsutil import read_regular_file
 from .templates import Template, TemplateProblem, compile_text
 
-__all__ = ["Catalogue", "FollowUp", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE"]
+__all__ = ["Catalogue", "FollowUp", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE", "SUMMARIES_FILE"]
 
 PACKAGED_SOURCE = "music_flamingo/prompts.yaml"
+# The pipeline's three short summaries as follow-ups, opt-in (the command line's --summaries).
+SUMMARIES_FILE = Path(__file__).with_name("summaries.yaml")
 CATALOGUE_VERSION = 1
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -117,9 +120,9 @@ class PromptEntry:
 
 @dataclass(frozen=True)
 class FollowUp:
-    """A follow-up question about a track's answers (the pipeline's ``revision.prompts``: short summaries written
-    as ``music_flamingo_<name>``). Read and validated with the catalogue; not asked by this version yet (asking it
-    needs the engine to continue a finished conversation: issue 20, item 3)."""
+    """A follow-up question about a track's answer (the pipeline's ``revision.prompts``: short summaries written
+    as ``music_flamingo_<name>``), asked in the same conversation after the answer it follows
+    (:class:`~music_flamingo.analyzer.AnalysisOptions`: ``followups``, ``followups_of``, ``catch_up``)."""
 
     name: str
     key: str
@@ -366,7 +369,7 @@ def _from_pipeline(data: dict[str, Any], source: str, known: Sequence[str]) -> t
     prompt named ``k`` written as ``music_flamingo_<k>`` with ``max_tokens[k]`` (else 500, the pipeline's
     default), and these prompts the default set (the pipeline asks exactly them). A value ``true`` (the older
     ``prompts: {full: true}``) asks the packaged prompt of that name; ``false`` leaves it out. ``revision.prompts``
-    become follow-ups (kept, not asked yet)."""
+    become follow-ups."""
     section = data[PIPELINE_SECTION] or {}
     if not isinstance(section, dict):
         raise _Where(source, PIPELINE_SECTION, PIPELINE_SECTION).error(
@@ -422,10 +425,6 @@ def _followups(revision: dict[str, Any], source: str) -> list[FollowUp]:
         _FIELD_CHECKS["key"](key, _Where(source, f"{where}.prompts.{name}", "key"))
         _FIELD_CHECKS["text"](text, _Where(source, f"{where}.prompts.{name}", "text"))
         out.append(FollowUp(str(name), key, text, max_tokens, temperature, source))
-    if out:
-        logger.info(
-            "%s: follow-up prompts %s kept; this version does not ask them yet", source, ", ".join(f.name for f in out)
-        )
     return out
 
 
