@@ -12,6 +12,7 @@ torch and transformers are imported only when a model is loaded, so ``import mus
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
 import math
@@ -121,6 +122,55 @@ def _choose_attention(torch, use_flash_attention: bool, device, dtype) -> str:
     return "flash_attention_2"
 
 
+def _checkpoint_location(model_id: str) -> str:
+    """A Hub id as given; a local folder (an absolute path, ``./``, ``~`` or more than one ``/``) expanded, refused
+    when it is no folder."""
+    looks_local = os.path.isabs(model_id) or model_id.startswith((".", "~")) or model_id.count("/") > 1
+    if not looks_local:
+        return model_id
+    if not Path(model_id).expanduser().is_dir():
+        raise ModelFileError(
+            f"no checkpoint folder at {model_id!r} (give a local folder or a Hub id such as nvidia/music-flamingo-hf)"
+        )
+    return str(Path(model_id).expanduser())
+
+
+def _sampling_groups(plist: list[Prompt]) -> dict[tuple, list[int]]:
+    """The prompts' indices by sampling settings, in order: each group is decoded in one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(plist):
+        key = (
+            ("greedy", p.repeat_penalty)
+            if p.temperature <= 0
+            else ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed)
+        )
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+@dataclasses.dataclass
+class _Embedded:
+    """One track's prompts ready for ``generate``: their token ids (the audio expanded), the encoder inputs, how many
+    leading tokens all share, the audio tokens, one row of input embeddings per prompt and the padding's embedding."""
+
+    ids: list[list[int]]
+    feats: Any
+    shared: int
+    n_audio: int
+    rows: list
+    pad_embed: Any
+
+
+class _Decoded:
+    """What the sampling groups' ``generate`` calls produced, per prompt, and the time they took."""
+
+    def __init__(self, n_prompts: int) -> None:
+        self.tokens: list[list[int]] = [[] for _ in range(n_prompts)]
+        self.stops: list[str] = ["max_tokens"] * n_prompts
+        self.prefill_s = self.decode_s = 0.0
+        self.n_ctx = 0
+
+
 class _FirstStepClock:
     """A no-op logits processor that notes when the first token's logits exist: the end of the prefill."""
 
@@ -169,19 +219,20 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         self.system_prompt = system_prompt
         torch, transformers = _import_torch_transformers()
         self._torch = torch
-        self.model_id = str(model_id)
-        self.model_label = "transformers_" + Path(self.model_id.rstrip("/\\")).name
+        self.model_label = "transformers_" + Path(str(model_id).rstrip("/\\")).name
+        self.model_id = _checkpoint_location(str(model_id))
+        config_dict, model_cls = self._model_class(transformers, local_files_only)
+        self._load(transformers, model_cls, dtype, device_map, use_flash_attention, local_files_only)
+        self.commit_hash = getattr(self._model.config, "_commit_hash", None) or config_dict.get("_commit_hash")
+        self._read_special_tokens(transformers)
+        self.torch_compile = bool(torch_compile)
+        if self.torch_compile:
+            logger.info("compiling the model's forward with torch.compile")
+            self._model.forward = torch.compile(self._model.forward, dynamic=True)
 
-        mid = self.model_id
-        looks_local = os.path.isabs(mid) or mid.startswith((".", "~")) or mid.count("/") > 1
-        if looks_local and not Path(self.model_id).expanduser().is_dir():
-            raise ModelFileError(
-                f"no checkpoint folder at {self.model_id!r} (give a local folder or a Hub id such as "
-                "nvidia/music-flamingo-hf)"
-            )
-        if looks_local:
-            self.model_id = str(Path(self.model_id).expanduser())
-        # --- which class: from config.json alone, so an old transformers still says what it lacks ---
+    def _model_class(self, transformers, local_files_only: bool) -> tuple[dict, Any]:
+        """The checkpoint's config.json and the transformers class its ``model_type`` names; sets ``model_type`` and
+        the trained length. From config.json alone, so an old transformers still says what it lacks."""
         try:
             config_dict, _ = transformers.PretrainedConfig.get_config_dict(
                 self.model_id, local_files_only=local_files_only
@@ -207,8 +258,11 @@ class MusicFlamingoTransformers(AnalyzerCalls):
                 f"pip install -U 'transformers>={min_version}'"
             )
         self.max_duration_default = trained_seconds
+        return config_dict, model_cls
 
-        # --- where, in what precision, with which attention ---
+    def _load(self, transformers, model_cls, dtype, device_map, use_flash_attention: bool, local_files_only: bool):
+        """Processor and model: where, in what precision, with which attention; notes where the parts landed."""
+        torch = self._torch
         requested_dtype = _resolve_dtype(torch, dtype)
         device = _target_device(torch, device_map)
         self.attn_implementation = _choose_attention(torch, use_flash_attention, device, requested_dtype)
@@ -226,7 +280,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
                 logger.info("accelerate is not installed: loading on the CPU, then moving the model to %s", device)
             else:
                 raise ModelFileError("a device_map other than one device needs accelerate: pip install accelerate")
-        logger.info("loading %s (%s) as %s", self.model_id, self.model_type, cls_name)
+        logger.info("loading %s (%s) as %s", self.model_id, self.model_type, model_cls.__name__)
         t0 = time.perf_counter()
         try:
             self._processor = transformers.AutoProcessor.from_pretrained(
@@ -238,14 +292,19 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         if move_to is not None:
             model = model.to(move_to)
         self._model = model.eval()
+        self._tokenizer = self._processor.tokenizer
         self.dtype = self._model.dtype
         self.device = self._model.get_input_embeddings().weight.device
-        self.audio_device = next(self._model.model.audio_tower.parameters()).device
-        self.audio_dtype = next(self._model.model.audio_tower.parameters()).dtype
-        self.commit_hash = getattr(self._model.config, "_commit_hash", None) or config_dict.get("_commit_hash")
-        self._tokenizer = self._processor.tokenizer
+        audio_tower = next(self._model.model.audio_tower.parameters())
+        self.audio_device, self.audio_dtype = audio_tower.device, audio_tower.dtype
         self.audio_token_id = int(self._model.config.audio_token_id)
         self._audio_features_takes_ids = "input_ids" in inspect.signature(self._model.get_audio_features).parameters
+        logger.info(
+            "loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."), self.device
+        )
+
+    def _read_special_tokens(self, transformers) -> None:
+        """End-of-sequence, padding and beginning tokens from the checkpoint's generation config and tokenizer."""
         gc_cfg = self._model.generation_config
         eos = gc_cfg.eos_token_id if gc_cfg is not None else None
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
@@ -265,13 +324,6 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         # checkpoint's generation_config.json but its special tokens.
         self._model.generation_config = transformers.GenerationConfig(
             eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id
-        )
-        self.torch_compile = bool(torch_compile)
-        if self.torch_compile:
-            logger.info("compiling the model's forward with torch.compile")
-            self._model.forward = torch.compile(self._model.forward, dynamic=True)
-        logger.info(
-            "loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."), self.device
         )
 
     # --- the backend's side of the Analyzer ---------------------------------------------------------------
@@ -366,7 +418,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         ``render_special`` keeps the text of special tokens in the answers.
         """
         torch = self._torch
-        model = self._require_model()
+        self._require_model()
         pcm = np.ascontiguousarray(as_engine_audio(audio, sample_rate))
         plist = as_prompts(prompts, max_tokens)
         # The processor cuts audio at its own max_audio_len; the Analyzer has already cut it where it should.
@@ -374,110 +426,116 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         if windows_s > getattr(self._processor, "max_audio_len", windows_s):
             self._processor.max_audio_len = windows_s
 
-        from transformers import GenerationConfig
-
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t_start = time.perf_counter()
         with torch.inference_mode():
-            ids, feats, ids0, shared = self.prompt_token_ids(pcm, [p.text for p in plist])
-            audio_embeds = self._encode_audio(feats, ids0)
-            n_audio = int((ids0 == self.audio_token_id).sum())
-            if audio_embeds.shape[0] != n_audio:
-                raise EngineError(
-                    f"the audio encoder gave {audio_embeds.shape[0]} embeddings for {n_audio} audio tokens"
-                )
-            embed = model.get_input_embeddings()
-            audio_embeds = audio_embeds.to(self.device, embed.weight.dtype)
-            rows = []
-            for row_ids in ids:
-                t = torch.tensor(row_ids, dtype=torch.long, device=self.device)
-                e = embed(t)
-                e[t == self.audio_token_id] = audio_embeds
-                rows.append(e)
-            pad_embed = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+            embedded = self._embed_prompts(pcm, plist)
             sync()
             t_encoded = time.perf_counter()
-
-            groups: dict[tuple, list[int]] = {}
-            for i, p in enumerate(plist):
-                key = (
-                    ("greedy", p.repeat_penalty)
-                    if p.temperature <= 0
-                    else ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed)
-                )
-                groups.setdefault(key, []).append(i)
-            tokens: list[list[int]] = [[] for _ in plist]
-            stops: list[str] = ["max_tokens"] * len(plist)
-            prefill_s = decode_s = 0.0
-            n_ctx = 0
-            for key, members in groups.items():
-                p0 = plist[members[0]]
-                max_new = max(plist[i].max_tokens for i in members)
-                width = max(rows[i].shape[0] for i in members)
-                n_ctx = max(n_ctx, width + max_new)
-                embeds = pad_embed.expand(len(members), width, -1).clone()
-                attention = torch.zeros(len(members), width, dtype=torch.long, device=self.device)
-                for b, i in enumerate(members):  # left padding
-                    n = rows[i].shape[0]
-                    embeds[b, width - n :] = rows[i]
-                    attention[b, width - n :] = 1
-                sampled = key[0] == "sample"
-                # Every sampling field explicit: generate() fills unset ones from its global defaults (top_k 50).
-                # top_k 0 disables top-k there as in llama.cpp; the neutral values keep greedy free of warnings.
-                gen_cfg = GenerationConfig(
-                    max_new_tokens=max_new,
-                    do_sample=sampled,
-                    num_beams=1,
-                    eos_token_id=self.eos_token_ids,
-                    pad_token_id=self.pad_token_id,
-                    bos_token_id=self.bos_token_id,
-                    repetition_penalty=p0.repeat_penalty,
-                    **(
-                        dict(temperature=p0.temperature, top_p=p0.top_p, top_k=p0.top_k, min_p=p0.min_p or None)
-                        if sampled
-                        else dict(temperature=1.0, top_p=1.0, top_k=50)
-                    ),
-                )
-                clock = _FirstStepClock(sync)
-                if sampled:
-                    torch.manual_seed(p0.seed)
-                t0 = time.perf_counter()
-                out = model.generate(
-                    inputs_embeds=embeds, attention_mask=attention, generation_config=gen_cfg, logits_processor=[clock]
-                )
-                sync()
-                t1 = time.perf_counter()
-                first = clock.t_first if clock.t_first is not None else t1
-                prefill_s += first - t0
-                decode_s += t1 - first
-                seqs = out.sequences if hasattr(out, "sequences") else out
-                for b, i in enumerate(members):
-                    row = seqs[b].tolist()[: plist[i].max_tokens]
-                    for k, tok in enumerate(row):
-                        if tok in self.eos_token_ids:
-                            row, stops[i] = row[:k], "eog"
-                            break
-                    tokens[i] = row
+            decoded = _Decoded(len(plist))
+            for key, members in _sampling_groups(plist).items():
+                self._decode_group(embedded, plist, members, key[0] == "sample", sync, decoded)
         t_end = time.perf_counter()
 
-        texts = [self._tokenizer.decode(t, skip_special_tokens=not render_special) for t in tokens]
-        n_gen = sum(len(t) + (s == "eog") for t, s in zip(tokens, stops))
+        texts = [self._tokenizer.decode(t, skip_special_tokens=not render_special) for t in decoded.tokens]
+        n_gen = sum(len(t) + (s == "eog") for t, s in zip(decoded.tokens, decoded.stops))
         stats = GenerationStats(
             audio_seconds=len(pcm) / TARGET_SAMPLE_RATE,
-            audio_chunks=int(feats["input_features"].shape[0]),
-            audio_tokens=n_audio,
-            prefix_tokens=shared,
-            prompt_tokens=sum(len(r) - shared for r in ids),
-            n_ctx=n_ctx,
+            audio_chunks=int(embedded.feats["input_features"].shape[0]),
+            audio_tokens=embedded.n_audio,
+            prefix_tokens=embedded.shared,
+            prompt_tokens=sum(len(r) - embedded.shared for r in embedded.ids),
+            n_ctx=decoded.n_ctx,
             encode_ms=(t_encoded - t_start) * 1e3,
-            prefill_ms=prefill_s * 1e3,
-            decode_ms=decode_s * 1e3,
+            prefill_ms=decoded.prefill_s * 1e3,
+            decode_ms=decoded.decode_s * 1e3,
             tokens_generated=n_gen,
-            decode_tokens_per_s=(n_gen / decode_s) if decode_s > 0 else 0.0,
+            decode_tokens_per_s=(n_gen / decoded.decode_s) if decoded.decode_s > 0 else 0.0,
             total_ms=(t_end - t_start) * 1e3,
             devices={"text_model": str(self.device), "audio_encoder": str(self.audio_device)},
         )
-        return GenerationResult(texts=texts, stop_reasons=stops, tokens=tokens, stats=stats)
+        return GenerationResult(texts=texts, stop_reasons=decoded.stops, tokens=decoded.tokens, stats=stats)
+
+    def _embed_prompts(self, pcm: np.ndarray, plist: list[Prompt]) -> _Embedded:
+        """Every prompt as one row of input embeddings, the track's audio encoded once and put in place of its
+        audio tokens."""
+        torch = self._torch
+        ids, feats, ids0, shared = self.prompt_token_ids(pcm, [p.text for p in plist])
+        audio_embeds = self._encode_audio(feats, ids0)
+        n_audio = int((ids0 == self.audio_token_id).sum())
+        if audio_embeds.shape[0] != n_audio:
+            raise EngineError(f"the audio encoder gave {audio_embeds.shape[0]} embeddings for {n_audio} audio tokens")
+        embed = self._model.get_input_embeddings()
+        audio_embeds = audio_embeds.to(self.device, embed.weight.dtype)
+        rows = []
+        for row_ids in ids:
+            t = torch.tensor(row_ids, dtype=torch.long, device=self.device)
+            e = embed(t)
+            e[t == self.audio_token_id] = audio_embeds
+            rows.append(e)
+        pad_embed = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+        return _Embedded(ids, feats, shared, n_audio, rows, pad_embed)
+
+    def _decode_group(self, embedded: _Embedded, plist, members: list[int], sampled: bool, sync, decoded) -> None:
+        """One batched ``generate`` for the prompts ``members``, which share their sampling settings; their tokens,
+        stop reasons and timings go into ``decoded``."""
+        group = [plist[i] for i in members]
+        max_new = max(p.max_tokens for p in group)
+        embeds, attention = self._left_padded([embedded.rows[i] for i in members], embedded.pad_embed)
+        decoded.n_ctx = max(decoded.n_ctx, embeds.shape[1] + max_new)
+        gen_cfg = self._generation_config(group[0], max_new, sampled)
+        clock = _FirstStepClock(sync)
+        if sampled:
+            self._torch.manual_seed(group[0].seed)
+        t0 = time.perf_counter()
+        out = self._model.generate(
+            inputs_embeds=embeds, attention_mask=attention, generation_config=gen_cfg, logits_processor=[clock]
+        )
+        sync()
+        t1 = time.perf_counter()
+        first = clock.t_first if clock.t_first is not None else t1
+        decoded.prefill_s += first - t0
+        decoded.decode_s += t1 - first
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        for b, (i, p) in enumerate(zip(members, group)):
+            decoded.tokens[i], decoded.stops[i] = self._until_eos(seqs[b].tolist()[: p.max_tokens])
+
+    def _left_padded(self, rows: list, pad_embed):
+        """The rows as one left-padded batch of embeddings and its attention mask."""
+        width = max(r.shape[0] for r in rows)
+        embeds = pad_embed.expand(len(rows), width, -1).clone()
+        attention = self._torch.zeros(len(rows), width, dtype=self._torch.long, device=self.device)
+        for b, r in enumerate(rows):
+            embeds[b, width - r.shape[0] :] = r
+            attention[b, width - r.shape[0] :] = 1
+        return embeds, attention
+
+    def _generation_config(self, p: Prompt, max_new: int, sampled: bool):
+        """Every sampling field explicit: generate() fills unset ones from its global defaults (top_k 50). top_k 0
+        disables top-k there as in llama.cpp; the neutral values keep greedy free of warnings."""
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            max_new_tokens=max_new,
+            do_sample=sampled,
+            num_beams=1,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.bos_token_id,
+            repetition_penalty=p.repeat_penalty,
+            **(
+                dict(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, min_p=p.min_p or None)
+                if sampled
+                else dict(temperature=1.0, top_p=1.0, top_k=50)
+            ),
+        )
+
+    def _until_eos(self, row: list[int]) -> tuple[list[int], str]:
+        """A generated row cut before its first end-of-sequence token, and why it stopped."""
+        for k, tok in enumerate(row):
+            if tok in self.eos_token_ids:
+                return row[:k], "eog"
+        return row, "max_tokens"
 
     def close(self) -> None:
         """Free the model and processor now (and the GPU memory they held) rather than at garbage collection."""
