@@ -24,6 +24,7 @@ from .errors import (
     MusicFlamingoError,
     PromptConfigError,
 )
+from .models import DEFAULT_MODEL, MODEL_FILES
 from .validation import cli_type
 
 
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference backend: gguf (llama.cpp, default) or transformers (PyTorch; needs "
         "pip install 'music-flamingo[transformers]')",
     )
-    m.add_argument("--model", default="Q6_K", help="quantization: Q8_0, Q6_K (default) or IQ3_M")
+    m.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"quantization: {', '.join(MODEL_FILES)} (default {DEFAULT_MODEL})"
+    )
     m.add_argument(
         "--model-dir",
         type=Path,

@@ -34,6 +34,7 @@ from typing import Any
 from ._logging import logger
 from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls, as_analyzer
 from .batch import BatchOptions, BatchSummary, TrackOutcome, failures_path, plan_work, run_batch
+from .models import DEFAULT_MODEL
 
 # A factory the actors call to build their engine, or MusicFlamingoGGUF's keyword arguments.
 AnalyzerSpec = Callable[[], Analyzer | AnalyzerCalls] | Mapping[str, Any]
@@ -242,7 +243,7 @@ def describe_with_ray(
 
     t0 = time.monotonic()
     opts = options or BatchOptions()
-    spec: AnalyzerSpec = analyzer if analyzer is not None else {"model_name": "Q6_K"}
+    spec: AnalyzerSpec = analyzer if analyzer is not None else {"model_name": DEFAULT_MODEL}
     keys = list(keys) if keys is not None else keys_of(spec)
     if not callable(spec):
         spec = _resolved(spec)
@@ -309,10 +310,12 @@ def _resolved(spec: Mapping[str, Any]) -> dict[str, Any]:
     once, and the actors told not to download (several actors of a node would fetch the same file at once). The
     name stays a name rather than becoming two paths: it is what the sidecars' ``music_flamingo_model`` says."""
     spec = dict(spec)
-    if spec.get("model_path") is None and spec.get("model_name", "Q6_K") is not None:
+    if spec.get("model_path") is None and spec.get("model_name", DEFAULT_MODEL) is not None:
         from .models import resolve_model_files
 
-        resolve_model_files(spec.get("model_name", "Q6_K"), spec.get("model_dir"), offline=spec.get("offline", False))
+        resolve_model_files(
+            spec.get("model_name", DEFAULT_MODEL), spec.get("model_dir"), offline=spec.get("offline", False)
+        )
         spec["offline"] = True
     return spec
 

@@ -25,7 +25,7 @@ from .chat_template import ChatPieces, render_pieces
 from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .fsutil import require_regular_file
-from .models import resolve_model_files
+from .models import DEFAULT_MODEL, resolve_model_files
 
 if TYPE_CHECKING:
     from . import _core
@@ -124,7 +124,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
 
     def __init__(
         self,
-        model_name: str | None = "Q6_K",
+        model_name: str | None = DEFAULT_MODEL,
         *,
         model_path: str | os.PathLike | None = None,
         mmproj_path: str | os.PathLike | None = None,

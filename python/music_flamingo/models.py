@@ -24,6 +24,8 @@ MODEL_FILES: dict[str, str] = {
     "IQ3_M": "music-flamingo-hf.i1-IQ3_M.gguf",
 }
 MMPROJ_FILE = "music-flamingo-hf.mmproj-f16.gguf"
+# The quantization used where none is named (MusicFlamingoGGUF, the CLI's --model, the Ray runner).
+DEFAULT_MODEL = "Q6_K"
 
 # Hugging Face repository of every file above; the one place to edit when files move or new quants appear.
 FILE_REPOSITORIES: dict[str, str] = {
