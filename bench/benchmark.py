@@ -15,7 +15,7 @@ process). GPU memory (device-wide, minus the idle baseline) is sampled with nvid
 ``--overhead`` measures what the Python wrapper and the binding add to a native ``generate`` call.
 
 Defaults: the tiny random test model (testkit/tiny_model.py) and the reference CLI built for the tests
-(testkit/mtmd_cli.py); tracks from the test corpus (testkit/corpus.py, ~/.cache/music-flamingo/corpus).
+(testkit/mtmd_cli.py); tracks of 2-4 minutes from the test corpus (testkit/corpus.py, ~/.cache/music-flamingo/corpus).
 Files the CLI cannot read (it reads mp3/wav/flac) are transcoded once to FLAC (untimed) and both methods get that FLAC.
 It measures the music_flamingo that Python imports: the installed package, or a source tree put first on PYTHONPATH.
 
