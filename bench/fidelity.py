@@ -14,7 +14,7 @@ converted from it, with real music cut to several lengths:
   (b) the engine against the reference: first-step logits max |diff| and how many greedy tokens agree.
 Every framing but ``llamacpp`` must feed the reference's prompt tokens exactly (checked on every row).
 
-Usage: python bench/fidelity.py [--lengths 0.5 5 17.5 ...] [--tokens 16] [--write]
+Usage, from the repository root: python -m bench.fidelity [--lengths 0.5 5 17.5 ...] [--tokens 16] [--write]
 ``--write`` stores bench/fidelity.json (bench/FIDELITY.md quotes its table).
 """
 
@@ -28,46 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(REPO / "tests"))
+from testkit import REPO
+from testkit.corpus import SR, load_music
 
 FRAMINGS = ["llamacpp", "reference_trim", "reference_tail", "reference"]
 # Under 1 s, a loop-length clip, the users' 47.55 s crops' partial window, just under / at / just over one window,
 # the crops themselves, a long track, and the 10 minutes the model was trained for.
 LENGTHS = [0.5, 5, 17.5, 29.99, 30, 30.01, 47.55, 95, 600]
 QUESTION = "Describe this track: genre, tempo, key, instruments and mood."
-SR = 16000
-
-
-def load_music(seconds_needed: float) -> np.ndarray:
-    """Real music, 16 kHz mono: the corpus MP3s in order, from 20 s into the first, joined until long enough (the
-    first alone covers 4 minutes; 10 minutes need all three)."""
-    from conftest import CACHE  # the tests' cache and corpus location
-
-    from music_flamingo.audio import load_audio
-
-    corpus = CACHE / "corpus"
-    mp3s = sorted(corpus.glob("mp3/*.mp3"))
-    if not mp3s:
-        import subprocess
-
-        subprocess.run(["sh", str(REPO.parent / "shared" / "corpus" / "dev-music.sh"), str(corpus)], check=True)
-        mp3s = sorted(corpus.glob("mp3/*.mp3"))
-    parts, n = [], -20 * SR
-    for mp3 in mp3s:
-        parts.append(load_audio(mp3))
-        n += len(parts[-1])
-        if n >= seconds_needed * SR:
-            return np.concatenate(parts)[20 * SR :]
-    raise AssertionError(f"the corpus holds less than {seconds_needed} s of music")
 
 
 def model_files(model_path: str | None = None, mmproj_path: str | None = None) -> tuple:
     """The GGUF pair to benchmark: the given one, else the tests' tiny model (built and cached on first use)."""
     if model_path:
         return model_path, mmproj_path
-    from tiny_model import default_tiny_model
+    from testkit.tiny_model import default_tiny_model
 
     tiny = default_tiny_model()
     return tiny.model_gguf, tiny.mmproj_gguf
@@ -147,9 +122,8 @@ def agree(a: list[int], b: list[int]) -> int:
 
 
 def measure(lengths: list[float], n_tokens: int) -> dict:
-    from tiny_model import default_tiny_model
-
     from music_flamingo import MusicFlamingoGGUF, Prompt
+    from testkit.tiny_model import default_tiny_model
 
     tiny = default_tiny_model()
     ref = Reference(tiny.hf_dir)
@@ -195,7 +169,7 @@ def measure(lengths: list[float], n_tokens: int) -> dict:
     eng.close()
     return {
         "question": QUESTION,
-        "model": "tiny random AF3 (tests/tiny_model.py), f32 GGUF, f32 KV cache, flash attention off",
+        "model": "tiny random AF3 (testkit/tiny_model.py), f32 GGUF, f32 KV cache, flash attention off",
         "rows": rows,
     }
 

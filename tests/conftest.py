@@ -13,22 +13,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import fetch_llama_cpp  # noqa: E402  (the build's own resolver: the tests use the tree the package was built from)
-from mtmd_cli import ensure_mtmd_cli  # noqa: E402
-from tiny_model import ensure_tiny_model  # noqa: E402
-
-CACHE = fetch_llama_cpp.cache_root()
+# testkit: what the tests share with the benchmarks, importable from the repository root (pyproject.toml's pytest
+# pythonpath); fetch_llama_cpp is the build's own resolver: the tests use the tree the package was built from.
+from testkit import CACHE, REPO, fetch_llama_cpp  # noqa: F401  (REPO: for the tests)
+from testkit.corpus import SR, ensure_corpus, write_clip
+from testkit.mtmd_cli import ensure_mtmd_cli
+from testkit.tiny_model import ensure_tiny_model
 
 # A suite started in the background by a shell without job control (`nohup … &`) inherits SIGINT ignored, and so
 # would every child it starts: the Ctrl-C tests would then test nothing. Python's own handler here is reset to the
 # default in each child at exec, so the children handle Ctrl-C as a user's terminal would make them.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-SR = 16000
 
 
 def model_args(tiny, prompts: Path | None = None) -> list[str]:
@@ -83,17 +79,14 @@ def mtmd_cli(llama_cpp_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def music_dir() -> Path:
-    """Real music (MP3 and Ogg Vorbis from Debian's asc-music and drascula-music), fetched once into the cache."""
-    out = Path(os.environ.get("MUSIC_FLAMINGO_TEST_MUSIC", CACHE / "corpus"))
-    if not (any(out.glob("mp3/*.mp3")) and any(out.glob("ogg/*.ogg"))):
-        script = REPO.parent / "shared" / "corpus" / "dev-music.sh"
-        subprocess.run(["sh", str(script), str(out)], check=True)
-    return out
+    """Real music (MP3 and Ogg Vorbis from Debian's asc-music and drascula-music), fetched once into the cache by
+    testkit/corpus.py."""
+    return ensure_corpus()
 
 
 @pytest.fixture(scope="session")
 def track(music_dir) -> np.ndarray:
-    """The first MP3 of the corpus as float32 mono 16 kHz (a 2-4 minute piece of real music)."""
+    """The first MP3 of the corpus as float32 mono 16 kHz (a 7-minute piece of real music)."""
     from music_flamingo.audio import load_audio
 
     mp3 = sorted(music_dir.glob("mp3/*.mp3"))[0]
@@ -111,14 +104,6 @@ def clip(track: np.ndarray, seconds: float, offset: float = 20.0) -> np.ndarray:
 def clips(track) -> dict[str, np.ndarray]:
     """5 s, exactly 30 s (mtmd adds a silent window there) and 45 s of real music."""
     return {"5s": clip(track, 5), "30s": clip(track, 30), "45s": clip(track, 45)}
-
-
-def write_clip(path: Path, track: np.ndarray, seconds: float, offset: float) -> Path:
-    """``seconds`` of real music from ``offset`` into ``path`` (format from the suffix), folders created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = int(offset * SR)
-    sf.write(str(path), track[a : a + int(seconds * SR)], SR)
-    return path
 
 
 def write_float_wav(path: Path, pcm: np.ndarray) -> Path:

@@ -92,13 +92,13 @@ tar -C "$(dirname "$LLAMA")" --exclude=.git --exclude=docs --exclude=examples --
 TINY=$(ls -d "${MUSIC_FLAMINGO_CACHE:-$HOME/.cache/music-flamingo}"/test-models/tiny-music-flamingo-*/ | head -1)
 PYTHONPATH="$LLAMA/gguf-py" "$PY" bench/gpu/make_model.py --strip "$TINY/model-f32.gguf" "$TINY/mmproj-f32.gguf" "$OUT/meta"
 PYTHONPATH=python "$PY" - "$OUT/track150.wav" <<'PY'
-import sys, glob, os
+import sys
 from pathlib import Path
 sys.path.insert(0, "bench/gpu")
 from music_flamingo.audio import load_audio
 from run import write_wav
-cache = Path(os.environ.get("MUSIC_FLAMINGO_CACHE", Path.home() / ".cache/music-flamingo"))
-x = load_audio(sorted(glob.glob(str(cache / "corpus/mp3/*.mp3")))[0])
+from testkit.corpus import ensure_corpus  # the tests' music, fetched here if this machine has none yet
+x = load_audio(sorted(ensure_corpus().glob("mp3/*.mp3"))[0])
 write_wav(Path(sys.argv[1]), x[16000 * 20:16000 * 170])
 PY
 du -sh "$OUT"/*

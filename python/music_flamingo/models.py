@@ -46,6 +46,8 @@ def _model_files() -> dict[str, str]:
 
 MODEL_FILES: dict[str, str] = _model_files()
 MMPROJ_FILE = "music-flamingo-hf.mmproj-f16.gguf"
+# The quantization used where none is named (MusicFlamingoGGUF, the CLI's --model, the Ray runner).
+DEFAULT_MODEL = "Q6_K"
 
 # Hugging Face repository of every file above; the one place to edit when files move.
 FILE_REPOSITORIES: dict[str, str] = {

@@ -130,6 +130,32 @@ def _choose_attention(torch, use_flash_attention: bool, device, dtype) -> str:
     return "flash_attention_2"
 
 
+def _checkpoint_location(model_id: str) -> str:
+    """A Hub id as given; a local folder (an absolute path, ``./``, ``~`` or more than one ``/``) expanded, refused
+    when it is no folder."""
+    looks_local = os.path.isabs(model_id) or model_id.startswith((".", "~")) or model_id.count("/") > 1
+    if not looks_local:
+        return model_id
+    if not Path(model_id).expanduser().is_dir():
+        raise ModelFileError(
+            f"no checkpoint folder at {model_id!r} (give a local folder or a Hub id such as nvidia/music-flamingo-hf)"
+        )
+    return str(Path(model_id).expanduser())
+
+
+def _sampling_groups(plist: list[Prompt]) -> dict[tuple, list[int]]:
+    """The prompts' indices by sampling settings, in order: each group is decoded in one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(plist):
+        key = (
+            ("greedy", p.repeat_penalty)
+            if p.temperature <= 0
+            else ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed)
+        )
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
 @dataclass
 class _Decoded:
     """What one :meth:`MusicFlamingoTransformers._decode` call produced, with its time."""
@@ -189,19 +215,20 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         self.system_prompt = system_prompt
         torch, transformers = _import_torch_transformers()
         self._torch = torch
-        self.model_id = str(model_id)
-        self.model_label = "transformers_" + Path(self.model_id.rstrip("/\\")).name
+        self.model_label = "transformers_" + Path(str(model_id).rstrip("/\\")).name
+        self.model_id = _checkpoint_location(str(model_id))
+        config_dict, model_cls = self._model_class(transformers, local_files_only)
+        self._load(transformers, model_cls, dtype, device_map, use_flash_attention, local_files_only)
+        self.commit_hash = getattr(self._model.config, "_commit_hash", None) or config_dict.get("_commit_hash")
+        self._read_special_tokens(transformers)
+        self.torch_compile = bool(torch_compile)
+        if self.torch_compile:
+            logger.info("compiling the model's forward with torch.compile")
+            self._model.forward = torch.compile(self._model.forward, dynamic=True)
 
-        mid = self.model_id
-        looks_local = os.path.isabs(mid) or mid.startswith((".", "~")) or mid.count("/") > 1
-        if looks_local and not Path(self.model_id).expanduser().is_dir():
-            raise ModelFileError(
-                f"no checkpoint folder at {self.model_id!r} (give a local folder or a Hub id such as "
-                "nvidia/music-flamingo-hf)"
-            )
-        if looks_local:
-            self.model_id = str(Path(self.model_id).expanduser())
-        # --- which class: from config.json alone, so an old transformers still says what it lacks ---
+    def _model_class(self, transformers, local_files_only: bool) -> tuple[dict, Any]:
+        """The checkpoint's config.json and the transformers class its ``model_type`` names; sets ``model_type`` and
+        the trained length. From config.json alone, so an old transformers still says what it lacks."""
         try:
             config_dict, _ = transformers.PretrainedConfig.get_config_dict(
                 self.model_id, local_files_only=local_files_only
@@ -227,8 +254,11 @@ class MusicFlamingoTransformers(AnalyzerCalls):
                 f"pip install -U 'transformers>={min_version}'"
             )
         self.max_duration_default = trained_seconds
+        return config_dict, model_cls
 
-        # --- where, in what precision, with which attention ---
+    def _load(self, transformers, model_cls, dtype, device_map, use_flash_attention: bool, local_files_only: bool):
+        """Processor and model: where, in what precision, with which attention; notes where the parts landed."""
+        torch = self._torch
         requested_dtype = _resolve_dtype(torch, dtype)
         device = _target_device(torch, device_map)
         self.attn_implementation = _choose_attention(torch, use_flash_attention, device, requested_dtype)
@@ -246,7 +276,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
                 logger.info("accelerate is not installed: loading on the CPU, then moving the model to %s", device)
             else:
                 raise ModelFileError("a device_map other than one device needs accelerate: pip install accelerate")
-        logger.info("loading %s (%s) as %s", self.model_id, self.model_type, cls_name)
+        logger.info("loading %s (%s) as %s", self.model_id, self.model_type, model_cls.__name__)
         t0 = time.perf_counter()
         try:
             self._processor = transformers.AutoProcessor.from_pretrained(
@@ -258,14 +288,19 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         if move_to is not None:
             model = model.to(move_to)
         self._model = model.eval()
+        self._tokenizer = self._processor.tokenizer
         self.dtype = self._model.dtype
         self.device = self._model.get_input_embeddings().weight.device
-        self.audio_device = next(self._model.model.audio_tower.parameters()).device
-        self.audio_dtype = next(self._model.model.audio_tower.parameters()).dtype
-        self.commit_hash = getattr(self._model.config, "_commit_hash", None) or config_dict.get("_commit_hash")
-        self._tokenizer = self._processor.tokenizer
+        audio_tower = next(self._model.model.audio_tower.parameters())
+        self.audio_device, self.audio_dtype = audio_tower.device, audio_tower.dtype
         self.audio_token_id = int(self._model.config.audio_token_id)
         self._audio_features_takes_ids = "input_ids" in inspect.signature(self._model.get_audio_features).parameters
+        logger.info(
+            "loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."), self.device
+        )
+
+    def _read_special_tokens(self, transformers) -> None:
+        """End-of-sequence, padding and beginning tokens from the checkpoint's generation config and tokenizer."""
         gc_cfg = self._model.generation_config
         eos = gc_cfg.eos_token_id if gc_cfg is not None else None
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
@@ -285,13 +320,6 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         # checkpoint's generation_config.json but its special tokens.
         self._model.generation_config = transformers.GenerationConfig(
             eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id
-        )
-        self.torch_compile = bool(torch_compile)
-        if self.torch_compile:
-            logger.info("compiling the model's forward with torch.compile")
-            self._model.forward = torch.compile(self._model.forward, dynamic=True)
-        logger.info(
-            "loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."), self.device
         )
 
     # --- the backend's side of the Analyzer ---------------------------------------------------------------
@@ -520,14 +548,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         torch = self._torch
         embed = self._model.get_input_embeddings()
         pad_embed = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(plist):
-            key = (
-                ("greedy", p.repeat_penalty)
-                if p.temperature <= 0
-                else ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed)
-            )
-            groups.setdefault(key, []).append(i)
+        groups = _sampling_groups(list(plist))
         d = _Decoded([[] for _ in plist], ["max_tokens"] * len(plist))
         for key, members in groups.items():
             width = max(rows[i].shape[0] for i in members)
