@@ -110,7 +110,7 @@ def test_followups_are_refused_with_the_llamacpp_framing(engine, clips):
 
 def test_next_turn_pieces_render_the_model_template(tiny):
     """head <audio> mid question tail answer next_turn follow-up tail is the template's own two-turn chat."""
-    from tiny_model import read_gguf_metadata
+    from testkit.tiny_model import read_gguf_metadata
 
     template = read_gguf_metadata(tiny.model_gguf).get("tokenizer.chat_template")
     for tmpl in (template, None):
