@@ -1,0 +1,138 @@
+"""``music-flamingo convert``: the preview converted as llama.cpp's own converter converts it (tensor names, shapes,
+types, every key llama.cpp reads), the musicflamingo architecture with its RoTE parameters and audio tokens, the
+quantizations through the compiled llama.cpp, and clear errors that leave nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CACHE
+from tiny_musicflamingo import ensure_tiny_musicflamingo
+
+from music_flamingo.convert import ConvertError, convert
+from music_flamingo.errors import ModelFileError
+from music_flamingo.gguf_meta import read_gguf
+
+# what differs by design: the names llama.cpp guesses from the folder, and the keys this package adds
+NOT_COMPARED = ("general.name", "general.size_label", "music_flamingo.")
+
+
+def comparable(path: Path) -> tuple[dict, dict]:
+    meta, tensors = read_gguf(path, tensors=True)
+    return {k: v for k, v in meta.items() if not k.startswith(NOT_COMPARED)}, tensors
+
+
+def llama_cpp_convert(llama_cpp_dir: Path, hf_dir: Path, outfile: Path, mmproj: bool, outtype: str) -> None:
+    """The llama.cpp tree's own converter (as tests/tiny_model.py runs it)."""
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    env["PYTHONPATH"] = str(llama_cpp_dir / "gguf-py")
+    cmd = [sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype]
+    cmd += ["--outfile", str(outfile)] + (["--mmproj"] if mmproj else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def tiny_mf(llama_cpp_dir):
+    return ensure_tiny_musicflamingo(llama_cpp_dir, CACHE / "test-models")
+
+
+@pytest.fixture(scope="module")
+def ours_f16(tiny, tmp_path_factory) -> tuple[Path, Path]:
+    r = convert(tiny.hf_dir, tmp_path_factory.mktemp("ours"), outtype="f16", progress=False)
+    return r.model, r.mmproj
+
+
+def test_preview_f32_matches_llama_cpps_converter(tiny, tmp_path):
+    # the tiny model's own GGUFs were written by the llama.cpp tree's converter (tests/tiny_model.py)
+    r = convert(tiny.hf_dir, tmp_path, outtype="f32", progress=False)
+    assert comparable(r.model) == comparable(tiny.model_gguf)
+    assert comparable(r.mmproj) == comparable(tiny.mmproj_gguf)
+    # the same bytes for every tensor (the mmproj holds every kind of tensor rule: conv, position, norms, biases)
+    import gguf
+
+    ref = {t.name: t.data.tobytes() for t in gguf.GGUFReader(tiny.mmproj_gguf).tensors}
+    assert {t.name: t.data.tobytes() for t in gguf.GGUFReader(r.mmproj).tensors} == ref
+
+
+def test_preview_f16_matches_llama_cpps_converter(tiny, llama_cpp_dir, ours_f16, tmp_path):
+    for ours, mmproj in zip(ours_f16, (False, True)):
+        ref = tmp_path / f"ref-{mmproj}.gguf"
+        llama_cpp_convert(llama_cpp_dir, tiny.hf_dir, ref, mmproj, outtype="f16")
+        assert comparable(ours) == comparable(ref), ours.name
+
+
+def test_musicflamingo_metadata(tiny_mf):
+    mm, mm_tensors = read_gguf(tiny_mf.mmproj_gguf, tensors=True)
+    cfg = json.loads((tiny_mf.hf_dir / "config.json").read_text())
+    assert mm["clip.projector_type"] == "musicflamingo" and mm["clip.has_audio_encoder"] is True
+    assert mm["music_flamingo.architecture"] == "musicflamingo"
+    assert mm["music_flamingo.rote.dim"] == int(cfg["audio_config"]["hidden_size"] * 0.2)
+    assert mm["music_flamingo.rote.theta"] == cfg["rope_parameters"]["rope_theta"] == 1200
+    text = read_gguf(tiny_mf.model_gguf)[0]
+    assert text["music_flamingo.max_audio_seconds"] == 1200
+    assert (text["music_flamingo.audio_bos_token_id"], text["music_flamingo.audio_eos_token_id"]) == (
+        cfg["audio_bos_token_id"],
+        cfg["audio_eos_token_id"],
+    )
+    assert text["tokenizer.ggml.tokens"][cfg["audio_bos_token_id"]] == "<|sound_bos|>"
+    assert "You are Music Flamingo" in text["tokenizer.chat_template"]
+    # the text model's rope theta is the text config's, not the RoTE's at the top of the config
+    assert text["qwen2.rope.freq_base"] == cfg["text_config"]["rope_parameters"]["rope_theta"]
+    assert text["qwen2.context_length"] == cfg["text_config"]["max_position_embeddings"]
+    assert "a.blk.2.attn_q.weight" in mm_tensors and "mm.a.mlp.2.weight" in mm_tensors
+
+
+def test_quantize_through_llama_cpp(ours_f16, tmp_path):
+    from music_flamingo.convert import quantize
+
+    out = quantize(ours_f16[0], tmp_path / "m.Q8_0.gguf", "Q8_0")
+    meta, tensors = read_gguf(out, tensors=True)
+    assert meta["general.file_type"] == 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+    assert tensors["blk.0.attn_q.weight"].ggml_type == 8  # GGML_TYPE_Q8_0
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_unknown_architecture_and_missing_files(tiny, tmp_path):
+    src = tmp_path / "llama"
+    shutil.copytree(tiny.hf_dir, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match="LlamaForCausalLM.*not one this converts"):
+        convert(src, tmp_path / "out", progress=False)
+    with pytest.raises(ConvertError, match="does not exist"):
+        convert(tmp_path / "nowhere", tmp_path / "out", progress=False)
+    (src / "model.safetensors").unlink()
+    cfg["architectures"] = ["AudioFlamingo3ForConditionalGeneration"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match="no \\*.safetensors"):
+        convert(src, tmp_path / "out", progress=False)
+    with pytest.raises(ConvertError, match="unknown quantization 'Q9_9'"):
+        convert(tiny.hf_dir, tmp_path / "out", quants=["Q9_9"], progress=False)
+
+
+def _limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+
+def test_a_write_that_fails_leaves_nothing(tiny, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "music_flamingo", "convert", str(tiny.hf_dir), str(out), "-q"],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size,  # the 4 MB limit stands in for a full disk: the text model is ~40 MB
+    )
+    assert proc.returncode != 0
+    assert "error" in proc.stderr.lower()
+    # the mmproj (under the limit) is complete; the text model is neither there nor left as a temporary file
+    assert sorted(p.name for p in out.iterdir()) == ["hf.mmproj-f16.gguf"]
