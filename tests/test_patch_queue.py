@@ -12,7 +12,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "third_party" / "patches"
 # the files the patches touch (a tree of just these is enough to apply them)
-TOUCHED = ["tools/mtmd/clip.h", "tools/mtmd/clip.cpp", "tools/mtmd/models/models.h", "tools/mtmd/models/whisper-enc.cpp"]
+TOUCHED = [
+    "tools/mtmd/clip.h",
+    "tools/mtmd/clip.cpp",
+    "tools/mtmd/models/models.h",
+    "tools/mtmd/models/whisper-enc.cpp",
+]
 
 
 @pytest.fixture
