@@ -49,16 +49,34 @@ def patches_hash(patches: list[Path]) -> str:
     return h.hexdigest()[:12]
 
 
-def _git_apply(tree: Path, patch: Path, *flags: str) -> subprocess.CompletedProcess:
+def _git_apply(tree: Path, patches: list[Path], *flags: str) -> subprocess.CompletedProcess:
     # GIT_CEILING_DIRECTORIES: never treat an enclosing repository as the tree's (paths would be taken from its root)
     env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tree.parent))
-    return subprocess.run(
-        ["git", "apply", *flags, str(patch)], cwd=tree, env=env, capture_output=True, text=True, check=False
-    )
+    cmd = ["git", "apply", *flags, *map(str, patches)]
+    return subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
 
 
 def is_applied(tree: Path, patch: Path) -> bool:
-    return _git_apply(tree, patch, "--reverse", "--check").returncode == 0
+    return _git_apply(tree, [patch], "--reverse", "--check").returncode == 0
+
+
+def touched(patches: list[Path]) -> set[str]:
+    """The tree-relative paths the patches change."""
+    return {ln[6:].strip() for p in patches for ln in p.read_text().splitlines() if ln.startswith("+++ b/")}
+
+
+def queue_applied(tree: Path, patches: list[Path]) -> bool:
+    """Whether ``tree`` holds the whole queue: the files the patches touch, copied aside, can be undone patch by
+    patch, last to first (a later patch may change a line an earlier one added, so one by one on the tree itself
+    would not tell)."""
+    with tempfile.TemporaryDirectory() as d:
+        scratch = Path(d) / "t"
+        for rel in touched(patches):
+            if not (tree / rel).is_file():
+                return False
+            (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(tree / rel, scratch / rel)
+        return all(_git_apply(scratch, [p], "--reverse").returncode == 0 for p in reversed(patches))
 
 
 def apply_all(tree: Path, patches: list[Path]) -> None:
@@ -67,7 +85,7 @@ def apply_all(tree: Path, patches: list[Path]) -> None:
         if is_applied(tree, p):
             print(f"-- llama.cpp patch {p.name}: already applied", file=sys.stderr)
             continue
-        r = _git_apply(tree, p)
+        r = _git_apply(tree, [p])
         if r.returncode != 0:
             raise SystemExit(
                 f"llama.cpp patch {p.name} does not apply to {tree}:\n{r.stderr.strip()}\n"
@@ -79,7 +97,7 @@ def apply_all(tree: Path, patches: list[Path]) -> None:
 
 def patched_tree(tree: Path, patches_dir: Path, cache: Path, user_tree: bool) -> Path:
     patches = patch_files(patches_dir)
-    if not patches or all(is_applied(tree, p) for p in patches):
+    if not patches or queue_applied(tree, patches):
         return tree
     key = patches_hash(patches)
     if user_tree:

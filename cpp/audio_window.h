@@ -75,7 +75,7 @@ public:
     bool has_rote() const { return rote_.dim > 0; }
 
 private:
-    std::vector<float> run_encoder(clip_image_f32_batch & batch, int n_tokens, int window, int n_threads);
+    std::vector<float> run_encoder(clip_image_f32_batch & batch, int n_tokens, int n_pos, int window, int n_threads);
 
     RoteParams rote_;
     clip_ctx * ctx_ = nullptr;

@@ -100,6 +100,34 @@ def test_quantize_through_llama_cpp(ours_f16, tmp_path):
     assert not list(tmp_path.glob(".*.part"))
 
 
+def _write_imatrix(path: Path, model: Path) -> None:
+    """An importance matrix in llama-imatrix's GGUF format for every 2-D weight of ``model``."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(path, "imatrix")
+    for name, info in read_gguf(model, tensors=True)[1].items():
+        if len(info.shape) == 2 and name.startswith("blk."):
+            w.add_tensor(f"{name}.in_sum2", rng.random(info.shape[0], dtype=np.float32) * 100)
+            w.add_tensor(f"{name}.counts", np.array([10.0], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_quantize_with_an_importance_matrix(ours_f16, tmp_path):
+    from music_flamingo.convert import quantize
+
+    _write_imatrix(tmp_path / "imatrix.gguf", ours_f16[0])
+    plain = quantize(ours_f16[0], tmp_path / "plain.gguf", "Q4_K_M")
+    weighted = quantize(ours_f16[0], tmp_path / "weighted.gguf", "Q4_K_M", imatrix=tmp_path / "imatrix.gguf")
+    assert plain.read_bytes() != weighted.read_bytes()  # the importance moved the rounding
+    with pytest.raises(ConvertError, match="no importance data"):
+        quantize(ours_f16[0], tmp_path / "x.gguf", "Q4_K_M", imatrix=ours_f16[1])  # a GGUF without importance data
+
+
 def test_unknown_architecture_and_missing_files(tiny, tmp_path):
     src = tmp_path / "llama"
     shutil.copytree(tiny.hf_dir, src)

@@ -291,12 +291,15 @@ def convert(
     outtype: str = "f16",
     quants: Sequence[str] = (),
     progress: bool = True,
+    imatrix: str | os.PathLike | None = None,
 ) -> ConvertResult:
     """Convert the checkpoint at ``src`` (a folder, or a Hugging Face id fetched first) into ``out_dir``."""
     if outtype not in OUTTYPES:
         raise ConvertError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     for q in quants:
         _quant_type(q)  # refused before hours of work
+    if imatrix:
+        load_imatrix(imatrix)
     ckpt = load_checkpoint(_local_checkpoint(src))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +322,7 @@ def convert(
         plan_tensors(ckpt, outtype, False),
         progress,
     )
-    written = {q: quantize(model, out / f"{ckpt.path.name}.{q}.gguf", q) for q in quants}
+    written = {q: quantize(model, out / f"{ckpt.path.name}.{q}.gguf", q, imatrix=imatrix) for q in quants}
     return ConvertResult(model, mmproj, written)
 
 
@@ -353,17 +356,42 @@ def _quant_type(name: str) -> int:
         raise ConvertError(f"unknown quantization {name!r} (known: {', '.join(known)})") from None
 
 
-def quantize(src: Path, dst: Path, qname: str, n_threads: int = 0) -> Path:
+def load_imatrix(path: str | os.PathLike) -> list[tuple[str, list[float]]]:
+    """An importance matrix as llama.cpp's quantize tool reads it (the GGUF format ``llama-imatrix`` writes:
+    ``<tensor>.in_sum2`` and ``<tensor>.counts`` per tensor, normalised per expert by its count; 1 where a count is
+    0). The older binary ``.dat`` format is refused with a clear message."""
+    gguf = _gguf()
+    try:
+        reader = gguf.GGUFReader(path)
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"{path}: not an imatrix GGUF ({e}); convert a legacy .dat with llama-imatrix") from e
+    tensors = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
+    out = []
+    for name in sorted(n.removesuffix(".in_sum2") for n in tensors if n.endswith(".in_sum2")):
+        sums, counts = tensors[f"{name}.in_sum2"], tensors.get(f"{name}.counts")
+        if counts is None or counts.size == 0 or sums.size % counts.size:
+            raise ConvertError(f"{path}: tensor {name} has no matching counts")
+        per = sums.reshape(counts.size, -1)
+        values = np.where(counts[:, None] > 0, per / np.maximum(counts[:, None], 1e-30), 1.0)
+        out.append((name, values.astype(np.float32).reshape(-1).tolist()))
+    if not out:
+        raise ConvertError(f"{path} holds no importance data (*.in_sum2 tensors)")
+    return out
+
+
+def quantize(src: Path, dst: Path, qname: str, n_threads: int = 0, imatrix: str | os.PathLike | None = None) -> Path:
     """``src`` quantized to ``qname`` by the compiled llama.cpp (``llama_model_quantize``), written to ``dst``
-    through a temporary name."""
+    through a temporary name; ``imatrix``: an importance matrix file (load_imatrix)."""
     from . import _core
+
+    matrix = load_imatrix(imatrix) if imatrix else []
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         logger.info("quantizing %s to %s", src.name, qname)
-        _core.quantize_model(str(src), str(tmp), _quant_type(qname), int(n_threads))
+        _core.quantize_model(str(src), str(tmp), _quant_type(qname), int(n_threads), matrix)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -380,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="folder for the GGUF files (created if needed)")
     p.add_argument("--outtype", choices=OUTTYPES, default="f16", help="unquantized type (default: f16)")
     p.add_argument("--quant", default="", help="also write these quantizations, comma-separated (e.g. Q8_0,Q6_K)")
+    p.add_argument("--imatrix", default=None, help="importance matrix (llama-imatrix's GGUF) for the quantizations")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -389,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quants = [q.strip() for q in a.quant.split(",") if q.strip()]
     try:
-        r = convert(a.src, a.out_dir, a.outtype, quants, progress=not a.quiet)
+        r = convert(a.src, a.out_dir, a.outtype, quants, progress=not a.quiet, imatrix=a.imatrix)
     except (MusicFlamingoError, OSError) as e:
         print(f"music-flamingo convert: error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, MusicFlamingoError) else EXIT_FAILED
