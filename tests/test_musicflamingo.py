@@ -74,12 +74,12 @@ def test_engine_reproduces_transformers_musicflamingo(fresh):
         assert r["audio_tokens"] == r["reference_audio_tokens"], r
         assert r["a_logits_max_abs_diff"] < 5e-5 and r["a_greedy_agree"] == r["n_tokens"], r
         assert r["b_greedy_agree"] == r["n_tokens"], r
-        # whole windows: float rounding only; a partial window's last position: the convolution tap of FIDELITY.md
-        assert r["b_logits_max_abs_diff"] < 5e-2, r
+        assert r["b_logits_max_abs_diff"] < 1e-2, r  # float rounding only, partial windows included
         c = old[r["seconds"]]
         assert r["b_logits_max_abs_diff"] == pytest.approx(c["b_logits_max_abs_diff"], rel=1e-3, abs=1e-5)
     for r in committed["rows"]:  # the committed table holds at every length, past 10 minutes included
         assert r["b_greedy_agree"] == r["n_tokens"] and r["audio_tokens"] == r["reference_audio_tokens"], r
+        assert r["b_logits_max_abs_diff"] < 1e-2, r
     assert max(r["seconds"] for r in committed["rows"]) > 600
 
 
