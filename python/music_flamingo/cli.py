@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-duration",
         type=cli_type(float, validation.max_duration),
         default=None,
-        help="seconds analysed at most (default: the model's limit, 600 s); longer audio is cut",
+        help="seconds analysed at most (default: the model's trained length: 600 s for the preview, the GGUF's for converted checkpoints); longer audio is cut",
     )
     o = p.add_argument_group("output")
     o.add_argument("--overwrite", action="store_true", help="redo tracks whose sidecar already has every key")
