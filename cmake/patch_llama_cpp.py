@@ -39,7 +39,7 @@ def _skip(tree: Path):
 
 
 def patch_files(patches_dir: Path) -> list[Path]:
-    return sorted(patches_dir.glob("*.patch"))
+    return sorted(p.resolve() for p in patches_dir.glob("*.patch"))
 
 
 def patches_hash(patches: list[Path]) -> str:
