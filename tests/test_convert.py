@@ -164,3 +164,31 @@ def test_a_write_that_fails_leaves_nothing(tiny, tmp_path):
     assert "error" in proc.stderr.lower()
     # the mmproj (under the limit) is complete; the text model is neither there nor left as a temporary file
     assert sorted(p.name for p in out.iterdir()) == ["hf.mmproj-f16.gguf"]
+
+
+def test_audio_flamingo_next_layout(tiny_mf, tmp_path):
+    """AF-Next loads through the same class with 30 minutes of audio and a long-context (YaRN) text model: both
+    reach the GGUF from the checkpoint's own files."""
+    src = tmp_path / "audio-flamingo-next-hf"
+    shutil.copytree(tiny_mf.hf_dir, src)
+    proc = json.loads((src / "processor_config.json").read_text())
+    proc["max_audio_len"] = 1800
+    (src / "processor_config.json").write_text(json.dumps(proc))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["text_config"]["max_position_embeddings"] = 131072
+    cfg["text_config"]["rope_parameters"] = {
+        "rope_type": "yarn",
+        "rope_theta": 5e6,
+        "factor": 4.0,
+        "original_max_position_embeddings": 32768,
+    }
+    (src / "config.json").write_text(json.dumps(cfg))
+    r = convert(src, tmp_path / "out", outtype="f32", progress=False)
+    text = read_gguf(r.model)[0]
+    assert text["music_flamingo.max_audio_seconds"] == 1800 and text["music_flamingo.checkpoint"] == src.name
+    assert text["qwen2.rope.scaling.type"] == "yarn" and text["qwen2.rope.scaling.factor"] == 4.0
+    assert text["qwen2.rope.scaling.original_context_length"] == 32768
+    assert (text["qwen2.rope.freq_base"], text["qwen2.context_length"]) == (5e6, 131072)
+    assert (
+        r.model.name == "audio-flamingo-next-hf.F32.gguf" and r.mmproj.name == "audio-flamingo-next-hf.mmproj-f32.gguf"
+    )
