@@ -4,6 +4,7 @@
 #include "engine.h"
 #include "followup.h"
 #include "log_bridge.h"
+#include "quantize.h"
 #include "sampling.h"
 
 #include <pybind11/pybind11.h>
@@ -423,4 +424,10 @@ PYBIND11_MODULE(_core, m) {
           "callback(level: int, line: bytes) receives native log lines; None drops them.");
     m.def("set_log_level", &mf::logbridge::set_min_level, py::arg("level"),
           "Lowest ggml log level forwarded: 1 debug, 2 info, 3 warn, 4 error.");
+
+    // music-flamingo convert --quant (cpp/quantize.h)
+    m.def("quantize_model", &mf::quantize_model, py::arg("src"), py::arg("dst"), py::arg("ftype"),
+          py::arg("n_threads") = 0, py::arg("imatrix") = mf::ImportanceMatrix{},
+          py::call_guard<py::gil_scoped_release>(),
+          "Write dst: the text GGUF src quantized to llama_ftype ftype by llama.cpp (imatrix: [(tensor, values)]).");
 }

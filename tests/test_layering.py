@@ -15,6 +15,7 @@ LAYERS = [
     "_core",  # the compiled engine
     "errors", "_raywatch", "_version", "fsutil", "chat_template", "text",
     "_logging", "validation", "lifecycle", "models", "sidecar", "native",
+    "gguf_meta", "checkpoint", "gguf_vocab", "convert",
     "datatypes", "audio", "provenance", "discovery", "failures", "templates", "prompts",
     "analyzer",
     "gguf_backend", "transformers_backend",

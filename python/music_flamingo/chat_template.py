@@ -84,16 +84,21 @@ def split_rendered(rendered: str, audio_slot: str = AUDIO_SLOT, text_slot: str =
 
 
 def render_pieces(
-    template: str | None, system_prompt: str = "", special_tokens: dict[str, str] | None = None
+    template: str | None,
+    system_prompt: str = "",
+    special_tokens: dict[str, str] | None = None,
+    audio_wrap: tuple[str, str] = ("", ""),
 ) -> ChatPieces:
     """Render ``template`` (a GGUF's ``tokenizer.chat_template``; ChatML when absent) for one user turn of audio
     and a question, with ``system_prompt`` as the system message when given (else the template's default), and
     cut it into :class:`ChatPieces`. ``special_tokens`` (``bos_token``, ``eos_token``) are visible to the template,
-    as transformers passes the tokenizer's."""
+    as transformers passes the tokenizer's. ``audio_wrap``: text around the audio (``<|sound_bos|>``,
+    ``<|sound_eos|>`` for musicflamingo checkpoints, whose processor writes them around the audio tokens)."""
     import jinja2
 
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": AUDIO_SLOT + AUDIO_TEXT_SEPARATOR + TEXT_SLOT})
+    audio = audio_wrap[0] + AUDIO_SLOT + audio_wrap[1]
+    messages.append({"role": "user", "content": audio + AUDIO_TEXT_SEPARATOR + TEXT_SLOT})
     compiled = _compile(template or CHATML_TEMPLATE)
     rendered = compiled.render(messages=messages, add_generation_prompt=True, **(special_tokens or {}))
     pieces = split_rendered(rendered)

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-duration",
         type=cli_type(float, validation.max_duration),
         default=None,
-        help="seconds analysed at most (default: the model's limit, 600 s); longer audio is cut",
+        help="seconds analysed at most (default: the model's trained length: 600 s for the preview, the GGUF's for converted checkpoints); longer audio is cut",
     )
     q.add_argument(
         "--trim-frac",
@@ -510,6 +510,11 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["convert"]:  # `music-flamingo convert SRC OUT_DIR`: its own command line (convert.py)
+        from .convert import main as convert_main
+
+        return convert_main(args[1:])
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if on_main_thread else None
     try:

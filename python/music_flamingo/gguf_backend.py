@@ -25,6 +25,7 @@ from .chat_template import ChatPieces, render_pieces
 from .datatypes import FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .fsutil import require_regular_file
+from .gguf_meta import model_facts
 from .models import DEFAULT_MODEL, canonical_model_name, resolve_model_files
 
 if TYPE_CHECKING:
@@ -205,6 +206,12 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             self.info["audio_encoder_device"],
         )
         self.model_label = "gguf_" + (self.model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
+        # converted checkpoints (music-flamingo convert): their own audio tokens, trained length and label
+        self.facts = model_facts(self.model_path)
+        if self.facts.max_audio_seconds:
+            self.max_duration_default = self.facts.max_audio_seconds
+        if self.facts.checkpoint:
+            self.model_label = f"gguf_{self.facts.checkpoint}.{self.facts.quant}"
 
     def chat_pieces(self, system_prompt: str | None = None) -> ChatPieces:
         """The GGUF's own chat template rendered around the audio and the question, as transformers renders it:
@@ -217,6 +224,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             None if template in ("", "chatml") else template,
             self.system_prompt if system_prompt is None else system_prompt,
             special,
+            self.facts.audio_wrap,
         )
 
     # --- the backend's side of the Analyzer ---------------------------------------------------------------
