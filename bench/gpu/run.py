@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""One prepared throughput run: the old method (one llama-mtmd-cli per prompt) against the resident engine at
-several tracks in flight, on a random-weight model of the real shapes. Prints one table; writes the numbers as JSON.
+"""One prepared throughput run: the resident engine at several tracks in flight and weight types, where a step's
+time goes, the users' own workload and the transformers backend (and the old method, one llama-mtmd-cli per prompt),
+on random-weight models of the real shapes. Prints two tables; writes the numbers as JSON (<card>-<date>-<tag>).
 
 Built for a lent GPU machine (no network, a few minutes): everything it needs travels with the repository
 (bench/gpu/device.sh unpacks the prebuilt native parts and calls this), and it runs the same way on a CPU with a
@@ -9,11 +10,15 @@ tiny model (``--cpu``), which is what CI does, so it works the first time it mee
 Per engine setting, N tracks of the same length (the same music, rotated so no two are identical) with the five
 catalogue prompts at their full token limits, end-of-generation ignored (every answer runs to its limit), sampled as
 the catalogue says (temperature 0.7, top-p 0.9, top-k 50). Columns: seconds per track and tracks per hour over the
-whole run (ramp-up and drain included), generated tokens per second, mean decode step against the floor of reading
+whole run (ramp-up and drain included) and in the steady state between them, generated tokens per second, mean decode step against the floor of reading
 the weights once at the measured bandwidth, host ms per step (sampling and bookkeeping outside llama_decode), the
 prefill each admitted track costs the decode thread, the helper thread's mel + encoder per track, peak device memory.
 
-usage: run.py --model-dir DIR --meta-model M --meta-mmproj P --audio WAV --cli LLAMA_MTMD_CLI --out OUT [--cpu]
+The rows (``--rows``; kinds, order and time plan: DEVICE_ROWS, ``--plan``, bench/gpu/README.md) run in order; one
+that would end past ``--time-limit`` by its estimate is skipped, one that fails is reported and the others go on.
+
+usage: run.py --meta-model M --meta-mmproj P [--meta-hf HF] --audio WAV [--cli MTMD_CLI] [--op-profile EXE]
+              --out OUT [--rows ...] [--cpu] [--plan]
 """
 
 from __future__ import annotations
@@ -183,7 +188,7 @@ def old_method(cli: Path, model: Path, mmproj: Path, wav: Path, prompts, ctx: in
         if gpu:
             cmd += ["-ngl", "99"]
         t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, errors="replace")  # random weights: any bytes
         walls.append(time.perf_counter() - t0)
         rcs.append(r.returncode)
         if r.returncode != 0:
@@ -250,11 +255,6 @@ def engine_setting(
     errors = [repr(r) for r in results.values() if isinstance(r, Exception)]
     good = [r for r in results.values() if not isinstance(r, Exception)]
     tokens = sum(r.stats.tokens_generated for r in good)
-    steps = max(1, st["steps"])
-    batch = np.array(st["step_batch"], dtype=float)
-    dec = np.array(st["step_decode_ms"], dtype=float)
-    host = np.array(st["step_host_ms"], dtype=float)
-    full = batch >= np.percentile(batch, 90) if batch.size else batch.astype(bool)
     row = {
         "setting": f"engine, tracks in flight {setting}",
         "in_flight": in_flight,
@@ -267,14 +267,7 @@ def engine_setting(
         "tokens": tokens,
         "tok_per_s": tokens / wall,
         "expected_tokens": n_tracks * sum(p.max_tokens for p in prompts),
-        "steps": st["steps"],
-        "mean_batch": float(batch.mean()) if batch.size else 0.0,
-        "step_ms": st["decode_ms"] / steps,
-        "host_ms_per_step": st["host_ms"] / steps,
-        "sample_ms_per_step": st["sample_ms"] / steps,
-        "step_ms_at_full_batch": float(dec[full].mean()) if batch.size else 0.0,
-        "full_batch": float(batch[full].mean()) if batch.size else 0.0,
-        "host_ms_at_full_batch": float(host[full].mean()) if batch.size else 0.0,
+        **step_stats(st),
         "admit_ms_per_track": st["admit_ms"] / n_tracks,
         "prepare_ms_per_track": st["prepare_ms"] / n_tracks,
         "wait_ms": st["wait_ms"],
@@ -291,6 +284,25 @@ def engine_setting(
     }
     row.update(phases(sorted(done_at), wall, int(st["tracks_in_flight"])))
     return row
+
+
+def step_stats(st: dict) -> dict:
+    """Per decode step: mean batch, llama_decode ms, host ms; and at full batch (the top decile of B)."""
+    steps = max(1, st["steps"])
+    batch = np.array(st["step_batch"], dtype=float)
+    dec = np.array(st["step_decode_ms"], dtype=float)
+    host = np.array(st["step_host_ms"], dtype=float)
+    full = batch >= np.percentile(batch, 90) if batch.size else batch.astype(bool)
+    return {
+        "steps": st["steps"],
+        "mean_batch": float(batch.mean()) if batch.size else 0.0,
+        "step_ms": st["decode_ms"] / steps,
+        "host_ms_per_step": st["host_ms"] / steps,
+        "sample_ms_per_step": st["sample_ms"] / steps,
+        "step_ms_at_full_batch": float(dec[full].mean()) if batch.size else 0.0,
+        "full_batch": float(batch[full].mean()) if batch.size else 0.0,
+        "host_ms_at_full_batch": float(host[full].mean()) if batch.size else 0.0,
+    }
 
 
 def phases(done_at: list[float], wall: float, k: int) -> dict:
@@ -460,7 +472,7 @@ def ops_setting(exe: Path, model: Path, a, out: Path) -> dict:
     cmd += ["--steps", "8" if gpu else "2", "--ngl", "99" if gpu else "0", "--threads", str(a.threads or 4)]
     cmd += ["--out", str(out)]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.ops_timeout)
+    r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=a.ops_timeout)
     log(r.stderr[-1500:])
     if r.returncode != 0:
         raise RuntimeError(f"op-profile failed ({r.returncode})")
