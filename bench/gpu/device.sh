@@ -46,7 +46,9 @@ if [ ! -x "$W/bin/op-profile" ]; then
   bash bench/gpu/build_op_profile.sh "$W/llama.cpp" "$W/lib" "$W/bin/op-profile" || echo "== op-profile did not build"
 fi
 EXTRA=()
-[ -d .gpu/meta/hf ] && EXTRA+=(--meta-hf .gpu/meta/hf)
+if [ -f .gpu/meta-hf.tar.gz ]; then
+  mkdir -p "$W/meta-hf" && tar -C "$W/meta-hf" -xzf .gpu/meta-hf.tar.gz && EXTRA+=(--meta-hf "$W/meta-hf")
+fi
 # the old method was measured on the H200 on 2026-11-26 (22.44 s/track); on another card it runs again
 if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
   EXTRA+=(--no-old --old-s-per-track 22.44)

@@ -7,8 +7,8 @@
 #                        core/ _core.cpython-312-*.so (the engine, as pip would build it, against the same libggml)
 #                        include/, lib/cmake/ggml: ggml's package (a rebuild of the engine there links these)
 #   .gpu/llama.tar.gz    the llama.cpp tree (gguf-py for the model writer; the sources for a rebuild there)
-#   .gpu/meta/           tensor-less copies of the tests' tiny GGUF pair (tokenizer, chat template, clip keys) and,
-#                        in meta/hf, of its transformers checkpoint (tokenizer, processor, config; for make_hf.py)
+#   .gpu/meta/           tensor-less copies of the tests' tiny GGUF pair (tokenizer, chat template, clip keys)
+#   .gpu/meta-hf.tar.gz  its transformers checkpoint without weights (tokenizer, processor, config; make_hf.py)
 #   bin/op-profile       (in native.tar.xz) bench/gpu/op_profile.cpp: where a step's device time goes
 #   .gpu/track150.wav    150 s of real music from the test corpus, 16 kHz mono 16-bit
 #
@@ -97,7 +97,9 @@ tar -C "$(dirname "$LLAMA")" --exclude=.git --exclude=docs --exclude=examples --
 TINY=$(ls -d "${MUSIC_FLAMINGO_CACHE:-$HOME/.cache/music-flamingo}"/test-models/tiny-music-flamingo-*/ | head -1)
 PYTHONPATH="$LLAMA/gguf-py" "$PY" bench/gpu/make_model.py --strip "$TINY/model-f32.gguf" "$TINY/mmproj-f32.gguf" "$OUT/meta"
 # the tiny transformers checkpoint without its weights (tokenizer, processor, config): make_hf.py builds on it
-"$PY" -c 'import sys; sys.path.insert(0, "bench/gpu"); import make_hf; from pathlib import Path; make_hf.strip(Path(sys.argv[1]), Path(sys.argv[2]))' "$TINY/hf" "$OUT/meta/hf"
+# (11 MB of tokenizer.json, 2 MB packed: the device tool carries 64 MiB in all)
+"$PY" -c 'import sys; sys.path.insert(0, "bench/gpu"); import make_hf; from pathlib import Path; make_hf.strip(Path(sys.argv[1]), Path(sys.argv[2]))' "$TINY/hf" "$WORK/meta-hf"
+tar -C "$WORK/meta-hf" -czf "$OUT/meta-hf.tar.gz" .
 PYTHONPATH=python "$PY" - "$OUT/track150.wav" <<'PY'
 import sys, glob, os
 from pathlib import Path

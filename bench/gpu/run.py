@@ -588,6 +588,9 @@ class Models:
 
 
 def run_row(r: dict, models: Models, a, bw: float | None, per_slot: int) -> dict:
+    need = {"hf": ("meta_hf", "--meta-hf"), "ops": ("op_profile", "--op-profile")}.get(r["kind"])
+    if need and not getattr(a, need[0]):
+        raise RuntimeError(f"row {r['spec']} needs {need[1]}")
     if r["kind"] == "hf":
         models.close()
         return hf_setting(a, a.pcm, a.prompts, a.hf_tracks)
