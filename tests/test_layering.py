@@ -15,7 +15,7 @@ LAYERS = [
     "_core",  # the compiled engine
     "errors", "_version", "fsutil", "chat_template", "text",
     "_logging", "validation", "lifecycle", "models", "sidecar", "native",
-    "datatypes", "audio", "provenance", "discovery", "failures", "prompts",
+    "datatypes", "audio", "provenance", "discovery", "failures", "manifest", "prompts",
     "analyzer",
     "gguf_backend", "transformers_backend",
     "batch", "workers", "distributed",

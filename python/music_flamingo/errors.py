@@ -42,3 +42,7 @@ class PromptConfigError(MusicFlamingoError, ValueError):
 
     The message names the file, the prompt entry and the field, so a user can fix their YAML without reading code.
     """
+
+
+class OutputFileError(MusicFlamingoError, OSError):
+    """An output file a user named (``--jsonl``) cannot be opened or written whole (a FIFO, a folder, a full disk)."""
