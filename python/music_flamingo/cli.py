@@ -231,6 +231,20 @@ def _file_problem(a: argparse.Namespace) -> str | None:
     return None
 
 
+def _preflight(a: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
+    """The file arguments and the prompts checked before anything loads; False (the message printed) when the run
+    must not start. A file problem is argparse's usage error (exit 2 from ``parser.error``)."""
+    problem = _file_problem(a)
+    if problem is not None:
+        parser.error(problem)
+    try:  # prompts and their files, before any model loads (a 10 MB prompt once failed each track in turn)
+        _analysis_options(a).asked()
+    except (InvalidInputError, PromptConfigError) as e:
+        print(f"music-flamingo: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -537,13 +551,7 @@ def _main(argv: Sequence[str] | None) -> int:
     for opt, n in (("--workers", a.workers), ("--threads", a.threads)):
         if n is not None and n < 1:
             parser.error(f"{opt} must be at least 1, got {n}")
-    problem = _file_problem(a)
-    if problem is not None:
-        parser.error(problem)
-    try:  # prompts and their files, before any model loads (a 10 MB prompt once failed each track in turn)
-        _analysis_options(a).asked()
-    except (InvalidInputError, PromptConfigError) as e:
-        print(f"music-flamingo: {e}", file=sys.stderr)
+    if not _preflight(a, parser):
         return EXIT_USAGE
     selection = None
     if a.batch and a.worker_fd is None:  # a worker takes its tracks from its parent, which chose them
