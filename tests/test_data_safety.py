@@ -354,3 +354,116 @@ def test_file_arguments_that_are_not_regular_files_are_usage_errors(tmp_path, op
         p = run_cli(str(root), "--batch", "--dry-run", option, str(path))
         assert time.monotonic() - t0 < 30
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, (option, path, p.stderr)
+
+
+# --- fuzzing the readers of the command line's files (no model: hundreds of cases a second) ---------------------------
+
+FILE_FUZZ = int(os.environ.get("MUSIC_FLAMINGO_FUZZ_FILES", "150"))
+
+
+@pytest.fixture(scope="module")
+def fuzz_tree(tmp_path_factory):
+    """A small dataset with a symlinked folder out of it, a file symlink loop and a symlinked sidecar out."""
+    base = tmp_path_factory.mktemp("fuzz")
+    root, out = base / "data", base / "out"
+    (root / "sub").mkdir(parents=True)
+    out.mkdir()
+    for p in (root / "a.wav", root / "sub" / "b_1.flac", out / "x.wav", out / "v.INFO"):
+        p.write_bytes(b"")
+    (root / "linked").symlink_to(out, target_is_directory=True)
+    (root / "l1.flac").symlink_to("l2.flac")
+    (root / "l2.flac").symlink_to("l1.flac")
+    (root / "c.wav").write_bytes(b"")
+    (root / "c.INFO").symlink_to(out / "v.INFO")
+    return root
+
+
+def _fuzz_settings():
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=FILE_FUZZ,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+_NAMES = [b"a.wav", b"sub/b_1.flac", b"linked/x.wav", b"l1.flac", b"../out/x.wav", b"c.wav", b"\x00", b"n" * 300]
+
+
+def test_fuzzed_lists_never_raise_and_never_select_outside_the_dataset(fuzz_tree, tmp_path):
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from music_flamingo.batch import SIDECAR_ERROR, plan_batch
+    from music_flamingo.discovery import Selection, read_path_list
+    from music_flamingo.fsutil import inside
+
+    parts = st.one_of(st.sampled_from(_NAMES), st.binary(max_size=40))
+    listing = tmp_path / "list"
+
+    @_fuzz_settings()
+    @given(st.lists(st.lists(parts, max_size=4).map(b"/".join), max_size=8).map(b"\n".join))
+    def check(data: bytes) -> None:
+        listing.write_bytes(data)
+        plan = plan_batch(fuzz_tree, ["k"], Selection(paths=read_path_list(listing)), check_locks=True)
+        for item in plan:
+            if item.track.selected and item.status != SIDECAR_ERROR:
+                assert inside(item.path.parent, fuzz_tree) and inside(item.path.parent / "x.INFO", fuzz_tree)
+
+    check()
+
+
+def test_fuzzed_failures_files_never_raise_and_are_never_rewritten_unless_ours(fuzz_tree, tmp_path):
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from music_flamingo.batch import read_failed_tracks
+    from music_flamingo.failures import FailureLog
+
+    record = st.fixed_dictionaries(
+        {"path": st.one_of(st.text(max_size=20), st.integers(), st.none(), st.just(str(fuzz_tree / "a.wav")))},
+        optional={"error": st.one_of(st.text(max_size=5), st.integers())},
+    ).map(lambda d: json.dumps(d).encode())
+    line = st.one_of(record, st.binary(max_size=30), st.just(b"[" * 5000))
+    user_file = tmp_path / "notes.jsonl"
+
+    @_fuzz_settings()
+    @given(st.lists(line, max_size=6).map(b"\n".join))
+    def check(data: bytes) -> None:
+        user_file.write_bytes(data)
+        read_failed_tracks(user_file)
+        log = FailureLog(user_file)
+        log.start()
+        log.record(fuzz_tree / "a.wav", ValueError("x"))
+        log.clear(fuzz_tree / "a.wav")
+        log.close()
+        after = user_file.read_bytes() if user_file.exists() else b""
+        if log.disabled:  # not ours: byte for byte
+            assert after == data
+        assert not (tmp_path / "notes.jsonl.lock").exists()
+
+    check()
+
+
+def test_fuzzed_prompts_files_raise_only_prompt_config_errors(tmp_path):
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from music_flamingo.errors import PromptConfigError
+    from music_flamingo.prompts import load_catalogue
+
+    f = tmp_path / "p.yaml"
+    pieces = st.sampled_from(["prompts:", "  full:", "    text: ", "&a ", "*a ", "[", "]", "{", "}", ", ", "\n", "x"])
+
+    @_fuzz_settings()
+    @given(st.one_of(st.lists(pieces, max_size=30).map("".join), st.text(max_size=200)))
+    def check(text: str) -> None:
+        f.write_text(text, encoding="utf-8", errors="surrogatepass")
+        try:
+            load_catalogue([f])
+        except PromptConfigError as e:
+            assert len(str(e)) < 2000
+
+    check()

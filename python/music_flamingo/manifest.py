@@ -12,7 +12,6 @@ The file is only ever appended to: a user's existing file keeps every byte (:mod
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from typing import Any
@@ -20,6 +19,16 @@ from typing import Any
 from ._logging import logger
 from .errors import OutputFileError
 from .fsutil import PathLike, append_whole, file_kind
+
+
+def _flock(fd: int, take: bool) -> None:
+    """Exclude the other processes appending to this manifest (``--workers``); where there is no ``flock``
+    (Windows) each line is still one ``write()`` on an ``O_APPEND`` descriptor."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX if take else fcntl.LOCK_UN)
 
 
 class Manifest:
@@ -48,7 +57,7 @@ class Manifest:
         fd = self._fd
         if fd is None:
             raise OutputFileError(f"the manifest {self.path} is closed")
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd, True)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -57,7 +66,7 @@ class Manifest:
         except OSError as e:
             raise OutputFileError(f"could not append a line to the manifest {self.path}: {e}") from e
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _flock(fd, False)
 
     def close(self) -> None:
         if self._fd is not None:
