@@ -116,20 +116,11 @@ def _lock_path(state_dir: Path, track: Path) -> Path:
 
 
 def is_locked(state_dir: Path, track: Path) -> bool:
-    """Whether another process holds ``track``'s lock right now. Lock files exist only while held (they remove
-    themselves on release), so no file means no lock."""
-    path = _lock_path(state_dir, track)
-    if not path.exists():
-        return False
-    lock = SelfRemovingLock(path)
+    """Whether another process holds ``track``'s lock right now; creates and removes nothing (the dry run)."""
     try:
-        lock.acquire(timeout=0)
-    except TimeoutError:
-        return True
-    except OSError:  # cannot even open it (read-only dataset): nobody we could race with
+        return SelfRemovingLock.held_elsewhere(_lock_path(state_dir, track))
+    except OSError:  # cannot even open it: nobody we could race with
         return False
-    lock.release()
-    return False
 
 
 def dataset_of(root: str | os.PathLike) -> Path:

@@ -199,6 +199,24 @@ class SelfRemovingLock:
                 return
             os.close(fd)  # the holder before us removed that file: lock the one the path leads to now
 
+    @staticmethod
+    def held_elsewhere(path: PathLike) -> bool:
+        """Whether some process holds the lock at ``path`` now, found without creating or removing anything (for
+        the dry run). ``OSError`` when the file exists but cannot be opened."""
+        import fcntl
+
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the lock we may have taken
+        return False
+
     def release(self) -> None:
         if self._fd is None:
             return
