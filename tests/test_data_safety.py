@@ -319,7 +319,7 @@ def test_ctrl_c_pressed_again_and_again_still_exits_130(tiny, track, tmp_path):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.01)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert proc.returncode == 130, (proc.returncode, err[-6000:])
 
 
 def test_max_duration_minimum_is_the_engines_least_audio_and_the_readme_says_so(tmp_path):

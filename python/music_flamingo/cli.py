@@ -473,28 +473,49 @@ def _ray_summary(a: argparse.Namespace, selection):
     )
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (what job schedulers and ``kill`` send) stops like Ctrl-C: between steps, summary printed."""
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Interrupts:
+    """The handler of SIGINT and SIGTERM while :func:`main` runs: a ``KeyboardInterrupt``, as Python's own Ctrl-C
+    (SIGTERM, what job schedulers and ``kill`` send, stops the same way: between steps, summary printed), until the
+    exit code is decided; from then on ignored. A Ctrl-C pressed again while Python joins threads and runs its exit
+    handlers once turned exit 130 into a death by signal."""
+
+    def __init__(self) -> None:
+        self.decided = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.decided:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    def decide(self) -> None:
+        while True:  # a signal landing on this very line raises once more: set the flag again
+            try:
+                self.decided = True
+                return
+            except KeyboardInterrupt:
+                continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if on_main_thread else None
+    handler, previous = _Interrupts(), {}
+    if on_main_thread:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = None
     try:
-        return _main(argv)
-    except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop or summary was under way
-        return EXIT_INTERRUPTED
+        code = _main(argv)
+    except KeyboardInterrupt:  # pressed again while the first one's stop or summary was under way
+        pass
     except BrokenPipeError:  # `music-flamingo ... --dry-run | head -1`: the reader is gone
         _quiet_stdout()
-        return EXIT_OK
+        code = EXIT_OK
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if argv is None and on_main_thread:
-            # The program's exit code is decided: a Ctrl-C pressed again now (while Python joins threads and runs
-            # its exit handlers) would only turn exit 130 into a death by signal.
+        handler.decide()
+        if argv is not None:  # called from Python (tests, another program): give its handlers back
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        elif on_main_thread:  # the program: Python's finalization resets handlers to the default (death by SIGINT)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return EXIT_INTERRUPTED if code is None else code
 
 
 def _quiet_stdout() -> None:
