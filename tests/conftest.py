@@ -3,10 +3,13 @@ llama-mtmd-cli, real music from Debian packages, and one resident engine for the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,40 @@ def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child Python that must import the same music_flamingo as this process: the parent's
     whole import path, so an installed wheel (CI) and a source tree with a built module (dev) both work."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **extra}
+
+
+def tree_state(folder: Path, skip: Sequence[Path] = ()) -> dict[str, tuple]:
+    """Every entry below ``folder`` (links not followed) with what a write, creation or removal would change: type,
+    size, mtime, link target. Entries in ``skip`` (and below them) are left out."""
+    skipped = {os.path.abspath(p) for p in skip}
+    state: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if os.path.abspath(os.path.join(dirpath, d)) not in skipped]
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            if os.path.abspath(p) in skipped:
+                continue
+            st = os.lstat(p)
+            link = os.readlink(p) if os.path.islink(p) else None
+            kind = "dir" if stat.S_ISDIR(st.st_mode) else stat.S_IFMT(st.st_mode)
+            size = None if kind == "dir" else st.st_size  # a folder's own size and mtime change with its entries
+            mtime = None if kind == "dir" else st.st_mtime_ns
+            state[os.path.relpath(p, folder)] = (kind, size, mtime, link)
+    return state
+
+
+@contextlib.contextmanager
+def nothing_changes_outside(dataset: Path, allow: Sequence[Path] = ()):
+    """Asserts that a run on ``dataset`` wrote, created or deleted nothing outside it: the dataset's parent folder
+    is compared before and after, the dataset itself and ``allow`` (the files a user named: --jsonl ...) left out.
+    For a single-file run pass the file's folder."""
+    parent = Path(dataset).parent
+    skip = [Path(dataset), *allow]
+    before = tree_state(parent, skip)
+    yield
+    after = tree_state(parent, skip)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"changed outside the dataset {dataset}: {changed}"
 
 
 DEFAULT_KEYS = [

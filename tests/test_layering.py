@@ -16,7 +16,7 @@ LAYERS = [
     "errors", "_raywatch", "_version", "fsutil", "chat_template", "text",
     "_logging", "validation", "lifecycle", "models", "sidecar", "native",
     "gguf_meta", "checkpoint", "gguf_vocab", "convert",
-    "datatypes", "audio", "provenance", "discovery", "failures", "templates", "prompts",
+    "datatypes", "audio", "provenance", "discovery", "failures", "manifest", "templates", "prompts",
     "analyzer",
     "gguf_backend", "transformers_backend",
     "batch", "workers", "distributed",

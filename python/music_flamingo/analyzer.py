@@ -67,6 +67,8 @@ class AnalysisOptions:
             value = getattr(self, name)
             if value is not None:
                 validation.require(name, getattr(validation, name)(value))
+        if self.prompt is not None:
+            validation.require("prompt", validation.prompt_text(self.prompt))
 
     @classmethod
     def of(cls, owner: str, options: AnalysisOptions | None, keywords: Mapping[str, Any]) -> AnalysisOptions:

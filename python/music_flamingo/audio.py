@@ -137,6 +137,10 @@ def probe_duration(path: str | os.PathLike) -> float | None:
     """Seconds of audio in a file, read from its header without decoding (for the dry run's hours); None when
     neither decoder can tell. Same decoder order as :func:`read_file`."""
     p = Path(path)
+    try:
+        require_regular_file(p)  # a FIFO named like a track would hang the decoders' open
+    except OSError:
+        return None
     if p.suffix.lower() not in _PYAV_FIRST:
         try:
             import soundfile as sf

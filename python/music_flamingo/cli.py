@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    InvalidInputError,
     ModelFileError,
     MusicFlamingoError,
     PromptConfigError,
@@ -264,6 +266,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _file_problem(a: argparse.Namespace) -> str | None:
+    """The file arguments checked before anything loads (:mod:`.fsutil` rules): one output path serves one role
+    (``--failures m.jsonl --jsonl m.jsonl`` once deleted the manifest), ``--failures`` names a failures file or
+    nothing yet (a user's notes were deleted once their "last record" cleared), ``--jsonl`` a regular file."""
+    from .batch import failures_path
+    from .failures import not_a_failures_file
+    from .fsutil import file_kind, same_file
+
+    outputs = [("--jsonl", a.jsonl), ("--failures", failures_path(a.path, a.failures)), ("--ray-output", a.ray_output)]
+    inputs = [("--from-list", a.from_list if a.from_list not in (None, "-") else None), ("PATH", a.path)]
+    inputs += [("--prompts-file", p) for p in a.prompts_file]
+    outputs = [(o, Path(p)) for o, p in outputs if p is not None]
+    others = outputs + [(o, Path(p)) for o, p in inputs if p is not None]
+    for i, (o1, p1) in enumerate(outputs):
+        for o2, p2 in others[i + 1 :]:
+            if same_file(p1, p2):
+                return f"{o1} and {o2} name the same file ({p2}): one path cannot serve two roles"
+    if a.failures is not None:
+        problem = not_a_failures_file(a.failures)
+        if problem is not None:
+            return f"--failures: {problem}"
+    if a.jsonl is not None and a.jsonl.exists():
+        kind = file_kind(a.jsonl.stat().st_mode)
+        if kind is not None:
+            return f"--jsonl: {a.jsonl} is {kind}, not a regular file"
+    return None
+
+
+def _preflight(a: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
+    """The file arguments and the prompts checked before anything loads; False (the message printed) when the run
+    must not start. A file problem is argparse's usage error (exit 2 from ``parser.error``)."""
+    problem = _file_problem(a)
+    if problem is not None:
+        parser.error(problem)
+    try:  # prompts and their files, before any model loads (a 10 MB prompt once failed each track in turn)
+        _analysis_options(a).asked()
+    except (InvalidInputError, PromptConfigError) as e:
+        print(f"music-flamingo: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -339,9 +383,10 @@ def _run_single(mf, a: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return summary.exit_code
     o = outcome[0] if outcome else None
-    if o is not None and o.status == "done":
+    if o is not None and o.fields is not None:  # described, even if the sidecar could not be written (read-only)
         for key in keys:
             print(f"{key}:\n{o.fields[key]}\n")
+    if o is not None and o.status == "done":
         if not a.no_sidecar:
             print(f"wrote {sidecar_path(a.path)}", file=sys.stderr)
         return summary.exit_code
@@ -504,9 +549,26 @@ def _ray_summary(a: argparse.Namespace, selection):
     )
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (what job schedulers and ``kill`` send) stops like Ctrl-C: between steps, summary printed."""
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Interrupts:
+    """The handler of SIGINT and SIGTERM while :func:`main` runs: a ``KeyboardInterrupt``, as Python's own Ctrl-C
+    (SIGTERM, what job schedulers and ``kill`` send, stops the same way: between steps, summary printed), until the
+    exit code is decided; from then on ignored. A Ctrl-C pressed again while Python joins threads and runs its exit
+    handlers once turned exit 130 into a death by signal."""
+
+    def __init__(self) -> None:
+        self.decided = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.decided:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    def decide(self) -> None:
+        while True:  # a signal landing on this very line raises once more: set the flag again
+            try:
+                self.decided = True
+                return
+            except KeyboardInterrupt:
+                continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -516,12 +578,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return convert_main(args[1:])
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if on_main_thread else None
+    handler, previous = _Interrupts(), {}
+    if on_main_thread:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = None
     try:
-        return _main(argv)
+        code = _main(argv)
+    except KeyboardInterrupt:  # pressed again while the first one's stop or summary was under way
+        pass
+    except BrokenPipeError:  # `music-flamingo ... --dry-run | head -1`: the reader is gone
+        _quiet_stdout()
+        code = EXIT_OK
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        handler.decide()
+        if argv is not None:  # called from Python (tests, another program): give its handlers back
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        elif on_main_thread:  # the program: Python's finalization resets handlers to the default (death by SIGINT)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return EXIT_INTERRUPTED if code is None else code
+
+
+def _quiet_stdout() -> None:
+    """Exit quietly, as Unix tools do when their reader goes away: stdout to /dev/null, so that Python's own
+    flush at exit does not print a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -571,6 +657,8 @@ def _main(argv: Sequence[str] | None) -> int:
     for opt, n in (("--workers", a.workers), ("--threads", a.threads)):
         if n is not None and n < 1:
             parser.error(f"{opt} must be at least 1, got {n}")
+    if not _preflight(a, parser):
+        return EXIT_USAGE
     selection = None
     if a.batch and a.worker_fd is None:  # a worker takes its tracks from its parent, which chose them
         try:

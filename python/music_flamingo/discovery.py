@@ -51,6 +51,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ._logging import logger
+from .fsutil import MAX_LIST_BYTES, inside, read_bounded_stream, read_regular_file
 from .sidecar import ORGANIZED_MIX_STEM
 
 # Preference order when a folder holds several full mixes (the pipeline's extensions first): one sidecar, one track.
@@ -111,6 +112,7 @@ _CROP_STEM = re.compile(r".+_[0-9]+_(?:" + "|".join(STEM_NAMES) + r")", re.IGNOR
 FULL_MIX, STEM, EXTRA, CROP, CROP_STEM, LOOSE = "full_mix", "stem", "extra", "crop", "crop_stem", "loose"
 SKIP_FOLDER, MISSING, NOT_AUDIO, OUTSIDE = "skip_folder", "missing", "not_audio", "outside_root"
 AUGMENTATION = "augmentation"
+BAD_PATH = "bad_path"  # a listed line that is no usable path (NUL bytes, a name over 255 bytes, too long)
 TRACK_KINDS = frozenset({FULL_MIX, CROP, LOOSE})
 # Why a path is not taken, in a word or two (the dry run's rows): by kind, else NOT_SELECTED.
 EXCLUDED_AS = {
@@ -122,6 +124,7 @@ EXCLUDED_AS = {
     MISSING: "listed, not found",
     NOT_AUDIO: "listed, not audio",
     OUTSIDE: "listed, outside the root",
+    BAD_PATH: "listed, not a usable path",
 }
 NOT_SELECTED = "not selected (--only/--include/--exclude)"
 NOT_SAMPLED = "not sampled (--sample)"
@@ -356,38 +359,49 @@ def _resolve_listed(root: Path, p: str | os.PathLike) -> Path:
 
 
 def _listed(root: Path, sel: Selection) -> Iterator[Track]:
-    """The files of ``sel.paths``, in their order, once each, classified in their own folder's context."""
+    """The files of ``sel.paths``, in their order, once each, classified in their own folder's context. A line
+    that is no usable path (NUL bytes, binary garbage, a name part over 255 bytes) is left out and counted."""
     folders: dict[Path, dict[str, tuple[str, str]]] = {}
     seen: set[str] = set()
     for item in sel.paths or ():
-        path = _resolve_listed(root, item)
-        key = os.path.normpath(os.path.abspath(path))
-        if key in seen:
-            continue
-        seen.add(key)
-        rel = _rel(root, path)
-        if rel is None:
-            yield _excluded(path, OUTSIDE, f"outside {root}", str(path))
-            continue
-        if not path.is_file():
-            yield _excluded(path, MISSING, "listed but not found (or not a file)", rel)
-            continue
-        if not is_audio(path):
-            yield _excluded(path, NOT_AUDIO, "listed but not an audio file", rel)
-            continue
-        skip = next(((d, why) for d in rel.split("/")[:-1] if (why := _skip_reason(d)) is not None), None)
-        if skip is not None:
-            yield _excluded(path, _folder_kind(skip[0]), f"in a folder that is not walked: {skip[1]}", rel)
-            continue
-        folder = path.parent
-        if folder not in folders:
-            try:
-                names = [f.name for f in folder.iterdir() if f.is_file() and is_audio(f)]
-            except OSError:  # a folder we may read files in but not list: the file alone decides
-                names = [path.name]
-            folders[folder] = {n: (k, r) for n, k, r in classify_folder(folder.name, names)}
-        kind, reason = folders[folder].get(path.name, (LOOSE, "a loose audio file"))
-        yield _track(path, kind, reason, rel, sel)
+        try:
+            if "\x00" in os.fspath(item):
+                raise ValueError("embedded null byte")
+            path = _resolve_listed(root, item)
+            key = os.path.normpath(os.path.abspath(path))
+            if key in seen:
+                continue
+            seen.add(key)
+            track = _listed_one(root, path, sel, folders)
+        except (OSError, ValueError) as e:  # ENAMETOOLONG, "embedded null byte" ...
+            shown = ascii(os.fspath(item))[:200]
+            track = _excluded(Path("?"), BAD_PATH, f"listed line {shown} is not a usable path: {e}", shown)
+        yield track
+
+
+def _listed_one(root: Path, path: Path, sel: Selection, folders: dict[Path, dict[str, tuple[str, str]]]) -> Track:
+    """One listed path's verdict. Outside the root is judged on resolved folders, not on the text: a listed
+    ``linked/x.flac`` whose folder ``linked`` is a symlink out of the dataset is outside it (its sidecar would be
+    written there); a symlinked *file* in a folder of the dataset is taken, as in a walk."""
+    rel = _rel(root, path)
+    if rel is None or not inside(path.parent, root):
+        return _excluded(path, OUTSIDE, f"outside {root} (folders compared with symlinks resolved)", str(path))
+    if not path.is_file():
+        return _excluded(path, MISSING, "listed but not found (or not a file)", rel)
+    if not is_audio(path):
+        return _excluded(path, NOT_AUDIO, "listed but not an audio file", rel)
+    skip = next(((d, why) for d in rel.split("/")[:-1] if (why := _skip_reason(d)) is not None), None)
+    if skip is not None:
+        return _excluded(path, _folder_kind(skip[0]), f"in a folder that is not walked: {skip[1]}", rel)
+    folder = path.parent
+    if folder not in folders:
+        try:
+            names = [f.name for f in folder.iterdir() if f.is_file() and is_audio(f)]
+        except OSError:  # a folder we may read files in but not list: the file alone decides
+            names = [path.name]
+        folders[folder] = {n: (k, r) for n, k, r in classify_folder(folder.name, names)}
+    kind, reason = folders[folder].get(path.name, (LOOSE, "a loose audio file"))
+    return _track(path, kind, reason, rel, sel)
 
 
 def discover_tracks(root: str | os.PathLike, selection: Selection | None = None) -> list[Track]:
@@ -407,13 +421,14 @@ def discover_tracks(root: str | os.PathLike, selection: Selection | None = None)
 
 def read_path_list(source: str | os.PathLike) -> list[str]:
     """One path a line from a file, or from stdin for ``-`` (``--from-list``). Bytes are decoded as the file system
-    does, so any file name round-trips; line endings are dropped, blank lines skipped."""
+    does, so any file name round-trips; line endings are dropped, blank lines skipped. The file must be a regular
+    file (a FIFO or ``/dev/zero`` is refused, never read for ever) of at most ``MAX_LIST_BYTES``; ``OSError`` else."""
     import sys
 
     if str(source) == "-":
-        data = sys.stdin.buffer.read()
+        data = read_bounded_stream(sys.stdin.buffer, "the list on stdin", MAX_LIST_BYTES)
     else:
-        data = Path(source).read_bytes()
+        data = read_regular_file(source, MAX_LIST_BYTES)
     lines = (line.rstrip(b"\r") for line in data.split(b"\n"))
     return [os.fsdecode(line) for line in lines if line.strip()]
 

@@ -51,3 +51,7 @@ class WorkerDied(MusicFlamingoError, RuntimeError):
 
 class NoWorker(MusicFlamingoError, RuntimeError):
     """A track was left undone because every place for a worker had lost its workers (``--workers``/``--devices``)."""
+
+
+class OutputFileError(MusicFlamingoError, OSError):
+    """An output file a user named (``--jsonl``) cannot be opened or written whole (a FIFO, a folder, a full disk)."""

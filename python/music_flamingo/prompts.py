@@ -36,7 +36,7 @@ from . import validation
 from ._logging import logger
 from .datatypes import Prompt
 from .errors import PromptConfigError
-from .fsutil import read_regular_file
+from .fsutil import MAX_PROMPTS_BYTES, read_regular_file
 from .templates import Template, TemplateProblem, compile_text
 
 __all__ = ["Catalogue", "FollowUp", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE", "SUMMARIES_FILE"]
@@ -225,6 +225,8 @@ class _Where:
     field: str
 
     def error(self, problem: str) -> PromptConfigError:
+        if len(problem) > _MAX_MESSAGE:  # a value quoted in full could be megabytes (a long text, YAML aliases)
+            problem = f"{problem[:_MAX_MESSAGE]}… ({len(problem)} characters in all)"
         return PromptConfigError(f"{self.source}: {self.entry}: field '{self.field}': {problem}")
 
 
@@ -234,10 +236,9 @@ def _check_key(v: Any, w: _Where) -> None:
 
 
 def _check_text(v: Any, w: _Where) -> None:
-    if not isinstance(v, str) or not v.strip():
-        raise w.error(f"must be a non-empty string, got {v!r}")
-    if "\x00" in v:  # C strings end there: the model would see half the question
-        raise w.error("must not contain NUL characters")
+    problem = validation.prompt_text(v)  # non-empty, no NUL, not longer than a context holds
+    if problem is not None:
+        raise w.error(problem)
 
 
 def _checked(check: Callable[[Any], str | None]) -> Callable[[Any, _Where], None]:
@@ -258,9 +259,54 @@ _FIELD_CHECKS: dict[str, Callable[[Any, _Where], None]] = {
 }
 
 
+_MAX_MESSAGE = 300
+# What a prompts file may expand to through YAML aliases (``&a``/``*a``): far above any real catalogue, far below
+# an "alias bomb" (1 KB of nested aliases once expanded to ≈ 3 GB and took over a minute).
+MAX_YAML_NODES = 100_000
+MAX_YAML_CHARS = 4 << 20
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key written twice in one mapping (plain YAML keeps the last one silently, which
-    would hide, say, two ``full:`` entries in one file)."""
+    would hide, say, two ``full:`` entries in one file) and a document whose aliases expand beyond
+    :data:`MAX_YAML_NODES` values or :data:`MAX_YAML_CHARS` characters (checked on the composed graph, before
+    anything is built)."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            nodes, chars = _expanded_size(node, {}, set())
+            if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the document expands (through its aliases) to over {MAX_YAML_NODES} values or "
+                    f"{MAX_YAML_CHARS} characters; refused",
+                    node.start_mark,
+                )
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, tuple[int, int]], open_: set[int]) -> tuple[int, int]:
+    """(values, characters) of ``node`` with every alias expanded, in time linear in the file (memoised per
+    node, since an alias is the same node object); a node that contains itself counts as too large."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if isinstance(node, yaml.ScalarNode):
+        return 1, len(node.value)
+    if id(node) in open_:
+        return MAX_YAML_NODES + 1, 0
+    open_.add(id(node))
+    children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+    nodes, chars = 1, 0
+    for child in children:
+        n, c = _expanded_size(child, memo, open_)
+        nodes, chars = nodes + n, chars + c
+        if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+            break
+    open_.discard(id(node))
+    memo[id(node)] = (nodes, chars)
+    return nodes, chars
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -284,6 +330,8 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError as e:
+        raise PromptConfigError(f"{source}: invalid YAML: nested too deeply") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
@@ -569,7 +617,7 @@ def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalo
     for path in extra_files:
         source = str(path)
         try:
-            text = read_regular_file(path).decode("utf-8")
+            text = read_regular_file(path, MAX_PROMPTS_BYTES).decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise PromptConfigError(f"{source}: cannot read prompt file: {e}") from e
         _merge_text(raw, text, source)
