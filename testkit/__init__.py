@@ -15,10 +15,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _build_resolver():
-    """cmake/fetch_llama_cpp.py, the build's own resolver of the llama.cpp tree (a script, not a package), loaded
-    once under its own name: the tests use the tree the package was built from."""
-    name = "fetch_llama_cpp"
+def load_cmake_script(name: str):
+    """A script of cmake/ (the build's own helpers, not a package: ``fetch_llama_cpp``, the resolver of the llama.cpp
+    tree, and ``patch_llama_cpp``, the patch queue), loaded once under its own name, so the tests use exactly what
+    the build used."""
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, REPO / "cmake" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
@@ -27,5 +27,5 @@ def _build_resolver():
     return sys.modules[name]
 
 
-fetch_llama_cpp = _build_resolver()
+fetch_llama_cpp = load_cmake_script("fetch_llama_cpp")
 CACHE = fetch_llama_cpp.cache_root()

@@ -6,8 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import patch_llama_cpp
 import pytest
+
+from testkit import load_cmake_script
+
+patch_llama_cpp = load_cmake_script("patch_llama_cpp")
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "third_party" / "patches"
