@@ -434,194 +434,250 @@ def run_batch(
     :class:`TrackOutcome`, as it happens — on the engine's helper thread for a track skipped or failed before the
     engine took it — and must not raise.
     """
-    analyzer = as_analyzer(analyzer)
-    opts = options or BatchOptions()
-    root = Path(root)
-    state_dir = state_dir_of(root)
-    dataset = dataset_of(root)
-    try:
-        (state_dir / "locks").mkdir(parents=True, exist_ok=True)
-        can_lock = True
-    except OSError as e:  # a read-only dataset: no sidecar can be written either, but --jsonl/--no-sidecar runs work
-        can_lock = False
-        logger.warning("cannot keep track locks in %s (%s): another process may describe the same tracks", state_dir, e)
-    failures = FailureLog(failures_path(root, opts.failures))
-    failures.start()
-    if root.is_dir():
-        remove_stale_temp_files(root)  # of sidecar writes killed in earlier runs
-    keys = analyzer.keys()  # the prompts' and the follow-ups' (the catch-up pass: the follow-ups' alone)
-    t0 = time.monotonic()
-    summary = BatchSummary()
-    counting = threading.Lock()  # the summary is updated from the engine's helper thread and this one
+    return _BatchRun(as_analyzer(analyzer), Path(root), options or BatchOptions(), on_result, tracks, on_track).run()
 
-    def tell(track: Path, status: str, **detail: Any) -> None:
-        if on_track is not None:
-            on_track(TrackOutcome(Path(track), status, **detail))
 
-    def fail(track: Path, err: BaseException, fields: dict[str, Any] | None = None) -> None:
+class _Counters:
+    """The run's counts (its :class:`BatchSummary`), its failures file and its ``on_track`` calls, under one lock:
+    they are updated from the engine's helper thread (tracks taken, skipped or failed before the engine has them)
+    and from the thread that runs the engine (results), and the failures log is not safe across threads. Each
+    event is one method, so a count, its failures record and its :class:`TrackOutcome` never disagree."""
+
+    def __init__(
+        self, summary: BatchSummary, failures: FailureLog, on_track: Callable[[TrackOutcome], None] | None
+    ) -> None:
+        self.summary = summary
+        self._failures = failures
+        self._on_track = on_track
+        self._lock = threading.Lock()
+
+    def _tell(self, track: Path, status: str, **detail: Any) -> None:
+        # called under the lock, so a caller's on_track is never run on two threads at once
+        if self._on_track is not None:
+            self._on_track(TrackOutcome(Path(track), status, **detail))
+
+    def given(self) -> None:
+        """One more track handed in by the caller (``tracks``)."""
+        with self._lock:
+            self.summary.total += 1
+
+    def failed_elsewhere(self, track: Path) -> bool:
+        with self._lock:
+            return self._failures.failed_elsewhere(track)
+
+    def skipped(self, track: Path, status: str, why: str | None = None, *, complete: bool = False) -> None:
+        """``status``: ``skipped_locked`` or ``skipped_complete``; ``complete``: its sidecar has every key now (so
+        a failure listed for it is over); ``why``: logged."""
+        with self._lock:
+            setattr(self.summary, status, getattr(self.summary, status) + 1)
+            if why is not None:
+                logger.info("%s, skipped: %s", why, track)
+            self._tell(track, status)
+            if complete:
+                self._failures.clear(track)
+
+    def failed(self, track: Path, err: BaseException, fields: dict[str, Any] | None = None) -> None:
         """``fields``: what was computed before the failure (a sidecar that could not be written), so a caller
         can still show the descriptions."""
-        summary.failed += 1
-        summary.failures.append({"path": str(track), "error": type(err).__name__, "message": str(err)})
-        failures.record(track, err)
-        logger.error("failed: %s: %s: %s", track, type(err).__name__, err)
-        tell(track, "failed", error=type(err).__name__, message=str(err), fields=fields)
+        with self._lock:
+            self.summary.failed += 1
+            self.summary.failures.append({"path": str(track), "error": type(err).__name__, "message": str(err)})
+            self._failures.record(track, err)
+            logger.error("failed: %s: %s: %s", track, type(err).__name__, err)
+            self._tell(track, "failed", error=type(err).__name__, message=str(err), fields=fields)
 
-    def given() -> Iterator[Path]:
-        for track in tracks or ():
-            with counting:
-                summary.total += 1
+    def done(self, track: Path, fields: dict[str, Any], stats: GenerationStats | None) -> None:
+        with self._lock:
+            self.summary.done += 1
+            self._failures.clear(track)
+            self._tell(track, "done", fields=fields, stats=stats)
+
+
+class _BatchRun:
+    """One :func:`run_batch`: its options, engine, counters, failures log, prefetcher, manifest and the locks it
+    holds. :meth:`run` runs it once."""
+
+    def __init__(
+        self,
+        analyzer: Analyzer,
+        root: Path,
+        opts: BatchOptions,
+        on_result: Callable[[Path, dict[str, Any]], None] | None,
+        tracks: Iterable[str | os.PathLike] | None,
+        on_track: Callable[[TrackOutcome], None] | None,
+    ) -> None:
+        self.analyzer, self.root, self.opts, self.on_result, self.tracks = analyzer, root, opts, on_result, tracks
+        self.state_dir = state_dir_of(root)
+        self.dataset = dataset_of(root)
+        self.can_lock = self._make_lock_dir()
+        self.failures = FailureLog(failures_path(root, opts.failures))
+        self.failures.start()
+        if root.is_dir():
+            remove_stale_temp_files(root)  # of sidecar writes killed in earlier runs
+        self.keys = analyzer.keys()  # the prompts' and the follow-ups' (the catch-up pass: the follow-ups' alone)
+        self.t0 = time.monotonic()
+        self.summary = BatchSummary()
+        self.counters = _Counters(self.summary, self.failures, on_track)
+        self.todo = self._plan()
+        self.prefetch = _Prefetcher(lambda p: analyzer.prepare(p, name=str(p)), opts.prefetch)  # cut, or an excerpt
+        self.jsonl = Manifest(opts.jsonl) if opts.jsonl else None
+        self.bar = _progress(len(self.todo) if tracks is None else None, opts.progress)
+        self.held: dict[Path, Any] = {}  # track -> its FileLock, from admission until its result is written
+
+    def _make_lock_dir(self) -> bool:
+        try:
+            (self.state_dir / "locks").mkdir(parents=True, exist_ok=True)
+            return True
+        except OSError as e:  # a read-only dataset: no sidecar can be written either, but --jsonl/--no-sidecar works
+            logger.warning(
+                "cannot keep track locks in %s (%s): another process may describe the same tracks", self.state_dir, e
+            )
+            return False
+
+    def _plan(self) -> list[Path]:
+        """The tracks to describe when the caller gave none (``tracks``), counted into the summary."""
+        # A damaged sidecar fails its track when the run reaches it (the check under the track's lock in _check).
+        done_before: list[Path] = []
+        todo = plan_work(self.root, self.keys, self.opts, self.summary, done_before) if self.tracks is None else []
+        self.failures.clear(done_before)  # listed by an earlier run, done since
+        if self.tracks is None:
+            logger.info(
+                "%d tracks: %d to analyse, %d already complete; not taken: %s",
+                self.summary.total,
+                len(todo),
+                self.summary.skipped_complete,
+                self.summary.excluded or "none",
+            )
+        return todo
+
+    def run(self) -> BatchSummary:
+        try:
+            self.analyzer.analyze_stream(self.admitted(), self.finish, self.opts.tracks_in_flight)
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            logger.warning("interrupted: stopping; no sidecar is left half-written")
+        finally:
+            for lock in self.held.values():  # tracks in flight when interrupted: nothing of theirs was written
+                lock.release()
+            self.bar.close()
+            self.prefetch.close()
+            self.failures.close()
+            if self.jsonl is not None:
+                self.jsonl.close()
+        summary = self.summary
+        summary.seconds = time.monotonic() - self.t0
+        if summary.failures and self.failures.unwritten < len(summary.failures):  # named only if it lists something
+            summary.failures_file = str(self.failures.path)
+        summary.failures_unwritten = self.failures.unwritten
+        return summary
+
+    def _given(self) -> Iterator[Path]:
+        for track in self.tracks or ():
+            self.counters.given()
             yield Path(track)
 
-    def complete(track: Path) -> bool:
-        if not opts.write_sidecars:
-            return False
-        if not opts.overwrite and has_keys(sidecar_path(track), keys):
-            return True
-        check_sidecar_inside(track, dataset)  # before the work: a sidecar leading out of the dataset is a failure
-        return False
-
-    # A damaged sidecar fails its track when the run reaches it (the check under the track's lock below).
-    done_before: list[Path] = []
-    todo = plan_work(root, keys, opts, summary, done_before) if tracks is None else []
-    failures.clear(done_before)  # listed by an earlier run, done since
-    if tracks is None:
-        logger.info(
-            "%d tracks: %d to analyse, %d already complete; not taken: %s",
-            summary.total,
-            len(todo),
-            summary.skipped_complete,
-            summary.excluded or "none",
-        )
-
-    prefetch = _Prefetcher(lambda p: analyzer.prepare(p, name=str(p)), opts.prefetch)  # cut, or an excerpt
-    jsonl = Manifest(opts.jsonl) if opts.jsonl else None
-    bar = _progress(len(todo) if tracks is None else None, opts.progress)
-    held: dict[Path, Any] = {}  # track -> its FileLock, from admission until its result is written
-
-    def admitted() -> Iterator[tuple[Path, PreparedAudio, list[Prompt] | None]]:
+    def admitted(self) -> Iterator[tuple[Path, PreparedAudio, list[Prompt] | None]]:
         """The tracks to analyse, in order, each locked and decoded. The engine pulls from this on its helper
         thread whenever it can take a track, so locking and decoding stay off the decode loop. A track locked by
         another process is looked at once more after the others: if that process died (SIGKILL, a lost node),
         its lock is free by then and this run does the track instead of leaving it undone."""
         deferred: list[Path] = []
-        for track in _looking_ahead(todo if tracks is None else given(), PREFETCH_AHEAD, prefetch.want):
-            taken = take(track, deferred)
+        tracks = self.todo if self.tracks is None else self._given()
+        for track in _looking_ahead(tracks, PREFETCH_AHEAD, self.prefetch.want):
+            taken = self.take(track, deferred)
             if taken is not None:
                 yield taken
         for track in deferred:
-            taken = take(track, None)
+            taken = self.take(track, None)
             if taken is not None:
                 yield taken
 
-    def take(track: Path, deferred: list[Path] | None) -> tuple[Path, PreparedAudio, list[Prompt] | None] | None:
-        """One track locked, checked and decoded; None when it is skipped or failed (counted here). A track
-        locked elsewhere goes to ``deferred`` if given, else is counted as skipped."""
-        lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
-        lock = SelfRemovingLock(_lock_path(state_dir, track)) if can_lock else _NoLock()
+    def _complete(self, track: Path) -> bool:
+        if not self.opts.write_sidecars:
+            return False
+        if not self.opts.overwrite and has_keys(sidecar_path(track), self.keys):
+            return True
+        check_sidecar_inside(track, self.dataset)  # before the work: a sidecar leading out of the dataset fails
+        return False
+
+    def _lock(self, track: Path, deferred: list[Path] | None) -> Any:
+        """The track's lock, acquired; None when it is not taken now (deferred, skipped or failed: counted here)."""
+        lock = SelfRemovingLock(_lock_path(self.state_dir, track)) if self.can_lock else _NoLock()
         try:
             lock.acquire(timeout=0)  # released on another thread (the lock has no thread affinity)
+            return lock
         except TimeoutError:
-            prefetch.drop(track)
+            self.prefetch.drop(track)
             if deferred is not None:
                 deferred.append(track)
                 return None
-            with counting:
-                summary.skipped_locked += 1
-            logger.info("locked by another process, skipped: %s", track)
-            tell(track, "skipped_locked")
-            bar.update(1)
-            return None
+            self.counters.skipped(track, "skipped_locked", "locked by another process")
         except OSError as e:  # the lock file cannot be created (the state folder went away, a full disk)
-            prefetch.drop(track)
-            with counting:
-                fail(track, e)
-            bar.update(1)
+            self.prefetch.drop(track)
+            self.counters.failed(track, e)
+        self.bar.update(1)
+        return None
+
+    def take(self, track: Path, deferred: list[Path] | None) -> tuple[Path, PreparedAudio, list[Prompt] | None] | None:
+        """One track locked, checked and decoded; None when it is skipped or failed (counted here). A track
+        locked elsewhere goes to ``deferred`` if given, else is counted as skipped."""
+        lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
+        lock = self._lock(track, deferred)
+        if lock is None:
             return None
         try:
-            if complete(track):  # another process finished it since we looked
-                with counting:
-                    summary.skipped_complete += 1
-                tell(track, "skipped_complete")
-                with counting:
-                    failures.clear(track)
-                raise _Skip
-            with counting:  # the failures log is used from this thread and the decode thread
-                elsewhere = failures.failed_elsewhere(track)
-            if elsewhere:  # not retried by every process of this run
-                with counting:
-                    summary.skipped_locked += 1
-                logger.info("failed in another process during this run, skipped: %s", track)
-                tell(track, "skipped_locked")
-                raise _Skip
-            prepared = prefetch.get(track)
-            prompts = analyzer.prompts_for_file(track)  # templates filled from its sidecar (None: shared ones)
-            if prompts == []:  # the catch-up pass, and the sidecar holds no answer to follow up
-                with counting:
-                    summary.skipped_complete += 1
-                logger.info("no answer to follow up in its sidecar, skipped: %s", track)
-                tell(track, "skipped_complete")
-                raise _Skip
+            prepared, prompts = self._check(track)
         except _Skip:
-            prefetch.drop(track)
+            self.prefetch.drop(track)
             lock.release()
-            bar.update(1)
+            self.bar.update(1)
             return None
         except Exception as e:  # undecodable audio, unreadable sidecar, a lock file that cannot be created
             lock.release()
-            with counting:
-                fail(track, e)
-            bar.update(1)
+            self.counters.failed(track, e)
+            self.bar.update(1)
             return None
-        held[track] = lock
+        self.held[track] = lock
         return track, prepared, prompts
 
-    def finish(track: Path, result: Any) -> None:
+    def _check(self, track: Path) -> tuple[PreparedAudio, list[Prompt] | None]:
+        """A locked track still to describe, decoded with its prompts; raises _Skip (counted) when it is not."""
+        if self._complete(track):  # another process finished it since we looked
+            self.counters.skipped(track, "skipped_complete", complete=True)
+            raise _Skip
+        if self.counters.failed_elsewhere(track):  # not retried by every process of this run
+            self.counters.skipped(track, "skipped_locked", "failed in another process during this run")
+            raise _Skip
+        prepared = self.prefetch.get(track)
+        prompts = self.analyzer.prompts_for_file(track)  # templates filled from its sidecar (None: shared ones)
+        if prompts == []:  # the catch-up pass, and the sidecar holds no answer to follow up
+            self.counters.skipped(track, "skipped_complete", "no answer to follow up in its sidecar")
+            raise _Skip
+        return prepared, prompts
+
+    def finish(self, track: Path, result: Any) -> None:
         """One track's result: written (sidecar, manifest) or counted as failed; its lock released."""
         fields = None
         try:
             if isinstance(result, Exception):
                 raise result
             fields = result.sidecar_fields()
-            if opts.write_sidecars:
-                check_sidecar_inside(track, dataset)  # again: the link may have changed during the analysis
+            if self.opts.write_sidecars:
+                check_sidecar_inside(track, self.dataset)  # again: the link may have changed during the analysis
                 update_sidecar(sidecar_path(track), fields)
-            if jsonl is not None:  # with the prompts as sent (filled per track from its sidecar)
-                jsonl.write({"path": str(track), **fields, "prompts": result.prompts})
-            if on_result is not None:
-                on_result(track, fields)
-            with counting:
-                summary.done += 1
-                failures.clear(track)
-            tell(track, "done", fields=fields, stats=result.stats)
+            if self.jsonl is not None:  # with the prompts as sent (filled per track from its sidecar)
+                self.jsonl.write({"path": str(track), **fields, "prompts": result.prompts})
+            if self.on_result is not None:
+                self.on_result(track, fields)
+            self.counters.done(track, fields, result.stats)
         except Exception as e:  # one bad track never stops the run
-            with counting:
-                fail(track, e, fields)
+            self.counters.failed(track, e, fields)
         finally:
-            lock = held.pop(track, None)
+            lock = self.held.pop(track, None)
             if lock is not None:
                 lock.release()
-        bar.update(1)
-        bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
-
-    try:
-        analyzer.analyze_stream(admitted(), finish, opts.tracks_in_flight)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        logger.warning("interrupted: stopping; no sidecar is left half-written")
-    finally:
-        for lock in held.values():  # tracks in flight when interrupted: nothing of theirs was written
-            lock.release()
-        bar.close()
-        prefetch.close()
-        failures.close()
-        if jsonl is not None:
-            jsonl.close()
-    summary.seconds = time.monotonic() - t0
-    if summary.failures and failures.unwritten < len(summary.failures):  # named only if it lists something
-        summary.failures_file = str(failures.path)
-    summary.failures_unwritten = failures.unwritten
-    return summary
+        self.bar.update(1)
+        self.bar.set_postfix(done=self.summary.done, failed=self.summary.failed, refresh=False)
 
 
 class _NoLock:

@@ -615,6 +615,20 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser.parse_args(argv)
     _setup_logging(a.verbose)
+    _check_arguments(a, parser)
+    if not _preflight(a, parser):
+        return EXIT_USAGE
+    selection = None
+    if a.batch and a.worker_fd is None:  # a worker takes its tracks from its parent, which chose them
+        try:
+            selection = _selection(a)
+        except ValueError as e:
+            parser.error(str(e))
+    return _run(a, selection, argv)
+
+
+def _check_arguments(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The combinations of arguments argparse cannot check itself; a bad one is a usage error (exit 2)."""
     if (a.model_path is None) != (a.mmproj is None):
         parser.error("--model-path and --mmproj go together")
     if not a.path.exists():
@@ -632,12 +646,6 @@ def _main(argv: Sequence[str] | None) -> int:
             ("--retry-failed", a.retry_failed),
             ("--sample", a.sample is not None),
             ("--dry-run", a.dry_run),
-        ]
-        if v
-    ]
-    batch_only += [
-        o
-        for o, v in [
             ("--devices", a.devices),
             ("--workers", a.workers),
             ("--track-timeout", a.track_timeout),
@@ -657,55 +665,52 @@ def _main(argv: Sequence[str] | None) -> int:
     for opt, n in (("--workers", a.workers), ("--threads", a.threads)):
         if n is not None and n < 1:
             parser.error(f"{opt} must be at least 1, got {n}")
-    if not _preflight(a, parser):
-        return EXIT_USAGE
-    selection = None
-    if a.batch and a.worker_fd is None:  # a worker takes its tracks from its parent, which chose them
-        try:
-            selection = _selection(a)
-        except ValueError as e:
-            parser.error(str(e))
-    if a.dry_run:
-        try:
+
+
+def _run(a: argparse.Namespace, selection, argv: list[str]) -> int:
+    """The command's work, its arguments checked: a dry run, worker processes or Ray actors, or this process's own
+    engine. An exception that ends it becomes the exit code in one place, :func:`_exit_code`."""
+    mf = None
+    try:
+        if a.dry_run:
             return _dry_run(a, selection)
-        except PromptConfigError as e:
-            print(f"music-flamingo: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            return EXIT_INTERRUPTED
-    workers = a.devices is not None or (a.workers or 1) > 1 or a.track_timeout is not None
-    if a.worker_fd is None and (a.ray is not None or workers):
-        try:
+        workers = a.devices is not None or (a.workers or 1) > 1 or a.track_timeout is not None
+        if a.worker_fd is None and (a.ray is not None or workers):
             return _run_ray(a, selection) if a.ray is not None else _run_workers(a, selection, argv)
-        except (ModelFileError, PromptConfigError) as e:
-            print(f"music-flamingo: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            return EXIT_INTERRUPTED
-    try:
         mf = _make_analyzer(a)
-    except (ModelFileError, PromptConfigError) as e:
-        print(f"music-flamingo: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    try:
         if a.worker_fd is not None:
             from .workers import serve
 
             return serve(mf, a.path, _batch_options(a, None), a.worker_fd)
         return _run_batch(mf, a, selection) if a.batch else _run_single(mf, a)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except BaseException as e:
+        code = _exit_code(e, engine_loaded=mf is not None)
+        if code is None:
+            raise
+        return code
+    finally:
+        if mf is not None:
+            try:
+                mf.close()
+            except KeyboardInterrupt:  # Ctrl-C while freeing the model: the work is already saved
+                pass
+
+
+def _exit_code(e: BaseException, *, engine_loaded: bool) -> int | None:
+    """The exit code of an exception that ends the command, its message printed; None for any other exception
+    (it goes on up, with its traceback: a bug to report). Before an engine runs here, a model file or prompt error
+    is the user's configuration (2); once one runs, any error of this package fails the run (1)."""
+    if isinstance(e, KeyboardInterrupt):
+        if engine_loaded:
+            print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MusicFlamingoError as e:
+    if not engine_loaded and isinstance(e, (ModelFileError, PromptConfigError)):
+        print(f"music-flamingo: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if engine_loaded and isinstance(e, MusicFlamingoError):
         print(f"music-flamingo: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
-    finally:
-        try:
-            mf.close()
-        except KeyboardInterrupt:  # Ctrl-C while freeing the model: the work is already saved
-            pass
+    return None
 
 
 if __name__ == "__main__":

@@ -98,6 +98,34 @@ def _as_dict(native: Any) -> dict[str, Any]:
     return {k: getattr(native, k) for k in dir(native) if not k.startswith("_")}
 
 
+def _model_files(
+    model_name: str | None,
+    model_path: str | os.PathLike | None,
+    mmproj_path: str | os.PathLike | None,
+    model_dir: str | os.PathLike | None,
+    offline: bool,
+) -> tuple[str | None, Path, Path]:
+    """The model's name (None for explicit files) and its two GGUF files, found or downloaded, each checked to be a
+    readable regular file (:class:`ModelFileError` otherwise)."""
+    if model_path is None or mmproj_path is None:
+        if model_name is None:
+            raise ModelFileError("give model_name (e.g. 'Q6_K') or both model_path and mmproj_path")
+        found_model, found_mmproj = resolve_model_files(model_name, model_dir, offline=offline)
+        model_path = model_path or found_model
+        mmproj_path = mmproj_path or found_mmproj
+    else:
+        model_name = None  # explicit files: the label comes from the file name
+    paths = Path(model_path), Path(mmproj_path)
+    for path in paths:
+        try:
+            require_regular_file(path)  # llama.cpp would wait forever on a FIFO
+        except FileNotFoundError:
+            raise ModelFileError(f"model file not found: {path}") from None
+        except OSError as e:
+            raise ModelFileError(f"cannot read model file: {e}") from None
+    return (canonical_model_name(model_name) if model_name is not None else None), *paths  # q6_k: Q6_K
+
+
 class MusicFlamingoGGUF(AnalyzerCalls):
     """Music Flamingo from GGUF files, resident in this process.
 
@@ -154,24 +182,9 @@ class MusicFlamingoGGUF(AnalyzerCalls):
     ) -> None:
         # first: a bad option or prompts file is refused before the model loads
         self.analyzer = Analyzer(self, AnalysisOptions.of(type(self).__name__, options, analysis))
-        if model_path is None or mmproj_path is None:
-            if model_name is None:
-                raise ModelFileError("give model_name (e.g. 'Q6_K') or both model_path and mmproj_path")
-            found_model, found_mmproj = resolve_model_files(model_name, model_dir, offline=offline)
-            model_path = model_path or found_model
-            mmproj_path = mmproj_path or found_mmproj
-        else:
-            model_name = None  # explicit files: the label comes from the file name
-        self.model_name = canonical_model_name(model_name) if model_name is not None else None  # q6_k: Q6_K
-        self.model_path = Path(model_path)
-        self.mmproj_path = Path(mmproj_path)
-        for path in (self.model_path, self.mmproj_path):
-            try:
-                require_regular_file(path)  # llama.cpp would wait forever on a FIFO
-            except FileNotFoundError:
-                raise ModelFileError(f"model file not found: {path}") from None
-            except OSError as e:
-                raise ModelFileError(f"cannot read model file: {e}") from None
+        self.model_name, self.model_path, self.mmproj_path = _model_files(
+            model_name, model_path, mmproj_path, model_dir, offline
+        )
         self.system_prompt = system_prompt
         native_framing(framing)  # refused before the model loads
         self.framing = framing
