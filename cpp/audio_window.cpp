@@ -1,6 +1,6 @@
 #include "audio_window.h"
 
-#include "engine.h"  // the error types
+#include "errors.h"
 
 // mtmd's internal headers (tools/mtmd is mtmd's public include directory): the clip encoder, its image type and
 // hparams, and a Whisper log-mel preprocessor.
@@ -64,29 +64,28 @@ AudioWindowEncoder::AudioWindowEncoder(const Params & p) {
     cp.image_max_tokens = -1;
     cp.warmup = p.warmup;
     clip_init_result r = clip_init(p.mmproj_path.c_str(), cp);
-    if (r.ctx_v) clip_free(r.ctx_v);
-    if (r.ctx_gen_a) clip_free(r.ctx_gen_a);
-    if (!r.ctx_a) throw ModelFileError("could not load the audio encoder of " + p.mmproj_path + " (see the log)");
-    const projector_type type = clip_get_projector_type(r.ctx_a);
+    ClipPtr audio(r.ctx_a), vision(r.ctx_v), generator(r.ctx_gen_a);  // only the audio encoder is kept
+    if (!audio) throw ModelFileError("could not load the audio encoder of " + p.mmproj_path + " (see the log)");
+    const projector_type type = clip_get_projector_type(audio.get());
     if (type != PROJECTOR_TYPE_MUSIC_FLAMINGO) {
-        clip_free(r.ctx_a);
         throw ModelFileError(p.mmproj_path + " is not a Music Flamingo audio encoder (projector type " +
                              std::to_string((int) type) + ")");
     }
-    ctx_ = r.ctx_a;
+    ctx_ = std::move(audio);
     // Whisper's log-mel of one 30 s chunk, normalised within the chunk (see encode())
-    mel_ = std::make_unique<mtmd_audio_preprocessor_dots3note>(ctx_);
+    mel_ = std::make_unique<mtmd_audio_preprocessor_dots3note>(ctx_.get());
     mel_->initialize();
 }
 
+void AudioWindowEncoder::ClipFree::operator()(clip_ctx * c) const { clip_free(c); }
+
 AudioWindowEncoder::~AudioWindowEncoder() {
-    mel_.reset();  // holds a reference to the context's hparams
-    if (ctx_) clip_free(ctx_);
+    mel_.reset();  // holds a reference to the context's hparams: gone before the context
 }
 
-int AudioWindowEncoder::n_embd() const { return clip_n_mmproj_embd(ctx_); }
+int AudioWindowEncoder::n_embd() const { return clip_n_mmproj_embd(ctx_.get()); }
 
-int AudioWindowEncoder::sample_rate() const { return clip_get_hparams(ctx_)->audio_sample_rate; }
+int AudioWindowEncoder::sample_rate() const { return clip_get_hparams(ctx_.get())->audio_sample_rate; }
 
 std::vector<float> AudioWindowEncoder::encode(const float * pcm, size_t n, int n_threads) {
     if (n == 0 || n > kWindowSamples) throw InputError("an audio window must hold 1 sample to 30 s");
@@ -125,12 +124,12 @@ std::vector<float> AudioWindowEncoder::encode(const float * pcm, size_t n, int n
     clip_image_f32 & img = batch.entries.back();
     img.set_size({nx, (int) mel.n_mel}, /*is_placeholder*/ false, /*is_audio*/ true);
     img.cpy_buf(buf);
-    if (clip_n_output_tokens(ctx_, &img) != n_tokens) {
-        throw EngineError("the audio encoder would give " + std::to_string(clip_n_output_tokens(ctx_, &img)) +
+    if (clip_n_output_tokens(ctx_.get(), &img) != n_tokens) {
+        throw EngineError("the audio encoder would give " + std::to_string(clip_n_output_tokens(ctx_.get(), &img)) +
                           " tokens for " + std::to_string(n_tokens) + " expected");
     }
     std::vector<float> out((size_t) n_tokens * n_embd());
-    if (!clip_image_batch_encode(ctx_, n_threads, &batch, out)) throw EngineError("the audio encoder failed on a window");
+    if (!clip_image_batch_encode(ctx_.get(), n_threads, &batch, out)) throw EngineError("the audio encoder failed on a window");
     return out;
 }
 

@@ -27,7 +27,7 @@ from ._logging import logger
 from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .chat_template import AUDIO_TEXT_SEPARATOR, TEXT_SLOT, ChatPieces, split_rendered
-from .datatypes import GenerationResult, GenerationStats, Prompt, as_prompts
+from .datatypes import DEFAULT_MAX_TOKENS, GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, ModelFileError
 
 PromptLike = Prompt | str
@@ -355,7 +355,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         prompts: Sequence[PromptLike] | PromptLike,
         *,
         sample_rate: int = TARGET_SAMPLE_RATE,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         render_special: bool = False,
     ) -> GenerationResult:
         """Answer every prompt about one track; the audio is encoded once.
