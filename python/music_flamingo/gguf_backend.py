@@ -191,6 +191,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         set_native_log_level(verbose)
         self._call_lock = threading.Lock()
         self._calling = threading.local()  # .active: this thread is inside a call of this engine
+        self._requests: dict[tuple, Any] = {}  # _request's cache
         # An engine setting left None takes the engine's own default (cpp/types.h, EngineParams), stated only there.
         engine = dict(
             n_gpu_layers=n_gpu_layers,
@@ -401,18 +402,26 @@ class MusicFlamingoGGUF(AnalyzerCalls):
 
     def _request(self, framing: str | None, render_special: bool = False, debug: bool = False, **run: Any):
         """The engine's request for one call: this analyzer's framing (or ``framing``) with its chat, and ``run``'s
-        settings by name (``_core.RunRequest``'s fields); every setting not given is the engine's default."""
-        from . import _core
+        settings by name (``_core.RunRequest``'s fields); every setting not given is the engine's default. Made
+        once per distinct call shape (rendering the chat template is most of a call's Python time)."""
+        key = (framing, self.framing, self.system_prompt, render_special, debug, tuple(sorted(run.items())))
+        request = self._requests.get(key)
+        if request is None:
+            from . import _core
 
-        fr = self._framing(framing)
-        return _core.RunRequest(
-            system_prompt=self.system_prompt,
-            chat=self._chat(fr),
-            render_special=render_special,
-            framing=fr,
-            debug=debug,
-            **run,
-        )
+            fr = self._framing(framing)
+            request = _core.RunRequest(
+                system_prompt=self.system_prompt,
+                chat=self._chat(fr),
+                render_special=render_special,
+                framing=fr,
+                debug=debug,
+                **run,
+            )
+            if len(self._requests) > 64:  # a stream's max_audio_seconds may vary; keep the cache small
+                self._requests.clear()
+            self._requests[key] = request
+        return request
 
     def _chat(self, framing: _core.Framing) -> _core.ChatPieces | None:
         """The rendered template pieces for the engine; ``llamacpp`` formats its chat as llama-mtmd-cli does."""
