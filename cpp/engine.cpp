@@ -39,6 +39,8 @@ constexpr double kStreamAudioSeconds = 600;
 // llama.cpp pads a context to 256 cells; no run is sized smaller.
 constexpr int kMinCells = 256;
 
+int round_up(int n, int to) { return ((n + to - 1) / to) * to; }
+
 std::string device_label(ggml_backend_dev_t dev) {
     if (!dev) return "CPU";
     return std::string(ggml_backend_dev_name(dev)) + " (" + ggml_backend_dev_description(dev) + ")";
@@ -272,14 +274,14 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int
     const int n_batch = std::max({params_.n_batch, n_batch_needed, ctx_n_batch_});
     if (!params_.kv_unified) {
         // one stream of n_ctx / n_seq cells per sequence: size the streams, not the total
-        seq_cells = ((std::max({seq_cells, 256, ctx_n_seq_ ? ctx_n_ctx_ / ctx_n_seq_ : 0}) + 255) / 256) * 256;
+        seq_cells = round_up(std::max({seq_cells, kMinCells, ctx_n_seq_ ? ctx_n_ctx_ / ctx_n_seq_ : 0}), kMinCells);
         n_ctx = std::max(n_ctx, seq_cells * n_seq);
         if (res_->ctx && n_seq <= ctx_n_seq_ && seq_cells <= ctx_n_ctx_ / ctx_n_seq_ && n_batch <= ctx_n_batch_) return;
         n_ctx = seq_cells * n_seq;
     } else if (res_->ctx && n_ctx <= ctx_n_ctx_ && n_seq <= ctx_n_seq_ && n_batch <= ctx_n_batch_) {
         return;
     }
-    if (params_.n_ctx <= 0 && params_.kv_unified) n_ctx = std::max(((n_ctx + 255) / 256) * 256, ctx_n_ctx_);  // llama.cpp pads to 256
+    if (params_.n_ctx <= 0 && params_.kv_unified) n_ctx = std::max(round_up(n_ctx, kMinCells), ctx_n_ctx_);
 
     res_->ctx.reset();
     ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0;
