@@ -14,11 +14,13 @@ Each method runs in a fresh Python process of its own, so its peak RSS is its ow
 process). GPU memory (device-wide, minus the idle baseline) is sampled with nvidia-smi when there is one.
 ``--overhead`` measures what the Python wrapper and the binding add to a native ``generate`` call.
 
-Defaults: the tiny random test model (tests/tiny_model.py) and the reference CLI built for the tests
-(tests/mtmd_cli.py); tracks of 2-4 minutes from the test corpus (~/.cache/music-flamingo/corpus). Files the CLI cannot
-read (it reads mp3/wav/flac) are transcoded once to FLAC (untimed) and both methods get that FLAC.
+Defaults: the tiny random test model (testkit/tiny_model.py) and the reference CLI built for the tests
+(testkit/mtmd_cli.py); tracks of 2-4 minutes from the test corpus (testkit/corpus.py, ~/.cache/music-flamingo/corpus).
+Files the CLI cannot read (it reads mp3/wav/flac) are transcoded once to FLAC (untimed) and both methods get that FLAC.
+It measures the music_flamingo that Python imports: the installed package, or a source tree put first on PYTHONPATH.
 
-Usage: python bench/benchmark.py [--tracks 3] [--max-tokens N] [--overhead] [--transformers] [--json OUT]
+Usage, from the repository root: python -m bench.benchmark [--tracks 3] [--max-tokens N] [--overhead] [--transformers]
+[--json OUT]
 """
 
 from __future__ import annotations
@@ -41,11 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(REPO / "tests"))
-if str(REPO / "python") not in sys.path and not os.environ.get("MUSIC_FLAMINGO_BENCH_INSTALLED"):
-    sys.path.insert(0, str(REPO / "python"))
+from testkit import CACHE, REPO, fetch_llama_cpp
 
 CLI_READS = {".mp3", ".wav", ".flac"}  # what llama-mtmd-cli (miniaudio) decodes itself
 SR = 16000
@@ -84,26 +82,21 @@ def machine_info() -> dict[str, Any]:
 
 
 def tiny_model():
-    from tiny_model import default_tiny_model
+    from testkit.tiny_model import default_tiny_model
 
     return default_tiny_model()
 
 
 def default_cli() -> Path:
-    import fetch_llama_cpp
-    from conftest import CACHE
-    from mtmd_cli import ensure_mtmd_cli
+    from testkit.mtmd_cli import ensure_mtmd_cli
 
     return ensure_mtmd_cli(fetch_llama_cpp.resolve(), CACHE / "test-tools")
 
 
 def corpus_dir() -> Path:
-    from conftest import CACHE
+    from testkit.corpus import ensure_corpus
 
-    out = Path(os.environ.get("MUSIC_FLAMINGO_TEST_MUSIC", CACHE / "corpus"))
-    if not (any(out.glob("mp3/*.mp3")) or any(out.glob("ogg/*.ogg"))):
-        subprocess.run(["sh", str(REPO.parent / "shared" / "corpus" / "dev-music.sh"), str(out)], check=True)
-    return out
+    return ensure_corpus()
 
 
 def _natural(p: Path):
@@ -605,14 +598,16 @@ def run_worker(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
         r = subprocess.run(
             [
                 sys.executable,
-                str(Path(__file__).resolve()),
+                "-m",
+                "bench.benchmark",
                 "--worker",
                 kind,
                 "--spec",
                 str(spec_f),
                 "--worker-out",
                 str(out_f),
-            ]
+            ],
+            cwd=REPO,  # where bench.benchmark and testkit import from
         )
     if r.returncode != 0:
         raise RuntimeError(f"{kind} worker failed ({r.returncode})")

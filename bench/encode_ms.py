@@ -6,7 +6,7 @@ included), median of several calls, on real music.
 costs less than under ``reference_tail``/``reference_trim`` (two full windows); a track of whole windows costs
 the same.
 
-Usage: python bench/encode_ms.py [--lengths 47.55 150] [--framings reference_tail reference] [--repeats 5]
+Usage, from the repository root: python -m bench.encode_ms [--lengths 47.55 150] [--framings reference_tail reference] [--repeats 5]
                                  [--model-path M --mmproj-path P] [--threads N]
 Without model paths it uses the tests' tiny model (its encoder is tiny, so the log-mel dominates).
 """
@@ -15,17 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "bench"))
-
-from fidelity import SR, load_music, model_files  # noqa: E402
+from bench.fidelity import model_files
+from testkit.corpus import SR, load_music
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ converted from it, with real music cut to several lengths:
   (b) the engine against the reference: first-step logits max |diff| and how many greedy tokens agree.
 Every framing but ``llamacpp`` must feed the reference's prompt tokens exactly (checked on every row).
 
-Usage: python bench/fidelity.py [--lengths 0.5 5 17.5 ...] [--tokens 16] [--write]
+Usage, from the repository root: python -m bench.fidelity [--lengths 0.5 5 17.5 ...] [--tokens 16] [--write]
 ``--write`` stores bench/fidelity.json (bench/FIDELITY.md quotes its table).
 """
 
@@ -28,46 +28,24 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(REPO / "tests"))
+from testkit import REPO
+from testkit.corpus import SR, load_music
 
 FRAMINGS = ["llamacpp", "reference_trim", "reference_tail", "reference"]
 # Under 1 s, a loop-length clip, the users' 47.55 s crops' partial window, just under / at / just over one window,
 # the crops themselves, a long track, and the 10 minutes the model was trained for.
 LENGTHS = [0.5, 5, 17.5, 29.99, 30, 30.01, 47.55, 95, 600]
+# musicflamingo (2601 / AF-Next): the issue's lengths, with one past 10 minutes (11 min: 22 windows, more than the
+# preview's 20)
+MF_LENGTHS = [0.5, 5, 30, 47.55, 95, 660]
 QUESTION = "Describe this track: genre, tempo, key, instruments and mood."
-SR = 16000
-
-
-def load_music(seconds_needed: float) -> np.ndarray:
-    """Real music, 16 kHz mono: the corpus MP3s in order, from 20 s into the first, joined until long enough (the
-    first alone covers 4 minutes; 10 minutes need all three)."""
-    from conftest import CACHE  # the tests' cache and corpus location
-
-    from music_flamingo.audio import load_audio
-
-    corpus = CACHE / "corpus"
-    mp3s = sorted(corpus.glob("mp3/*.mp3"))
-    if not mp3s:
-        import subprocess
-
-        subprocess.run(["sh", str(REPO.parent / "shared" / "corpus" / "dev-music.sh"), str(corpus)], check=True)
-        mp3s = sorted(corpus.glob("mp3/*.mp3"))
-    parts, n = [], -20 * SR
-    for mp3 in mp3s:
-        parts.append(load_audio(mp3))
-        n += len(parts[-1])
-        if n >= seconds_needed * SR:
-            return np.concatenate(parts)[20 * SR :]
-    raise AssertionError(f"the corpus holds less than {seconds_needed} s of music")
 
 
 def model_files(model_path: str | None = None, mmproj_path: str | None = None) -> tuple:
     """The GGUF pair to benchmark: the given one, else the tests' tiny model (built and cached on first use)."""
     if model_path:
         return model_path, mmproj_path
-    from tiny_model import default_tiny_model
+    from testkit.tiny_model import default_tiny_model
 
     tiny = default_tiny_model()
     return tiny.model_gguf, tiny.mmproj_gguf
@@ -78,12 +56,14 @@ class Reference:
 
     def __init__(self, hf_dir: Path) -> None:
         import torch
-        from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
+        import transformers
+        from transformers import AutoConfig, AutoProcessor
 
         torch.manual_seed(0)
         self.torch = torch
         self.proc = AutoProcessor.from_pretrained(hf_dir)
-        self.model = AudioFlamingo3ForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        cls = getattr(transformers, AutoConfig.from_pretrained(hf_dir).architectures[0])  # AF3 or MusicFlamingo
+        self.model = cls.from_pretrained(hf_dir, dtype=torch.float32).eval()
         self.tok = self.proc.tokenizer
         self.eos = {self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
 
@@ -146,12 +126,21 @@ def agree(a: list[int], b: list[int]) -> int:
     return n
 
 
-def measure(lengths: list[float], n_tokens: int) -> dict:
-    from tiny_model import default_tiny_model
-
+def measure(lengths: list[float], n_tokens: int, arch: str = "af3") -> dict:
+    """The table's rows for the tiny model of ``arch``: ``af3`` (the preview, every framing) or ``musicflamingo``
+    (2601 / AF-Next: rotary time embeddings, sound bos/eos, converted by music-flamingo convert; only the
+    ``reference`` framing computes the RoTE)."""
     from music_flamingo import MusicFlamingoGGUF, Prompt
+    from testkit.tiny_model import default_tiny_model
 
-    tiny = default_tiny_model()
+    if arch == "musicflamingo":
+        from testkit.tiny_musicflamingo import default_tiny_musicflamingo
+
+        tiny, framings = default_tiny_musicflamingo(), ["reference"]
+    else:
+        from tiny_model import default_tiny_model
+
+        tiny, framings = default_tiny_model(), FRAMINGS
     ref = Reference(tiny.hf_dir)
     eng = MusicFlamingoGGUF(
         model_path=tiny.model_gguf,
@@ -169,7 +158,7 @@ def measure(lengths: list[float], n_tokens: int) -> dict:
         t0 = time.time()
         ids_r, logits_r, prompt_ids = ref.reference(pcm, n_tokens)
         n_ref_audio = sum(1 for t in prompt_ids if t == audio_id)
-        for fr in FRAMINGS:
+        for fr in framings:
             res = eng.generate(pcm, [Prompt(QUESTION, max_tokens=n_tokens)], framing=fr, debug=True)
             ids_e, logits_e = res.tokens[0], np.asarray(res.debug["first_logits"])
             embd = np.asarray(res.debug["audio_embd"])
@@ -193,11 +182,11 @@ def measure(lengths: list[float], n_tokens: int) -> dict:
             )
         print(f"{L:>5.0f} s done in {time.time() - t0:.1f} s", file=sys.stderr)
     eng.close()
-    return {
-        "question": QUESTION,
-        "model": "tiny random AF3 (tests/tiny_model.py), f32 GGUF, f32 KV cache, flash attention off",
-        "rows": rows,
-    }
+    source = {
+        "af3": "tiny random AF3 (testkit/tiny_model.py)",
+        "musicflamingo": "tiny random musicflamingo (testkit/tiny_musicflamingo.py, music-flamingo convert)",
+    }[arch]
+    return {"question": QUESTION, "model": f"{source}, f32 GGUF, f32 KV cache, flash attention off", "rows": rows}
 
 
 def best_framing(result: dict) -> str:
@@ -229,7 +218,14 @@ def main() -> None:
     ap.add_argument("--lengths", type=float, nargs="+", default=LENGTHS)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--arch", choices=["af3", "musicflamingo"], default="af3", help="which tiny model (default af3)")
     a = ap.parse_args()
+    if a.arch == "musicflamingo":  # its own table and file; the preview's stays as it is
+        result = measure(a.lengths if a.lengths != LENGTHS else MF_LENGTHS, a.tokens, "musicflamingo")
+        print(table(result))
+        if a.write:
+            (REPO / "bench" / "fidelity_musicflamingo.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
     result = measure(a.lengths, a.tokens)
     result["best_framing"] = best_framing(result)
     print(table(result))

@@ -7,7 +7,7 @@ the real model. Sampling as the catalogue asks (temperature 0.7, top-p 0.9, top-
 length. Compared: llama.cpp's path (all 152k candidates per row, as llama_sampler_sample does) and the engine's
 fast path (the top-k candidates from one scan of the row), with 1..N sampling threads.
 
-Usage: python bench/host_step.py [--in-flight 1 4 8 16] [--threads 1 2] [--tokens 48] [--json FILE]
+Usage, from the repository root: python -m bench.host_step [--in-flight 1 4 8 16] [--threads 1 2] [--tokens 48] [--json FILE]
 """
 
 from __future__ import annotations
@@ -16,13 +16,7 @@ import argparse
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def main() -> None:
@@ -36,8 +30,8 @@ def main() -> None:
     a = ap.parse_args()
 
     import numpy as np
-    from fidelity import model_files
 
+    from bench.fidelity import model_files
     from music_flamingo import MusicFlamingoGGUF, Prompt, _core
 
     model, mmproj = model_files(a.model_path, a.mmproj)

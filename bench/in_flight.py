@@ -2,21 +2,14 @@
 """Continuous batching over tracks: the same tracks and prompts, one track at a time vs N tracks in flight.
 
 Greedy with flash attention off, so every setting must give the same tokens (checked); only the time differs.
-Usage: python bench/in_flight.py [--tracks 6] [--in-flight 1 2 3 6] [--threads 1] [--model-path M --mmproj P]
+Usage, from the repository root: python -m bench.in_flight [--tracks 6] [--in-flight 1 2 3 6] [--threads 1] [--model-path M --mmproj P]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def main() -> None:
@@ -29,9 +22,10 @@ def main() -> None:
     a = ap.parse_args()
 
     import numpy as np
-    from fidelity import load_music, model_files
 
+    from bench.fidelity import model_files
     from music_flamingo import MusicFlamingoGGUF, Prompt
+    from testkit.corpus import load_music
 
     model, mmproj = model_files(a.model_path, a.mmproj)
     music = load_music(10 + 8 * a.tracks + 3 * a.tracks**2)

@@ -5,7 +5,7 @@ Each run is a fresh `music-flamingo DIR --batch --no-sidecar --jsonl FILE` (noth
 describes every track), one engine thread per process; runs alternate (1, N, 1, N, ...) so a change in the
 machine's load hits both. The time includes loading the engine(s): that is what a user waits for. "cores used"
 is the CPU time of the command and its workers over its wall time: how much of the machine the run actually got.
-Usage: python bench/workers.py [--tracks 24] [--seconds 10] [--workers 2] [--repeat 2] [--model-path M --mmproj P]
+Usage, from the repository root: python -m bench.workers [--tracks 24] [--seconds 10] [--workers 2] [--repeat 2] [--model-path M --mmproj P]
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(REPO / "tests"))
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,8 +31,8 @@ def main() -> None:
     ap.add_argument("--mmproj")
     a = ap.parse_args()
 
-    from conftest import write_clip
-    from fidelity import load_music, model_files
+    from bench.fidelity import model_files
+    from testkit.corpus import load_music, write_clip
 
     model, mmproj = model_files(a.model_path, a.mmproj)
     music = load_music(10 + a.tracks * (a.seconds + 1))

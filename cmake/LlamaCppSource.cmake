@@ -55,3 +55,26 @@ foreach(_f CMakeLists.txt tools/mtmd/mtmd.h include/llama.h)
   endif()
 endforeach()
 message(STATUS "llama.cpp: ${LLAMA_CPP_SOURCE_DIR} (${MF_LLAMA_CPP_ORIGIN}, commit ${MF_LLAMA_CPP_COMMIT})")
+
+# The patch queue (third_party/patches/*.patch, see third_party/README.md): applied in name order to a copy of the
+# tree in the cache (cmake/patch_llama_cpp.py; the resolved tree, shared by every build, is never changed). A tree
+# that already holds the patches is used as it is; a patch that does not apply stops here with its name.
+file(GLOB _mf_patches "${PROJECT_SOURCE_DIR}/third_party/patches/*.patch")
+if(_mf_patches)
+  set(_mf_patch_args --tree "${LLAMA_CPP_SOURCE_DIR}" --patches "${PROJECT_SOURCE_DIR}/third_party/patches")
+  if(MF_LLAMA_CPP_ORIGIN STREQUAL "LLAMA_CPP_DIR" OR MF_LLAMA_CPP_ORIGIN STREQUAL "third_party/llama.cpp")
+    list(APPEND _mf_patch_args --user-tree)
+  endif()
+  execute_process(
+    COMMAND "${Python_EXECUTABLE}" "${PROJECT_SOURCE_DIR}/cmake/patch_llama_cpp.py" ${_mf_patch_args}
+    OUTPUT_VARIABLE _mf_patched OUTPUT_STRIP_TRAILING_WHITESPACE
+    ERROR_VARIABLE _mf_patch_err
+    RESULT_VARIABLE _mf_patch_rc)
+  if(NOT _mf_patch_rc EQUAL 0)
+    message(FATAL_ERROR "Could not apply the llama.cpp patches of third_party/patches:\n${_mf_patch_err}")
+  endif()
+  message(STATUS "${_mf_patch_err}")
+  string(REGEX REPLACE ".*\n" "" LLAMA_CPP_SOURCE_DIR "${_mf_patched}")
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_mf_patches})
+  message(STATUS "llama.cpp with patches: ${LLAMA_CPP_SOURCE_DIR}")
+endif()

@@ -72,6 +72,13 @@ AudioWindowEncoder::AudioWindowEncoder(const Params & p) {
                              std::to_string((int) type) + ")");
     }
     ctx_ = std::move(audio);
+    rote_ = read_rote_params(p.mmproj_path);
+#ifndef CLIP_HAS_AUDIO_ROTATION
+    if (rote_.dim > 0) {
+        throw ModelFileError(p.mmproj_path + " has rotary time embeddings, which need llama.cpp with the patches of "
+                             "third_party/patches (this build's tree lacks them)");
+    }
+#endif
     // Whisper's log-mel of one 30 s chunk, normalised within the chunk (see encode())
     mel_ = std::make_unique<mtmd_audio_preprocessor_dots3note>(ctx_.get());
     mel_->initialize();
@@ -87,7 +94,7 @@ int AudioWindowEncoder::n_embd() const { return clip_n_mmproj_embd(ctx_.get()); 
 
 int AudioWindowEncoder::sample_rate() const { return clip_get_hparams(ctx_.get())->audio_sample_rate; }
 
-std::vector<float> AudioWindowEncoder::encode(const float * pcm, size_t n, int n_threads) {
+std::vector<float> AudioWindowEncoder::encode(const float * pcm, size_t n, int n_threads, int window_index) {
     if (n == 0 || n > kWindowSamples) throw InputError("an audio window must hold 1 sample to 30 s");
     const int n_tokens = reference_tokens(n);
     if (n_tokens < 1) throw InputError("audio shorter than 20 ms gives no audio token");
@@ -111,7 +118,14 @@ std::vector<float> AudioWindowEncoder::encode(const float * pcm, size_t n, int n
         throw EngineError("could not compute the log-mel spectrogram of an audio window");
     }
     const mtmd_audio_mel & mel = mels[0];
+    // The real frames, and (patch 0002) the two after them: the last real position's first convolution reads frame
+    // 2P of the reference's padded mel, which the graph would zero-pad; only the P real positions go on.
+    const int n_pos = encoder_frames(n) / 2;
+#ifdef CLIP_HAS_AUDIO_N_POS
+    const int nx = std::min(encoder_frames(n) + 2, kWindowFrames);
+#else
     const int nx = encoder_frames(n);
+#endif
     std::vector<float> buf((size_t) mel.n_mel * nx);
     const float shift = (float) (std::log10((double) kMelScale) / 2.0);
     for (int64_t m = 0; m < mel.n_mel; m++) {  // mel-major rows, as clip reads them
@@ -124,12 +138,36 @@ std::vector<float> AudioWindowEncoder::encode(const float * pcm, size_t n, int n
     clip_image_f32 & img = batch.entries.back();
     img.set_size({nx, (int) mel.n_mel}, /*is_placeholder*/ false, /*is_audio*/ true);
     img.cpy_buf(buf);
-    if (clip_n_output_tokens(ctx_.get(), &img) != n_tokens) {
-        throw EngineError("the audio encoder would give " + std::to_string(clip_n_output_tokens(ctx_.get(), &img)) +
-                          " tokens for " + std::to_string(n_tokens) + " expected");
+    if (n_pos / 2 != n_tokens) {
+        throw EngineError("the audio encoder would give " + std::to_string(n_pos / 2) + " tokens for " +
+                          std::to_string(n_tokens) + " expected");
     }
+    return run_encoder(batch, n_tokens, n_pos, window_index, n_threads);
+}
+
+// The encoder and projector over one window; with RoTE, its output rotated in between (the patched clip graph).
+std::vector<float> AudioWindowEncoder::run_encoder(clip_image_f32_batch & batch, int n_tokens, int n_pos, int window,
+                                                   int n_threads) {
     std::vector<float> out((size_t) n_tokens * n_embd());
-    if (!clip_image_batch_encode(ctx_.get(), n_threads, &batch, out)) throw EngineError("the audio encoder failed on a window");
+    clip_encode_params params;
+    params.n_threads = n_threads;
+    params.imgs = &batch;
+    params.out_embd = &out;
+#ifdef CLIP_HAS_AUDIO_N_POS
+    params.audio_n_pos = n_pos;
+#else
+    (void) n_pos;
+#endif
+    std::vector<float> cos, sin;
+#ifdef CLIP_HAS_AUDIO_ROTATION
+    if (rote_.dim > 0) {
+        rote_cos_sin(rote_, window, n_tokens, kWindowTokens, cos, sin);
+        params.audio_rot_dim = rote_.rot_dim();
+        params.audio_rot_cos = cos.data();
+        params.audio_rot_sin = sin.data();
+    }
+#endif
+    if (!clip_encode(ctx_.get(), &params)) throw EngineError("the audio encoder failed on a window");
     return out;
 }
 

@@ -10,6 +10,7 @@
 // Plain C++; errors are the engine's exception types (errors.h). Not thread-safe: one caller at a time.
 #pragma once
 
+#include "rote.h"
 #include "types.h"
 
 #include <cstddef>
@@ -18,6 +19,7 @@
 #include <vector>
 
 struct clip_ctx;
+struct clip_image_f32_batch;
 struct mtmd_audio_preprocessor;
 
 namespace mf {
@@ -64,12 +66,19 @@ public:
     // padded to 30 s (normalised within the window, as the reference's feature extractor does), cut to
     // encoder_frames(n) frames, through the encoder and projector. Returns reference_tokens(n) x n_embd() floats.
     // Throws InputError when n gives no token, EngineError when the encoder fails.
-    std::vector<float> encode(const float * pcm, size_t n, int n_threads);
+    // `window`: the window's index in the track (0-based), for a model with rotary time embeddings (has_rote()).
+    std::vector<float> encode(const float * pcm, size_t n, int n_threads, int window = 0);
+
+    // Whether the mmproj asks for rotary time embeddings (Music Flamingo 2601 / AF-Next; rote.h).
+    bool has_rote() const { return rote_.dim > 0; }
 
 private:
+    std::vector<float> run_encoder(clip_image_f32_batch & batch, int n_tokens, int n_pos, int window, int n_threads);
+
     // clip (mtmd's internal encoder API) ships no smart pointer: this one frees a clip_ctx with clip_free
     struct ClipFree { void operator()(clip_ctx * c) const; };
     using ClipPtr = std::unique_ptr<clip_ctx, ClipFree>;
+    RoteParams rote_;
     ClipPtr ctx_;
     std::unique_ptr<mtmd_audio_preprocessor> mel_;
 };

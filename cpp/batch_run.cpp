@@ -26,7 +26,12 @@ std::string detokenize(const llama_vocab * vocab, const std::vector<int32_t> & t
     return out;
 }
 
+bool all_answered(const TrackRequest & t) {
+    return !t.prompts.empty() && std::all_of(t.prompts.begin(), t.prompts.end(), [](const auto & p) { return p.answered; });
+}
+
 void validate_track(const TrackRequest & t) {
+    if (t.pcm.empty() && all_answered(t)) return;  // text only: the catch-up of follow-ups (cpp/followup.cpp)
     if (t.pcm.empty()) throw InputError("audio is empty");
     if (t.pcm.size() < kMinAudioSamples) {
         throw InputError("audio is too short: " + std::to_string(t.pcm.size()) + " samples (at least " +
@@ -83,11 +88,14 @@ bool BatchRun::prepare_one(Pending & p) {
     p.index = n_taken_++;
     try {
         validate_track(p.req);
+        const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
         // certain to fail at admission (the prefix's lower bound already does not fit): say so before encoding
-        p.shape = shape_track(llama_model_get_vocab(res_.model.get()), chat_, p.req.pcm.size(), p.req.prompts);
+        p.shape = shape_track(vocab, chat_, p.req.pcm.size(), p.req.prompts);
+        p.fu = plan_followups(vocab, chat_, p.req.prompts, lim_.fit.n_ctx_train);  // checks them (followup.h)
         require_fits(p.shape, lim_.fit);
+        const bool text_only = p.req.pcm.empty();  // every prompt answered: only follow-ups to ask
         auto t0 = Clock::now();
-        p.px = planner_->prepare(p.req.pcm);
+        p.px = text_only ? planner_->prepare_text() : planner_->prepare(p.req.pcm);
         const double ms = ms_between(t0, Clock::now());
         {
             std::lock_guard<std::mutex> lk(m_);
@@ -247,10 +255,10 @@ bool BatchRun::admit(Pending & p) {
     return true;
 }
 
-// Free sequences for every prompt and, in a unified cache, free cells for everything the track can ever need (a
+// Free sequences for every prompt and follow-up and, in a unified cache, free cells for everything the track can ever need (a
 // stream per sequence: a free sequence is a free stream).
 bool BatchRun::has_room(const Pending & p) const {
-    if (free_seqs_.size() < p.req.prompts.size()) return false;
+    if (free_seqs_.size() < p.req.prompts.size() + p.fu.parent.size()) return false;
     return lim_.fit.seq_cells > 0 || reserved_cells_ + p.shape.cells() <= lim_.fit.n_ctx;
 }
 
@@ -268,7 +276,7 @@ BatchRun::Active BatchRun::start(Pending & p) {
     st.mel_ms = p.px.mel_ms;
     st.encode_ms = p.px.encode_ms;
     st.prompt_tokens = p.shape.suffix_tokens();
-    for (size_t i = 0; i < p.req.prompts.size(); i++) {
+    for (size_t i = 0; i < p.req.prompts.size() + p.fu.parent.size(); i++) {  // a sequence per prompt and follow-up
         a.seqs.push_back(free_seqs_.back());
         free_seqs_.pop_back();
     }
@@ -298,11 +306,13 @@ void BatchRun::prefill(Active & a, Pending & p) {
     a.live.assign(n_prompts, true);
     a.logit_idx.assign(n_prompts, -1);
     a.n_live = n_prompts;
+    open_followup_slots(a, std::move(p.fu));
     decode_prompts(a, p, n_past);
 }
 
 // First tokens: sampled right after the decode that produced their logits (a later decode overwrites them).
 void BatchRun::sample_first(Active & a, size_t i, int logits_row) {
+    if (a.req.prompts[i].answered) return take_answer(a, i);  // nothing to sample (followup.h)
     float * lg = llama_get_logits_ith(res_.ctx.get(), logits_row);
     if (request_.debug && a.index == 0 && i == 0) a.res.first_logits.assign(lg, lg + n_vocab_);
     a.logit_idx[i] = -1;
@@ -379,6 +389,7 @@ void BatchRun::admit_ready(bool block) {
         }
         if (!admitted) return;  // no room until a track retires
         have_next_ = false;
+        start_followups();  // answers known or ended on their first token
         retire();  // a track whose prompts all ended on their first token
     }
 }
@@ -392,7 +403,7 @@ void BatchRun::accept(Active & a, size_t i, int32_t tok) {
     } else {
         out.tokens.push_back(tok);
         a.res.stats.tokens_generated++;
-        if ((int) out.tokens.size() < a.req.prompts[i].max_tokens) {
+        if ((int) out.tokens.size() < a.limit[i]) {
             a.logit_idx[i] = step_.add(tok, a.pos[i]++, a.seqs[i], true);
             return;
         }
@@ -451,7 +462,11 @@ void BatchRun::retire() {
         st.decode_ms = ms_between(a.t_decode, now);
         st.decode_tokens_per_s = st.decode_ms > 0 ? st.tokens_generated / (st.decode_ms / 1000.0) : 0.0;
         st.total_ms = ms_between(a.t_start, now);
-        for (auto & o : a.res.outputs) o.text = detokenize(vocab, o.tokens, request_.render_special);
+        nest_followups(a);
+        for (auto & o : a.res.outputs) {
+            o.text = detokenize(vocab, o.tokens, request_.render_special);
+            for (auto & f : o.followups) f.text = detokenize(vocab, f.tokens, request_.render_special);
+        }
         const size_t index = a.index;
         GenerateResult res = std::move(a.res);
         active_.erase(active_.begin() + (long) k);
@@ -469,6 +484,7 @@ RunStats BatchRun::run() {
     for (;;) {
         step_.clear();
         sample_step();
+        start_followups();
         retire();
         const auto t_admit = Clock::now();
         const double wait_before = stats_.wait_ms;

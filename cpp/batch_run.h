@@ -9,6 +9,7 @@
 // free, so a running track never runs out of cells; a track that cannot fit even alone fails alone.
 #pragma once
 
+#include "followup.h"
 #include "plan.h"
 #include "prefix.h"
 #include "resources.h"
@@ -72,6 +73,7 @@ private:
         TrackRequest req;
         PreparedPrefix px;
         TrackShape shape;  // per prompt: suffix tokens and token limit; the prefix exact once encoded
+        FollowUpPlan fu;   // its follow-up questions (cpp/followup.cpp)
         std::exception_ptr error;
     };
     struct Active {
@@ -86,6 +88,10 @@ private:
         size_t n_live = 0;
         int cells = 0;
         Clock::time_point t_start, t_decode;
+        // Slots (seqs, samplers, pos, live, outputs) are the prompts', then one per follow-up (cpp/followup.cpp).
+        std::vector<int> limit;      // per slot: its token limit
+        std::vector<bool> waiting;   // per slot: a follow-up whose answer has not ended yet
+        FollowUpPlan fu;
     };
 
     // helper thread (or inline without prepare_ahead)
@@ -110,6 +116,11 @@ private:
     void sample_step();
     void accept(Active & a, size_t i, int32_t tok);
     void retire();
+    // follow-ups (cpp/followup.cpp)
+    void open_followup_slots(Active & a, FollowUpPlan && fu);
+    void take_answer(Active & a, size_t i);
+    void start_followups();
+    void nest_followups(Active & a);
     void fail(size_t index, const std::exception_ptr & e, GenerateResult res = {});
 
     EngineResources & res_;

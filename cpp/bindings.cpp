@@ -2,7 +2,9 @@
 // (described in python/music_flamingo/_core.pyi), releases the GIL around all llama.cpp work, maps C++ errors to
 // the package's Python exceptions and native log lines to Python logging.
 #include "engine.h"
+#include "followup.h"
 #include "log_bridge.h"
+#include "quantize.h"
 #include "sampling.h"
 
 #include <pybind11/pybind11.h>
@@ -139,8 +141,9 @@ public:
         return eng->generate_many(reqs, request, check);
     }
 
-    // A stream of tracks sharing one list of prompts: next_audio() -> float32 array or None (called from the
-    // engine's helper thread), on_result(index, result or exception) as each track finishes (the caller's thread).
+    // A stream of tracks sharing one list of prompts, or each with its own: next_audio() -> float32 array,
+    // (array, prompts) or None (called from the engine's helper thread), on_result(index, result or exception) as
+    // each track finishes (the caller's thread).
     mf::RunStats run_stream(py::object next_audio, py::object on_result, const std::vector<mf::PromptRequest> & prompts,
                             int sample_rate, const mf::RunRequest & request) {
         std::shared_ptr<mf::Engine> eng = get();
@@ -149,6 +152,15 @@ public:
             py::gil_scoped_acquire gil;
             py::object a = next_audio();
             if (a.is_none()) return false;
+            if (py::isinstance<py::tuple>(a)) {
+                // (audio, prompts): this track's own prompts (filled from its sidecar); `prompts` then only sizes
+                // the run, and a track whose prompts need more cells than the context holds fails alone (admit)
+                auto pair = a.cast<py::tuple>();
+                if (pair.size() != 2) throw mf::InputError("a stream item is an array or an (audio, prompts) pair");
+                out.pcm = to_pcm(pair[0].cast<py::array>(), sample_rate, engine_rate);
+                out.prompts = pair[1].cast<std::vector<mf::PromptRequest>>();
+                return true;
+            }
             out.pcm = to_pcm(a.cast<py::array>(), sample_rate, engine_rate);
             out.prompts = prompts;
             return true;
@@ -225,17 +237,40 @@ void bind_types(py::module_ & m) {
                 Field<&S::seed>{"seed"},
                 Field<&S::ignore_eos>{"ignore_eos"});
 
+    using F = mf::FollowUpRequest;
+    const F fdflt{};
+    py::class_<F>(m, "FollowUpRequest", "A question asked after a prompt's answer, in the same conversation.")
+        .def(py::init([](std::string text, int max_tokens, const S & sampling) {
+                 return F{std::move(text), max_tokens, sampling};
+             }),
+             py::arg("text"), py::kw_only(), py::arg("max_tokens") = fdflt.max_tokens,
+             py::arg("sampling") = fdflt.sampling)
+        .def_readwrite("text", &F::text)
+        .def_readwrite("max_tokens", &F::max_tokens)
+        .def_readwrite("sampling", &F::sampling);
+
     using P = mf::PromptRequest;
     const P dflt{};
-    py::class_<P>(m, "PromptRequest", "One question about a track: its text, token limit and sampling.")
-        .def(py::init([](std::string text, int max_tokens, const S & sampling) {
-                 return P{std::move(text), max_tokens, sampling};
+    py::class_<P>(m, "PromptRequest", "One question about a track: its text, token limit and sampling; its "
+                                      "follow-ups; a known answer (not generated: only the follow-ups are).")
+        .def(py::init([](std::string text, int max_tokens, const S & sampling, std::vector<F> followups,
+                         std::optional<std::string> answer, std::vector<int32_t> answer_tokens) {
+                 P p{std::move(text), max_tokens, sampling, std::move(followups)};
+                 p.answered = answer.has_value() || !answer_tokens.empty();
+                 p.answer = answer.value_or("");
+                 p.answer_tokens = std::move(answer_tokens);
+                 return p;
              }),
              py::arg("text"), py::kw_only(), py::arg("max_tokens") = dflt.max_tokens,
-             py::arg("sampling") = dflt.sampling)
+             py::arg("sampling") = dflt.sampling, py::arg("followups") = std::vector<F>{},
+             py::arg("answer") = py::none(), py::arg("answer_tokens") = std::vector<int32_t>{})
         .def_readwrite("text", &P::text)
         .def_readwrite("max_tokens", &P::max_tokens)
-        .def_readwrite("sampling", &P::sampling);
+        .def_readwrite("sampling", &P::sampling)
+        .def_readwrite("followups", &P::followups)
+        .def_readonly("answered", &P::answered)
+        .def_readonly("answer", &P::answer)
+        .def_readonly("answer_tokens", &P::answer_tokens);
 
     py::enum_<mf::Framing>(m, "Framing", "How the audio is put in front of the LLM (cpp/types.h).")
         .value("Mtmd", mf::Framing::Mtmd)
@@ -250,8 +285,10 @@ void bind_types(py::module_ & m) {
 
     using CP = mf::ChatPieces;
     py::class_<CP> chat(m, "ChatPieces", "The chat around the audio and the question: head <audio> mid <question> "
-                                         "tail, rendered from the model's template (cpp/types.h).");
-    bind_fields(chat, Field<&CP::head>{"head"}, Field<&CP::mid>{"mid"}, Field<&CP::tail>{"tail"});
+                                         "tail, rendered from the model's template (cpp/types.h); next_turn (between an answer and the "
+                                         "next question) for follow-ups.");
+    bind_fields(chat, Field<&CP::head>{"head"}, Field<&CP::mid>{"mid"}, Field<&CP::tail>{"tail"},
+                Field<&CP::next_turn>{"next_turn"});
 
     using RQ = mf::RunRequest;
     py::class_<RQ> request(m, "RunRequest", "One run's settings (cpp/types.h); defaults are the engine's.");
@@ -291,7 +328,8 @@ void bind_results(py::module_ & m) {
         // bytes: a cut at max_tokens may split a UTF-8 character; the Python layer decodes
         .def_property_readonly("text", [](const O & o) { return py::bytes(o.text); })
         .def_readonly("tokens", &O::tokens)
-        .def_readonly("stop_reason", &O::stop_reason);
+        .def_readonly("stop_reason", &O::stop_reason)
+        .def_readonly("followups", &O::followups);
 
     using R = mf::GenerateResult;
     py::class_<R>(m, "GenerateResult", "One track's answers and stats (read-only); the debug arrays are empty "
@@ -384,8 +422,9 @@ PYBIND11_MODULE(_core, m) {
              "decode step (0: automatic). Raises the first failing track's error after all ran.")
         .def("run_stream", &PyEngine::run_stream, py::arg("next_audio"), py::arg("on_result"), py::arg("prompts"),
              py::arg("sample_rate"), py::kw_only(), py::arg("request") = mf::RunRequest{},
-             "Continuous batching over a stream: next_audio() -> array or None (helper thread), on_result(index, "
-             "result) per finished track, the exception as its result when it failed. Returns the run's stats.")
+             "Continuous batching over a stream: next_audio() -> array, (array, prompts) or None (helper thread), "
+             "on_result(index, result) per finished track, the exception as its result when it failed. Returns the "
+             "run's stats.")
         .def("check", &PyEngine::check, py::arg("prompts"), py::arg("n_samples"), py::kw_only(),
              py::arg("request") = mf::RunRequest{},
              "Raise the InvalidInputError a track of n_samples with these prompts would fail with (the model's "
@@ -403,4 +442,10 @@ PYBIND11_MODULE(_core, m) {
           "callback(level: int, line: bytes) receives native log lines; None drops them.");
     m.def("set_log_level", &mf::logbridge::set_min_level, py::arg("level"),
           "Lowest ggml log level forwarded: 1 debug, 2 info, 3 warn, 4 error.");
+
+    // music-flamingo convert --quant (cpp/quantize.h)
+    m.def("quantize_model", &mf::quantize_model, py::arg("src"), py::arg("dst"), py::arg("ftype"),
+          py::arg("n_threads") = 0, py::arg("imatrix") = mf::ImportanceMatrix{},
+          py::call_guard<py::gil_scoped_release>(),
+          "Write dst: the text GGUF src quantized to llama_ftype ftype by llama.cpp (imatrix: [(tensor, values)]).");
 }

@@ -322,7 +322,7 @@ RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tr
     int seq_cells = 0;
     for (const auto & t : tracks) {
         if (known_tracks > 0) require_fits(t, RunLimits{n_ctx_train()});
-        p.max_prompts = std::max(p.max_prompts, (int) t.suffix.size());
+        p.max_prompts = std::max(p.max_prompts, t.sequences);  // sequences per track: prompts and follow-ups
         p.n_batch = std::max(p.n_batch, t.suffix_tokens());  // all prompts of a track in one batch
         cells.push_back(t.sizing_cells(n_ctx_train()));
         seq_cells = std::max(seq_cells, t.sizing_seq_cells(n_ctx_train()));

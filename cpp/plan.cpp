@@ -1,6 +1,7 @@
 #include "plan.h"
 
 #include "audio_window.h"
+#include "followup.h"
 #include "llama.h"
 #include "prefix.h"
 
@@ -10,13 +11,13 @@
 namespace mf {
 
 long TrackShape::seq_cells(size_t i) const {
-    return (long) prefix_positions + (long) suffix[i].size() + (long) std::max(max_tokens[i], 0);
+    return (long) prefix_positions + (long) suffix[i].size() + (long) std::max(max_tokens[i], 0) + chain[i];
 }
 
 long TrackShape::cells() const {
     long n = prefix_positions;
     for (size_t i = 0; i < suffix.size(); i++) n += (long) suffix[i].size() + std::max(max_tokens[i], 0);
-    return n;
+    return n + followup_cells;
 }
 
 int TrackShape::suffix_tokens() const {
@@ -26,9 +27,9 @@ int TrackShape::suffix_tokens() const {
 }
 
 int TrackShape::sizing_cells(int n_ctx_train) const {
-    long n = std::min(prefix_bound, n_ctx_train);
+    long n = std::min(prefix_bound, n_ctx_train) + followup_cells;
     for (size_t i = 0; i < suffix.size(); i++) {
-        n += std::min<long>((long) suffix[i].size() + std::max(max_tokens[i], 0), n_ctx_train);
+        n += std::min<long>((long) suffix[i].size() + std::max(max_tokens[i], 0) + chain[i], n_ctx_train);
     }
     return (int) std::min<long>(n, 1L << 30);
 }
@@ -36,7 +37,8 @@ int TrackShape::sizing_cells(int n_ctx_train) const {
 int TrackShape::sizing_seq_cells(int n_ctx_train) const {
     long most = 0;
     for (size_t i = 0; i < suffix.size(); i++) {
-        most = std::max(most, std::min<long>((long) suffix[i].size() + std::max(max_tokens[i], 0), n_ctx_train));
+        most = std::max(most, std::min<long>((long) suffix[i].size() + std::max(max_tokens[i], 0) + chain[i],
+                                             n_ctx_train));
     }
     return (int) std::min<long>(std::min(prefix_bound, n_ctx_train) + most, 1L << 30);
 }
@@ -53,15 +55,23 @@ TrackShape shape_track(const llama_vocab * vocab, const ChatPieces & chat, size_
     t.n_samples = n_samples;
     t.prefix_positions = min_prefix_positions(vocab, chat, n_samples);
     t.prefix_bound = max_prefix_positions(chat, n_samples);
-    const auto mid = tokenize(vocab, chat.mid, true), tail = tokenize(vocab, chat.tail, true);
+    // mid follows the audio: a text-only track has none
+    const auto mid = n_samples > 0 ? tokenize(vocab, chat.mid, true) : std::vector<int32_t>{};
+    const auto tail = tokenize(vocab, chat.tail, true);
     for (const auto & p : prompts) {
         std::vector<int32_t> toks = mid;
         const auto u = tokenize(vocab, p.text, /*parse_special*/ false);  // the user's text never becomes control
         toks.insert(toks.end(), u.begin(), u.end());
         toks.insert(toks.end(), tail.begin(), tail.end());
+        const auto answer = known_answer_tokens(vocab, p);  // fed with the question
+        toks.insert(toks.end(), answer.begin(), answer.end());
         t.suffix.push_back(std::move(toks));
         t.max_tokens.push_back(p.max_tokens);
+        long chain = 0;
+        t.followup_cells += std::min<long>(followup_cells(vocab, chat, p, &chain), 1L << 28);
+        t.chain.push_back(std::min<long>(chain, 1L << 28));
     }
+    t.sequences = track_sequences(prompts);
     return t;
 }
 
@@ -104,8 +114,8 @@ void require_cells(const TrackShape & t, const RunLimits & lim) {
 void require_fits(const TrackShape & t, const RunLimits & lim) {
     require_trained_context(t, lim.n_ctx_train);
     const int n_seq = lim.n_seq > 0 ? lim.n_seq : kMaxSequences;
-    if ((int) t.suffix.size() > n_seq) {
-        throw InputError("a track has " + std::to_string(t.suffix.size()) + " prompts; this run has " +
+    if (t.sequences > n_seq) {
+        throw InputError("a track has " + std::to_string(t.sequences) + " prompts and follow-ups; this run has " +
                          std::to_string(n_seq) + " sequences");
     }
     if (lim.n_ctx > 0) require_cells(t, lim);

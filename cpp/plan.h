@@ -14,7 +14,8 @@ struct llama_vocab;
 
 namespace mf {
 
-// A track as the plan sees it: its prefix positions and, per prompt, the suffix tokens and the token limit.
+// A track as the plan sees it: its prefix positions and, per prompt, the suffix tokens and the token limit; its
+// follow-ups (followup.h) as the cells and sequences they add.
 struct TrackShape {
     size_t n_samples = 0;
     // The prefix (chat head, the audio): before encoding, at least what every framing gives (min_prefix_positions:
@@ -23,9 +24,12 @@ struct TrackShape {
     int prefix_bound = 0;  // at most (sizes contexts before encoding: max_prefix_positions); exact after encoding
     std::vector<std::vector<int32_t>> suffix;  // per prompt: mid + user text + tail tokens
     std::vector<int> max_tokens;               // per prompt
+    std::vector<long> chain;                   // per prompt: positions a known answer and its follow-ups add
+    long followup_cells = 0;                   // the follow-ups' own cells (their answer's are shared)
+    int sequences = 0;                         // one per prompt and one per follow-up
 
-    long seq_cells(size_t i) const;  // prompt i's sequence: prefix + its suffix + its token limit
-    long cells() const;              // the whole track: prefix + every prompt's suffix and token limit
+    long seq_cells(size_t i) const;  // prompt i's sequence: prefix + its suffix + its token limit + its chain
+    long cells() const;              // the whole track: prefix + every prompt's suffix and token limit, follow-ups
     int suffix_tokens() const;       // every prompt's suffix together (the prompts' prefill batch)
     // The KV cells to size a context for (from prefix_bound): a prompt counts for no more than the trained context (such a track fails
     // before anything is decoded), so an absurd max_tokens cannot size an absurd context.
@@ -38,7 +42,8 @@ struct TrackShape {
 // framings; mtmd's (Framing::Mtmd) pads every window to 750 and adds its own text.
 int min_prefix_positions(const llama_vocab * vocab, const ChatPieces & chat, size_t n_samples);
 
-// A track's shape from its audio length and prompts, the prefix at its lower bound.
+// A track's shape from its audio length and prompts, the prefix at its lower bound. A text-only track (no audio,
+// every prompt answered) has no mid piece; a known answer is part of its prompt's suffix (followup.h).
 TrackShape shape_track(const llama_vocab * vocab, const ChatPieces & chat, size_t n_samples,
                        const std::vector<PromptRequest> & prompts);
 

@@ -81,7 +81,8 @@ public:
         for (const AudioWindow & w : plan_reference_windows(L)) {
             if (framing_ == Framing::Reference) {
                 auto t0 = Clock::now();
-                const std::vector<float> e = ctx_.encoder->encode(pcm.data() + w.start, w.len, ctx_.n_threads);
+                const int index = (int) (w.start / kWindowSamples);  // the window's place in the track (RoTE)
+                const std::vector<float> e = ctx_.encoder->encode(pcm.data() + w.start, w.len, ctx_.n_threads, index);
                 px.encode_ms += ms_since(t0);  // log-mel included
                 add_audio(px, e.data(), w.n_tokens);
             } else if (framing_ == Framing::ReferenceTail && w.len < kWindowSamples && L >= kWindowSamples) {
@@ -178,6 +179,9 @@ std::vector<float> PrefixPlanner::encode_window_mtmd(const float * pcm, size_t n
 }
 
 std::unique_ptr<PrefixPlanner> make_planner(Framing framing, const PlannerContext & ctx, ChatPieces chat) {
+    if (framing != Framing::Reference && ctx.encoder && ctx.encoder->has_rote()) {  // Music Flamingo 2601 / AF-Next
+        throw InputError("this model has rotary time embeddings: only the 'reference' framing computes them");
+    }
     switch (framing) {
         case Framing::Mtmd: return std::make_unique<MtmdPlanner>(ctx, std::move(chat));
         case Framing::ReferenceTrim:

@@ -54,6 +54,12 @@ public:
 
     // Tokenizes the text, computes the mel and runs the audio encoder. Uses mtmd: one caller at a time.
     virtual PreparedPrefix prepare(const std::vector<float> & pcm) = 0;
+    // A text-only track's prefix (no audio): the chat head alone (followup.h, the catch-up of follow-ups).
+    PreparedPrefix prepare_text() const {
+        PreparedPrefix px;
+        add_head(px);
+        return px;
+    }
 
 protected:
     std::vector<int32_t> tokenize(const std::string & text, bool parse_special) const;

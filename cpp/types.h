@@ -68,10 +68,26 @@ constexpr int kMaxRepeatLastN = 65536;
 // The one default answer length; Python's Prompt reads it from here (tests/test_core_stub.py compares them).
 constexpr int kDefaultMaxTokens = 256;
 
+// A question asked after a prompt's answer, in the same conversation (the pipeline's short summaries). The
+// sequence holding the audio, the question and the answer is continued, not recomputed: the end of the answer's
+// turn, this text and the start of a new assistant turn are appended to a copy of it (cpp/followup.cpp).
+struct FollowUpRequest {
+    std::string text;            // tokenized as plain text, as a prompt's
+    int max_tokens = 64;
+    SamplingParams sampling;
+};
+
 struct PromptRequest {
     std::string text;            // the user's question, tokenized as plain text (no special tokens honoured)
     int max_tokens = kDefaultMaxTokens;
     SamplingParams sampling;
+    std::vector<FollowUpRequest> followups;  // asked after this prompt's answer, each in its own sequence
+    // A known answer (the catch-up case: a sidecar that already holds it): fed as the assistant's turn instead of
+    // generated, so only the follow-ups are. answer_tokens when given (exact: a PromptOutput's tokens), else
+    // answer tokenized as plain text. A track whose prompts are all answered may have no audio (text only).
+    bool answered = false;
+    std::string answer;
+    std::vector<int32_t> answer_tokens;
 };
 
 // How the audio is put in front of the LLM.
@@ -95,7 +111,8 @@ enum class Framing {
 struct PromptOutput {
     std::string text;            // raw UTF-8 bytes (the caller decodes; a cut at max_tokens may split a character)
     std::vector<int32_t> tokens;
-    std::string stop_reason;     // "eog" or "max_tokens"
+    std::string stop_reason;     // "eog", "max_tokens", or "answer" (a known answer, fed not generated)
+    std::vector<PromptOutput> followups;  // one per PromptRequest::followups, in order
 };
 
 struct GenerateStats {
@@ -135,11 +152,14 @@ struct GenerateResult {
 // default system message included; mid = "\n"); Mtmd formats the chat as llama-mtmd-cli does (llama.cpp's
 // built-in template, no default system message; for ChatML head = "<|im_start|>user\n", mid = "",
 // tail = "<|im_end|>\n<|im_start|>assistant\n").
+// next_turn: what the template puts between an assistant's answer and the next user text (ChatML:
+// "<|im_end|>\n<|im_start|>user\n"); a follow-up is next_turn <text> tail. Empty: follow-ups are refused.
 struct ChatPieces {
     std::string head, mid, tail;
+    std::string next_turn;
 };
 
-// One track of a generate_many() call.
+// One track of a generate_many() call. pcm may be empty when every prompt is answered (a text-only track).
 struct TrackRequest {
     std::vector<float> pcm;
     std::vector<PromptRequest> prompts;

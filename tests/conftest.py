@@ -3,32 +3,31 @@ llama-mtmd-cli, real music from Debian packages, and one resident engine for the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "cmake"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import fetch_llama_cpp  # noqa: E402  (the build's own resolver: the tests use the tree the package was built from)
-from mtmd_cli import ensure_mtmd_cli  # noqa: E402
-from tiny_model import ensure_tiny_model  # noqa: E402
-
-CACHE = fetch_llama_cpp.cache_root()
+# testkit: what the tests share with the benchmarks, importable from the repository root (pyproject.toml's pytest
+# pythonpath); fetch_llama_cpp is the build's own resolver: the tests use the tree the package was built from.
+from testkit import CACHE, REPO, fetch_llama_cpp  # noqa: F401  (REPO: for the tests)
+from testkit.corpus import SR, ensure_corpus, write_clip
+from testkit.mtmd_cli import ensure_mtmd_cli
+from testkit.tiny_model import ensure_tiny_model
 
 # A suite started in the background by a shell without job control (`nohup … &`) inherits SIGINT ignored, and so
 # would every child it starts: the Ctrl-C tests would then test nothing. Python's own handler here is reset to the
 # default in each child at exec, so the children handle Ctrl-C as a user's terminal would make them.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-SR = 16000
 
 
 def model_args(tiny, prompts: Path | None = None) -> list[str]:
@@ -53,6 +52,40 @@ def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child Python that must import the same music_flamingo as this process: the parent's
     whole import path, so an installed wheel (CI) and a source tree with a built module (dev) both work."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **extra}
+
+
+def tree_state(folder: Path, skip: Sequence[Path] = ()) -> dict[str, tuple]:
+    """Every entry below ``folder`` (links not followed) with what a write, creation or removal would change: type,
+    size, mtime, link target. Entries in ``skip`` (and below them) are left out."""
+    skipped = {os.path.abspath(p) for p in skip}
+    state: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if os.path.abspath(os.path.join(dirpath, d)) not in skipped]
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            if os.path.abspath(p) in skipped:
+                continue
+            st = os.lstat(p)
+            link = os.readlink(p) if os.path.islink(p) else None
+            kind = "dir" if stat.S_ISDIR(st.st_mode) else stat.S_IFMT(st.st_mode)
+            size = None if kind == "dir" else st.st_size  # a folder's own size and mtime change with its entries
+            mtime = None if kind == "dir" else st.st_mtime_ns
+            state[os.path.relpath(p, folder)] = (kind, size, mtime, link)
+    return state
+
+
+@contextlib.contextmanager
+def nothing_changes_outside(dataset: Path, allow: Sequence[Path] = ()):
+    """Asserts that a run on ``dataset`` wrote, created or deleted nothing outside it: the dataset's parent folder
+    is compared before and after, the dataset itself and ``allow`` (the files a user named: --jsonl ...) left out.
+    For a single-file run pass the file's folder."""
+    parent = Path(dataset).parent
+    skip = [Path(dataset), *allow]
+    before = tree_state(parent, skip)
+    yield
+    after = tree_state(parent, skip)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"changed outside the dataset {dataset}: {changed}"
 
 
 DEFAULT_KEYS = [
@@ -83,17 +116,14 @@ def mtmd_cli(llama_cpp_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def music_dir() -> Path:
-    """Real music (MP3 and Ogg Vorbis from Debian's asc-music and drascula-music), fetched once into the cache."""
-    out = Path(os.environ.get("MUSIC_FLAMINGO_TEST_MUSIC", CACHE / "corpus"))
-    if not (any(out.glob("mp3/*.mp3")) and any(out.glob("ogg/*.ogg"))):
-        script = REPO.parent / "shared" / "corpus" / "dev-music.sh"
-        subprocess.run(["sh", str(script), str(out)], check=True)
-    return out
+    """Real music (MP3 and Ogg Vorbis from Debian's asc-music and drascula-music), fetched once into the cache by
+    testkit/corpus.py."""
+    return ensure_corpus()
 
 
 @pytest.fixture(scope="session")
 def track(music_dir) -> np.ndarray:
-    """The first MP3 of the corpus as float32 mono 16 kHz (a 2-4 minute piece of real music)."""
+    """The first MP3 of the corpus as float32 mono 16 kHz (a 7-minute piece of real music)."""
     from music_flamingo.audio import load_audio
 
     mp3 = sorted(music_dir.glob("mp3/*.mp3"))[0]
@@ -111,14 +141,6 @@ def clip(track: np.ndarray, seconds: float, offset: float = 20.0) -> np.ndarray:
 def clips(track) -> dict[str, np.ndarray]:
     """5 s, exactly 30 s (mtmd adds a silent window there) and 45 s of real music."""
     return {"5s": clip(track, 5), "30s": clip(track, 30), "45s": clip(track, 45)}
-
-
-def write_clip(path: Path, track: np.ndarray, seconds: float, offset: float) -> Path:
-    """``seconds`` of real music from ``offset`` into ``path`` (format from the suffix), folders created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = int(offset * SR)
-    sf.write(str(path), track[a : a + int(seconds * SR)], SR)
-    return path
 
 
 def write_float_wav(path: Path, pcm: np.ndarray) -> Path:
@@ -231,3 +253,65 @@ def assert_written_like_local(sidecar: Path, reference: dict) -> None:
     strip = lambda m: {k: v for k, v in m.items() if k not in PER_TRACK_META}  # noqa: E731
     assert strip(got["music_flamingo_meta"]) == strip(reference["music_flamingo_meta"])
     assert all(got[k] for k in DEFAULT_KEYS)
+
+
+# --- a track that kills the process describing it (tests/test_workers.py, tests/test_distributed.py) --------------
+
+
+class KillWhoeverLocks:
+    """A real crash on a named track, without a hook in the package: a thread watches the kernel's table of file
+    locks (``/proc/locks``, Linux) and SIGKILLs whatever process holds the run's lock on one of ``tracks`` — the
+    lock a worker or a Ray actor takes when its engine admits the track. Every attempt at those tracks dies, as if
+    the track crashed the engine. ``kills`` lists ``(pid, track)`` in order. Use as a context manager."""
+
+    def __init__(self, root: Path, tracks: list[Path], poll_s: float = 0.01) -> None:
+        from music_flamingo.batch import _lock_path, state_dir_of
+
+        self.locks = {_lock_path(state_dir_of(root), t): t for t in tracks}
+        self.poll_s = poll_s
+        self.kills: list[tuple[int, Path]] = []
+        self._stop = None
+        self._thread = None
+
+    def _holders(self) -> dict[int, Path]:
+        """pid -> track, for the watched lock files some process holds now."""
+        inodes = {}
+        for lock, t in self.locks.items():
+            try:
+                inodes[os.stat(lock).st_ino] = t
+            except FileNotFoundError:
+                pass
+        if not inodes:
+            return {}
+        found = {}
+        with open("/proc/locks", encoding="ascii") as f:
+            for line in f:  # "1: FLOCK  ADVISORY  WRITE 4242 08:01:131073 0 EOF"; waiters are marked "->"
+                parts = line.split()
+                if "->" in parts or len(parts) < 6:
+                    continue
+                pid, ino = int(parts[4]), int(parts[5].rsplit(":", 1)[1])
+                if ino in inodes and pid != os.getpid():
+                    found[pid] = inodes[ino]
+        return found
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            for pid, t in self._holders().items():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                if not self.kills or self.kills[-1][0] != pid:
+                    self.kills.append((pid, t))
+
+    def __enter__(self) -> KillWhoeverLocks:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -232,8 +232,13 @@ def _sidecar(content: bytes | None, kind: str = "file") -> Callable[[Env], Any]:
             os.mkfifo(side)
         elif kind == "dir":
             side.mkdir()
-        elif kind == "symlink":
-            target = env.tmp / "elsewhere.json"
+        elif kind == "symlink":  # to a file elsewhere in the dataset: written through
+            target = env.folder() / "store" / "elsewhere.json"
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(content or b"{}")
+            side.symlink_to(target)
+        elif kind == "symlink out":  # to a file outside the dataset: never written (issue 21, defect 1)
+            target = env.tmp / "outside.json"
             target.write_bytes(content or b"{}")
             side.symlink_to(target)
         else:
@@ -245,8 +250,14 @@ def _sidecar(content: bytes | None, kind: str = "file") -> Callable[[Env], Any]:
             "fifo": stat.S_ISFIFO(st.st_mode),
             "dir": stat.S_ISDIR(st.st_mode),
             "symlink": stat.S_ISLNK(st.st_mode),
+            "symlink out": stat.S_ISLNK(st.st_mode) and os.stat(side).st_size == len(content or b""),
             "file": stat.S_ISREG(st.st_mode),
         }[kind]
+        if kind == "symlink out":  # the file outside: byte for byte, and no lock file made beside it
+            after = after and (env.tmp / "outside.json").read_bytes() == content
+            after = after and sorted(p.name for p in env.tmp.iterdir() if p.name.startswith("outside")) == [
+                "outside.json"
+            ]
         if out.status == "returned":
             out.value["sidecar_kept_its_type"] = after
             if before is not None:
@@ -607,6 +618,11 @@ def _rows() -> list[Case]:
         Case("huge sidecar (20 MB of another tool's data)", _huge_sidecar, both(done, all_true("others_kept"))),
         Case(
             "sidecar is a symlink", _sidecar(b'{"bpm": 120}', "symlink"), both(done, all_true("sidecar_kept_its_type"))
+        ),
+        Case(
+            "sidecar is a symlink out of the dataset",
+            _sidecar(b'{"bpm": 120}', "symlink out"),
+            both(counted_failure("SidecarError"), all_true("sidecar_kept_its_type")),
         ),
         Case(
             "sidecar is a FIFO",

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 from conftest import SR, clip
-from tiny_model import read_gguf_metadata
 
 from music_flamingo.chat_template import CHATML_TEMPLATE, render_pieces
+from testkit.tiny_model import read_gguf_metadata
 
 QUESTION = "Describe this track: genre, tempo, key, instruments and mood."
 SYSTEMS = ["", "You are a music expert. Answer in one sentence."]

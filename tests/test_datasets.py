@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_KEYS, model_args, write_clip
+from conftest import DEFAULT_KEYS, model_args, nothing_changes_outside, write_clip
 from conftest import run_cli as cli
 
 T1 = "Artist - Album - Track"
@@ -99,12 +99,13 @@ def run(analyzer, root: Path, **kw):
     from music_flamingo.batch import BatchOptions, run_batch
 
     described: list[str] = []
-    s = run_batch(
-        analyzer,
-        root,
-        BatchOptions(progress=False, **kw),
-        on_result=lambda t, f: described.append(Path(t).relative_to(root).as_posix()),
-    )
+    with nothing_changes_outside(root, allow=[kw["jsonl"]] if kw.get("jsonl") else []):
+        s = run_batch(
+            analyzer,
+            root,
+            BatchOptions(progress=False, **kw),
+            on_result=lambda t, f: described.append(Path(t).relative_to(root).as_posix()),
+        )
     return s, described
 
 
@@ -117,11 +118,9 @@ def test_default_run_describes_exactly_the_mixes_crops_and_loose_files(analyzer,
     assert s.skipped_complete == len(g["done"])
     after = snapshot(root)
     new = sorted(p for p in set(after) - set(before) if not p.startswith(".music-flamingo/"))
-    # the only files written: the described tracks' sidecars (T1 and the crops had one) and their lock files
-    assert new == sorted(
-        [sidecar_of(t) for t in g["full_mix"][1:] + g["loose"]]
-        + [sidecar_of(t) + ".lock" for t in g["full_mix"] + g["crops"] + g["loose"]]
-    )
+    # the only files written: the described tracks' sidecars (T1 and the crops had one); no lock file stays
+    assert new == sorted(sidecar_of(t) for t in g["full_mix"][1:] + g["loose"])
+    assert not list((root / ".music-flamingo" / "locks").iterdir())  # the track locks remove themselves too
     changed = sorted(p for p in before if after[p] != before[p])  # not the crops' .json, not the grids
     assert changed == sorted(sidecar_of(t) for t in g["full_mix"][:1] + g["crops"])
     for rel in g["stem"] + g["crop_stem"] + g["skipped"]:

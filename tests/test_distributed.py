@@ -106,3 +106,138 @@ def test_cli_ray_writes_rows_and_a_rerun_resumes(cluster, tiny, small_prompts, t
     assert line.startswith("0 done, 3 skipped (complete), 0 skipped (locked), 1 failed of 4 tracks"), line
     rows = pq.read_table(out).to_pylist()  # both runs' rows: the rerun added only the retried broken track
     assert len(rows) == len(first_rows) + 1 and len(list(out.iterdir())) == 2
+
+
+def test_a_track_that_kills_its_actor_is_failed_after_two_deaths_and_its_batch_mates_described(
+    cluster, tiny, small_prompts, track, tmp_path
+):
+    """One batch of 8 tracks; the actor is SIGKILLed whenever it holds one of them (a real crash, every time).
+    Ray restarts it and retries the batch; the track is back in hand once (alone), then failed and recorded —
+    a row and a failures-file record — and its 7 batch-mates are described, once each."""
+    from conftest import KillWhoeverLocks
+
+    from music_flamingo.batch import failures_path
+    from music_flamingo.failures import FailureLog
+
+    root = tmp_path / "data"
+    tracks = [write_clip(root / f"take {i}.flac", track, 2, 20 + 3 * i) for i in range(8)]
+    guilty = tracks[3]
+    out, jsonl = tmp_path / "rows", tmp_path / "manifest.jsonl"
+    cmd = batch_cli(
+        root, tiny, "--ray", cluster, "--ray-output", str(out), "--jsonl", str(jsonl), prompts=small_prompts
+    )
+    with KillWhoeverLocks(root, [guilty]) as killer:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert [t for _, t in killer.kills] == [guilty, guilty], (killer.kills, run.stderr[-3000:])
+    assert run.returncode == 1, run.stderr[-3000:]
+    line = [x for x in run.stderr.splitlines() if " done, " in x][-1]
+    assert line.startswith("7 done, 0 skipped (complete), 0 skipped (locked), 1 failed of 8 tracks"), line
+    rows = {Path(r["path"]).name: r for r in pq.read_table(out).to_pylist()}
+    assert len(rows) == 8 and rows[guilty.name]["status"] == "failed" and rows[guilty.name]["error"] == "WorkerDied"
+    assert all(r["status"] == "done" for name, r in rows.items() if name != guilty.name)
+    records = FailureLog(failures_path(root)).records()
+    assert [(r["path"], r["error"]) for r in records] == [(str(guilty), "WorkerDied")]
+    manifest = Counter(json.loads(x)["path"] for x in jsonl.read_text(encoding="utf-8").splitlines())
+    assert manifest == Counter({str(p): 1 for p in tracks if p != guilty})
+
+
+def test_cli_ray_interrupted_prints_the_summary(cluster, tiny, track, tmp_path):
+    import signal
+    import time
+
+    root = tmp_path / "data"
+    for i in range(12):
+        write_clip(root / f"take {i}.flac", track, 2, 20 + 3 * i)
+    # the default prompts: long answers
+    proc = subprocess.Popen(batch_cli(root, tiny, "--ray", cluster), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(root.glob("*.INFO")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=300)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    line = [x for x in err.splitlines() if " done, " in x][-1]
+    assert "(interrupted)" in line and "1 Ray actors" in line, line
+    # The 12 tracks are one batch, which never returned: the tracks it had finished are counted all the same (a
+    # track in hand may still have been finished after that, before the actor ended with the driver).
+    done = int(line.split(" done, ")[0])
+    assert 1 <= done <= len(list(root.glob("*.INFO"))) < 12, line
+    assert line.endswith("0 failed of 12 tracks", 0, line.index(" in ")), line
+
+
+def _descendants(pid: int) -> dict[int, bytes]:
+    """The live processes below ``pid`` in the process tree, each with its start time (so a reused pid is not
+    taken for one of them)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    children.setdefault(int(f.read().rsplit(b")", 1)[1].split()[1]), []).append(int(name))
+            except OSError:
+                pass
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            start = _start_time(child)
+            if start is not None:
+                found[child] = start
+                todo.append(child)
+    return found
+
+
+def _start_time(pid: int) -> bytes | None:
+    """Start time of a live process (None when gone, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == b"Z" else fields[19]
+
+
+def test_a_local_cluster_dies_with_its_driver_even_on_sigkill(tiny, small_prompts, track, tmp_path):
+    """`--ray` with no cluster starts a local one; SIGKILL the driver mid-run: within a short grace period no
+    process of that cluster is left (the raylet's agents and workers ran on for a minute or more)."""
+    import os
+    import signal
+    import time
+
+    from conftest import child_env
+
+    root = tmp_path / "data"
+    for i in range(30):
+        write_clip(root / f"take {i}.flac", track, 2, 20 + 3 * i)
+    env = {k: v for k, v in child_env().items() if k != "RAY_ADDRESS"}
+    cmd = batch_cli(root, tiny, "--ray", prompts=small_prompts)
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    cluster_processes: dict[int, bytes] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while not list(root.glob("*.INFO")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None and list(root.glob("*.INFO")), "the run did not start working"
+        cluster_processes = _descendants(proc.pid)
+        assert any(b"raylet" in open(f"/proc/{p}/cmdline", "rb").read() for p in cluster_processes)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        alive = cluster_processes
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.5)
+            alive = {p: s for p, s in cluster_processes.items() if _start_time(p) == s}
+        names = {p: open(f"/proc/{p}/cmdline", "rb").read()[:60] for p in alive if _start_time(p) is not None}
+        assert not alive, f"still running 15 s after the driver was killed: {names}"
+    finally:
+        for p, s in cluster_processes.items():  # never leave a failed run's cluster behind
+            if _start_time(p) == s:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

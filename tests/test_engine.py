@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 from conftest import SR, write_float_wav
-from mtmd_cli import run_mtmd_cli
 
 from music_flamingo import InvalidInputError, Prompt
+from testkit.mtmd_cli import run_mtmd_cli
 
 QUESTION = "Describe this track: genre, tempo, key, instruments and mood."
 PROMPTS = [

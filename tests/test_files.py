@@ -136,3 +136,53 @@ def test_names_near_the_limit_get_a_hashed_lock_and_temp_name(tmp_path):
     multibyte = tmp_path / ("é" * 124 + ".INFO")  # 253 bytes in UTF-8
     update_sidecar(multibyte, {"a": 1})
     assert read_sidecar(multibyte) == {"a": 1}
+
+
+COUNTER = """
+import sys
+from music_flamingo.fsutil import SelfRemovingLock
+lock_path, counter, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for _ in range(n):
+    with SelfRemovingLock(lock_path):
+        with open(counter) as f:
+            value = int(f.read())
+        with open(counter, "w") as f:  # read-modify-write: any two holders at once would lose a count
+            f.write(str(value + 1))
+"""
+
+
+def test_self_removing_locks_exclude_across_processes_and_leave_no_file(tmp_path):
+    """Issue 20 item 7: lock files remove themselves on release, and a writer waiting on the removed file takes
+    the lock again on the new one, so removal never lets two holders in."""
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    lock = tmp_path / "song.INFO.lock"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", COUNTER, str(lock), str(counter), "150"], env=env) for _ in range(4)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0, 0]
+    assert counter.read_text() == "600"
+    assert not lock.exists()
+
+
+def test_empty_lock_files_of_earlier_versions_are_removed_beside_our_sidecars_only(tmp_path):
+    d = tmp_path / "data" / "album"
+    d.mkdir(parents=True)
+    long_side = d / ("x" * 246 + ".INFO")
+    for side in (d / "a.INFO", d / "b.INFO", long_side):
+        side.write_text("{}")
+    old = [d / "a.INFO.lock", d / (companion_stem(long_side) + ".lock")]  # as filelock left them
+    kept = [
+        d / "b.INFO.lock",  # not empty: not a lock file of ours
+        d / "orphan.INFO.lock",  # no sidecar beside it
+        d / "notes.lock",
+    ]
+    for p in old + kept:
+        p.write_bytes(b"")
+    kept[0].write_text("someone's data")
+    (d / "link.INFO").write_text("{}")
+    (d / "link.INFO.lock").symlink_to(kept[2])  # a link is never ours
+    assert sorted(remove_stale_temp_files(tmp_path / "data")) == sorted(old)
+    assert all(p.exists() for p in kept) and (d / "link.INFO.lock").is_symlink()
+    assert kept[0].read_text() == "someone's data"

@@ -13,9 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "music_flamingo"
 # Lowest first. A module may import any module listed before it.
 LAYERS = [
     "_core",  # the compiled engine
-    "errors", "_version", "fsutil", "chat_template", "text",
+    "errors", "_raywatch", "_version", "fsutil", "chat_template", "text",
     "_logging", "validation", "lifecycle", "models", "sidecar", "native",
-    "datatypes", "audio", "provenance", "discovery", "failures", "prompts",
+    "gguf_meta", "checkpoint", "gguf_vocab", "convert",
+    "datatypes", "audio", "provenance", "discovery", "failures", "manifest", "templates", "prompts",
     "analyzer",
     "gguf_backend", "transformers_backend",
     "batch", "workers", "distributed",
@@ -57,3 +58,55 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from . import cli\n    from .batch import run_batch\n    from . import __version__\n")
     assert package_imports(src) == {"cli", "batch", "__init__"}
+
+
+# --- above the package: testkit/ (what tests and benchmarks share), then bench/ and tests/ ----------------------------
+
+REPO = PACKAGE.parents[1]
+TEST_MODULES = {p.stem for p in (REPO / "tests").glob("*.py")} | {"tests"}  # conftest, crash_harness, test_*, ...
+
+
+def absolute_imports(path: Path) -> set[str]:
+    """The top-level names ``path`` imports (``import a.b``, ``from a.b import c``), at module level or inside a
+    function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def path_edits(path: Path) -> list[str]:
+    """The ``sys.path.insert(...)``/``sys.path.append(...)`` calls in ``path``, as written."""
+    source = path.read_text(encoding="utf-8")
+    return [
+        ast.get_source_segment(source, node)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("insert", "append")
+        and ast.unparse(node.func.value) == "sys.path"
+    ]
+
+
+SCRIPTS = sorted(p.relative_to(REPO) for d in ("bench", "testkit") for p in (REPO / d).rglob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=str)
+def test_benchmarks_and_testkit_stand_on_the_package_not_on_the_tests(script):
+    imported = absolute_imports(REPO / script) & TEST_MODULES
+    assert not imported, f"{script} imports {sorted(imported)} from tests/"
+    into_tests = [e for e in path_edits(REPO / script) if "tests" in e]
+    assert not into_tests, f"{script} puts tests/ on the import path: {into_tests}"
+
+
+def test_the_script_check_sees_imports_and_path_edits_into_tests(tmp_path):
+    src = tmp_path / "b.py"
+    src.write_text(
+        "import sys\nsys.path.insert(0, str(REPO / 'tests'))\n"
+        "def f():\n    from conftest import CACHE\n    import tiny_model.x\n"
+    )
+    assert absolute_imports(src) >= {"conftest", "tiny_model", "sys"}
+    assert path_edits(src) == ["sys.path.insert(0, str(REPO / 'tests'))"]

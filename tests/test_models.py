@@ -205,9 +205,74 @@ def test_default_model_dir(monkeypatch, tmp_path: Path) -> None:
 
 
 def test_unknown_model_name_lists_choices(hub: FakeHub, tmp_path: Path) -> None:
-    with pytest.raises(ModelFileError, match="IQ3_M.*Q6_K.*Q8_0"):
-        resolve_model_files("Q4_K_M", tmp_path)
+    with pytest.raises(ModelFileError, match=r"Q6_K.*Q8_0.*i1-IQ3_M.*i1-Q4_K_M.*i1-Q6_K"):
+        resolve_model_files("Q7_K", tmp_path)
     assert hub.requests == []
+
+
+# --- the pipeline's model folder, every published quantization (issue 20) -----------------------------------------
+
+
+def test_the_pipelines_folder_is_used_as_it_is(hub: FakeHub, tmp_path: Path, caplog) -> None:
+    """Its models/music_flamingo/ holds the imatrix Q6_K beside the static Q8_0: --model Q6_K takes the i1 file,
+    says so, and downloads nothing (it used to fetch the static Q6_K, 5.9 GB)."""
+    publish_all(hub)
+    for name in ("music-flamingo-hf.i1-Q6_K.gguf", "music-flamingo-hf.Q8_0.gguf", MMPROJ_FILE):
+        (tmp_path / name).write_bytes(b"theirs")
+    with caplog.at_level("INFO", logger="music_flamingo"):
+        model, mmproj = resolve_model_files("Q6_K", tmp_path)
+    assert (model, mmproj) == (tmp_path / "music-flamingo-hf.i1-Q6_K.gguf", tmp_path / MMPROJ_FILE)
+    assert hub.requests == []
+    taken = [r for r in caplog.records if "music-flamingo-hf.i1-Q6_K.gguf" in r.getMessage()]
+    assert taken and taken[0].levelname == "WARNING" and "Q6_K" in taken[0].getMessage()
+    assert resolve_model_files("Q8_0", tmp_path)[0] == tmp_path / "music-flamingo-hf.Q8_0.gguf"
+    assert hub.requests == []
+
+
+def test_a_bare_name_prefers_the_static_file_when_both_are_there(hub: FakeHub, tmp_path: Path) -> None:
+    for name in ("music-flamingo-hf.i1-Q6_K.gguf", "music-flamingo-hf.Q6_K.gguf", MMPROJ_FILE):
+        (tmp_path / name).write_bytes(b"x")
+    assert resolve_model_files("Q6_K", tmp_path)[0].name == "music-flamingo-hf.Q6_K.gguf"
+    assert resolve_model_files("i1-Q6_K", tmp_path)[0].name == "music-flamingo-hf.i1-Q6_K.gguf"
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize(
+    ("asked", "filename", "repo"),
+    [
+        ("i1-Q4_K_M", "music-flamingo-hf.i1-Q4_K_M.gguf", IMATRIX),
+        ("I1-q4_k_m", "music-flamingo-hf.i1-Q4_K_M.gguf", IMATRIX),  # case ignored
+        ("Q4_K_M", "music-flamingo-hf.Q4_K_M.gguf", STATIC),
+        ("i1-IQ2_M", "music-flamingo-hf.i1-IQ2_M.gguf", IMATRIX),
+        ("IQ1_S", "music-flamingo-hf.i1-IQ1_S.gguf", IMATRIX),  # published as imatrix only
+        ("f16", "music-flamingo-hf.f16.gguf", STATIC),
+    ],
+)
+def test_every_published_quant_is_downloaded_by_name(
+    hub: FakeHub, tmp_path: Path, asked: str, filename: str, repo: str
+) -> None:
+    served = publish_all(hub)
+    (tmp_path / MMPROJ_FILE).write_bytes(b"p")
+    model, _ = resolve_model_files(asked, tmp_path)
+    assert model == tmp_path / filename and model.read_bytes() == served[filename]
+    assert hub.paths("GET") == [resolve_path(repo, filename)]
+
+
+def test_an_i1_name_never_takes_the_static_file(hub: FakeHub, tmp_path: Path) -> None:
+    served = publish_all(hub)
+    for name in ("music-flamingo-hf.Q6_K.gguf", MMPROJ_FILE):
+        (tmp_path / name).write_bytes(b"static")
+    model, _ = resolve_model_files("i1-Q6_K", tmp_path)
+    assert model.name == "music-flamingo-hf.i1-Q6_K.gguf"
+    assert model.read_bytes() == served["music-flamingo-hf.i1-Q6_K.gguf"]
+    assert hub.paths("GET") == [resolve_path(IMATRIX, "music-flamingo-hf.i1-Q6_K.gguf")]
+
+
+def test_offline_names_both_files_a_bare_name_can_be(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError) as excinfo:
+        resolve_model_files("Q6_K", tmp_path, offline=True)
+    msg = str(excinfo.value)
+    assert "music-flamingo-hf.Q6_K.gguf" in msg and "music-flamingo-hf.i1-Q6_K.gguf" in msg
 
 
 # --- local files -------------------------------------------------------------------------------------------------

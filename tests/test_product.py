@@ -270,7 +270,7 @@ def test_cli_single_file_goes_through_the_batch_runner(tiny, dataset, small_prom
     assert r.returncode == 0 and "music_flamingo_full:" in r.stdout, r.stderr
     assert read_failed_tracks(failures) == []
     (line,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert line["path"] == str(broken) and set(line) == {"path", "music_flamingo_full", *META_KEYS}
+    assert line["path"] == str(broken) and set(line) == {"path", "music_flamingo_full", "prompts", *META_KEYS}
     assert (
         json.loads((dataset / "loose" / "broken.INFO").read_text())["music_flamingo_full"]
         == line["music_flamingo_full"]

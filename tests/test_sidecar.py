@@ -23,8 +23,9 @@ PYTHON_DIR = Path(sc.__file__).resolve().parents[1]
 
 
 def leftovers(folder: Path, sidecar: Path) -> list[str]:
-    """Files in ``folder`` besides the sidecar and its lock file (temporary files would show up here)."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in {sidecar.name, sidecar.name + ".lock"})
+    """Files in ``folder`` besides the sidecar (temporary files, and lock files, which remove themselves, would show
+    up here)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != sidecar.name)
 
 
 # --- path rules -------------------------------------------------------------------------------------------------

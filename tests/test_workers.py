@@ -172,6 +172,9 @@ def test_scaling_usage_errors_exit_2_before_any_model_loads(tmp_path):
         (["--workers", "0"], "at least 1"),
         (["--ray-output", str(tmp_path / "rows")], "only with --ray"),
         (["--ray", "--devices", "0"], "--ray and --devices"),
+        (["--workers", "2", "--track-timeout", "0"], "must be a finite number of seconds >= 1"),
+        (["--workers", "2", "--track-timeout", "nan"], "must be a finite number of seconds >= 1"),
+        (["--ray", "--track-timeout", "60"], "--track-timeout: only with --devices/--workers"),
     ]:
         r = subprocess.run(
             [
@@ -218,3 +221,130 @@ def test_ctrl_c_stops_every_worker_with_one_summary(tiny, track, tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not list(root.glob(".*.INFO.*"))  # no sidecar left half-written
+
+
+def test_a_frozen_worker_is_killed_after_its_deadline_and_replaced(tiny, small_prompts, track, tmp_path):
+    """SIGSTOP, as a hung GPU driver would freeze it: the parent notices, names it, kills it, gives its tracks to
+    the queue and starts a fresh worker in its place; the run completes (--track-timeout 10: a healthy worker on
+    a busy machine stays well within it)."""
+    import threading
+    import time
+
+    root = tmp_path / "data"
+    tracks = [write_clip(root / f"take {i:02}.flac", track, 2, 10 + 3 * i) for i in range(12)]
+    jsonl = tmp_path / "manifest.jsonl"
+    args = ["--workers", "2", "--tracks-in-flight", "1", "--no-progress", "-v", "--jsonl", str(jsonl)]
+    cmd = batch_cli(root, tiny, *args, "--track-timeout", "10", prompts=small_prompts)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
+    reader.start()
+    stopped = None
+    try:
+        deadline = time.monotonic() + 300
+        while stopped is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            started = [x for x in list(seen) if "started worker 1 (pid" in x]
+            if started and manifest(jsonl):  # both engines loaded a while ago, worker 1 holds tracks
+                stopped = int(started[0].rsplit("(pid ", 1)[1].split(")")[0].split(",")[0])
+                os.kill(stopped, signal.SIGSTOP)
+        assert stopped is not None, "".join(seen)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if stopped is not None:
+            try:
+                os.kill(stopped, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    reader.join(30)
+    err = "".join(seen)
+    assert proc.returncode == 0, err
+    assert f"worker 1 (pid {stopped}) made no progress in" in err and "taken for frozen and killed" in err, err
+    line = summary_line(err)
+    assert line.startswith("12 done, 0 skipped (complete), 0 skipped (locked), 0 failed of 12 tracks"), line
+    assert "1 worker(s) died (worker 1: frozen: no progress in 10 s, killed)" in line, line
+    assert sum("started worker 1 (pid" in x for x in err.splitlines()) == 2  # a fresh one took its place
+    with pytest.raises(ProcessLookupError):
+        os.kill(stopped, 0)  # killed and reaped
+    assert manifest(jsonl) == Counter({str(p): 1 for p in tracks})  # its tracks described by others, once
+
+
+def test_a_worker_that_never_loads_is_killed_after_the_load_deadline(tmp_path):
+    """A worker stuck before its engine is ready (a driver hung at initialisation): killed at the load deadline,
+    reported, not replaced; no worker could start, so the run ends as a setup error."""
+    import time
+
+    from music_flamingo.batch import BatchOptions
+    from music_flamingo.workers import Deadlines, WorkerSlot, run_workers
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.flac").write_bytes(b"")
+    hung = [sys.executable, "-c", "import time; time.sleep(600)"]
+    t0 = time.monotonic()
+    s = run_workers(
+        root, hung, [WorkerSlot("worker 0")], ["k"], BatchOptions(progress=False), deadlines=Deadlines(load_s=2)
+    )
+    assert time.monotonic() - t0 < 60
+    assert [(d["worker"], d["at"], d["how"]) for d in s.deaths] == [
+        ("worker 0", "start-up", "frozen: no progress in 2 s, killed")
+    ]
+    assert s.no_worker and s.exit_code == 2
+
+
+def test_the_deadline_follows_the_measured_pace_and_the_audio_in_hand(track, tmp_path):
+    from music_flamingo.errors import InvalidInputError
+    from music_flamingo.workers import Deadlines
+
+    d = Deadlines()
+    assert d.for_tracks(3, 90.0, 0, 0.0, 0.0) == d.first_s  # nothing finished yet: the generous default
+    # 4 tracks of 30 s in 40 s: 10 s a track, 1/3 s per second of audio
+    assert d.for_tracks(3, 15.0, 4, 120.0, 40.0) == d.floor_s  # 3 short ones: 3 x 10 s x 3 < the floor
+    assert d.for_tracks(3, 600.0, 4, 120.0, 40.0) == pytest.approx(3 * 600 / 3)  # a long one: its audio counts
+    assert d.for_tracks(30, 60.0, 4, 120.0, 40.0) == pytest.approx(3 * 30 * 10)  # many short ones: per track
+    assert Deadlines(track_timeout=7).for_tracks(3, 600.0, 4, 120.0, 40.0) == 7
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(InvalidInputError, match="track_timeout"):
+            Deadlines(track_timeout=bad)
+    # the audio a track counts for, from its header, capped at what the engine analyses
+    assert d.seconds_of(str(write_clip(tmp_path / "a.flac", track, 2, 10))) == pytest.approx(2.0, abs=0.01)
+    assert Deadlines(max_seconds=1.5).seconds_of(str(tmp_path / "a.flac")) == 1.5
+    os.mkfifo(tmp_path / "fifo.flac")  # never opened: it would block the parent
+    assert d.seconds_of(str(tmp_path / "fifo.flac")) == d.max_seconds
+    assert d.seconds_of(str(tmp_path / "missing.flac")) == d.max_seconds
+
+
+def test_tracks_failed_for_their_workers_are_listed_for_retry_failed(tiny, small_prompts, track, tmp_path):
+    """One place for a worker; two tracks kill whoever describes them (far apart in the queue). The first is back
+    in the queue once, then failed (WorkerDied); the third death gives the place up and the tracks left are failed
+    (NoWorker). Both kinds are in the failures file, so --retry-failed takes them."""
+    from conftest import KillWhoeverLocks
+
+    from music_flamingo.batch import BatchOptions, failures_path
+    from music_flamingo.failures import FailureLog
+    from music_flamingo.workers import WorkerSlot, run_workers
+
+    root = tmp_path / "data"
+    tracks = [write_clip(root / f"take {i:02}.flac", track, 2, 10 + 3 * i) for i in range(24)]
+    command = [*batch_cli(root, tiny, prompts=small_prompts), "--tracks-in-flight", "1", "--threads", "1"]
+    first, second = tracks[2], tracks[21]
+    with KillWhoeverLocks(root, [first, second]) as killer:
+        s = run_workers(root, command, [WorkerSlot("worker 0")], ["music_flamingo_full"], BatchOptions(progress=False))
+    assert [t for _, t in killer.kills] == [first, first, second], killer.kills
+    assert len(s.deaths) == 3 and s.exit_code == 1 and s.done + s.failed == len(tracks)
+    errors = {f["path"]: f["error"] for f in s.failures}
+    assert errors[str(first)] == "WorkerDied" and errors[str(second)] == "NoWorker", errors
+    assert set(errors.values()) == {"WorkerDied", "NoWorker"}
+    listed = {r["path"]: r["error"] for r in FailureLog(failures_path(root)).records()}
+    assert listed == errors
+    r = subprocess.run(
+        [*batch_cli(root, tiny, prompts=small_prompts), "--retry-failed", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    retried = {line.split("\t")[1] for line in r.stdout.splitlines() if line.startswith("failed last time\t")}
+    assert retried == {os.path.relpath(p, root) for p in errors}

@@ -41,9 +41,22 @@ if ! check; then
   check || exit 3
 fi
 
+# the op profiler (bench/gpu/op_profile.cpp): prebuilt and carried, else built here against the carried libraries
+if [ ! -x "$W/bin/op-profile" ]; then
+  bash bench/gpu/build_op_profile.sh "$W/llama.cpp" "$W/lib" "$W/bin/op-profile" || echo "== op-profile did not build"
+fi
+EXTRA=()
+if [ -f .gpu/meta-hf.tar.gz ]; then
+  mkdir -p "$W/meta-hf" && tar -C "$W/meta-hf" -xzf .gpu/meta-hf.tar.gz && EXTRA+=(--meta-hf "$W/meta-hf")
+fi
+# the old method was measured on the H200 on 2026-11-26 (22.44 s/track); on another card it runs again
+if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+  EXTRA+=(--no-old --old-s-per-track 22.44)
+fi
 run() {
   python3 bench/gpu/run.py --meta-model .gpu/meta/meta-model.gguf --meta-mmproj .gpu/meta/meta-mmproj.gguf \
-    --audio .gpu/track150.wav --cli "$W/bin/llama-mtmd-cli" --work "$W/run" --out "$OUT" "$@"
+    --audio .gpu/track150.wav --cli "$W/bin/llama-mtmd-cli" --op-profile "$W/bin/op-profile" --work "$W/run" \
+    --out "$OUT" "${EXTRA[@]}" "$@"
 }
 run "$@"
 rc=$?
@@ -51,8 +64,8 @@ if [ $rc -ge 128 ]; then
   # a crash (signal): once more with the audio encoded on the decode thread, to tell the helper thread's
   # concurrent GPU use apart from the rest (the first run's rows are in $OUT/device.log)
   echo "== run.py died with $rc: again without the helper thread"
-  cp "$OUT/gpu_bench.json" "$OUT/gpu_bench_first.json" 2>/dev/null
-  run --no-prepare-ahead --time-limit 300 "$@"
+  for f in "$OUT"/*-run.json; do [ -f "$f" ] && mv "$f" "${f%-run.json}-run-first.json"; done
+  run --no-prepare-ahead --time-limit $((540 - SECONDS)) --keep-models "$@"
   rc=$?
 fi
 # llama.cpp's own view of the decode step without sampling (the engine's floor in practice), if time allows
@@ -61,4 +74,6 @@ if [ "${BATCHED_BENCH:-1}" = 1 ] && [ -f "$W/run/model/model-Q6_K.gguf" ] && [ "
     -ntg 128 -npl 5,20,40,60,80 -ngl 99 -fa on > "$OUT/batched_bench.txt" 2>&1
   tail -9 "$OUT/batched_bench.txt"
 fi
+# the log beside the JSON, under the same <card>-<date>-<tag> name
+for f in "$OUT"/*-run.json; do [ -f "$f" ] && cp "$OUT/device.log" "${f%.json}.log"; done
 exit $rc

@@ -13,7 +13,7 @@ only the size keys change.
 Weights are random bytes tiled from one 64 MB pool (scales set to small finite values, so every weight is finite
 and ~1e-2): writing a 7B Q6_K model is then bound by the disk, not by the random number generator.
 
-usage: make_model.py SMALL_MODEL.gguf SMALL_MMPROJ.gguf OUT_DIR [--shape full|tiny] [--type Q6_K|Q8_0|F16]
+usage: make_model.py SMALL_MODEL.gguf SMALL_MMPROJ.gguf OUT_DIR [--shape full|tiny] [--type Q6_K|Q8_0|F16|BF16]
        make_model.py --strip SMALL_MODEL.gguf SMALL_MMPROJ.gguf OUT_DIR      (metadata-only copies)
 needs: numpy and the llama.cpp tree's gguf-py on PYTHONPATH (PYTHONPATH=<tree>/gguf-py)
 """
@@ -21,6 +21,7 @@ needs: numpy and the llama.cpp tree's gguf-py on PYTHONPATH (PYTHONPATH=<tree>/g
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -42,44 +43,73 @@ SHAPES = {
     ),
 }
 AUDIO_POS, N_MEL = 1500, 128
-FILE_TYPE = {Q.Q6_K: 18, Q.Q8_0: 7, Q.F16: 1}
+FILE_TYPE = {Q.Q6_K: 18, Q.Q8_0: 7, Q.F16: 1, Q.BF16: 32}
+TYPES = ["Q6_K", "Q8_0", "F16", "BF16"]
 rng = np.random.default_rng(0)
 POOL = rng.integers(0, 256, size=64 << 20, dtype=np.uint8)
 
 
-def random_bytes(n: int) -> np.ndarray:
-    """n random-looking bytes: the pool, from a random offset, repeated as needed."""
-    start = int(rng.integers(0, POOL.size))
-    return np.resize(np.roll(POOL, -start) if n > POOL.size - start else POOL[start : start + n], n)
+def random_bytes(n: int, pool: np.ndarray = POOL) -> np.ndarray:
+    """n random-looking bytes: the pool, from a random (even) offset, repeated as needed."""
+    start = int(rng.integers(0, pool.size // 2)) * 2
+    return np.resize(np.roll(pool, -start) if n > pool.size - start else pool[start : start + n], n)
 
 
-def copy_kv(reader: GGUFReader, writer: GGUFWriter, override: dict) -> None:
-    """Every key of the small file, with `override` replacing values (same key type)."""
-    for key, f in reader.fields.items():
+HALF_POOLS: dict = {}
+
+
+def half_bits(n: int, qtype: Q) -> np.ndarray:
+    """n random 16-bit floats as bytes (2n), magnitudes 2^-7..2^-4: random sign and mantissa, exponent set, made
+    once as a pool of the same size as the byte pool and tiled like it (a 15 GB F16 model is then bound by the
+    disk like the quantized ones)."""
+    if qtype not in HALF_POOLS:
+        r = POOL.view("<u2")
+        if qtype == Q.F16:  # 1 sign, 5 exponent (bias 15), 10 mantissa
+            r = (r & 0x83FF) | ((8 + ((r >> 10) & 3)) << 10)
+        else:  # BF16: 1 sign, 8 exponent (bias 127), 7 mantissa
+            r = (r & 0x807F) | ((120 + ((r >> 7) & 3)) << 7)
+        HALF_POOLS[qtype] = r.astype("<u2").view(np.uint8)
+    return random_bytes(2 * n, HALF_POOLS[qtype])
+
+
+@functools.lru_cache(maxsize=4)
+def read_kv(path: Path) -> tuple:
+    """Every key of a small GGUF as (key, value, type, sub_type), read once per process: parsing the 150k-token
+    vocabulary with gguf-py's reader takes tens of seconds, and each weight type's model needs it."""
+    out = []
+    for key, f in GGUFReader(path).fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
-        vtype = f.types[0]
-        if key in override:
-            val = override[key]
-        elif vtype == GGUFValueType.ARRAY:
+        vtype, sub = f.types[0], None
+        if vtype == GGUFValueType.ARRAY:
             sub = f.types[1] if len(f.types) > 1 else None
             if sub == GGUFValueType.STRING:
                 val = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
             else:
                 val = [f.parts[i].tolist()[0] for i in f.data]
-            writer.add_key_value(key, val, vtype, sub_type=sub)
-            continue
         elif vtype == GGUFValueType.STRING:
             val = bytes(f.parts[f.data[0]]).decode("utf-8")
         else:
             val = f.parts[f.data[0]].tolist()[0]
-        writer.add_key_value(key, val, vtype)
+        out.append((key, val, vtype, sub))
+    return tuple(out)
+
+
+def copy_kv(small: Path, writer: GGUFWriter, override: dict) -> None:
+    """Every key of the small file, with `override` replacing values (same key type)."""
+    for key, val, vtype, sub in read_kv(small):
+        if key in override:
+            writer.add_key_value(key, override[key], vtype)
+        elif sub is not None:
+            writer.add_key_value(key, val, vtype, sub_type=sub)
+        else:
+            writer.add_key_value(key, val, vtype)
 
 
 def quantized(rows: int, cols: int, qtype: Q) -> np.ndarray:
     """Random blocks with small finite scales: weights of magnitude ~1e-2, no inf/NaN anywhere."""
-    if qtype == Q.F16:
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
+    if qtype in (Q.F16, Q.BF16):
+        return half_bits(rows * cols, qtype).reshape(rows, 2 * cols)
     if qtype == Q.Q6_K:  # block of 256: ql[128] qh[64] scales int8[16] d f16 -> 210 bytes
         nb, bsz = cols // 256, 210
         b = random_bytes(rows * nb * bsz).reshape(rows * nb, bsz)
@@ -95,20 +125,19 @@ def quantized(rows: int, cols: int, qtype: Q) -> np.ndarray:
 
 
 def add(writer: GGUFWriter, name: str, arr: np.ndarray, qtype: Q | None = None) -> None:
-    if qtype in (Q.Q6_K, Q.Q8_0):
+    if qtype in (Q.Q6_K, Q.Q8_0, Q.F16, Q.BF16):
         writer.add_tensor(name, arr, raw_dtype=qtype)
     else:
         writer.add_tensor(name, arr)
 
 
 def text_model(small: Path, out: Path, qtype: Q, t: dict) -> None:
-    r = GGUFReader(small)
-    n_vocab = len(r.fields["tokenizer.ggml.tokens"].data)
+    n_vocab = len(next(v for k, v, _, _ in read_kv(small) if k == "tokenizer.ggml.tokens"))
     w = GGUFWriter(out, "qwen2")
     e, ff, n_layer = t["n_embd"], t["n_ff"], t["n_layer"]
     kv = t["n_head_kv"] * (e // t["n_head"])
     copy_kv(
-        r,
+        small,
         w,
         {
             "qwen2.block_count": n_layer,
@@ -145,10 +174,9 @@ def text_model(small: Path, out: Path, qtype: Q, t: dict) -> None:
 
 
 def mmproj(small: Path, out: Path, a: dict, n_embd_text: int) -> None:
-    r = GGUFReader(small)
     w = GGUFWriter(out, "clip")
     copy_kv(
-        r,
+        small,
         w,
         {
             "clip.audio.projection_dim": n_embd_text,
@@ -195,7 +223,7 @@ def mmproj(small: Path, out: Path, a: dict, n_embd_text: int) -> None:
 def strip(src: Path, out: Path, arch: str) -> None:
     """A copy of src's metadata without tensors (the part make_model needs of it)."""
     w = GGUFWriter(out, arch)
-    copy_kv(GGUFReader(src), w, {})
+    copy_kv(src, w, {})
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.close()
@@ -204,17 +232,25 @@ def strip(src: Path, out: Path, arch: str) -> None:
 def make(
     small_model: Path, small_mmproj: Path, out_dir: Path, shape: str = "full", qtype: str = "Q6_K"
 ) -> tuple[Path, Path]:
-    """Writes OUT_DIR/model-<type>.gguf and OUT_DIR/mmproj-f16.gguf; returns their paths."""
+    """Writes OUT_DIR/model-<type>.gguf and OUT_DIR/mmproj-f16.gguf (once for all types); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     s = SHAPES[shape]
     model, proj = out_dir / f"model-{qtype}.gguf", out_dir / "mmproj-f16.gguf"
-    done = out_dir / f".{shape}-{qtype}.done"  # written last: a killed run leaves no half model behind
-    if done.exists() and model.exists() and proj.exists():
-        return model, proj
-    mmproj(small_mmproj, proj, s["audio"], s["text"]["n_embd"])
-    text_model(small_model, model, Q[qtype], s["text"])
-    done.touch()
+    # each file's marker is written last: a killed run leaves no half model behind
+    proj_done, done = out_dir / f".{shape}-mmproj.done", out_dir / f".{shape}-{qtype}.done"
+    if not (proj_done.exists() and proj.exists()):
+        mmproj(small_mmproj, proj, s["audio"], s["text"]["n_embd"])
+        proj_done.touch()
+    if not (done.exists() and model.exists()):
+        text_model(small_model, model, Q[qtype], s["text"])
+        done.touch()
     return model, proj
+
+
+def remove(out_dir: Path, shape: str, qtype: str) -> None:
+    """Deletes one type's text model (the GPU machine's 64 GB disk holds Q6_K + Q8_0 + F16 only just)."""
+    (out_dir / f".{shape}-{qtype}.done").unlink(missing_ok=True)
+    (out_dir / f"model-{qtype}.gguf").unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -223,7 +259,7 @@ def main() -> None:
     ap.add_argument("small_mmproj", type=Path)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--shape", default="full", choices=sorted(SHAPES))
-    ap.add_argument("--type", default="Q6_K", choices=["Q6_K", "Q8_0", "F16"])
+    ap.add_argument("--type", default="Q6_K", choices=TYPES)
     ap.add_argument("--strip", action="store_true", help="write metadata-only copies of the small pair instead")
     a = ap.parse_args()
     t0 = time.time()

@@ -8,6 +8,8 @@
 #                        include/, lib/cmake/ggml: ggml's package (a rebuild of the engine there links these)
 #   .gpu/llama.tar.gz    the llama.cpp tree (gguf-py for the model writer; the sources for a rebuild there)
 #   .gpu/meta/           tensor-less copies of the tests' tiny GGUF pair (tokenizer, chat template, clip keys)
+#   .gpu/meta-hf.tar.gz  its transformers checkpoint without weights (tokenizer, processor, config; make_hf.py)
+#   bin/op-profile       (in native.tar.xz) bench/gpu/op_profile.cpp: where a step's device time goes
 #   .gpu/track150.wav    150 s of real music from the test corpus, 16 kHz mono 16-bit
 #
 # Needs: nvcc (CUDA 13), cmake, ninja, python3.12 with pybind11 (PY312), the tests' cache (tiny model, corpus), and
@@ -75,12 +77,15 @@ c++ -O2 -std=c++17 -fPIC -shared -fvisibility=hidden -DNDEBUG \
   -I"$LLAMA/include" -I"$LLAMA/ggml/include" -I"$LLAMA/tools/mtmd" -I"$PYINC" -I"$PYBIND" \
   cpp/*.cpp -L"$B/bin" -lmtmd -lllama -lggml -lggml-base -Wl,-rpath,'$ORIGIN/../lib' -o "$E/_core$EXT"
 
+# the op profiler (bench/gpu/op_profile.cpp, graph timing per node) against the same libraries
+LDFLAGS="-Wl,-rpath-link,$CUDA_LIB/stubs" bash bench/gpu/build_op_profile.sh "$LLAMA" "$B/bin" "$WORK/op-profile" '$ORIGIN/../lib'
+
 # 3. pack
 P=$WORK/pack
 rm -rf "$P" && mkdir -p "$P/bin" "$P/core"
 cp -a "$WORK/ggml-prefix/." "$P/"          # lib/libggml*.so, lib/cmake/ggml, include/
 cp -a "$B"/bin/lib*.so* "$P/lib/"           # libllama, libmtmd, llama-common and the tools' own libraries
-cp "$B/bin/llama-mtmd-cli" "$B/bin/llama-batched-bench" "$P/bin/"
+cp "$B/bin/llama-mtmd-cli" "$B/bin/llama-batched-bench" "$WORK/op-profile" "$P/bin/"
 cp "$E"/_core*.so "$P/core/"
 strip --strip-unneeded "$P"/lib/*.so* "$P"/bin/* "$P"/core/*.so 2>/dev/null || true
 tar -C "$P" -cJf "$OUT/native.tar.xz" .
@@ -91,14 +96,18 @@ tar -C "$(dirname "$LLAMA")" --exclude=.git --exclude=docs --exclude=examples --
 # 4. the model's metadata and the music
 TINY=$(ls -d "${MUSIC_FLAMINGO_CACHE:-$HOME/.cache/music-flamingo}"/test-models/tiny-music-flamingo-*/ | head -1)
 PYTHONPATH="$LLAMA/gguf-py" "$PY" bench/gpu/make_model.py --strip "$TINY/model-f32.gguf" "$TINY/mmproj-f32.gguf" "$OUT/meta"
+# the tiny transformers checkpoint without its weights (tokenizer, processor, config): make_hf.py builds on it
+# (11 MB of tokenizer.json, 2 MB packed: the device tool carries 64 MiB in all)
+"$PY" -c 'import sys; sys.path.insert(0, "bench/gpu"); import make_hf; from pathlib import Path; make_hf.strip(Path(sys.argv[1]), Path(sys.argv[2]))' "$TINY/hf" "$WORK/meta-hf"
+tar -C "$WORK/meta-hf" -czf "$OUT/meta-hf.tar.gz" .
 PYTHONPATH=python "$PY" - "$OUT/track150.wav" <<'PY'
-import sys, glob, os
+import sys
 from pathlib import Path
 sys.path.insert(0, "bench/gpu")
 from music_flamingo.audio import load_audio
 from run import write_wav
-cache = Path(os.environ.get("MUSIC_FLAMINGO_CACHE", Path.home() / ".cache/music-flamingo"))
-x = load_audio(sorted(glob.glob(str(cache / "corpus/mp3/*.mp3")))[0])
+from testkit.corpus import ensure_corpus  # the tests' music, fetched here if this machine has none yet
+x = load_audio(sorted(ensure_corpus().glob("mp3/*.mp3"))[0])
 write_wav(Path(sys.argv[1]), x[16000 * 20:16000 * 170])
 PY
 du -sh "$OUT"/*

@@ -16,7 +16,7 @@ from ._logging import logger
 from ._version import __version__
 from .analyzer import AnalysisOptions, Analyzer, TrackAnalysis
 from .audio import load_audio
-from .datatypes import GenerationResult, GenerationStats, Prompt
+from .datatypes import FollowUpAnswer, GenerationResult, GenerationStats, Prompt
 from .errors import (
     AudioDecodeError,
     EngineError,
@@ -36,6 +36,7 @@ __all__ = [
     "Analyzer",
     "AudioDecodeError",
     "EngineError",
+    "FollowUpAnswer",
     "GenerationResult",
     "GenerationStats",
     "InvalidInputError",

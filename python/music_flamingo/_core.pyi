@@ -34,13 +34,38 @@ class SamplingParams:
         ignore_eos: bool = False,
     ) -> None: ...
 
+class FollowUpRequest:
+    """A question asked after a prompt's answer, in the same conversation (its KV cells continued)."""
+
+    text: str
+    max_tokens: int  # the follow-up's own token limit
+    sampling: SamplingParams
+    def __init__(self, text: str, *, max_tokens: int = 64, sampling: SamplingParams = ...) -> None: ...
+
 class PromptRequest:
-    """One question about a track: its text, token limit and sampling."""
+    """One question about a track: its text, token limit and sampling; its follow-ups; a known answer (``answer``
+    text or ``answer_tokens``: fed, not generated, so only the follow-ups are)."""
 
     text: str
     max_tokens: int
     sampling: SamplingParams
-    def __init__(self, text: str, *, max_tokens: int = 256, sampling: SamplingParams = ...) -> None: ...
+    followups: list[FollowUpRequest]
+    @property
+    def answered(self) -> bool: ...
+    @property
+    def answer(self) -> str: ...
+    @property
+    def answer_tokens(self) -> list[int]: ...
+    def __init__(
+        self,
+        text: str,
+        *,
+        max_tokens: int = 256,
+        sampling: SamplingParams = ...,
+        followups: list[FollowUpRequest] = [],
+        answer: str | None = None,
+        answer_tokens: list[int] = [],
+    ) -> None: ...
 
 class Framing:
     """How the audio is put in front of the LLM (cpp/types.h, enum Framing)."""
@@ -112,6 +137,8 @@ class PromptOutput:
     def tokens(self) -> list[int]: ...
     @property
     def stop_reason(self) -> str: ...
+    @property
+    def followups(self) -> list[PromptOutput]: ...
 
 class GenerateResult:
     """One track's answers and stats (read-only); the debug fields are empty unless ``debug`` was asked for."""
@@ -128,12 +155,14 @@ class GenerateResult:
     def prompt_tokens(self) -> list[int]: ...
 
 class ChatPieces:
-    """The chat around the audio and the question: head <audio> mid <question> tail (music_flamingo.chat_template)."""
+    """The chat around the audio and the question: head <audio> mid <question> tail (music_flamingo.chat_template);
+    next_turn (between an answer and the next question): without it follow-ups are refused."""
 
     head: str
     mid: str
     tail: str
-    def __init__(self, *, head: str = "", mid: str = "", tail: str = "") -> None: ...
+    next_turn: str
+    def __init__(self, *, head: str = "", mid: str = "", tail: str = "", next_turn: str = "") -> None: ...
 
 class RunRequest:
     """One run's settings; a keyword it does not know is a TypeError. Defaults are the engine's."""
@@ -245,7 +274,9 @@ class Engine:
     ) -> list[GenerateResult]: ...
     def run_stream(
         self,
-        next_audio: Callable[[], npt.NDArray[np.float32] | None],
+        next_audio: Callable[
+            [], npt.NDArray[np.float32] | tuple[npt.NDArray[np.float32], Sequence[PromptRequest]] | None
+        ],
         on_result: Callable[[int, GenerateResult | Exception], None],
         prompts: Sequence[PromptRequest],
         sample_rate: int,
@@ -264,3 +295,6 @@ def build_info() -> dict[str, str]: ...
 def list_devices() -> list[dict[str, str]]: ...
 def set_log_callback(callback: Callable[[int, bytes], None] | None) -> None: ...
 def set_log_level(level: int) -> None: ...
+def quantize_model(
+    src: str, dst: str, ftype: int, n_threads: int = 0, imatrix: list[tuple[str, list[float]]] = []
+) -> None: ...

@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+
 from . import validation
 from ._version import __version__
 from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt
-from .prompts import Catalogue, PromptEntry, load_catalogue
+from .errors import PromptConfigError
+from .prompts import Catalogue, FollowUp, PromptEntry, load_catalogue
+from .sidecar import read_sidecar, sidecar_path
 from .text import normalize_music_flamingo_text
 
 _Model = TypeVar("_Model", bound="AnalyzerCalls")
 
 MODEL_KEY = "music_flamingo_model"
 META_KEY = "music_flamingo_meta"
+# Tokens a filled template may add to its prompt, over the template's own text: room the engine sizes a stream for
+# (the pipeline's {genres} and {metadata} fragments together are about 100 tokens).
+FILL_ROOM_TOKENS = 256
 
 
 @dataclass
@@ -43,14 +51,24 @@ class AnalysisOptions:
     seed: int | None = None
     max_duration: float | None = None  # seconds analysed at most; None: the model's limit
     normalize: bool = True
+    trim_frac: float | None = None  # analyse only the first share of each track, faded out (an excerpt)
+    # Follow-up questions (the catalogue's, e.g. the pipeline config's revision prompts) asked after one answer in
+    # the same conversation, written as their keys: names; None: every one the catalogue has; (): none.
+    followups: Sequence[str] | None = None
+    followups_of: str | None = None  # the prompt whose answer they follow; None: "full" if asked, else the first
+    # The catch-up pass: only the follow-ups, from the answer a track's sidecar already holds (text only, no audio);
+    # only the follow-ups' keys are written.
+    catch_up: bool = False
 
     def __post_init__(self) -> None:
         """Every value checked here, before a backend loads its model (InvalidInputError, a ValueError)."""
         self.prompts_files = tuple(self.prompts_files)
-        for name in ("temperature", "top_p", "seed", "max_duration"):
+        for name in ("temperature", "top_p", "seed", "max_duration", "trim_frac"):
             value = getattr(self, name)
             if value is not None:
                 validation.require(name, getattr(validation, name)(value))
+        if self.prompt is not None:
+            validation.require("prompt", validation.prompt_text(self.prompt))
 
     @classmethod
     def of(cls, owner: str, options: AnalysisOptions | None, keywords: Mapping[str, Any]) -> AnalysisOptions:
@@ -68,8 +86,46 @@ class AnalysisOptions:
 
     def asked(self, catalogue: Catalogue | None = None) -> list[PromptEntry]:
         """The entries these options ask, in order (:meth:`.Catalogue.asked`): from the catalogue alone, so the
-        dry run and the parents of several engines know a run's sidecar keys without loading a model."""
-        return (catalogue or self.catalogue()).asked(self.prompts, self.prompt)
+        dry run and the parents of several engines know a run's sidecar keys without loading a model. The catch-up
+        pass asks only the prompt its follow-ups follow."""
+        catalogue = catalogue or self.catalogue()
+        entries = catalogue.asked(self.prompts, self.prompt)
+        return [followups_parent(self, catalogue, entries)] if self.catch_up else entries
+
+    def asked_followups(self, catalogue: Catalogue | None = None) -> list[FollowUp]:
+        """The follow-up questions these options ask (PromptConfigError for an unknown name)."""
+        catalogue = catalogue or self.catalogue()
+        if self.followups is None:
+            chosen = list(catalogue.followups.values())
+        else:
+            unknown = [n for n in self.followups if n not in catalogue.followups]
+            if unknown:
+                raise PromptConfigError(
+                    f"unknown follow-up(s) {', '.join(map(repr, unknown))}; available: "
+                    + (
+                        ", ".join(catalogue.followups)
+                        or "none (add a prompts file with revision prompts, or --summaries)"
+                    )
+                )
+            chosen = [catalogue.followups[n] for n in dict.fromkeys(self.followups)]
+        if self.catch_up and not chosen:
+            raise PromptConfigError("the catch-up pass needs follow-up questions (none in the prompt catalogue)")
+        return chosen
+
+    def keys(self, catalogue: Catalogue | None = None) -> list[str]:
+        """The sidecar keys a run writes (a track holding them all is done): the prompts' and the follow-ups'; the
+        catch-up pass, the follow-ups' alone."""
+        catalogue = catalogue or self.catalogue()
+        fkeys = [f.key for f in self.asked_followups(catalogue)]
+        return fkeys if self.catch_up else [e.key for e in self.asked(catalogue)] + fkeys
+
+
+def followups_parent(options: AnalysisOptions, catalogue: Catalogue, entries: Sequence[PromptEntry]) -> PromptEntry:
+    """The prompt whose answer the follow-ups continue: ``followups_of``, else ``full`` when asked (the answer the
+    pipeline summarises), else the first prompt asked."""
+    if options.followups_of is not None:
+        return catalogue.select([options.followups_of])[0]
+    return next((e for e in entries if e.name == "full"), entries[0])
 
 
 @dataclass
@@ -82,9 +138,14 @@ class TrackAnalysis:
     meta: dict[str, Any]
     stats: GenerationStats | None = None
     audio: PreparedAudio | None = field(default=None, repr=False)
+    prompts: dict[str, str] = field(default_factory=dict)  # the texts as sent, by prompt name (filled per track)
+    catch_up: bool = False  # only follow-ups: the sidecar's answer, label and metadata stay as they are
 
     def sidecar_fields(self) -> dict[str, Any]:
-        """The keys this package owns in a sidecar: the descriptions, the model label and the metadata."""
+        """The keys this package owns in a sidecar: the descriptions, the model label and the metadata (the
+        catch-up pass: its follow-ups' keys alone)."""
+        if self.catch_up:
+            return dict(self.descriptions)
         return {**self.descriptions, MODEL_KEY: self.model_label, META_KEY: self.meta}
 
 
@@ -122,6 +183,7 @@ class Analyzer:
         self.options = options or AnalysisOptions()
         self.catalogue: Catalogue = self.options.catalogue()
         self.entries: list[PromptEntry] = self.options.asked(self.catalogue)
+        self.followups: list[FollowUp] = self.options.asked_followups(self.catalogue)
         self._provenance: dict[str, Any] | None = None
 
     @property
@@ -157,9 +219,82 @@ class Analyzer:
             return self.entries
         return self.catalogue.select([prompt_type] if isinstance(prompt_type, str) else list(prompt_type))
 
-    def to_prompts(self, entries: Sequence[PromptEntry]) -> list[Prompt]:
+    def to_prompts(self, entries: Sequence[PromptEntry], texts: Sequence[str] | None = None) -> list[Prompt]:
+        """The engine's prompts of ``entries``, with ``texts`` as filled for one track (default: as written); the
+        follow-ups ride on the prompt whose answer they follow (:attr:`Prompt.followups`)."""
         o = self.options
-        return [e.to_prompt(temperature=o.temperature, top_p=o.top_p, seed=o.seed) for e in entries]
+        texts = texts if texts is not None else [None] * len(entries)
+        prompts = [
+            e.to_prompt(temperature=o.temperature, top_p=o.top_p, seed=o.seed, text=t) for e, t in zip(entries, texts)
+        ]
+        at = self.followups_index(entries)
+        if at is not None:
+            asked = tuple(followup_prompt(f, o) for f in self.followups)
+            prompts[at] = dataclasses.replace(prompts[at], followups=asked)
+        return prompts
+
+    def followups_index(self, entries: Sequence[PromptEntry]) -> int | None:
+        """Where in ``entries`` the prompt the follow-ups follow is; None: no follow-ups, or that prompt not there."""
+        if not self.followups or not entries:
+            return None
+        parent = followups_parent(self.options, self.catalogue, self.entries or entries)
+        return next((i for i, e in enumerate(entries) if e.name == parent.name), None)
+
+    def keys(self) -> list[str]:
+        """The sidecar keys this analyzer writes (a track holding them all is done; :meth:`AnalysisOptions.keys`)."""
+        fkeys = [f.key for f in self.followups]
+        return fkeys if self.options.catch_up else [e.key for e in self.entries] + fkeys
+
+    @property
+    def templated(self) -> bool:
+        """Whether what is asked is filled per track from its sidecar (:mod:`.templates`)."""
+        return self.catalogue.templated(self.entries)
+
+    def track_prompts(
+        self, info: Mapping[str, Any] | None, file: str = "", entries: Sequence[PromptEntry] | None = None
+    ) -> list[Prompt]:
+        """The prompts asked of one track whose sidecar holds ``info``: templates filled (PromptConfigError when
+        a template cannot be filled for this track's values)."""
+        entries = self.entries if entries is None else entries
+        return self.to_prompts(entries, [e.fill(info, file) for e in entries])
+
+    def prompts_for_file(self, path: str | Path, entries: Sequence[PromptEntry] | None = None) -> list[Prompt] | None:
+        """:meth:`track_prompts` for an audio file, from its sidecar; None when nothing asked is a template (every
+        track gets the same prompts). A damaged sidecar is the SidecarError of :func:`.sidecar.read_sidecar`."""
+        entries = self.entries if entries is None else entries
+        if self.options.catch_up:
+            return self.catch_up_prompts(read_sidecar(sidecar_path(path)), Path(path).name)
+        if not self.catalogue.templated(entries):
+            return None
+        return self.track_prompts(read_sidecar(sidecar_path(path)), Path(path).name, entries)
+
+    def catch_up_prompts(self, info: Mapping[str, Any] | None, file: str = "") -> list[Prompt]:
+        """The catch-up pass for a track whose sidecar holds ``info``: the answer it already has fed as the model's
+        turn, the follow-ups asked after it. [] when the sidecar holds no such answer (nothing to catch up)."""
+        (parent,) = self.entries
+        answer = (info or {}).get(parent.key)
+        if not isinstance(answer, str) or not answer.strip():
+            return []
+        (prompt,) = self.track_prompts(info, file, [parent])
+        return [dataclasses.replace(prompt, answer=answer)]
+
+    def _own(self, prompts: Sequence[Prompt] | None) -> list[Prompt]:
+        """A track's prompts: those given (filled from its sidecar), else the catalogue's as written — templates
+        with their fallbacks (no sidecar values)."""
+        if prompts is not None:
+            return list(prompts)
+        return self.track_prompts({}) if self.templated else self.to_prompts(self.entries)
+
+    def prepare(self, audio: AudioSource, sample_rate: int | None = None, name: str | None = None) -> PreparedAudio:
+        """One track's audio as the model gets it: decoded, cut at the length limit, an excerpt with
+        ``trim_frac``."""
+        if self.options.catch_up:  # text only: the audio is not needed, nor decoded
+            return PreparedAudio(np.zeros(0, np.float32), 0.0, 0.0, False)
+        if name is None:
+            name = str(audio) if not hasattr(audio, "shape") else "audio array"
+        return prepare_audio(
+            audio, sample_rate, self.max_analysed_seconds(), name=name, trim_frac=self.options.trim_frac
+        )
 
     def analyze(
         self, audio: AudioSource, sample_rate: int | None = None, prompt_type: str | None = None
@@ -183,45 +318,54 @@ class Analyzer:
     ) -> TrackAnalysis:
         """Everything about one track: descriptions by key, raw texts, provenance metadata and timings."""
         entries = list(entries) if entries is not None else self.entries
-        name = str(audio) if not hasattr(audio, "shape") else "audio array"
         if prepared is None:
-            prepared = prepare_audio(audio, sample_rate, self.max_analysed_seconds(), name=name)
-        prompts = self.to_prompts(entries)
+            prepared = self.prepare(audio, sample_rate)
+        prompts = None
+        if isinstance(audio, (str, os.PathLike)):  # a file: templates are filled from its sidecar
+            prompts = self.prompts_for_file(audio, entries)
+        if prompts is None:
+            prompts = self.track_prompts({}, entries=entries)  # an array: every template's fallback
         result = self.backend.generate(prepared.pcm, prompts)
         return self._analysis(entries, prompts, prepared, result, with_provenance)
 
     def analyze_many(
-        self, prepared: Sequence[PreparedAudio], tracks_in_flight: int | str = "auto"
+        self,
+        prepared: Sequence[PreparedAudio],
+        tracks_in_flight: int | str = "auto",
+        prompts: Sequence[Sequence[Prompt] | None] | None = None,
     ) -> list[TrackAnalysis]:
         """Several decoded tracks with the current prompts, decoded together where the backend can
-        (``generate_many``: continuous batching on the GGUF engine). Results in order; one bad track fails the call
-        (the batch runner then retries the tracks one by one)."""
+        (``generate_many``: continuous batching on the GGUF engine). ``prompts``: each track's own (filled from
+        its sidecar, :meth:`prompts_for_file`; None: the shared ones). Results in order; one bad track fails the
+        call (the batch runner then retries the tracks one by one)."""
         entries = self.entries
-        prompts = self.to_prompts(entries)
+        per_track = [self._own(p) for p in (prompts or [None] * len(prepared))]
         many = getattr(self.backend, "generate_many", None)
         if many is not None:
-            results = many([(p.pcm, prompts) for p in prepared], tracks_in_flight=tracks_in_flight)
+            results = many([(a.pcm, p) for a, p in zip(prepared, per_track)], tracks_in_flight=tracks_in_flight)
         else:
-            results = [self.backend.generate(p.pcm, prompts) for p in prepared]
-        return [self._analysis(entries, prompts, audio, r, True) for audio, r in zip(prepared, results)]
+            results = [self.backend.generate(a.pcm, p) for a, p in zip(prepared, per_track)]
+        return [self._analysis(entries, p, a, r, True) for a, p, r in zip(prepared, per_track, results)]
 
     def analyze_stream(
         self,
-        items: Iterable[tuple[Hashable, PreparedAudio]],
+        items: Iterable[tuple[Hashable, PreparedAudio] | tuple[Hashable, PreparedAudio, Sequence[Prompt] | None]],
         on_result: Callable[[Hashable, TrackAnalysis | Exception], None],
         tracks_in_flight: int | str = "auto",
     ) -> None:
         """Describe decoded tracks as they come, each reported as it finishes: ``on_result(key, analysis)`` or
         ``on_result(key, exception)`` for a track that failed alone. ``items`` may be a generator (the batch runner
-        locks and decodes tracks inside it). A backend with ``generate_stream`` (GGUF) keeps up to
-        ``tracks_in_flight`` tracks decoding together and pulls the next item as soon as one finishes, on its helper
-        thread; results then arrive in the order tracks finish. Otherwise one track at a time."""
-        entries = self.entries
-        prompts = self.to_prompts(entries)
+        locks and decodes tracks inside it); an item may carry the track's own prompts (filled from its sidecar,
+        :meth:`prompts_for_file`) as a third element. A backend with ``generate_stream`` (GGUF) keeps up to
+        ``tracks_in_flight`` tracks decoding together, whatever their prompts, and pulls the next item as soon as
+        one finishes, on its helper thread; results then arrive in the order tracks finish. Otherwise one track at a
+        time."""
+        entries, templated = self.entries, self.templated
         stream = getattr(self.backend, "generate_stream", None)
         if stream is None:
-            for key, prepared in items:
+            for key, prepared, own in map(_with_prompts, items):
                 try:
+                    prompts = self._own(own)
                     result = self.backend.generate(prepared.pcm, prompts)
                     analysis = self._analysis(entries, prompts, prepared, result, True)
                 except KeyboardInterrupt:
@@ -232,22 +376,38 @@ class Analyzer:
                 on_result(key, analysis)
             return
 
-        taken: list[tuple[Hashable, PreparedAudio] | None] = []  # in the order the backend took them: its index
+        # in the order the backend took them (its index): key, audio, prompts
+        taken: list[tuple[Hashable, PreparedAudio, list[Prompt]] | None] = []
 
         def audio():
-            for key, prepared in items:
-                taken.append((key, prepared))
-                yield prepared.pcm
+            for key, prepared, own in map(_with_prompts, items):
+                try:
+                    prompts = self._own(own)
+                except PromptConfigError as e:  # a template that cannot take this track's values: it fails alone
+                    on_result(key, e)
+                    continue
+                taken.append((key, prepared, prompts))
+                yield (prepared.pcm, prompts) if own is not None or templated else prepared.pcm
 
         def done(index: int, result: GenerationResult | Exception) -> None:
-            key, prepared = taken[index]
+            key, prepared, prompts = taken[index]
             taken[index] = None  # the audio is no longer needed
             if isinstance(result, Exception):
                 on_result(key, result)
             else:
                 on_result(key, self._analysis(entries, prompts, prepared, result, True))
 
-        stream(audio(), prompts, done, tracks_in_flight=tracks_in_flight, max_audio_seconds=self.max_analysed_seconds())
+        # Filled texts are longer than their templates: the run is sized with room for what fills them (a track
+        # that still does not fit fails alone, in the engine).
+        plain = self.to_prompts(entries)  # the texts as written
+        sizing = [dataclasses.replace(p, max_tokens=p.max_tokens + FILL_ROOM_TOKENS) for p in plain]
+        stream(
+            audio(),
+            sizing if templated else plain,
+            done,
+            tracks_in_flight=tracks_in_flight,
+            max_audio_seconds=self.max_analysed_seconds(),
+        )
 
     def _analysis(
         self,
@@ -258,11 +418,24 @@ class Analyzer:
         with_provenance: bool,
     ) -> TrackAnalysis:
         """Texts by key -> T5-safe descriptions + provenance."""
-        raw = {e.key: t for e, t in zip(entries, result.texts)}
+        catch_up = self.options.catch_up
+        raw = {} if catch_up else {e.key: t for e, t in zip(entries, result.texts)}
+        at = self.followups_index(entries)
+        if at is not None:  # the follow-ups' answers, by their keys
+            raw.update({f.key: a.text for f, a in zip(self.followups, result.followups[at])})
         clean = {k: normalize_music_flamingo_text(t) if self.options.normalize else t for k, t in raw.items()}
-        meta = self.track_meta(entries, prompts, prepared) if with_provenance else {}
+        meta = self.track_meta(entries, prompts, prepared) if with_provenance and not catch_up else {}
+        asked = {e.name: p.text for e, p in zip(entries, prompts)}
+        asked.update({f.name: f.text for p in prompts for f in p.followups})
         return TrackAnalysis(
-            descriptions=clean, raw=raw, model_label=self.model_label, meta=meta, stats=result.stats, audio=prepared
+            descriptions=clean,
+            raw=raw,
+            model_label=self.model_label,
+            meta=meta,
+            stats=result.stats,
+            audio=prepared,
+            prompts=asked,
+            catch_up=catch_up,
         )
 
     def track_meta(
@@ -272,6 +445,7 @@ class Analyzer:
             **self.provenance(),
             "package_version": __version__,
             "prompts": [e.name for e in entries],
+            **({"followups": [f.name for f in self.followups]} if self.followups_index(entries) is not None else {}),
             "prompts_hash": self.catalogue.texts_hash(entries),
             "sampling": {
                 p.name: {
@@ -287,6 +461,8 @@ class Analyzer:
             "seconds_analysed": round(prepared.analysed_seconds, 3),
             "source_seconds": round(prepared.source_seconds, 3),
             "truncated": prepared.truncated,
+            **_excerpt_meta(prepared),
+            **_filled_meta(entries, prompts),
             "sample_rate": TARGET_SAMPLE_RATE,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -300,6 +476,30 @@ class Analyzer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _with_prompts(item: tuple[Any, ...]) -> tuple[Hashable, PreparedAudio, Sequence[Prompt] | None]:
+    """A stream item as (key, audio, its own prompts or None)."""
+    return (item[0], item[1], item[2] if len(item) > 2 else None)
+
+
+def _excerpt_meta(prepared: PreparedAudio) -> dict[str, Any]:
+    """What the sidecar says of an excerpt (``trim_frac``): the span analysed (seconds from the start of the track)
+    and the fade before its cut. Nothing for a whole track."""
+    if prepared.trim_frac is None:
+        return {}
+    return {
+        "trim_frac": prepared.trim_frac,
+        "span_analysed": [0.0, round(prepared.analysed_seconds, 3)],
+        "fade_out_seconds": round(prepared.fade_seconds, 3),
+    }
+
+
+def _filled_meta(entries: Sequence[PromptEntry], prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """The texts of the prompts filled for this track (templates), by name, so a caption's question can be read
+    back; prompts sent as written are identified by ``prompts_hash`` alone."""
+    filled = {e.name: p.text for e, p in zip(entries, prompts) if e.template is not None}
+    return {"prompts_filled": filled} if filled else {}
 
 
 def as_analyzer(obj: Analyzer | AnalyzerCalls) -> Analyzer:
@@ -350,3 +550,17 @@ class AnalyzerCalls:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def followup_prompt(f: FollowUp, o: AnalysisOptions) -> Prompt:
+    """The engine's :class:`Prompt` of a follow-up question: its own temperature (the pipeline's revision
+    temperature) when it has one, else the run's (greedy by default)."""
+    temperature = f.temperature if f.temperature is not None else o.temperature
+    return Prompt(
+        f.text,
+        max_tokens=f.max_tokens,
+        temperature=0.0 if temperature is None else float(temperature),
+        top_p=1.0 if o.top_p is None else float(o.top_p),
+        seed=0 if o.seed is None else int(o.seed),
+        name=f.name,
+    )

@@ -137,6 +137,10 @@ def probe_duration(path: str | os.PathLike) -> float | None:
     """Seconds of audio in a file, read from its header without decoding (for the dry run's hours); None when
     neither decoder can tell. Same decoder order as :func:`read_file`."""
     p = Path(path)
+    try:
+        require_regular_file(p)  # a FIFO named like a track would hang the decoders' open
+    except OSError:
+        return None
     if p.suffix.lower() not in _PYAV_FIRST:
         try:
             import soundfile as sf
@@ -177,28 +181,68 @@ def load_audio(source: AudioSource, sample_rate: int | None = None) -> np.ndarra
 
 @dataclass
 class PreparedAudio:
-    """PCM ready for the engine plus what the sidecar metadata records about it."""
+    """PCM ready for the engine plus what the sidecar metadata records about it: the track's length, the seconds
+    analysed (always its start: ``[0, analysed_seconds]``), whether ``max_seconds`` cut it, and for an excerpt
+    (``trim_frac``) the share asked and the seconds of the fade-out before the cut."""
 
     pcm: np.ndarray
     source_seconds: float
     analysed_seconds: float
     truncated: bool
+    trim_frac: float | None = None
+    fade_seconds: float = 0.0
+
+
+FADE_SHARE = 0.05  # an excerpt fades out over the last 5 % of the track's length before its cut (the pipeline's)
+
+
+def excerpt(pcm: np.ndarray, trim_frac: float, max_samples: int | None = None) -> tuple[np.ndarray, int]:
+    """The first ``trim_frac`` of ``pcm`` (at most ``max_samples``), faded out linearly to silence over the last
+    5 % of the whole track's length before the cut, and the fade's length in samples. ``trim_frac`` 1 with no
+    cut returns the audio as it is (nothing is cut, so nothing fades)."""
+    end = min(len(pcm), int(round(len(pcm) * trim_frac)))
+    if max_samples is not None:
+        end = min(end, max_samples)
+    if end >= len(pcm):
+        return pcm, 0
+    out = np.array(pcm[:end], dtype=np.float32)  # a copy: the caller's array stays as it was
+    fade = min(end, int(round(len(pcm) * FADE_SHARE)))
+    if fade > 0:
+        out[end - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    return out, fade
 
 
 def prepare_audio(
-    source: AudioSource, sample_rate: int | None = None, max_seconds: float | None = None, name: str = "audio"
+    source: AudioSource,
+    sample_rate: int | None = None,
+    max_seconds: float | None = None,
+    name: str = "audio",
+    trim_frac: float | None = None,
 ) -> PreparedAudio:
     """Load and convert, then keep at most ``max_seconds``: longer audio is analysed on its first part, with a
-    warning, and ``truncated`` set so the sidecar says so (never a silent context overflow)."""
+    warning, and ``truncated`` set so the sidecar says so (never a silent context overflow). With ``trim_frac``
+    only that share of the track is kept (an excerpt, :func:`excerpt`: faded out before the cut), within
+    ``max_seconds``."""
     pcm = load_audio(source, sample_rate)
     total = len(pcm) / TARGET_SAMPLE_RATE
-    truncated = False
-    if max_seconds is not None and total > max_seconds:
-        pcm = require_min_length(np.ascontiguousarray(pcm[: int(max_seconds * TARGET_SAMPLE_RATE)]))
-        truncated = True
+    truncated = max_seconds is not None and total > max_seconds
+    max_samples = int(max_seconds * TARGET_SAMPLE_RATE) if truncated else None
+    fade = 0
+    if trim_frac is not None:
+        pcm, fade = excerpt(pcm, trim_frac, max_samples)
+        truncated = truncated and total * trim_frac > max_seconds
+    elif truncated:
+        pcm = pcm[:max_samples]
+    if truncated:
         logger.warning("%s is %.1f s long; analysing its first %.1f s (max_duration)", name, total, max_seconds)
+    pcm = require_min_length(np.ascontiguousarray(pcm))
     return PreparedAudio(
-        pcm=pcm, source_seconds=total, analysed_seconds=len(pcm) / TARGET_SAMPLE_RATE, truncated=truncated
+        pcm=pcm,
+        source_seconds=total,
+        analysed_seconds=len(pcm) / TARGET_SAMPLE_RATE,
+        truncated=truncated,
+        trim_frac=trim_frac,
+        fade_seconds=fade / TARGET_SAMPLE_RATE,
     )
 
 

@@ -9,13 +9,16 @@ Built for runs of days over tens of thousands of tracks, possibly by several pro
 - a track whose sidecar already has every requested key is skipped (resume after a crash = run again);
 - one failing track never stops the run: it is logged, counted and listed in a failures JSONL (:mod:`.failures`:
   one record per track, cleared when it succeeds; a track another process failed in this run is not retried);
-- each track is locked (filelock, in ``<root>/.music-flamingo/locks``) while it is analysed, so processes sharing
-  a dataset do each track once; a locked track is not waited for: it is looked at once more after the others (its
+- each track is locked (``flock`` on a file in ``<root>/.music-flamingo/locks`` that exists only while held,
+  :class:`~music_flamingo.fsutil.SelfRemovingLock`) while it is analysed, so processes sharing a dataset do each
+  track once; a locked track is not waited for: it is looked at once more after the others (its
   holder may have died) and skipped if still locked;
 - the next tracks are decoded and resampled on a background thread while the engine works on the current ones;
 - tracks stream into the engine: up to ``tracks_in_flight`` decode together in its batch steps, and a finished
   track's place goes to the next one at once (continuous batching; the batch never drains between groups);
-- Ctrl-C stops between tracks or decode steps; sidecars are written atomically, so none is left half-written.
+- Ctrl-C stops between tracks or decode steps; sidecars are written atomically, so none is left half-written;
+- nothing is written outside the dataset (resolved paths: a sidecar symlinked out of it is a counted failure), and
+  ``--jsonl`` lines are appended whole or not at all (:mod:`.fsutil`'s rules, :mod:`.manifest`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import collections
 import dataclasses
 import hashlib
 import itertools
-import json
 import os
 import threading
 import time
@@ -37,14 +39,14 @@ from typing import Any
 from . import lifecycle, validation
 from ._logging import logger
 from .analyzer import Analyzer, AnalyzerCalls, as_analyzer
-from .audio import PreparedAudio, prepare_audio
-from .datatypes import GenerationStats
-from .discovery import EXCLUDED_AS, NOT_SELECTED, Selection, Track, discover_tracks
+from .audio import PreparedAudio
+from .datatypes import GenerationStats, Prompt
+from .discovery import EXCLUDED_AS, NOT_SAMPLED, NOT_SELECTED, Selection, Track, discover_tracks
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SidecarError
-from .failures import FailureLog
+from .failures import STATE_DIR, FailureLog, parse_record
+from .fsutil import MAX_FAILURES_BYTES, SelfRemovingLock, inside, open_regular_file, real
+from .manifest import Manifest
 from .sidecar import has_keys, remove_stale_temp_files, sidecar_path, update_sidecar
-
-STATE_DIR = ".music-flamingo"
 
 # What a run does with each path discovery looked at (one of these per PlannedTrack).
 DONE = "done"  # the sidecar already has every requested key
@@ -85,18 +87,21 @@ def read_failed_tracks(path: str | os.PathLike) -> list[str]:
     """
     out: dict[str, None] = {}
     try:
-        f = open(path, encoding="utf-8", errors="surrogateescape")
+        with open_regular_file(path, MAX_FAILURES_BYTES) as f:  # a FIFO or a folder of that name: no hang
+            data = f.read(MAX_FAILURES_BYTES)
     except FileNotFoundError:
         return []
-    with f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                out[str(rec["path"])] = None
-            except (ValueError, KeyError, TypeError):
-                logger.warning("%s:%d is not a failure record; skipped", path, n)
+    except OSError as e:
+        logger.warning("cannot read the failures file: %s", e)
+        return []
+    for n, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
+            continue
+        rec = parse_record(raw)
+        if rec is None:
+            logger.warning("%s:%d is not a failure record; skipped", path, n)
+        else:
+            out[rec["path"]] = None
     return list(out)
 
 
@@ -105,26 +110,33 @@ def _same_file_key(p: str | os.PathLike) -> str:
 
 
 def _lock_path(state_dir: Path, track: Path) -> Path:
-    digest = hashlib.sha1(str(track.resolve()).encode("utf-8", "surrogatepass")).hexdigest()
+    # real(), not Path.resolve(): a symlink loop named like a track must fail that track, not raise RuntimeError here
+    digest = hashlib.sha1(real(track).encode("utf-8", "surrogatepass")).hexdigest()
     return state_dir / "locks" / f"{digest}.lock"
 
 
 def is_locked(state_dir: Path, track: Path) -> bool:
-    """Whether another process holds ``track``'s lock right now. Creates no file: no lock file, no lock."""
-    from filelock import FileLock, Timeout
-
-    path = _lock_path(state_dir, track)
-    if not path.exists():
-        return False
-    lock = FileLock(str(path))
+    """Whether another process holds ``track``'s lock right now; creates and removes nothing (the dry run)."""
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    except OSError:  # cannot even open it (read-only dataset): nobody we could race with
+        return SelfRemovingLock.held_elsewhere(_lock_path(state_dir, track))
+    except OSError:  # cannot even open it: nobody we could race with
         return False
-    lock.release()
-    return False
+
+
+def dataset_of(root: str | os.PathLike) -> Path:
+    """The folder nothing is written outside of: ``root``, or the folder of a single file."""
+    root = Path(root)
+    return root if root.is_dir() else root.parent
+
+
+def check_sidecar_inside(track: Path, dataset: Path) -> None:
+    """Raise :class:`SidecarError` naming the link when ``track``'s sidecar (through any symlinks) lies outside
+    ``dataset``: a sidecar symlinked to a file elsewhere is never written (:mod:`.fsutil`, rule 1)."""
+    side = sidecar_path(track)
+    if not inside(side, dataset):
+        raise SidecarError(
+            f"sidecar {side} leads outside the dataset {dataset} (to {real(side)}); nothing is written outside it"
+        )
 
 
 def plan_batch(
@@ -154,19 +166,21 @@ def plan_batch(
         sel = dataclasses.replace(sel, paths=tuple(failed))
     failed_keys = {_same_file_key(p) for p in failed}
     state_dir = state_dir_of(root)
+    dataset = dataset_of(root)
     plan: list[PlannedTrack] = []
     for t in discover_tracks(root, sel):
         if not t.selected:
             plan.append(PlannedTrack(t, EXCLUDED))
             continue
-        if check_sidecars and not overwrite:
-            try:
-                if has_keys(sidecar_path(t.path), keys):
-                    plan.append(PlannedTrack(t, DONE))
-                    continue
-            except SidecarError as e:
-                plan.append(PlannedTrack(t, SIDECAR_ERROR, str(e)))
+        try:
+            if check_sidecars and not overwrite and has_keys(sidecar_path(t.path), keys):
+                plan.append(PlannedTrack(t, DONE))
                 continue
+            if check_sidecars:
+                check_sidecar_inside(t.path, dataset)
+        except SidecarError as e:
+            plan.append(PlannedTrack(t, SIDECAR_ERROR, str(e)))
+            continue
         if check_locks and is_locked(state_dir, t.path):
             plan.append(PlannedTrack(t, LOCKED))
         elif _same_file_key(t.path) in failed_keys:
@@ -266,7 +280,7 @@ def dry_run(root: str | os.PathLike, keys: Sequence[str], options: BatchOptions 
 
     plan = _plan(root, keys, options or BatchOptions(), check_locks=True)
     counts = {s: 0 for s in _STATUS_ROWS}
-    counts.update({f"excluded: {why}": 0 for why in (*EXCLUDED_AS.values(), NOT_SELECTED)})
+    counts.update({f"excluded: {why}": 0 for why in (*EXCLUDED_AS.values(), NOT_SELECTED, NOT_SAMPLED)})
     seconds, unknown = 0.0, 0
     for item in plan:
         row = f"excluded: {item.track.excluded_as}" if item.status == EXCLUDED else item.status
@@ -307,6 +321,7 @@ class BatchSummary:
     interrupted: bool = False
     seconds: float = 0.0
     failures_file: str | None = None
+    failures_unwritten: int = 0  # failures the failures file could not take (full disk, not a failures file)
     failures: list[dict[str, str]] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=dict)  # paths not taken, by Track.excluded_as
 
@@ -328,6 +343,8 @@ class BatchSummary:
             s += " (interrupted)"
         if self.failures_file:
             s += f"; failures: {self.failures_file}"
+        if self.failures_unwritten:
+            s += f"; {self.failures_unwritten} failure(s) could not be listed in the failures file (see the log)"
         return s
 
 
@@ -417,12 +434,11 @@ def run_batch(
     :class:`TrackOutcome`, as it happens — on the engine's helper thread for a track skipped or failed before the
     engine took it — and must not raise.
     """
-    from filelock import FileLock, Timeout
-
     analyzer = as_analyzer(analyzer)
     opts = options or BatchOptions()
     root = Path(root)
     state_dir = state_dir_of(root)
+    dataset = dataset_of(root)
     try:
         (state_dir / "locks").mkdir(parents=True, exist_ok=True)
         can_lock = True
@@ -433,7 +449,7 @@ def run_batch(
     failures.start()
     if root.is_dir():
         remove_stale_temp_files(root)  # of sidecar writes killed in earlier runs
-    keys = [e.key for e in analyzer.entries]
+    keys = analyzer.keys()  # the prompts' and the follow-ups' (the catch-up pass: the follow-ups' alone)
     t0 = time.monotonic()
     summary = BatchSummary()
     counting = threading.Lock()  # the summary is updated from the engine's helper thread and this one
@@ -442,12 +458,14 @@ def run_batch(
         if on_track is not None:
             on_track(TrackOutcome(Path(track), status, **detail))
 
-    def fail(track: Path, err: BaseException) -> None:
+    def fail(track: Path, err: BaseException, fields: dict[str, Any] | None = None) -> None:
+        """``fields``: what was computed before the failure (a sidecar that could not be written), so a caller
+        can still show the descriptions."""
         summary.failed += 1
         summary.failures.append({"path": str(track), "error": type(err).__name__, "message": str(err)})
         failures.record(track, err)
         logger.error("failed: %s: %s: %s", track, type(err).__name__, err)
-        tell(track, "failed", error=type(err).__name__, message=str(err))
+        tell(track, "failed", error=type(err).__name__, message=str(err), fields=fields)
 
     def given() -> Iterator[Path]:
         for track in tracks or ():
@@ -456,7 +474,12 @@ def run_batch(
             yield Path(track)
 
     def complete(track: Path) -> bool:
-        return not opts.overwrite and opts.write_sidecars and has_keys(sidecar_path(track), keys)
+        if not opts.write_sidecars:
+            return False
+        if not opts.overwrite and has_keys(sidecar_path(track), keys):
+            return True
+        check_sidecar_inside(track, dataset)  # before the work: a sidecar leading out of the dataset is a failure
+        return False
 
     # A damaged sidecar fails its track when the run reaches it (the check under the track's lock below).
     done_before: list[Path] = []
@@ -471,13 +494,12 @@ def run_batch(
             summary.excluded or "none",
         )
 
-    max_s = analyzer.max_analysed_seconds()
-    prefetch = _Prefetcher(lambda p: prepare_audio(p, None, max_s, name=str(p)), opts.prefetch)
-    jsonl = open(opts.jsonl, "a", encoding="utf-8") if opts.jsonl else None
+    prefetch = _Prefetcher(lambda p: analyzer.prepare(p, name=str(p)), opts.prefetch)  # cut, or an excerpt
+    jsonl = Manifest(opts.jsonl) if opts.jsonl else None
     bar = _progress(len(todo) if tracks is None else None, opts.progress)
     held: dict[Path, Any] = {}  # track -> its FileLock, from admission until its result is written
 
-    def admitted() -> Iterator[tuple[Path, PreparedAudio]]:
+    def admitted() -> Iterator[tuple[Path, PreparedAudio, list[Prompt] | None]]:
         """The tracks to analyse, in order, each locked and decoded. The engine pulls from this on its helper
         thread whenever it can take a track, so locking and decoding stay off the decode loop. A track locked by
         another process is looked at once more after the others: if that process died (SIGKILL, a lost node),
@@ -492,14 +514,14 @@ def run_batch(
             if taken is not None:
                 yield taken
 
-    def take(track: Path, deferred: list[Path] | None) -> tuple[Path, PreparedAudio] | None:
+    def take(track: Path, deferred: list[Path] | None) -> tuple[Path, PreparedAudio, list[Prompt] | None] | None:
         """One track locked, checked and decoded; None when it is skipped or failed (counted here). A track
         locked elsewhere goes to ``deferred`` if given, else is counted as skipped."""
         lifecycle.raise_if_exiting()  # a batch in a thread at interpreter exit stops as on Ctrl-C
-        lock = FileLock(str(_lock_path(state_dir, track)), thread_local=False) if can_lock else _NoLock()
+        lock = SelfRemovingLock(_lock_path(state_dir, track)) if can_lock else _NoLock()
         try:
-            lock.acquire(timeout=0)  # released on another thread (thread_local=False)
-        except Timeout:
+            lock.acquire(timeout=0)  # released on another thread (the lock has no thread affinity)
+        except TimeoutError:
             prefetch.drop(track)
             if deferred is not None:
                 deferred.append(track)
@@ -508,6 +530,12 @@ def run_batch(
                 summary.skipped_locked += 1
             logger.info("locked by another process, skipped: %s", track)
             tell(track, "skipped_locked")
+            bar.update(1)
+            return None
+        except OSError as e:  # the lock file cannot be created (the state folder went away, a full disk)
+            prefetch.drop(track)
+            with counting:
+                fail(track, e)
             bar.update(1)
             return None
         try:
@@ -527,31 +555,39 @@ def run_batch(
                 tell(track, "skipped_locked")
                 raise _Skip
             prepared = prefetch.get(track)
+            prompts = analyzer.prompts_for_file(track)  # templates filled from its sidecar (None: shared ones)
+            if prompts == []:  # the catch-up pass, and the sidecar holds no answer to follow up
+                with counting:
+                    summary.skipped_complete += 1
+                logger.info("no answer to follow up in its sidecar, skipped: %s", track)
+                tell(track, "skipped_complete")
+                raise _Skip
         except _Skip:
             prefetch.drop(track)
             lock.release()
             bar.update(1)
             return None
-        except Exception as e:  # undecodable audio, unreadable sidecar
+        except Exception as e:  # undecodable audio, unreadable sidecar, a lock file that cannot be created
             lock.release()
             with counting:
                 fail(track, e)
             bar.update(1)
             return None
         held[track] = lock
-        return track, prepared
+        return track, prepared, prompts
 
     def finish(track: Path, result: Any) -> None:
         """One track's result: written (sidecar, manifest) or counted as failed; its lock released."""
+        fields = None
         try:
             if isinstance(result, Exception):
                 raise result
             fields = result.sidecar_fields()
             if opts.write_sidecars:
+                check_sidecar_inside(track, dataset)  # again: the link may have changed during the analysis
                 update_sidecar(sidecar_path(track), fields)
-            if jsonl is not None:
-                jsonl.write(json.dumps({"path": str(track), **fields}, ensure_ascii=False) + "\n")
-                jsonl.flush()
+            if jsonl is not None:  # with the prompts as sent (filled per track from its sidecar)
+                jsonl.write({"path": str(track), **fields, "prompts": result.prompts})
             if on_result is not None:
                 on_result(track, fields)
             with counting:
@@ -560,7 +596,7 @@ def run_batch(
             tell(track, "done", fields=fields, stats=result.stats)
         except Exception as e:  # one bad track never stops the run
             with counting:
-                fail(track, e)
+                fail(track, e, fields)
         finally:
             lock = held.pop(track, None)
             if lock is not None:
@@ -582,8 +618,9 @@ def run_batch(
         if jsonl is not None:
             jsonl.close()
     summary.seconds = time.monotonic() - t0
-    if summary.failures:
+    if summary.failures and failures.unwritten < len(summary.failures):  # named only if it lists something
         summary.failures_file = str(failures.path)
+    summary.failures_unwritten = failures.unwritten
     return summary
 
 

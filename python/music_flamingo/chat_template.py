@@ -14,6 +14,7 @@ question: the layout NVIDIA trained with (``"<sound>" * n + "\\n" + question``),
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,8 @@ from functools import lru_cache
 # that trim, escape or title-case content, and cannot collide with a real prompt's special tokens.
 AUDIO_SLOT = "MUSICFLAMINGOAUDIOSLOT"
 TEXT_SLOT = "MUSICFLAMINGOPROMPTSLOT"
+ANSWER_SLOT = "MUSICFLAMINGOANSWERSLOT"
+FOLLOWUP_SLOT = "MUSICFLAMINGOFOLLOWUPSLOT"
 # Between the audio and the question (NVIDIA's training layout; see /work/shared/notes/audio-framing.md).
 AUDIO_TEXT_SEPARATOR = "\n"
 # What llama.cpp assumes for a GGUF without a template: ChatML, no default system message.
@@ -36,14 +39,17 @@ CHATML_TEMPLATE = (
 
 @dataclass(frozen=True)
 class ChatPieces:
-    """A rendered chat cut at the audio and at the user's text: ``head <audio> mid <text> tail``."""
+    """A rendered chat cut at the audio and at the user's text: ``head <audio> mid <text> tail``; a follow-up
+    question after the answer is ``<answer> next_turn <question> tail`` (empty ``next_turn``: the template does not
+    continue a conversation that way, and follow-ups are refused)."""
 
     head: str
     mid: str
     tail: str
+    next_turn: str = ""
 
-    def as_tuple(self) -> tuple[str, str, str]:
-        return (self.head, self.mid, self.tail)
+    def as_tuple(self) -> tuple[str, str, str, str]:
+        return (self.head, self.mid, self.tail, self.next_turn)
 
 
 @lru_cache(maxsize=8)
@@ -78,15 +84,39 @@ def split_rendered(rendered: str, audio_slot: str = AUDIO_SLOT, text_slot: str =
 
 
 def render_pieces(
-    template: str | None, system_prompt: str = "", special_tokens: dict[str, str] | None = None
+    template: str | None,
+    system_prompt: str = "",
+    special_tokens: dict[str, str] | None = None,
+    audio_wrap: tuple[str, str] = ("", ""),
 ) -> ChatPieces:
     """Render ``template`` (a GGUF's ``tokenizer.chat_template``; ChatML when absent) for one user turn of audio
     and a question, with ``system_prompt`` as the system message when given (else the template's default), and
     cut it into :class:`ChatPieces`. ``special_tokens`` (``bos_token``, ``eos_token``) are visible to the template,
-    as transformers passes the tokenizer's."""
+    as transformers passes the tokenizer's. ``audio_wrap``: text around the audio (``<|sound_bos|>``,
+    ``<|sound_eos|>`` for musicflamingo checkpoints, whose processor writes them around the audio tokens)."""
+    import jinja2
+
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": AUDIO_SLOT + AUDIO_TEXT_SEPARATOR + TEXT_SLOT})
-    rendered = _compile(template or CHATML_TEMPLATE).render(
-        messages=messages, add_generation_prompt=True, **(special_tokens or {})
-    )
-    return split_rendered(rendered)
+    audio = audio_wrap[0] + AUDIO_SLOT + audio_wrap[1]
+    messages.append({"role": "user", "content": audio + AUDIO_TEXT_SEPARATOR + TEXT_SLOT})
+    compiled = _compile(template or CHATML_TEMPLATE)
+    rendered = compiled.render(messages=messages, add_generation_prompt=True, **(special_tokens or {}))
+    pieces = split_rendered(rendered)
+    # The same chat one turn on: the answer, then a follow-up question (:attr:`ChatPieces.next_turn`).
+    turns = [*messages, {"role": "assistant", "content": ANSWER_SLOT}, {"role": "user", "content": FOLLOWUP_SLOT}]
+    try:
+        longer = compiled.render(messages=turns, add_generation_prompt=True, **(special_tokens or {}))
+    except jinja2.exceptions.TemplateError:  # a template for one turn only: no follow-ups
+        return pieces
+    return dataclasses.replace(pieces, next_turn=next_turn(rendered, longer, pieces.tail))
+
+
+def next_turn(first: str, longer: str, tail: str) -> str:
+    """What the template puts between the answer and a follow-up question, when the longer chat (answer and
+    follow-up) renders the first chat unchanged, the answer, this piece, the question and the same ``tail``;
+    "" otherwise (a template that rewrites earlier turns cannot be continued in the KV cache)."""
+    start = first + ANSWER_SLOT
+    if not longer.startswith(start) or longer.count(FOLLOWUP_SLOT) != 1:
+        return ""
+    between, after = longer[len(start) :].split(FOLLOWUP_SLOT)
+    return between if after == tail and between else ""

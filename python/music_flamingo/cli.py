@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,10 +21,12 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    InvalidInputError,
     ModelFileError,
     MusicFlamingoError,
     PromptConfigError,
 )
+from .models import DEFAULT_MODEL
 from .validation import cli_type
 
 
@@ -43,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference backend: gguf (llama.cpp, default) or transformers (PyTorch; needs "
         "pip install 'music-flamingo[transformers]')",
     )
-    m.add_argument("--model", default="Q6_K", help="quantization: Q8_0, Q6_K (default) or IQ3_M")
+    m.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"quantization: any published one by name (Q8_0, {DEFAULT_MODEL} (default), IQ3_M, i1-Q4_K_M ...); a bare "
+        "name takes the static or the imatrix (i1-) file already in --model-dir",
+    )
     m.add_argument(
         "--model-dir",
         type=Path,
@@ -87,9 +95,39 @@ def build_parser() -> argparse.ArgumentParser:
         "structure; also brief, genre_mood_inst, very_brief)",
     )
     q.add_argument(
-        "--prompts-file", type=Path, action="append", default=[], help="YAML adding or overriding prompts (repeatable)"
+        "--prompts-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="YAML adding or overriding prompts (repeatable); also the pipeline's config/master_pipeline.yaml "
+        "(its music_flamingo: prompts and max_tokens)",
     )
     q.add_argument("--prompt", default=None, help="a free-text prompt (key music_flamingo_custom)")
+    q.add_argument(
+        "--summaries",
+        action="store_true",
+        help="also ask the pipeline's three short summaries (music_flamingo_short_technical, _short_mood, "
+        "_short_genre) as follow-up questions after the full answer, in the same conversation",
+    )
+    q.add_argument(
+        "--followups",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated follow-up questions to ask (default: every one the prompts files name, e.g. the "
+        "pipeline config's revision prompts; 'none': none)",
+    )
+    q.add_argument(
+        "--followups-of",
+        default=None,
+        metavar="NAME",
+        help="the prompt whose answer the follow-ups follow (default: full when asked, else the first prompt)",
+    )
+    q.add_argument(
+        "--summaries-only",
+        action="store_true",
+        help="the catch-up pass: ask only the follow-ups, after the answer each track's sidecar already holds "
+        "(text only, no audio decoded); writes only the follow-ups' keys",
+    )
     q.add_argument("--temperature", type=cli_type(float, validation.temperature), default=None)
     q.add_argument("--top-p", type=cli_type(float, validation.top_p), default=None)
     q.add_argument("--seed", type=cli_type(int, validation.seed), default=None)
@@ -97,7 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-duration",
         type=cli_type(float, validation.max_duration),
         default=None,
-        help="seconds analysed at most (default: the model's limit, 600 s); longer audio is cut",
+        help="seconds analysed at most (default: the model's trained length: 600 s for the preview, the GGUF's for converted checkpoints); longer audio is cut",
+    )
+    q.add_argument(
+        "--trim-frac",
+        type=cli_type(float, validation.trim_frac),
+        default=None,
+        metavar="FRAC",
+        help="analyse only the first FRAC of each track (0.6: 60 %%), faded out over the last 5 %% of the track "
+        "before the cut, within --max-duration; the sidecar records the span analysed",
     )
     o = p.add_argument_group("output")
     o.add_argument("--overwrite", action="store_true", help="redo tracks whose sidecar already has every key")
@@ -154,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="only the tracks listed in the failures file of the last run"
     )
     d.add_argument(
+        "--sample",
+        type=cli_type(float, validation.sample),
+        default=None,
+        metavar="FRACTION",
+        help="take about this share of the tracks (0.5: half), the same ones on every run with the same "
+        "--sample-seed; a larger share keeps the tracks a smaller one took",
+    )
+    d.add_argument("--sample-seed", type=int, default=0, metavar="N", help="which tracks --sample takes (default 0)")
+    d.add_argument(
         "--dry-run",
         action="store_true",
         help="list what would be done and why, with counts and the audio hours pending; loads no "
@@ -181,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
         "over every visible GPU); with --ray, the number of Ray actors (default: one per GPU)",
     )
     s.add_argument(
+        "--track-timeout",
+        type=cli_type(float, validation.track_timeout),
+        default=None,
+        metavar="SECONDS",
+        help="with --devices/--workers: a worker that holds tracks and finishes none in SECONDS is taken for "
+        "frozen (a hung driver), killed and replaced, its tracks given to others (default: from its measured "
+        "pace and the length of the audio it holds, at least 120 s; 15 min before its first track). Runs the "
+        "engine in a worker even with --workers 1",
+    )
+    s.add_argument(
         "--ray",
         nargs="?",
         const="",
@@ -201,6 +266,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _file_problem(a: argparse.Namespace) -> str | None:
+    """The file arguments checked before anything loads (:mod:`.fsutil` rules): one output path serves one role
+    (``--failures m.jsonl --jsonl m.jsonl`` once deleted the manifest), ``--failures`` names a failures file or
+    nothing yet (a user's notes were deleted once their "last record" cleared), ``--jsonl`` a regular file."""
+    from .batch import failures_path
+    from .failures import not_a_failures_file
+    from .fsutil import file_kind, same_file
+
+    outputs = [("--jsonl", a.jsonl), ("--failures", failures_path(a.path, a.failures)), ("--ray-output", a.ray_output)]
+    inputs = [("--from-list", a.from_list if a.from_list not in (None, "-") else None), ("PATH", a.path)]
+    inputs += [("--prompts-file", p) for p in a.prompts_file]
+    outputs = [(o, Path(p)) for o, p in outputs if p is not None]
+    others = outputs + [(o, Path(p)) for o, p in inputs if p is not None]
+    for i, (o1, p1) in enumerate(outputs):
+        for o2, p2 in others[i + 1 :]:
+            if same_file(p1, p2):
+                return f"{o1} and {o2} name the same file ({p2}): one path cannot serve two roles"
+    if a.failures is not None:
+        problem = not_a_failures_file(a.failures)
+        if problem is not None:
+            return f"--failures: {problem}"
+    if a.jsonl is not None and a.jsonl.exists():
+        kind = file_kind(a.jsonl.stat().st_mode)
+        if kind is not None:
+            return f"--jsonl: {a.jsonl} is {kind}, not a regular file"
+    return None
+
+
+def _preflight(a: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
+    """The file arguments and the prompts checked before anything loads; False (the message printed) when the run
+    must not start. A file problem is argparse's usage error (exit 2 from ``parser.error``)."""
+    problem = _file_problem(a)
+    if problem is not None:
+        parser.error(problem)
+    try:  # prompts and their files, before any model loads (a 10 MB prompt once failed each track in turn)
+        _analysis_options(a).asked()
+    except (InvalidInputError, PromptConfigError) as e:
+        print(f"music-flamingo: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -212,16 +319,22 @@ def _analysis_options(a: argparse.Namespace):
     catalogue's set), --prompt, --prompts-file, the sampling options and --max-duration. The one place the command
     line turns them into options, for the engines and for the keys a run writes."""
     from .analyzer import AnalysisOptions
+    from .prompts import SUMMARIES_FILE
 
     names = [n.strip() for n in a.prompts.split(",") if n.strip()] if a.prompts else None
+    followups = None if a.followups is None else [n.strip() for n in a.followups.split(",") if n.strip()]
     return AnalysisOptions(
         prompts=names or None,
         prompt=a.prompt,
-        prompts_files=a.prompts_file,
+        prompts_files=[SUMMARIES_FILE, *a.prompts_file] if a.summaries else a.prompts_file,
+        followups=[] if followups == ["none"] else followups,
+        followups_of=a.followups_of,
+        catch_up=a.summaries_only,
         temperature=a.temperature,
         top_p=a.top_p,
         seed=a.seed,
         max_duration=a.max_duration,
+        trim_frac=a.trim_frac,
     )
 
 
@@ -260,7 +373,7 @@ def _run_single(mf, a: argparse.Namespace) -> int:
     from .batch import BatchOptions, TrackOutcome, run_batch
     from .sidecar import sidecar_path
 
-    keys = [e.key for e in mf.entries]
+    keys = mf.analyzer.keys()
     outcome: list[TrackOutcome] = []
     options = BatchOptions(
         overwrite=True, write_sidecars=not a.no_sidecar, jsonl=a.jsonl, failures=a.failures, progress=False
@@ -270,9 +383,10 @@ def _run_single(mf, a: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return summary.exit_code
     o = outcome[0] if outcome else None
-    if o is not None and o.status == "done":
+    if o is not None and o.fields is not None:  # described, even if the sidecar could not be written (read-only)
         for key in keys:
             print(f"{key}:\n{o.fields[key]}\n")
+    if o is not None and o.status == "done":
         if not a.no_sidecar:
             print(f"wrote {sidecar_path(a.path)}", file=sys.stderr)
         return summary.exit_code
@@ -296,7 +410,13 @@ def _selection(a: argparse.Namespace):
         except OSError as e:
             raise ValueError(f"--from-list: cannot read {a.from_list}: {e}") from e
     return Selection(
-        only=frozenset(only), stems=a.stems, include=tuple(a.include), exclude=tuple(a.exclude), paths=paths
+        only=frozenset(only),
+        stems=a.stems,
+        include=tuple(a.include),
+        exclude=tuple(a.exclude),
+        paths=paths,
+        sample=a.sample,
+        sample_seed=a.sample_seed,
     )
 
 
@@ -325,7 +445,7 @@ def _run_batch(mf, a: argparse.Namespace, selection) -> int:
 
 def _keys(a: argparse.Namespace) -> list[str]:
     """The sidecar keys a run with these options writes, from the prompt catalogue alone (no model loaded)."""
-    return [e.key for e in _analysis_options(a).asked()]
+    return _analysis_options(a).keys()
 
 
 def _dry_run(a: argparse.Namespace, selection) -> int:
@@ -365,7 +485,7 @@ def _gpu_devices() -> list[str]:
 def _run_workers(a: argparse.Namespace, selection, argv: list[str]) -> int:
     """--devices / --workers: one worker process per device (or N on CPU), one bar, one summary, one exit code."""
     from .native import system_info
-    from .workers import TORCH_VISIBILITY, plan_slots, run_workers, visibility_variables
+    from .workers import TORCH_VISIBILITY, Deadlines, plan_slots, run_workers, visibility_variables
 
     variables = [TORCH_VISIBILITY] if a.backend == "transformers" else visibility_variables(system_info()["backends"])
     devices = None
@@ -381,7 +501,8 @@ def _run_workers(a: argparse.Namespace, selection, argv: list[str]) -> int:
     keys = _keys(a)
     extra = _prepare_model_files(a)
     command = [sys.executable, "-m", "music_flamingo", *argv, *extra]
-    summary = run_workers(a.path, command, slots, keys, _batch_options(a, selection))
+    deadlines = Deadlines(track_timeout=a.track_timeout, max_seconds=a.max_duration or Deadlines.max_seconds)
+    summary = run_workers(a.path, command, slots, keys, _batch_options(a, selection), deadlines=deadlines)
     print(summary.line(), file=sys.stderr)
     return summary.exit_code
 
@@ -428,19 +549,65 @@ def _ray_summary(a: argparse.Namespace, selection):
     )
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (what job schedulers and ``kill`` send) stops like Ctrl-C: between steps, summary printed."""
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Interrupts:
+    """The handler of SIGINT and SIGTERM while :func:`main` runs: a ``KeyboardInterrupt``, as Python's own Ctrl-C
+    (SIGTERM, what job schedulers and ``kill`` send, stops the same way: between steps, summary printed), until the
+    exit code is decided; from then on ignored. A Ctrl-C pressed again while Python joins threads and runs its exit
+    handlers once turned exit 130 into a death by signal."""
+
+    def __init__(self) -> None:
+        self.decided = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.decided:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    def decide(self) -> None:
+        while True:  # a signal landing on this very line raises once more: set the flag again
+            try:
+                self.decided = True
+                return
+            except KeyboardInterrupt:
+                continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["convert"]:  # `music-flamingo convert SRC OUT_DIR`: its own command line (convert.py)
+        from .convert import main as convert_main
+
+        return convert_main(args[1:])
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if on_main_thread else None
+    handler, previous = _Interrupts(), {}
+    if on_main_thread:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = None
     try:
-        return _main(argv)
+        code = _main(argv)
+    except KeyboardInterrupt:  # pressed again while the first one's stop or summary was under way
+        pass
+    except BrokenPipeError:  # `music-flamingo ... --dry-run | head -1`: the reader is gone
+        _quiet_stdout()
+        code = EXIT_OK
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        handler.decide()
+        if argv is not None:  # called from Python (tests, another program): give its handlers back
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        elif on_main_thread:  # the program: Python's finalization resets handlers to the default (death by SIGINT)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return EXIT_INTERRUPTED if code is None else code
+
+
+def _quiet_stdout() -> None:
+    """Exit quietly, as Unix tools do when their reader goes away: stdout to /dev/null, so that Python's own
+    flush at exit does not print a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -463,6 +630,7 @@ def _main(argv: Sequence[str] | None) -> int:
             ("--exclude", a.exclude),
             ("--from-list", a.from_list),
             ("--retry-failed", a.retry_failed),
+            ("--sample", a.sample is not None),
             ("--dry-run", a.dry_run),
         ]
         if v
@@ -472,6 +640,7 @@ def _main(argv: Sequence[str] | None) -> int:
         for o, v in [
             ("--devices", a.devices),
             ("--workers", a.workers),
+            ("--track-timeout", a.track_timeout),
             ("--ray", a.ray is not None),
             ("--ray-output", a.ray_output),
         ]
@@ -483,9 +652,13 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--ray and --devices: Ray gives each actor its GPU; use --workers for the number of actors")
     if a.ray_output is not None and a.ray is None:
         parser.error("--ray-output: only with --ray")
+    if a.track_timeout is not None and a.ray is not None:
+        parser.error("--track-timeout: only with --devices/--workers (Ray restarts an actor that dies)")
     for opt, n in (("--workers", a.workers), ("--threads", a.threads)):
         if n is not None and n < 1:
             parser.error(f"{opt} must be at least 1, got {n}")
+    if not _preflight(a, parser):
+        return EXIT_USAGE
     selection = None
     if a.batch and a.worker_fd is None:  # a worker takes its tracks from its parent, which chose them
         try:
@@ -500,7 +673,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_USAGE
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-    if a.worker_fd is None and (a.ray is not None or a.devices is not None or (a.workers or 1) > 1):
+    workers = a.devices is not None or (a.workers or 1) > 1 or a.track_timeout is not None
+    if a.worker_fd is None and (a.ray is not None or workers):
         try:
             return _run_ray(a, selection) if a.ray is not None else _run_workers(a, selection, argv)
         except (ModelFileError, PromptConfigError) as e:

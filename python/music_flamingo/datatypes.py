@@ -41,8 +41,26 @@ class Prompt:
     # Tokens the repeat penalty looks back over (0: the whole penalty is off); the GGUF backend's only (transformers'
     # penalty covers the whole sequence). Last, so positional arguments keep their meaning; default as the engine's.
     repeat_last_n: int = 64
+    # Questions asked after this prompt's answer, in the same conversation (each a Prompt: text, token limit,
+    # sampling; their own follow-ups are not asked). The answers come back in GenerationResult.followups.
+    followups: tuple[Prompt, ...] = ()
+    # A known answer: fed as the model's turn instead of generated, so only the follow-ups are generated (the
+    # catch-up pass). Text (e.g. read back from a sidecar) or token ids (exact: FollowUpAnswer/GenerationResult
+    # tokens). With every prompt answered a track needs no audio (an empty array: a text-only conversation).
+    answer: str | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "followups", tuple(self.followups))  # a list given is kept as a tuple (hashable)
+        if not all(isinstance(f, Prompt) for f in self.followups):
+            raise TypeError("Prompt.followups must be Prompt objects")
+        if isinstance(self.answer, (list, tuple)):
+            object.__setattr__(self, "answer", tuple(int(t) for t in self.answer))
+            if not self.answer:
+                raise InvalidInputError("Prompt.answer has no tokens")
+        elif self.answer is not None and not isinstance(self.answer, str):
+            raise TypeError(f"Prompt.answer must be a str, token ids or None, got {type(self.answer).__name__}")
+        if self.answer is not None and not self.followups:
+            raise InvalidInputError("Prompt.answer is only used with follow-ups (it is not generated)")
         if not isinstance(self.text, str):
             raise TypeError(f"Prompt.text must be a str, got {type(self.text).__name__}")
         if not self.text.strip():
@@ -65,11 +83,26 @@ class Prompt:
         ``_core.SamplingParams`` by name: a field the engine does not know is a TypeError there, not ignored."""
         from . import _core
 
-        sampling = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_SAMPLING}
-        return _core.PromptRequest(self.text, max_tokens=self.max_tokens, sampling=_core.SamplingParams(**sampling))
+        return _core.PromptRequest(
+            self.text,
+            max_tokens=self.max_tokens,
+            sampling=self._sampling(),
+            followups=[
+                _core.FollowUpRequest(f.text, max_tokens=f.max_tokens, sampling=f._sampling()) for f in self.followups
+            ],
+            answer=self.answer if isinstance(self.answer, str) else None,
+            answer_tokens=list(self.answer) if isinstance(self.answer, tuple) else [],
+        )
+
+    def _sampling(self) -> _core.SamplingParams:
+        from . import _core
+
+        return _core.SamplingParams(
+            **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_SAMPLING}
+        )
 
 
-_NOT_SAMPLING = frozenset({"text", "max_tokens", "name"})
+_NOT_SAMPLING = frozenset({"text", "max_tokens", "name", "followups", "answer"})
 
 
 @dataclass
@@ -99,14 +132,25 @@ class GenerationStats:
 
 
 @dataclass
+class FollowUpAnswer:
+    """The answer to one follow-up question (:attr:`Prompt.followups`)."""
+
+    text: str
+    stop_reason: str
+    tokens: list[int]
+
+
+@dataclass
 class GenerationResult:
-    """Texts in the order of the prompts, with why each stopped ("eog" or "max_tokens") and the stats."""
+    """Texts in the order of the prompts, with why each stopped ("eog", "max_tokens", or "answer" for a known
+    answer fed, not generated) and the stats; ``followups[i]``: the answers to prompt i's follow-ups, in order."""
 
     texts: list[str]
     stop_reasons: list[str]
     tokens: list[list[int]]
     stats: GenerationStats
     debug: dict[str, Any] | None = None
+    followups: list[list[FollowUpAnswer]] = field(default_factory=list)
 
 
 def as_prompts(prompts: Sequence[Prompt | str] | Prompt | str, max_tokens: int) -> list[Prompt]:

@@ -9,6 +9,7 @@ folder                                             audio file                   
 =================================================  ===================================  ===========  ==============
 below the root, hidden (``.name``)                 (not walked, not reported)           —            no
 below the root, on the pipeline's skip list        (not walked; the folder is reported) skip_folder  no
+below the root, named ``augmentations``            (not walked; the folder is reported) augmentation no
 organized folder: holds ``full_mix.<ext>``         ``full_mix.<ext>``                   full_mix     yes
                                                    Demucs / DrumSep stem (``drums``…)    stem         with ``stems``
                                                    any other audio                      extra        no
@@ -23,18 +24,25 @@ anywhere else (and other files of a crops folder)  any audio                    
   its sidecar is ``<crop>.INFO`` (:func:`music_flamingo.sidecar.sidecar_path`).
 * ``crops`` and ``_crops`` are on the pipeline's skip list only because its crops pass walks them separately; here
   they are walked as crops folders. The root itself is never skipped: naming it is choosing it.
+* ``<track>/augmentations/<variant>/`` holds the pipeline's augmented copies of a track (pitch, tempo, EQ ...):
+  they inherit their parent's caption, so they are never described (the dry run's "excluded: augmentation
+  variant").
 * Names are compared exactly as the pipeline writes them (``full_mix``, folder names); stem names ignore case.
 * Symlinked folders are not followed (no cycles); symlinked files are taken.
 
 :class:`Selection` then narrows the tracks: ``only`` (``full_mix`` — the organized folders' mixes and, with
 ``stems``, their stems; ``crops`` — crops and crop stems; ``loose``), ``stems``, ``include``/``exclude`` globs and an
-explicit list of ``paths`` (``--from-list``, ``--retry-failed``), which are classified by the same rule.
+explicit list of ``paths`` (``--from-list``, ``--retry-failed``), which are classified by the same rule, and
+``sample``: a reproducible share of the tracks (:func:`sample_draw`: a hash of the path below the root and
+``sample_seed``, so the same seed takes the same tracks again, and a larger share keeps every track a smaller one
+took).
 :func:`discover_tracks` returns every file it looked at with the reason it is in or out; it needs no model, so a
 scheduler can call it on its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -43,6 +51,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ._logging import logger
+from .fsutil import MAX_LIST_BYTES, inside, read_bounded_stream, read_regular_file
 from .sidecar import ORGANIZED_MIX_STEM
 
 # Preference order when a folder holds several full mixes (the pipeline's extensions first): one sidecar, one track.
@@ -66,6 +75,7 @@ DEMUCS_STEMS = ("drums", "bass", "other", "vocals")
 DRUMSEP_STEMS = ("kick", "snare", "cymbals", "toms", "percussion")
 STEM_NAMES = DEMUCS_STEMS + DRUMSEP_STEMS
 CROPS_FOLDERS = frozenset({"crops", "_crops"})
+AUGMENTATION_FOLDERS = frozenset({"augmentations"})  # <track>/augmentations/<variant>/: copies, never described
 # The pipeline never descends into these when it looks for tracks (src/core/file_utils.py SKIP_DIRECTORIES).
 SKIP_FOLDERS = (
     frozenset(
@@ -101,6 +111,8 @@ _CROP_STEM = re.compile(r".+_[0-9]+_(?:" + "|".join(STEM_NAMES) + r")", re.IGNOR
 # Kinds: what the layout says a path is.
 FULL_MIX, STEM, EXTRA, CROP, CROP_STEM, LOOSE = "full_mix", "stem", "extra", "crop", "crop_stem", "loose"
 SKIP_FOLDER, MISSING, NOT_AUDIO, OUTSIDE = "skip_folder", "missing", "not_audio", "outside_root"
+AUGMENTATION = "augmentation"
+BAD_PATH = "bad_path"  # a listed line that is no usable path (NUL bytes, a name over 255 bytes, too long)
 TRACK_KINDS = frozenset({FULL_MIX, CROP, LOOSE})
 # Why a path is not taken, in a word or two (the dry run's rows): by kind, else NOT_SELECTED.
 EXCLUDED_AS = {
@@ -108,11 +120,14 @@ EXCLUDED_AS = {
     CROP_STEM: "crop stem",
     EXTRA: "other audio in an organized folder",
     SKIP_FOLDER: "skip folder",
+    AUGMENTATION: "augmentation variant",
     MISSING: "listed, not found",
     NOT_AUDIO: "listed, not audio",
     OUTSIDE: "listed, outside the root",
+    BAD_PATH: "listed, not a usable path",
 }
 NOT_SELECTED = "not selected (--only/--include/--exclude)"
+NOT_SAMPLED = "not sampled (--sample)"
 STEM_KINDS = frozenset({STEM, CROP_STEM})
 # --only groups: an organized folder's files belong to full_mix, a crops folder's to crops.
 GROUPS = ("full_mix", "crops", "loose")
@@ -189,6 +204,8 @@ class Selection:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     paths: tuple[str | os.PathLike, ...] | None = None
+    sample: float | None = None  # take this share of the tracks (0, 1]; None: all
+    sample_seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "only", frozenset(self.only))
@@ -199,6 +216,8 @@ class Selection:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.paths is not None:
             object.__setattr__(self, "paths", tuple(self.paths))
+        if self.sample is not None and (isinstance(self.sample, bool) or not 0 < self.sample <= 1):
+            raise ValueError(f"--sample takes a share in (0, 1], got {self.sample!r}")
 
 
 @dataclass(frozen=True)
@@ -259,7 +278,21 @@ def _track(path: Path, kind: str, reason: str, rel: str, sel: Selection) -> Trac
     hit = next((p for p in sel.exclude if glob_matches(rel, p)), None)
     if hit is not None:
         return out(f"{reason}; matches --exclude {hit}", NOT_SELECTED)
+    if sel.sample is not None and sel.sample < 1:
+        draw = sample_draw(rel, sel.sample_seed)
+        how = f"--sample {sel.sample:g}, --sample-seed {sel.sample_seed}"
+        if draw >= sel.sample:
+            return out(f"{reason}; not sampled: its draw {draw:.4f} >= {sel.sample:g} ({how})", NOT_SAMPLED)
+        reason += f"; sampled: its draw {draw:.4f} < {sel.sample:g} ({how})"
     return Track(path, kind, True, reason, rel)
+
+
+def sample_draw(rel: str, seed: int = 0) -> float:
+    """A track's draw in [0, 1) for ``--sample``: from the sha256 of the seed and its path below the root, so it is
+    the same on every run and machine, and independent of the other tracks. A track is sampled when its draw is
+    below the share asked."""
+    digest = hashlib.sha256(f"{int(seed)}\0{rel}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _excluded(path: Path, kind: str, reason: str, rel: str) -> Track:
@@ -285,7 +318,14 @@ def _skip_reason(folder_name: str) -> str | None:
         return "a hidden folder"
     if folder_name in SKIP_FOLDERS:
         return f"'{folder_name}' is on the pipeline's skip list; not walked"
+    if folder_name in AUGMENTATION_FOLDERS:
+        return "augmented copies of a track (augmentations/<variant>/): they inherit its caption; not walked"
     return None
+
+
+def _folder_kind(folder_name: str) -> str:
+    """The kind of a folder that is not walked (:func:`_skip_reason`)."""
+    return AUGMENTATION if folder_name in AUGMENTATION_FOLDERS else SKIP_FOLDER
 
 
 def _walk(root: Path, sel: Selection) -> Iterator[Track]:
@@ -301,7 +341,7 @@ def _walk(root: Path, sel: Selection) -> Iterator[Track]:
             if why is None:
                 keep.append(d)
             elif not d.startswith("."):  # hidden folders (.git, our own .music-flamingo) are not worth a line
-                yield _excluded(here / d, SKIP_FOLDER, why, f"{rel_dir}/{d}".lstrip("/"))
+                yield _excluded(here / d, _folder_kind(d), why, f"{rel_dir}/{d}".lstrip("/"))
         dirnames[:] = keep
         for name, kind, reason in classify_folder(here.name, [f for f in filenames if is_audio(f)]):
             yield _track(here / name, kind, reason, f"{rel_dir}/{name}".lstrip("/"), sel)
@@ -319,38 +359,49 @@ def _resolve_listed(root: Path, p: str | os.PathLike) -> Path:
 
 
 def _listed(root: Path, sel: Selection) -> Iterator[Track]:
-    """The files of ``sel.paths``, in their order, once each, classified in their own folder's context."""
+    """The files of ``sel.paths``, in their order, once each, classified in their own folder's context. A line
+    that is no usable path (NUL bytes, binary garbage, a name part over 255 bytes) is left out and counted."""
     folders: dict[Path, dict[str, tuple[str, str]]] = {}
     seen: set[str] = set()
     for item in sel.paths or ():
-        path = _resolve_listed(root, item)
-        key = os.path.normpath(os.path.abspath(path))
-        if key in seen:
-            continue
-        seen.add(key)
-        rel = _rel(root, path)
-        if rel is None:
-            yield _excluded(path, OUTSIDE, f"outside {root}", str(path))
-            continue
-        if not path.is_file():
-            yield _excluded(path, MISSING, "listed but not found (or not a file)", rel)
-            continue
-        if not is_audio(path):
-            yield _excluded(path, NOT_AUDIO, "listed but not an audio file", rel)
-            continue
-        skip = next((why for d in rel.split("/")[:-1] if (why := _skip_reason(d)) is not None), None)
-        if skip is not None:
-            yield _excluded(path, SKIP_FOLDER, f"in a folder that is not walked: {skip}", rel)
-            continue
-        folder = path.parent
-        if folder not in folders:
-            try:
-                names = [f.name for f in folder.iterdir() if f.is_file() and is_audio(f)]
-            except OSError:  # a folder we may read files in but not list: the file alone decides
-                names = [path.name]
-            folders[folder] = {n: (k, r) for n, k, r in classify_folder(folder.name, names)}
-        kind, reason = folders[folder].get(path.name, (LOOSE, "a loose audio file"))
-        yield _track(path, kind, reason, rel, sel)
+        try:
+            if "\x00" in os.fspath(item):
+                raise ValueError("embedded null byte")
+            path = _resolve_listed(root, item)
+            key = os.path.normpath(os.path.abspath(path))
+            if key in seen:
+                continue
+            seen.add(key)
+            track = _listed_one(root, path, sel, folders)
+        except (OSError, ValueError) as e:  # ENAMETOOLONG, "embedded null byte" ...
+            shown = ascii(os.fspath(item))[:200]
+            track = _excluded(Path("?"), BAD_PATH, f"listed line {shown} is not a usable path: {e}", shown)
+        yield track
+
+
+def _listed_one(root: Path, path: Path, sel: Selection, folders: dict[Path, dict[str, tuple[str, str]]]) -> Track:
+    """One listed path's verdict. Outside the root is judged on resolved folders, not on the text: a listed
+    ``linked/x.flac`` whose folder ``linked`` is a symlink out of the dataset is outside it (its sidecar would be
+    written there); a symlinked *file* in a folder of the dataset is taken, as in a walk."""
+    rel = _rel(root, path)
+    if rel is None or not inside(path.parent, root):
+        return _excluded(path, OUTSIDE, f"outside {root} (folders compared with symlinks resolved)", str(path))
+    if not path.is_file():
+        return _excluded(path, MISSING, "listed but not found (or not a file)", rel)
+    if not is_audio(path):
+        return _excluded(path, NOT_AUDIO, "listed but not an audio file", rel)
+    skip = next(((d, why) for d in rel.split("/")[:-1] if (why := _skip_reason(d)) is not None), None)
+    if skip is not None:
+        return _excluded(path, _folder_kind(skip[0]), f"in a folder that is not walked: {skip[1]}", rel)
+    folder = path.parent
+    if folder not in folders:
+        try:
+            names = [f.name for f in folder.iterdir() if f.is_file() and is_audio(f)]
+        except OSError:  # a folder we may read files in but not list: the file alone decides
+            names = [path.name]
+        folders[folder] = {n: (k, r) for n, k, r in classify_folder(folder.name, names)}
+    kind, reason = folders[folder].get(path.name, (LOOSE, "a loose audio file"))
+    return _track(path, kind, reason, rel, sel)
 
 
 def discover_tracks(root: str | os.PathLike, selection: Selection | None = None) -> list[Track]:
@@ -363,31 +414,34 @@ def discover_tracks(root: str | os.PathLike, selection: Selection | None = None)
     root = Path(root)
     sel = selection or Selection()
     if sel.paths is None and root.is_file():
-        one = Selection(sel.only, sel.stems, sel.include, sel.exclude, (root.absolute(),))
+        one = Selection(sel.only, sel.stems, sel.include, sel.exclude, (root.absolute(),))  # one file: no --sample
         return list(_listed(root.parent, one))
     return list(_listed(root, sel) if sel.paths is not None else _walk(root, sel))
 
 
 def read_path_list(source: str | os.PathLike) -> list[str]:
     """One path a line from a file, or from stdin for ``-`` (``--from-list``). Bytes are decoded as the file system
-    does, so any file name round-trips; line endings are dropped, blank lines skipped."""
+    does, so any file name round-trips; line endings are dropped, blank lines skipped. The file must be a regular
+    file (a FIFO or ``/dev/zero`` is refused, never read for ever) of at most ``MAX_LIST_BYTES``; ``OSError`` else."""
     import sys
 
     if str(source) == "-":
-        data = sys.stdin.buffer.read()
+        data = read_bounded_stream(sys.stdin.buffer, "the list on stdin", MAX_LIST_BYTES)
     else:
-        data = Path(source).read_bytes()
+        data = read_regular_file(source, MAX_LIST_BYTES)
     lines = (line.rstrip(b"\r") for line in data.split(b"\n"))
     return [os.fsdecode(line) for line in lines if line.strip()]
 
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "AUGMENTATION_FOLDERS",
     "CROPS_FOLDERS",
     "DEMUCS_STEMS",
     "DRUMSEP_STEMS",
     "EXCLUDED_AS",
     "GROUPS",
+    "NOT_SAMPLED",
     "NOT_SELECTED",
     "SKIP_FOLDERS",
     "STEM_NAMES",
@@ -398,4 +452,5 @@ __all__ = [
     "glob_matches",
     "is_audio",
     "read_path_list",
+    "sample_draw",
 ]

@@ -42,3 +42,16 @@ class PromptConfigError(MusicFlamingoError, ValueError):
 
     The message names the file, the prompt entry and the field, so a user can fix their YAML without reading code.
     """
+
+
+class WorkerDied(MusicFlamingoError, RuntimeError):
+    """A track was in hand each time its worker process or Ray actor died (crashed, killed, or taken for frozen
+    and killed): it is not tried a third time. Listed in the failures file, so ``--retry-failed`` takes it."""
+
+
+class NoWorker(MusicFlamingoError, RuntimeError):
+    """A track was left undone because every place for a worker had lost its workers (``--workers``/``--devices``)."""
+
+
+class OutputFileError(MusicFlamingoError, OSError):
+    """An output file a user named (``--jsonl``) cannot be opened or written whole (a FIFO, a folder, a full disk)."""

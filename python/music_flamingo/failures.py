@@ -11,7 +11,13 @@ records were lost, and a track that later succeeded stayed listed. Now:
 * a track that another process failed *during this run* is not retried by every other process (a failure listed
   before this run started is retried: that is what a rerun is for);
 * appends are whole lines, fsynced; removals rewrite the file atomically (temp file + rename). A write killed
-  half-way leaves at most a torn last line, which readers skip and the next rewrite drops.
+  half-way leaves at most a torn last line, which readers skip and the next rewrite drops;
+* a line that is not a failure record (not JSON, nested too deep, a ``path`` that is not a string) is skipped with
+  a warning, never fatal; a folder, FIFO or device under the file's name is reported and the run goes on;
+* the file is rewritten or removed only while it is recognisably ours (:mod:`.fsutil`, rule 2): in the run's
+  state folder, or every line a failure record. A file named with ``--failures`` that holds anything else (a
+  user's notes, a manifest) is left byte for byte and nothing is recorded in it (:func:`not_a_failures_file` lets
+  the command line refuse it up front).
 
 Record: ``{"path": <absolute path>, "error": <exception type>, "message": ..., "time": <UTC ISO>, "host", "pid"}``.
 Reading is incremental (only bytes appended since the last look), so checking a track costs a lock and a stat.
@@ -28,11 +34,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from filelock import FileLock, Timeout
-
 from ._logging import logger
 from .errors import MusicFlamingoError
+from .fsutil import MAX_FAILURES_BYTES, SelfRemovingLock, append_whole, open_regular_file
 from .sidecar import LOCK_TIMEOUT_S, PathLike, atomic_write_text
+
+STATE_DIR = ".music-flamingo"  # the run's state folder in a dataset (locks, the default failures file)
 
 
 def _key(track: PathLike) -> str:
@@ -50,6 +57,49 @@ def _line(record: dict[str, Any]) -> str:
     return text + "\n"
 
 
+def parse_record(raw: bytes) -> dict[str, Any] | None:
+    """The failure record on one line, ``None`` when the line is not one (any content: never raises)."""
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not isinstance(rec.get("error"), str):
+        return None
+    return rec
+
+
+def _torn(raw: bytes) -> bool:
+    """A record line cut short by a killed append (and ended by the next append): not JSON, but the start of one of
+    our records — ours, unlike a line of someone else's file."""
+    if not raw.startswith(b'{"path": '):
+        return False
+    try:
+        json.loads(raw)
+    except (ValueError, RecursionError):
+        return True
+    return False
+
+
+def not_a_failures_file(path: PathLike) -> str | None:
+    """Why ``path`` cannot serve as a failures file (a user's file this package must not rewrite or delete, a
+    FIFO, a folder, too large), or ``None``: it does not exist, is empty, or every complete line is a record."""
+    try:
+        with open_regular_file(path, MAX_FAILURES_BYTES) as f:
+            data = f.read(MAX_FAILURES_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return str(e)
+    lines = data[: data.rfind(b"\n") + 1].splitlines()
+    foreign = sum(1 for raw in lines if raw.strip() and parse_record(raw) is None and not _torn(raw))
+    if foreign:
+        return (
+            f"{path} holds {foreign} line(s) that are not failure records of music-flamingo; it is not a failures "
+            "file, and this package never rewrites or deletes a file it did not write"
+        )
+    return None
+
+
 class FailureLog:
     """One process's view of a failures file. Not thread-safe: the batch runner uses it from one thread.
 
@@ -59,7 +109,12 @@ class FailureLog:
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
-        self._lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
+        self._lock = SelfRemovingLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
+        # Ours to rewrite whatever it holds only in the state folder; elsewhere only while every line is a record.
+        self._ours_by_place = self.path.parent.name == STATE_DIR
+        self._foreign = 0  # lines read that are not records
+        self.disabled = False  # not ours: read, never written
+        self.unwritten = 0  # records that could not be written (full disk, not ours ...)
         self._records: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (record, its line), as last read
         self._file: BinaryIO | None = None  # the file last read, kept open (see _refresh)
         self._offset = 0  # bytes of it already parsed
@@ -80,6 +135,10 @@ class FailureLog:
                     except OSError as exc:
                         logger.warning("could not remove %s: %s", self.path.parent / name, exc)
             self._refresh()
+            if self._foreign and not self._ours_by_place:
+                self.disabled = True
+                logger.error("%s", not_a_failures_file(self.path) or f"{self.path} is not a failures file")
+                return
             gone = [k for k in self._records if not os.path.lexists(k)]
             if gone:
                 logger.info("failures file: dropping %d record(s) of files that no longer exist", len(gone))
@@ -97,13 +156,16 @@ class FailureLog:
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
+        written = False
         with self._locked("record a failure in") as ok:
-            if not ok:
-                return rec
-            self._refresh()
-            if key in self._records:
-                self._rewrite_without([key])
-            self._append(rec)
+            if ok and not self.disabled:
+                self._refresh()
+                if key in self._records:
+                    self._rewrite_without([key])
+                self._append(rec)
+                written = True
+        if not written:
+            self.unwritten += 1
         return rec
 
     def clear(self, tracks: PathLike | Iterable[PathLike]) -> int:
@@ -113,7 +175,7 @@ class FailureLog:
         if not keys:
             return 0
         with self._locked("clear records in") as ok:
-            if not ok:
+            if not ok or self.disabled:
                 return 0
             self._refresh()
             listed = [k for k in keys if k in self._records]
@@ -151,7 +213,7 @@ class FailureLog:
     def _forget(self) -> None:
         if self._file is not None:
             self._file.close()
-        self._records, self._file, self._offset = {}, None, 0
+        self._records, self._file, self._offset, self._foreign = {}, None, 0, 0
 
     def _refresh(self) -> None:
         """Bring ``_records`` up to date: only appended bytes are parsed unless the file was replaced.
@@ -171,34 +233,37 @@ class FailureLog:
             if (held.st_dev, held.st_ino) != (st.st_dev, st.st_ino) or st.st_size < self._offset:
                 self._forget()
         if self._file is None:
-            self._file = open(self.path, "rb")
+            self._file = open_regular_file(self.path, MAX_FAILURES_BYTES)  # never a FIFO (a hang) or a folder
         self._file.seek(self._offset)
-        data = self._file.read()
+        data = self._file.read(MAX_FAILURES_BYTES)
         end = data.rfind(b"\n") + 1  # a torn last line (killed append) is left for later or for the next rewrite
         for raw in data[:end].splitlines():
-            try:
-                line = raw.decode("utf-8")
-                rec = json.loads(line)
-                key = rec["path"]
-            except (UnicodeDecodeError, ValueError, TypeError, KeyError):
+            rec = parse_record(raw)
+            if rec is None:
                 if raw.strip():
-                    logger.warning("failures file %s: skipping an unreadable line", self.path)
+                    self._foreign += not _torn(raw)
+                    logger.warning("failures file %s: skipping a line that is not a failure record", self.path)
                 continue
+            key = rec["path"]
             self._records.pop(key, None)  # the last record of a track wins, and moves to the end
-            self._records[key] = (rec, line + "\n")
+            self._records[key] = (rec, raw.decode("utf-8") + "\n")
         self._offset += end
 
     def _append(self, rec: dict[str, Any]) -> None:
-        line = _line(rec)
-        with open(self.path, "ab") as f:
-            if f.tell() > self._offset:  # a torn line from a killed writer: end it so ours stays separate
-                f.write(b"\n")
-            f.write(line.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        data = _line(rec).encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+        try:
+            if os.fstat(fd).st_size > self._offset:  # a torn line from a killed writer: end it so ours stays separate
+                data = b"\n" + data
+            append_whole(fd, data)  # whole or not at all (a full disk): we hold the lock every writer holds
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self._refresh()
 
     def _rewrite_without(self, keys: Iterable[str]) -> None:
+        if self._foreign and not self._ours_by_place:  # a file that is not all ours is never rewritten
+            raise MusicFlamingoError(f"{self.path} holds lines that are not failure records; left as it is")
         for k in keys:
             self._records.pop(k, None)
         if self._records:
@@ -224,7 +289,7 @@ class _Locked:
             self.log.path.parent.mkdir(parents=True, exist_ok=True)
             self.log._lock.acquire()
             return True
-        except (Timeout, OSError) as exc:
+        except OSError as exc:  # TimeoutError included
             logger.error("could not lock the failures file %s to %s it: %s", self.log.path, self.what, exc)
             return False
 
@@ -238,4 +303,4 @@ class _Locked:
         return False
 
 
-__all__ = ["FailureLog"]
+__all__ = ["STATE_DIR", "FailureLog", "not_a_failures_file", "parse_record"]

@@ -23,10 +23,11 @@ from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .chat_template import ChatPieces, render_pieces
-from .datatypes import DEFAULT_MAX_TOKENS, GenerationResult, GenerationStats, Prompt, as_prompts
+from .datatypes import DEFAULT_MAX_TOKENS, FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .fsutil import require_regular_file
-from .models import resolve_model_files
+from .gguf_meta import model_facts
+from .models import DEFAULT_MODEL, canonical_model_name, resolve_model_files
 
 if TYPE_CHECKING:
     from . import _core
@@ -99,7 +100,7 @@ def _model_files(
         model_path = model_path or found_model
         mmproj_path = mmproj_path or found_mmproj
     else:
-        model_name = None
+        model_name = None  # explicit files: the label comes from the file name
     paths = Path(model_path), Path(mmproj_path)
     for path in paths:
         try:
@@ -108,7 +109,7 @@ def _model_files(
             raise ModelFileError(f"model file not found: {path}") from None
         except OSError as e:
             raise ModelFileError(f"cannot read model file: {e}") from None
-    return model_name, paths[0], paths[1]
+    return (canonical_model_name(model_name) if model_name is not None else None), paths[0], paths[1]  # q6_k: Q6_K
 
 
 def _system_prompt(value: str | None) -> str:
@@ -130,8 +131,9 @@ def _as_dict(native: Any) -> dict[str, Any]:
 class MusicFlamingoGGUF(AnalyzerCalls):
     """Music Flamingo from GGUF files, resident in this process.
 
-    Either ``model_name`` (``'Q8_0'``, ``'Q6_K'``, ``'IQ3_M'``: looked up in ``model_dir``, downloaded there when
-    missing unless ``offline``) or explicit ``model_path`` + ``mmproj_path``. :meth:`analyze` describes a track with
+    Either ``model_name`` (any published quantization: ``'Q8_0'``, ``'Q6_K'`` (default), ``'IQ3_M'``,
+    ``'i1-Q4_K_M'`` ...: looked up in ``model_dir``, static or ``i1-`` file, downloaded there when missing unless
+    ``offline``; see :func:`~music_flamingo.models.resolve_model_files`) or explicit ``model_path`` + ``mmproj_path``. :meth:`analyze` describes a track with
     the prompt catalogue (through ``self.analyzer``); :meth:`generate` asks any prompts. The analysis options —
     ``prompts``, ``prompt``, ``prompts_files``, ``temperature``, ``top_p``, ``seed``, ``max_duration``, ``normalize``
     — are the fields of :class:`~music_flamingo.analyzer.AnalysisOptions`, given as keywords or as ``options=``.
@@ -154,7 +156,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
 
     def __init__(
         self,
-        model_name: str | None = "Q6_K",
+        model_name: str | None = DEFAULT_MODEL,
         *,
         model_path: str | os.PathLike | None = None,
         mmproj_path: str | os.PathLike | None = None,
@@ -224,6 +226,12 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             self.info["audio_encoder_device"],
         )
         self.model_label = "gguf_" + (self.model_name or self.model_path.stem.removeprefix("music-flamingo-hf."))
+        # converted checkpoints (music-flamingo convert): their own audio tokens, trained length and label
+        self.facts = model_facts(self.model_path)
+        if self.facts.max_audio_seconds:
+            self.max_duration_default = self.facts.max_audio_seconds
+        if self.facts.checkpoint:
+            self.model_label = f"gguf_{self.facts.checkpoint}.{self.facts.quant}"
 
     def chat_pieces(self, system_prompt: str | None = None) -> ChatPieces:
         """The GGUF's own chat template rendered around the audio and the question, as transformers renders it:
@@ -236,6 +244,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             None if template in ("", "chatml") else template,
             self.system_prompt if system_prompt is None else system_prompt,
             special,
+            self.facts.audio_wrap,
         )
 
     # --- the backend's side of the Analyzer ---------------------------------------------------------------
@@ -292,7 +301,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         embeddings fed to the LLM, the first step's logits of prompt 0 and its prompt token ids, -1 per audio
         position (``result.debug``), for fidelity measurements.
         """
-        audio, plist = as_engine_audio(audio, sample_rate), as_prompts(prompts, max_tokens)
+        plist = as_prompts(prompts, max_tokens)
+        audio = _engine_audio(audio, sample_rate, plist)
         raw = self._engine.generate(
             audio,
             int(sample_rate),
@@ -324,9 +334,9 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
         raised after all tracks ran."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
-        decoded = [(as_engine_audio(a, sample_rate), as_prompts(ps, max_tokens)) for a, ps in tracks]
-        for audio, plist in decoded:
-            native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
+        asked = [(a, as_prompts(ps, max_tokens)) for a, ps in tracks]
+        decoded = [(_engine_audio(a, sample_rate, plist), plist) for a, plist in asked]
+        native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
         request = self._request(framing, tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight)
         raws = self._engine.generate_many(native, int(sample_rate), request=request)
         return [self._result(r) for r in raws]
@@ -351,7 +361,9 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         track that failed alone (too short, too long for the context), the exception; ``index`` counts the items
         of ``audio``. Keep ``on_result`` short: the decode loop waits for it (and audio refused before the engine
         takes it is reported from the engine's helper thread). ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
-        10 minutes). ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
+        10 minutes). An item of ``audio`` may also be ``(array, prompts)``: that track's own prompts (as many as
+        ``prompts``, which then only size the run: give them room for the longest texts), decoded in the same batch
+        steps as the others. ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
         went (steps, host and decode ms, tracks in flight)."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
@@ -367,7 +379,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
                 for item in it:
                     index, count = count, count + 1
                     try:
-                        pcm = as_engine_audio(item)
+                        value = _stream_item(item, max_tokens)
                     except TypeError as e:  # None or another non-array: this item fails, the stream goes on
                         refused += 1
                         on_result(index, InvalidInputError(str(e)))
@@ -377,7 +389,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
                         on_result(index, e)
                         continue
                     taken.append(index)
-                    return pcm
+                    return value
                 return None
 
         def done(index: int, raw: _core.GenerateResult | Exception) -> None:
@@ -429,8 +441,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
 
         if framing == native_framing("llamacpp"):
             return None
-        head, mid, tail = self.chat_pieces().as_tuple()
-        return _core.ChatPieces(head=head, mid=mid, tail=tail)
+        head, mid, tail, next_turn = self.chat_pieces().as_tuple()
+        return _core.ChatPieces(head=head, mid=mid, tail=tail, next_turn=next_turn)
 
     def _refuse_reentry(self, name: str) -> None:
         if getattr(self._calling, "active", False):
@@ -459,10 +471,13 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         )
         outs = raw.outputs
         return GenerationResult(
-            texts=[o.text.decode("utf-8", errors="replace") for o in outs],
+            texts=[_decoded(o.text) for o in outs],
             stop_reasons=[o.stop_reason for o in outs],
             tokens=[list(o.tokens) for o in outs],
             stats=stats,
+            followups=[
+                [FollowUpAnswer(_decoded(f.text), f.stop_reason, list(f.tokens)) for f in o.followups] for o in outs
+            ],
         )
 
     def close(self) -> None:
@@ -472,3 +487,27 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             self._refuse_reentry("close")
             with self._call_lock:  # after a call in progress, never during it
                 engine.close()
+
+
+def _decoded(text: bytes) -> str:
+    """The engine's raw bytes as text (a cut at max_tokens may split a UTF-8 character)."""
+    return text.decode("utf-8", errors="replace")
+
+
+def _stream_item(item: Any, max_tokens: int) -> Any:
+    """One item of generate_stream's iterable as the engine takes it: the audio, or (audio, its own prompts)."""
+    if isinstance(item, tuple):  # (audio, this track's own prompts)
+        own = as_prompts(item[1], max_tokens)
+        return (_engine_audio(item[0], TARGET_SAMPLE_RATE, own), [p.to_native() for p in own])
+    return as_engine_audio(item)
+
+
+def _engine_audio(audio: Any, sample_rate: int, prompts: Sequence[Prompt]) -> np.ndarray:
+    """:func:`as_engine_audio`, or for ``None`` (or an empty array) an empty array: a text-only conversation,
+    allowed when every prompt has a known answer (the follow-ups' catch-up pass)."""
+    text_only = audio is None or (isinstance(audio, np.ndarray) and audio.size == 0)
+    if not text_only:
+        return as_engine_audio(audio, sample_rate)
+    if not all(p.answer is not None for p in prompts):
+        raise InvalidInputError("no audio: only prompts with a known answer (follow-ups to ask) go without audio")
+    return np.zeros(0, np.float32)

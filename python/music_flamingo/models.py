@@ -17,20 +17,42 @@ from .errors import ModelFileError
 
 PathLike = str | os.PathLike
 
-# The quantizations published for nvidia/music-flamingo-hf.
-MODEL_FILES: dict[str, str] = {
-    "Q8_0": "music-flamingo-hf.Q8_0.gguf",
-    "Q6_K": "music-flamingo-hf.Q6_K.gguf",
-    "IQ3_M": "music-flamingo-hf.i1-IQ3_M.gguf",
-}
-MMPROJ_FILE = "music-flamingo-hf.mmproj-f16.gguf"
+# The quantizations mradermacher publishes for nvidia/music-flamingo-hf (its usual sets): static quants, and imatrix
+# quants, named with the ``i1-`` prefix. A bare name (``Q6_K``) means either file of that quantization: the one in
+# the model folder (the static one first), else the static one is downloaded (the imatrix one where there is no
+# static one, as for ``IQ3_M``); ``i1-Q6_K`` means the imatrix file only.
+STATIC_REPOSITORY = "mradermacher/music-flamingo-hf-GGUF"
+IMATRIX_REPOSITORY = "mradermacher/music-flamingo-hf-i1-GGUF"
+STATIC_QUANTS = (
+    "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "f16",
+)  # fmt: skip
+IMATRIX_QUANTS = (
+    "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S", "Q2_K", "IQ3_XXS", "IQ3_XS", "Q3_K_S",
+    "IQ3_S", "IQ3_M", "Q3_K_M", "Q3_K_L", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_K_S", "Q4_K_M", "Q4_1", "Q5_K_S",
+    "Q5_K_M", "Q6_K",
+)  # fmt: skip
+DEFAULT_MODEL = "Q6_K"  # the one place the default quantization is named (CLI, MusicFlamingoGGUF, Ray)
+IMATRIX_PREFIX = "i1-"
+_FILE = "music-flamingo-hf.{}.gguf"
 
-# Hugging Face repository of every file above; the one place to edit when files move or new quants appear.
+
+def _model_files() -> dict[str, str]:
+    """Every accepted name -> the file it downloads: ``Q6_K`` (static, else imatrix), ``i1-Q6_K`` (imatrix)."""
+    files = {f"{IMATRIX_PREFIX}{q}": _FILE.format(f"{IMATRIX_PREFIX}{q}") for q in IMATRIX_QUANTS}
+    files.update({q: _FILE.format(f"{IMATRIX_PREFIX}{q}") for q in IMATRIX_QUANTS})
+    files.update({q: _FILE.format(q) for q in STATIC_QUANTS})
+    return files
+
+
+MODEL_FILES: dict[str, str] = _model_files()
+MMPROJ_FILE = "music-flamingo-hf.mmproj-f16.gguf"
+# The quantization used where none is named (MusicFlamingoGGUF, the CLI's --model, the Ray runner).
+DEFAULT_MODEL = "Q6_K"
+
+# Hugging Face repository of every file above; the one place to edit when files move.
 FILE_REPOSITORIES: dict[str, str] = {
-    "music-flamingo-hf.Q8_0.gguf": "mradermacher/music-flamingo-hf-GGUF",
-    "music-flamingo-hf.Q6_K.gguf": "mradermacher/music-flamingo-hf-GGUF",
-    "music-flamingo-hf.mmproj-f16.gguf": "mradermacher/music-flamingo-hf-GGUF",
-    "music-flamingo-hf.i1-IQ3_M.gguf": "mradermacher/music-flamingo-hf-i1-GGUF",
+    **{f: IMATRIX_REPOSITORY if f".{IMATRIX_PREFIX}" in f else STATIC_REPOSITORY for f in MODEL_FILES.values()},
+    MMPROJ_FILE: STATIC_REPOSITORY,
 }
 REVISION = "main"
 DEFAULT_MODEL_DIR = "models/music_flamingo"
@@ -154,6 +176,43 @@ def _download(url: str, dest: Path, token: str | None, attempts: int = 5) -> Non
     )
 
 
+def canonical_model_name(model_name: str) -> str:
+    """A published quantization's name as :data:`MODEL_FILES` spells it (``q6_k`` -> ``Q6_K``, ``I1-q4_k_m`` ->
+    ``i1-Q4_K_M``); ModelFileError naming them all for any other."""
+    if model_name in MODEL_FILES:
+        return model_name
+    by_folded = {n.casefold(): n for n in MODEL_FILES}
+    name = by_folded.get(str(model_name).strip().casefold())
+    if name is None:
+        static = ", ".join(STATIC_QUANTS)
+        imatrix = ", ".join(f"{IMATRIX_PREFIX}{q}" for q in IMATRIX_QUANTS)
+        raise ModelFileError(f"unknown model_name {model_name!r}; published: {static}; imatrix: {imatrix}")
+    return name
+
+
+def model_candidates(model_name: str) -> list[str]:
+    """The files that are quantization ``model_name``, in the order a model folder is searched: for a bare name
+    the static file, then the imatrix (``i1-``) one; for an ``i1-`` name only that."""
+    name = canonical_model_name(model_name)
+    if name.startswith(IMATRIX_PREFIX):
+        return [MODEL_FILES[name]]
+    out = [_FILE.format(name)] if name in STATIC_QUANTS else []
+    if name in IMATRIX_QUANTS:
+        out.append(_FILE.format(IMATRIX_PREFIX + name))
+    return out
+
+
+def _say_which(name: str, model: Path) -> None:
+    """Which file a name was resolved to: worth a warning when it is not the file the name downloads (``Q6_K``
+    served by ``i1-Q6_K`` found in the folder), else an info line."""
+    if model.name != MODEL_FILES[name]:
+        logger.warning(
+            "model %s: using %s found in %s (%s is not there)", name, model.name, model.parent, MODEL_FILES[name]
+        )
+    else:
+        logger.info("model %s: using %s in %s", name, model.name, model.parent)
+
+
 def resolve_model_files(
     model_name: str,
     model_dir: PathLike | None = None,
@@ -167,16 +226,28 @@ def resolve_model_files(
     Hub (``HF_ENDPOINT``, or ``endpoint``; ``HF_TOKEN`` or the saved huggingface_hub token) with a progress bar;
     an interrupted download is resumed where it stopped, in this run or the next. With ``offline=True`` or
     ``HF_HUB_OFFLINE=1`` nothing is downloaded and the error lists the expected paths and their download URLs.
+
+    ``model_name``: any published quantization (:data:`MODEL_FILES`, case ignored). A bare name (``Q6_K``) takes
+    whichever of its files the folder holds — the static ``music-flamingo-hf.Q6_K.gguf`` first, else the imatrix
+    ``music-flamingo-hf.i1-Q6_K.gguf`` (logged) — and downloads the static one when neither is there; ``i1-Q6_K``
+    takes (or downloads) the imatrix one only.
     """
-    if model_name not in MODEL_FILES:
-        raise ModelFileError(f"unknown model_name {model_name!r}; choose one of {sorted(MODEL_FILES)}")
+    name = canonical_model_name(model_name)
     directory = Path(model_dir).expanduser() if model_dir is not None else default_model_dir()
-    model, mmproj = directory / MODEL_FILES[model_name], directory / MMPROJ_FILE
+    model = next((directory / f for f in model_candidates(name) if (directory / f).is_file()), None)
+    if model is not None:
+        _say_which(name, model)
+    else:
+        model = directory / MODEL_FILES[name]
+    mmproj = directory / MMPROJ_FILE
     missing = [p for p in (model, mmproj) if not p.is_file()]
     if not missing:
         return model, mmproj
 
     listing = "\n".join(f"  {p}  <-  {file_url(p.name, endpoint)}" for p in missing)
+    others = [f for f in model_candidates(name) if f != model.name]
+    if model in missing and others:
+        listing += f"\n  ({name} is also any of: {', '.join(others)}, in {directory})"
     if offline or hub_offline():
         why = "offline=True" if offline else "HF_HUB_OFFLINE is set"
         raise ModelFileError(f"model files not found and not downloaded ({why}); expected:\n{listing}")
@@ -205,6 +276,7 @@ def resolve_model_files(
 
 
 __all__ = [
+    "DEFAULT_MODEL",
     "DEFAULT_MODEL_DIR",
     "FILE_REPOSITORIES",
     "MMPROJ_FILE",
@@ -212,6 +284,8 @@ __all__ = [
     "REVISION",
     "default_model_dir",
     "file_url",
+    "canonical_model_name",
     "hub_offline",
+    "model_candidates",
     "resolve_model_files",
 ]

@@ -7,6 +7,15 @@ hours of batch captioning is expensive.
 
 Fields a prompt does not set come from ``defaults`` once all files are merged, so a user file that changes
 ``defaults.temperature`` changes every prompt that does not pin its own.
+
+A prompt's text may be a template filled per track from its sidecar (``{genres}``, ``{metadata}``, Jinja2:
+:mod:`.templates`); templates are compiled here, so an error is refused with the catalogue, before a model loads.
+
+Two shapes of file are read (:func:`load_catalogue` tells them apart by their top-level keys): this package's own
+(``version``, ``defaults``, ``default_set``, ``prompts``) and the users' pipeline config
+(``config/master_pipeline.yaml`` of Taikakim/mir-feature-extraction), whose ``music_flamingo:`` section gives
+``prompts: {key: text}`` (answers written as ``music_flamingo_<key>``), ``max_tokens: {key: n}`` and
+``revision: {prompts: {key: text}}``, follow-up questions in :attr:`Catalogue.followups`.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,11 +36,14 @@ from . import validation
 from ._logging import logger
 from .datatypes import Prompt
 from .errors import PromptConfigError
-from .fsutil import read_regular_file
+from .fsutil import MAX_PROMPTS_BYTES, read_regular_file
+from .templates import Template, TemplateProblem, compile_text
 
-__all__ = ["Catalogue", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE"]
+__all__ = ["Catalogue", "FollowUp", "PromptEntry", "load_catalogue", "PACKAGED_SOURCE", "SUMMARIES_FILE"]
 
 PACKAGED_SOURCE = "music_flamingo/prompts.yaml"
+# The pipeline's three short summaries as follow-ups, opt-in (the command line's --summaries).
+SUMMARIES_FILE = Path(__file__).with_name("summaries.yaml")
 CATALOGUE_VERSION = 1
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -59,14 +72,29 @@ class PromptEntry:
     repeat_penalty: float
     seed: int
     source: str = PACKAGED_SOURCE
+    template: Template | None = field(default=None, compare=False, repr=False)  # None: the text is sent as is
+
+    def fill(self, info: Any = None, file: str = "") -> str:
+        """The text asked of a track whose sidecar holds ``info`` (:mod:`.templates`); a plain text as it is."""
+        if self.template is None:
+            return self.text
+        try:
+            return self.template.fill(info, file)
+        except TemplateProblem as e:
+            raise PromptConfigError(f"{self.source}: prompt '{self.name}': {e}") from e
 
     def to_prompt(
-        self, temperature: float | None = None, top_p: float | None = None, seed: int | None = None
+        self,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        text: str | None = None,
     ) -> Prompt:
         """The engine's :class:`~music_flamingo.datatypes.Prompt`; ``None`` keeps the catalogue's value, anything
-        else (from the CLI or :class:`~music_flamingo.analyzer.AnalysisOptions`) overrides it."""
+        else (from the CLI or :class:`~music_flamingo.analyzer.AnalysisOptions`) overrides it. ``text``: the text
+        as filled for one track (:meth:`fill`); default the catalogue's."""
         return Prompt(
-            text=self.text,
+            text=self.text if text is None else text,
             max_tokens=self.max_tokens,
             temperature=self.temperature if temperature is None else float(temperature),
             top_p=self.top_p if top_p is None else float(top_p),
@@ -90,14 +118,34 @@ class PromptEntry:
         ]
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """A follow-up question about a track's answer (the pipeline's ``revision.prompts``: short summaries written
+    as ``music_flamingo_<name>``), asked in the same conversation after the answer it follows
+    (:class:`~music_flamingo.analyzer.AnalysisOptions`: ``followups``, ``followups_of``, ``catch_up``)."""
+
+    name: str
+    key: str
+    text: str
+    max_tokens: int
+    temperature: float | None
+    source: str
+
+
 @dataclass
 class Catalogue:
-    """All known prompts by name, the default selection and the sampling defaults, after merging every file."""
+    """All known prompts by name, the default selection and the sampling defaults, after merging every file;
+    ``followups``: the follow-up questions the files named (see :class:`FollowUp`)."""
 
     entries: dict[str, PromptEntry]
     default_set: list[str]
     defaults: dict[str, Any] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    followups: dict[str, FollowUp] = field(default_factory=dict)
+
+    def templated(self, entries: Sequence[PromptEntry]) -> bool:
+        """Whether any of ``entries`` is filled per track (its text differs from track to track)."""
+        return any(e.template is not None for e in entries)
 
     def names(self) -> list[str]:
         return list(self.entries)
@@ -160,6 +208,7 @@ class Catalogue:
             text=text,
             max_tokens=max_tokens,
             source=source,
+            template=_compiled(text, source, "custom", None),
             **{k: self.defaults[k] for k in _SAMPLING},
         )
 
@@ -176,6 +225,8 @@ class _Where:
     field: str
 
     def error(self, problem: str) -> PromptConfigError:
+        if len(problem) > _MAX_MESSAGE:  # a value quoted in full could be megabytes (a long text, YAML aliases)
+            problem = f"{problem[:_MAX_MESSAGE]}… ({len(problem)} characters in all)"
         return PromptConfigError(f"{self.source}: {self.entry}: field '{self.field}': {problem}")
 
 
@@ -185,10 +236,9 @@ def _check_key(v: Any, w: _Where) -> None:
 
 
 def _check_text(v: Any, w: _Where) -> None:
-    if not isinstance(v, str) or not v.strip():
-        raise w.error(f"must be a non-empty string, got {v!r}")
-    if "\x00" in v:  # C strings end there: the model would see half the question
-        raise w.error("must not contain NUL characters")
+    problem = validation.prompt_text(v)  # non-empty, no NUL, not longer than a context holds
+    if problem is not None:
+        raise w.error(problem)
 
 
 def _checked(check: Callable[[Any], str | None]) -> Callable[[Any, _Where], None]:
@@ -209,9 +259,54 @@ _FIELD_CHECKS: dict[str, Callable[[Any, _Where], None]] = {
 }
 
 
+_MAX_MESSAGE = 300
+# What a prompts file may expand to through YAML aliases (``&a``/``*a``): far above any real catalogue, far below
+# an "alias bomb" (1 KB of nested aliases once expanded to ≈ 3 GB and took over a minute).
+MAX_YAML_NODES = 100_000
+MAX_YAML_CHARS = 4 << 20
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key written twice in one mapping (plain YAML keeps the last one silently, which
-    would hide, say, two ``full:`` entries in one file)."""
+    would hide, say, two ``full:`` entries in one file) and a document whose aliases expand beyond
+    :data:`MAX_YAML_NODES` values or :data:`MAX_YAML_CHARS` characters (checked on the composed graph, before
+    anything is built)."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            nodes, chars = _expanded_size(node, {}, set())
+            if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the document expands (through its aliases) to over {MAX_YAML_NODES} values or "
+                    f"{MAX_YAML_CHARS} characters; refused",
+                    node.start_mark,
+                )
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, tuple[int, int]], open_: set[int]) -> tuple[int, int]:
+    """(values, characters) of ``node`` with every alias expanded, in time linear in the file (memoised per
+    node, since an alias is the same node object); a node that contains itself counts as too large."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if isinstance(node, yaml.ScalarNode):
+        return 1, len(node.value)
+    if id(node) in open_:
+        return MAX_YAML_NODES + 1, 0
+    open_.add(id(node))
+    children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+    nodes, chars = 1, 0
+    for child in children:
+        n, c = _expanded_size(child, memo, open_)
+        nodes, chars = nodes + n, chars + c
+        if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+            break
+    open_.discard(id(node))
+    memo[id(node)] = (nodes, chars)
+    return nodes, chars
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -235,6 +330,8 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError as e:
+        raise PromptConfigError(f"{source}: invalid YAML: nested too deeply") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
@@ -250,12 +347,133 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
         raise PromptConfigError(
             f"{source}: the top level must be a mapping with keys {', '.join(_TOP_LEVEL)}, got {type(data).__name__}"
         )
+    if _is_pipeline_config(data):
+        return data
     unknown = [str(k) for k in data if k not in _TOP_LEVEL]
     if unknown:
         raise PromptConfigError(
-            f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_TOP_LEVEL)}"
+            f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_TOP_LEVEL)} "
+            f"(or a pipeline config with a '{PIPELINE_SECTION}:' section)"
         )
     return data
+
+
+def _text_lines(text: str, path: Sequence[str]) -> dict[str, int]:
+    """The file line (1-based) where each prompt's text starts, for the mapping of prompts at ``path`` (e.g.
+    ``("prompts",)``): template errors name it. A value given as a mapping is looked up under ``text``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:  # already reported by _parse_yaml
+        return {}
+
+    def child(n: Any, key: str) -> Any:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                if getattr(k, "value", None) == key:
+                    return v
+        return None
+
+    for key in path:
+        node = child(node, key)
+    lines: dict[str, int] = {}
+    for k, v in node.value if isinstance(node, yaml.MappingNode) else ():
+        scalar = child(v, "text") if isinstance(v, yaml.MappingNode) else v
+        if isinstance(scalar, yaml.ScalarNode):
+            block = scalar.style in ("|", ">")  # the text starts on the line after the indicator
+            lines[str(k.value)] = scalar.start_mark.line + 1 + block
+    return lines
+
+
+def _compiled(text: str, source: str, name: str, line: int | None) -> Template | None:
+    """The text's template (None: a plain text), or the PromptConfigError naming file, line and prompt."""
+    try:
+        return compile_text(text)
+    except TemplateProblem as e:
+        where = f"{source}:{line + e.line - 1}" if line is not None else source
+        raise PromptConfigError(f"{where}: prompt '{name}': field 'text': {e}") from e
+
+
+# --- the users' pipeline config (config/master_pipeline.yaml) ----------------------------------------------------
+
+PIPELINE_SECTION = "music_flamingo"
+PIPELINE_MAX_TOKENS = 500  # the pipeline's DEFAULT_TOKEN_LIMITS, for a prompt its max_tokens does not list
+_PIPELINE_KEYS = ("prompts", "max_tokens", "revision")
+_PIPELINE_NOTED = ("enabled", "model", "context_size", "sample_probability")  # read by the pipeline, not here
+
+
+def _is_pipeline_config(data: dict[str, Any]) -> bool:
+    return PIPELINE_SECTION in data and not any(k in data for k in _TOP_LEVEL)
+
+
+def _pipeline_mapping(section: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = section.get(name) or {}
+    if not isinstance(value, dict):
+        raise _Where(source, PIPELINE_SECTION, name).error(f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _from_pipeline(data: dict[str, Any], source: str, known: Sequence[str]) -> tuple[dict[str, Any], list[FollowUp]]:
+    """The pipeline config's ``music_flamingo:`` section in this package's shape: each ``prompts`` key ``k`` a
+    prompt named ``k`` written as ``music_flamingo_<k>`` with ``max_tokens[k]`` (else 500, the pipeline's
+    default), and these prompts the default set (the pipeline asks exactly them). A value ``true`` (the older
+    ``prompts: {full: true}``) asks the packaged prompt of that name; ``false`` leaves it out. ``revision.prompts``
+    become follow-ups."""
+    section = data[PIPELINE_SECTION] or {}
+    if not isinstance(section, dict):
+        raise _Where(source, PIPELINE_SECTION, PIPELINE_SECTION).error(
+            f"must be a mapping, got {type(section).__name__}"
+        )
+    prompts, limits = _pipeline_mapping(section, "prompts", source), _pipeline_mapping(section, "max_tokens", source)
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in prompts.items():
+        entry: dict[str, Any] = {"max_tokens": limits[name]} if name in limits else {}
+        if value is True:
+            if name not in known:
+                raise _Where(source, f"{PIPELINE_SECTION}.prompts", str(name)).error(
+                    f"'true' asks a packaged prompt, and there is none of that name; give its text instead "
+                    f"(packaged: {', '.join(known)})"
+                )
+        elif value is False or value is None:
+            continue
+        else:
+            entry = {"key": f"music_flamingo_{name}", "text": value, "max_tokens": PIPELINE_MAX_TOKENS, **entry}
+        out[name] = entry
+    for name in limits:
+        if name not in prompts:
+            logger.warning("%s: %s.max_tokens.%s names no prompt; ignored", source, PIPELINE_SECTION, name)
+    noted = {k: section[k] for k in _PIPELINE_NOTED if k in section and k != "enabled"}
+    if noted:
+        logger.info(
+            "%s: %s read from the pipeline config; model and sampling are this command's options (--model, "
+            "--sample): %s",
+            source,
+            ", ".join(_PIPELINE_KEYS),
+            ", ".join(f"{k}={v!r}" for k, v in noted.items()),
+        )
+    converted = {"default_set": list(out), "prompts": out} if out else {}
+    return converted, _followups(_pipeline_mapping(section, "revision", source), source)
+
+
+def _followups(revision: dict[str, Any], source: str) -> list[FollowUp]:
+    """The pipeline's ``revision:`` follow-up questions, validated (kept for the follow-up pass)."""
+    prompts = revision.get("prompts") or {}
+    where = f"{PIPELINE_SECTION}.revision"
+    if not isinstance(prompts, dict):
+        raise _Where(source, where, "prompts").error(f"must be a mapping of key -> text, got {prompts!r}")
+    if revision.get("enabled", True) is False:
+        return []
+    max_tokens = revision.get("max_tokens", PIPELINE_MAX_TOKENS)
+    _FIELD_CHECKS["max_tokens"](max_tokens, _Where(source, where, "max_tokens"))
+    temperature = revision.get("temperature")
+    if temperature is not None:
+        _FIELD_CHECKS["temperature"](temperature, _Where(source, where, "temperature"))
+    out = []
+    for name, text in prompts.items():
+        key = f"music_flamingo_{name}"
+        _FIELD_CHECKS["key"](key, _Where(source, f"{where}.prompts.{name}", "key"))
+        _FIELD_CHECKS["text"](text, _Where(source, f"{where}.prompts.{name}", "text"))
+        out.append(FollowUp(str(name), key, text, max_tokens, temperature, source))
+    return out
 
 
 # --- merging -----------------------------------------------------------------------------------------------------
@@ -270,10 +488,12 @@ class _Raw:
     default_set_source: str = PACKAGED_SOURCE
     prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompt_sources: dict[str, str] = field(default_factory=dict)
+    text_where: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # file and line of each text
     sources: list[str] = field(default_factory=list)
+    followups: dict[str, FollowUp] = field(default_factory=dict)
 
 
-def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
+def _merge_file(raw: _Raw, data: dict[str, Any], source: str, lines: dict[str, int] | None = None) -> None:
     """Validate one parsed file and layer it over ``raw``."""
     if "version" in data and (not validation.is_int(data["version"]) or data["version"] != CATALOGUE_VERSION):
         raise _Where(source, "top level", "version").error(
@@ -324,6 +544,8 @@ def _merge_file(raw: _Raw, data: dict[str, Any], source: str) -> None:
                     raise _Where(source, label, fname).error(f"missing; a new prompt needs {', '.join(_REQUIRED)}")
         raw.prompts.setdefault(name, {}).update(entry)
         raw.prompt_sources[name] = source
+        if "text" in entry:
+            raw.text_where[name] = (source, (lines or {}).get(name))
 
     seen: dict[str, str] = {}
     for name, entry in raw.prompts.items():
@@ -350,6 +572,7 @@ def _resolve(raw: _Raw) -> Catalogue:
     entries: dict[str, PromptEntry] = {}
     for name, fields in raw.prompts.items():
         values = {**raw.defaults, **fields}
+        text_source, line = raw.text_where.get(name, (raw.prompt_sources[name], None))
         entries[name] = PromptEntry(
             name=name,
             key=values["key"],
@@ -361,13 +584,27 @@ def _resolve(raw: _Raw) -> Catalogue:
             repeat_penalty=float(values["repeat_penalty"]),
             seed=values["seed"],
             source=raw.prompt_sources[name],
+            template=_compiled(values["text"], text_source, name, line),
         )
     return Catalogue(
         entries=entries,
         default_set=list(dict.fromkeys(raw.default_set)),
         defaults=dict(raw.defaults),
         sources=list(raw.sources),
+        followups=dict(raw.followups),
     )
+
+
+def _merge_text(raw: _Raw, text: str, source: str) -> None:
+    """One file's text, of either shape, layered over ``raw``."""
+    data = _parse_yaml(text, source)
+    if data and _is_pipeline_config(data):
+        converted, followups = _from_pipeline(data, source, list(raw.prompts))
+        _merge_file(raw, converted, source, _text_lines(text, (PIPELINE_SECTION, "prompts")))
+        raw.followups.update({f.name: f for f in followups})
+        logger.info("%s read as a pipeline config: prompts %s", source, ", ".join(converted.get("prompts", {})))
+    else:
+        _merge_file(raw, data, source, _text_lines(text, ("prompts",)))
 
 
 def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalogue:
@@ -376,14 +613,14 @@ def load_catalogue(extra_files: Sequence[str | os.PathLike[str]] = ()) -> Catalo
         extra_files = [extra_files]
     raw = _Raw()
     packaged = resources.files("music_flamingo").joinpath("prompts.yaml").read_text(encoding="utf-8")
-    _merge_file(raw, _parse_yaml(packaged, PACKAGED_SOURCE), PACKAGED_SOURCE)
+    _merge_text(raw, packaged, PACKAGED_SOURCE)
     for path in extra_files:
         source = str(path)
         try:
-            text = read_regular_file(path).decode("utf-8")
+            text = read_regular_file(path, MAX_PROMPTS_BYTES).decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise PromptConfigError(f"{source}: cannot read prompt file: {e}") from e
-        _merge_file(raw, _parse_yaml(text, source), source)
+        _merge_text(raw, text, source)
         logger.debug("prompt file %s layered over the catalogue", source)
     catalogue = _resolve(raw)
     logger.debug(

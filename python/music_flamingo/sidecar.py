@@ -11,12 +11,14 @@ the rules here are about never losing their data:
 * the new file is written to a temporary file in the same folder, fsynced and renamed over the old one, so readers
   and crashes see either the old or the new file, never half of one;
 * writers of one sidecar are serialised across threads and processes with a lock file (``<sidecar>.lock``) and the
-  file is re-read inside the lock, so concurrent updates of different keys all land. The empty lock file stays
-  after use (filelock keeps it so that waiting processes lock the same inode); it is named ``*.INFO.lock`` so tools
-  globbing ``*.INFO`` do not see it (for names near the 255-byte limit, lock and temporary file are named after a
-  hash of the sidecar's name: :func:`companion_stem`);
-* the temporary file of a write that was killed (SIGKILL, power loss) is removed by the next batch run
-  (:func:`remove_stale_temp_files`), only once no writer holds its sidecar's lock.
+  file is re-read inside the lock, so concurrent updates of different keys all land. The lock file exists only
+  while a write is under way: it is removed on release, safely against waiting writers
+  (:class:`~music_flamingo.fsutil.SelfRemovingLock`), so a dataset keeps no empty lock file per track (for names
+  near the 255-byte limit, lock and temporary file are named after a hash of the sidecar's name:
+  :func:`companion_stem`);
+* the temporary file of a write that was killed (SIGKILL, power loss), and the empty ``<sidecar>.lock`` files that
+  earlier versions left beside every sidecar, are removed by the next batch run (:func:`remove_stale_temp_files`),
+  only once no writer holds that sidecar's lock.
 """
 
 from __future__ import annotations
@@ -32,11 +34,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from ._logging import logger
 from .errors import SidecarError
-from .fsutil import read_regular_file
+from .fsutil import MAX_SIDECAR_BYTES, SelfRemovingLock, read_regular_file
 
 PathLike = str | os.PathLike
 
@@ -117,13 +117,12 @@ def update_sidecar(path: PathLike, updates: Mapping[str, Any]) -> dict[str, Any]
 
     # Write through symlinks instead of replacing them, and lock the file that is actually written.
     target = Path(os.path.realpath(path))
-    lock = FileLock(str(target.parent / companion_stem(target)) + ".lock", timeout=LOCK_TIMEOUT_S)
+    lock = sidecar_lock(target)
     try:
-        lock.acquire()
-    except Timeout as exc:
+        lock.acquire(LOCK_TIMEOUT_S)
+    except TimeoutError as exc:
         raise SidecarError(
-            f"could not lock sidecar {path} within {LOCK_TIMEOUT_S:.0f} s ({exc.lock_file} is held); "
-            "it was left untouched"
+            f"could not lock sidecar {path} within {LOCK_TIMEOUT_S:.0f} s ({lock.path} is held); it was left untouched"
         ) from exc
     except OSError as exc:
         raise SidecarError(f"could not lock sidecar {path} ({exc}); it was left untouched") from exc
@@ -159,11 +158,17 @@ def companion_stem(target: Path) -> str:
     return hashlib.sha1(name).hexdigest() + target.suffix
 
 
+def sidecar_lock(target: Path) -> SelfRemovingLock:
+    """The lock every writer of the sidecar ``target`` (its real path) holds: ``<sidecar>.lock`` beside it, present
+    only while held."""
+    return SelfRemovingLock(target.parent / (companion_stem(target) + ".lock"))
+
+
 def _read_text(path: Path) -> str | None:
     """The sidecar's text, ``None`` if it does not exist. A FIFO, device or directory named like a sidecar is
     refused (:mod:`.fsutil`): it once hung a batch forever."""
     try:
-        data = read_regular_file(path)
+        data = read_regular_file(path, MAX_SIDECAR_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -303,42 +308,69 @@ _TEMP_RE = re.compile(r"^\.(?P<target>.+" + re.escape(SIDECAR_SUFFIX) + r")\.[a-
 
 
 def remove_stale_temp_files(root: PathLike) -> list[Path]:
-    """Remove the temporary files of sidecar writes that were killed (``.<name>.INFO.<random>.tmp``, 10-20 MB each
-    with large sidecars) under ``root``; returns what was removed. Hidden folders are not entered.
+    """Remove what killed or earlier writers left under ``root``: the temporary files of sidecar writes that were
+    killed (``.<name>.INFO.<random>.tmp``, 10-20 MB each with large sidecars) and the empty ``<name>.INFO.lock``
+    files that versions before the self-removing lock left beside every sidecar; returns what was removed. Hidden
+    folders are not entered.
 
-    Safe with other processes writing in the same dataset: only names of exactly our pattern are considered, and
-    one is removed only while holding its sidecar's lock, which every writer holds from creating its temporary file
-    until renaming it — so a temporary file found unlocked belongs to no live writer.
+    Safe with other processes writing in the same dataset: only names of exactly these patterns are considered (a
+    lock file only when empty, not a link, and beside the sidecar it locks), and one is removed only while holding
+    its sidecar's lock, which every writer holds from creating its temporary file until renaming it — so a file
+    found unlocked belongs to no live writer.
     """
     removed: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            m = _TEMP_RE.match(name)
-            if m is None:
-                continue
-            tmp = Path(dirpath) / name
-            lock = FileLock(str(Path(dirpath) / m["target"]) + ".lock")
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue  # being written right now
-            except OSError as exc:
-                logger.warning("could not lock %s to remove %s: %s", lock.lock_file, tmp, exc)
-                continue
-            try:
-                if not tmp.is_symlink() and tmp.is_file():
-                    tmp.unlink()
-                    removed.append(tmp)
-            except FileNotFoundError:
-                pass  # another process removed it first
-            except OSError as exc:
-                logger.warning("could not remove stale temporary file %s: %s", tmp, exc)
-            finally:
-                lock.release()
+        here = Path(dirpath)
+        names = set(filenames)
+        stale = [(here / n, m["target"]) for n in filenames if (m := _TEMP_RE.match(n)) is not None]
+        old_locks = [
+            here / (companion_stem(here / n) + ".lock")
+            for n in filenames
+            if n.endswith(SIDECAR_SUFFIX) and companion_stem(here / n) + ".lock" in names
+        ]
+        for tmp, target in stale:
+            if _remove_unlocked(tmp, SelfRemovingLock(here / (target + ".lock"))):
+                removed.append(tmp)
+        for lock_file in old_locks:
+            if _is_empty_file(lock_file) and _remove_unlocked(None, SelfRemovingLock(lock_file)):
+                removed.append(lock_file)
     if removed:
-        logger.info("removed %d temporary file(s) of interrupted sidecar writes", len(removed))
+        logger.info("removed %d leftover file(s) of earlier sidecar writes (temporary files, lock files)", len(removed))
     return removed
+
+
+def _is_empty_file(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+def _remove_unlocked(tmp: Path | None, lock: SelfRemovingLock) -> bool:
+    """Remove ``tmp`` while holding ``lock`` (which is removed on release, so ``tmp=None`` removes an old lock
+    file itself); False when a writer holds it now or ``tmp`` is gone."""
+    try:
+        lock.acquire(timeout=0)
+    except TimeoutError:
+        return False  # being written right now
+    except OSError as exc:
+        logger.warning("could not lock %s: %s", lock.path, exc)
+        return False
+    try:
+        if tmp is None:
+            return True
+        if not tmp.is_symlink() and tmp.is_file():
+            tmp.unlink()
+            return True
+    except FileNotFoundError:
+        pass  # another process removed it first
+    except OSError as exc:
+        logger.warning("could not remove stale temporary file %s: %s", tmp, exc)
+    finally:
+        lock.release()
+    return False
 
 
 __all__ = [
@@ -348,6 +380,7 @@ __all__ = [
     "has_keys",
     "read_sidecar",
     "remove_stale_temp_files",
+    "sidecar_lock",
     "sidecar_path",
     "update_sidecar",
 ]

@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,17 @@ import numpy as np
 from ._logging import logger
 from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
-from .chat_template import AUDIO_TEXT_SEPARATOR, TEXT_SLOT, ChatPieces, split_rendered
-from .datatypes import DEFAULT_MAX_TOKENS, GenerationResult, GenerationStats, Prompt, as_prompts
-from .errors import EngineError, ModelFileError
+from .chat_template import (
+    ANSWER_SLOT,
+    AUDIO_TEXT_SEPARATOR,
+    FOLLOWUP_SLOT,
+    TEXT_SLOT,
+    ChatPieces,
+    next_turn,
+    split_rendered,
+)
+from .datatypes import DEFAULT_MAX_TOKENS, FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
+from .errors import EngineError, InvalidInputError, ModelFileError
 
 PromptLike = Prompt | str
 
@@ -121,6 +130,43 @@ def _choose_attention(torch, use_flash_attention: bool, device, dtype) -> str:
     return "flash_attention_2"
 
 
+def _checkpoint_location(model_id: str) -> str:
+    """A Hub id as given; a local folder (an absolute path, ``./``, ``~`` or more than one ``/``) expanded, refused
+    when it is no folder."""
+    looks_local = os.path.isabs(model_id) or model_id.startswith((".", "~")) or model_id.count("/") > 1
+    if not looks_local:
+        return model_id
+    if not Path(model_id).expanduser().is_dir():
+        raise ModelFileError(
+            f"no checkpoint folder at {model_id!r} (give a local folder or a Hub id such as nvidia/music-flamingo-hf)"
+        )
+    return str(Path(model_id).expanduser())
+
+
+def _sampling_groups(plist: list[Prompt]) -> dict[tuple, list[int]]:
+    """The prompts' indices by sampling settings, in order: each group is decoded in one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(plist):
+        key = (
+            ("greedy", p.repeat_penalty)
+            if p.temperature <= 0
+            else ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed)
+        )
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+@dataclass
+class _Decoded:
+    """What one :meth:`MusicFlamingoTransformers._decode` call produced, with its time."""
+
+    tokens: list[list[int]]
+    stops: list[str]
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    n_ctx: int = 0
+
+
 class _FirstStepClock:
     """A no-op logits processor that notes when the first token's logits exist: the end of the prefill."""
 
@@ -169,19 +215,20 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         self.system_prompt = system_prompt
         torch, transformers = _import_torch_transformers()
         self._torch = torch
-        self.model_id = str(model_id)
-        self.model_label = "transformers_" + Path(self.model_id.rstrip("/\\")).name
+        self.model_label = "transformers_" + Path(str(model_id).rstrip("/\\")).name
+        self.model_id = _checkpoint_location(str(model_id))
+        config_dict, model_cls = self._model_class(transformers, local_files_only)
+        self._load(transformers, model_cls, dtype, device_map, use_flash_attention, local_files_only)
+        self.commit_hash = getattr(self._model.config, "_commit_hash", None) or config_dict.get("_commit_hash")
+        self._read_special_tokens(transformers)
+        self.torch_compile = bool(torch_compile)
+        if self.torch_compile:
+            logger.info("compiling the model's forward with torch.compile")
+            self._model.forward = torch.compile(self._model.forward, dynamic=True)
 
-        mid = self.model_id
-        looks_local = os.path.isabs(mid) or mid.startswith((".", "~")) or mid.count("/") > 1
-        if looks_local and not Path(self.model_id).expanduser().is_dir():
-            raise ModelFileError(
-                f"no checkpoint folder at {self.model_id!r} (give a local folder or a Hub id such as "
-                "nvidia/music-flamingo-hf)"
-            )
-        if looks_local:
-            self.model_id = str(Path(self.model_id).expanduser())
-        # --- which class: from config.json alone, so an old transformers still says what it lacks ---
+    def _model_class(self, transformers, local_files_only: bool) -> tuple[dict, Any]:
+        """The checkpoint's config.json and the transformers class its ``model_type`` names; sets ``model_type`` and
+        the trained length. From config.json alone, so an old transformers still says what it lacks."""
         try:
             config_dict, _ = transformers.PretrainedConfig.get_config_dict(
                 self.model_id, local_files_only=local_files_only
@@ -207,8 +254,11 @@ class MusicFlamingoTransformers(AnalyzerCalls):
                 f"pip install -U 'transformers>={min_version}'"
             )
         self.max_duration_default = trained_seconds
+        return config_dict, model_cls
 
-        # --- where, in what precision, with which attention ---
+    def _load(self, transformers, model_cls, dtype, device_map, use_flash_attention: bool, local_files_only: bool):
+        """Processor and model: where, in what precision, with which attention; notes where the parts landed."""
+        torch = self._torch
         requested_dtype = _resolve_dtype(torch, dtype)
         device = _target_device(torch, device_map)
         self.attn_implementation = _choose_attention(torch, use_flash_attention, device, requested_dtype)
@@ -226,7 +276,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
                 logger.info("accelerate is not installed: loading on the CPU, then moving the model to %s", device)
             else:
                 raise ModelFileError("a device_map other than one device needs accelerate: pip install accelerate")
-        logger.info("loading %s (%s) as %s", self.model_id, self.model_type, cls_name)
+        logger.info("loading %s (%s) as %s", self.model_id, self.model_type, model_cls.__name__)
         t0 = time.perf_counter()
         try:
             self._processor = transformers.AutoProcessor.from_pretrained(
@@ -238,14 +288,19 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         if move_to is not None:
             model = model.to(move_to)
         self._model = model.eval()
+        self._tokenizer = self._processor.tokenizer
         self.dtype = self._model.dtype
         self.device = self._model.get_input_embeddings().weight.device
-        self.audio_device = next(self._model.model.audio_tower.parameters()).device
-        self.audio_dtype = next(self._model.model.audio_tower.parameters()).dtype
-        self.commit_hash = getattr(self._model.config, "_commit_hash", None) or config_dict.get("_commit_hash")
-        self._tokenizer = self._processor.tokenizer
+        audio_tower = next(self._model.model.audio_tower.parameters())
+        self.audio_device, self.audio_dtype = audio_tower.device, audio_tower.dtype
         self.audio_token_id = int(self._model.config.audio_token_id)
         self._audio_features_takes_ids = "input_ids" in inspect.signature(self._model.get_audio_features).parameters
+        logger.info(
+            "loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."), self.device
+        )
+
+    def _read_special_tokens(self, transformers) -> None:
+        """End-of-sequence, padding and beginning tokens from the checkpoint's generation config and tokenizer."""
         gc_cfg = self._model.generation_config
         eos = gc_cfg.eos_token_id if gc_cfg is not None else None
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
@@ -265,13 +320,6 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         # checkpoint's generation_config.json but its special tokens.
         self._model.generation_config = transformers.GenerationConfig(
             eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id
-        )
-        self.torch_compile = bool(torch_compile)
-        if self.torch_compile:
-            logger.info("compiling the model's forward with torch.compile")
-            self._model.forward = torch.compile(self._model.forward, dynamic=True)
-        logger.info(
-            "loaded in %.1f s: %s on %s", time.perf_counter() - t0, str(self.dtype).removeprefix("torch."), self.device
         )
 
     # --- the backend's side of the Analyzer ---------------------------------------------------------------
@@ -313,7 +361,18 @@ class MusicFlamingoTransformers(AnalyzerCalls):
             }
         )
         rendered = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return split_rendered(rendered, audio_slot=self._processor.audio_token)
+        pieces = split_rendered(rendered, audio_slot=self._processor.audio_token)
+        # one turn on (an answer, a follow-up question): what goes between them (ChatPieces.next_turn)
+        turns = [
+            *messages,
+            {"role": "assistant", "content": [{"type": "text", "text": ANSWER_SLOT}]},
+            {"role": "user", "content": [{"type": "text", "text": FOLLOWUP_SLOT}]},
+        ]
+        try:
+            longer = self._processor.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template for one turn only (jinja2's TemplateError): no follow-ups
+            return pieces
+        return replace(pieces, next_turn=next_turn(rendered, longer, pieces.tail))
 
     def prompt_token_ids(self, pcm: np.ndarray, texts: Sequence[str]):
         """Token ids of every prompt with the audio placeholder expanded, the encoder inputs (one track, once),
@@ -351,7 +410,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
 
     def generate(
         self,
-        audio: str | os.PathLike | np.ndarray,
+        audio: str | os.PathLike | np.ndarray | None,
         prompts: Sequence[PromptLike] | PromptLike,
         *,
         sample_rate: int = TARGET_SAMPLE_RATE,
@@ -363,121 +422,187 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         ``audio`` is a path (decoded and resampled here) or a float32 mono array at 16 kHz. A bare string prompt
         gets ``max_tokens`` and greedy decoding. Prompts with the same sampling settings are decoded together in
         one batch; ``temperature == 0`` is greedy; a sampled batch starts from ``torch.manual_seed(seed)``.
-        ``render_special`` keeps the text of special tokens in the answers.
+        ``render_special`` keeps the text of special tokens in the answers. A prompt's follow-ups are asked after
+        its answer (:attr:`Prompt.followups`): here the whole conversation is evaluated again (transformers'
+        generate() does not continue one row's cache while others decode); a known answer (:attr:`Prompt.answer`)
+        is fed instead of generated, and with every answer known ``audio`` may be None (text only).
         """
         torch = self._torch
-        model = self._require_model()
-        pcm = np.ascontiguousarray(as_engine_audio(audio, sample_rate))
+        self._require_model()
         plist = as_prompts(prompts, max_tokens)
+        text_only = (audio is None or (isinstance(audio, np.ndarray) and audio.size == 0)) and all(
+            p.answer is not None for p in plist
+        )
+        pcm = np.zeros(0, np.float32) if text_only else np.ascontiguousarray(as_engine_audio(audio, sample_rate))
         # The processor cuts audio at its own max_audio_len; the Analyzer has already cut it where it should.
         windows_s = math.ceil(len(pcm) / TARGET_SAMPLE_RATE / _WINDOW_SECONDS) * _WINDOW_SECONDS
         if windows_s > getattr(self._processor, "max_audio_len", windows_s):
             self._processor.max_audio_len = windows_s
 
-        from transformers import GenerationConfig
-
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t_start = time.perf_counter()
         with torch.inference_mode():
-            ids, feats, ids0, shared = self.prompt_token_ids(pcm, [p.text for p in plist])
-            audio_embeds = self._encode_audio(feats, ids0)
-            n_audio = int((ids0 == self.audio_token_id).sum())
-            if audio_embeds.shape[0] != n_audio:
-                raise EngineError(
-                    f"the audio encoder gave {audio_embeds.shape[0]} embeddings for {n_audio} audio tokens"
-                )
-            embed = model.get_input_embeddings()
-            audio_embeds = audio_embeds.to(self.device, embed.weight.dtype)
-            rows = []
-            for row_ids in ids:
-                t = torch.tensor(row_ids, dtype=torch.long, device=self.device)
-                e = embed(t)
-                e[t == self.audio_token_id] = audio_embeds
-                rows.append(e)
-            pad_embed = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+            if text_only:
+                ids, rows, n_audio, n_chunks, shared = self._text_rows(plist)
+            else:
+                ids, rows, n_audio, n_chunks, shared = self._audio_rows(pcm, plist)
             sync()
             t_encoded = time.perf_counter()
-
-            groups: dict[tuple, list[int]] = {}
-            for i, p in enumerate(plist):
-                key = (
-                    ("greedy", p.repeat_penalty)
-                    if p.temperature <= 0
-                    else ("sample", p.temperature, p.top_p, p.top_k, p.min_p, p.repeat_penalty, p.seed)
-                )
-                groups.setdefault(key, []).append(i)
-            tokens: list[list[int]] = [[] for _ in plist]
-            stops: list[str] = ["max_tokens"] * len(plist)
-            prefill_s = decode_s = 0.0
-            n_ctx = 0
-            for key, members in groups.items():
-                p0 = plist[members[0]]
-                max_new = max(plist[i].max_tokens for i in members)
-                width = max(rows[i].shape[0] for i in members)
-                n_ctx = max(n_ctx, width + max_new)
-                embeds = pad_embed.expand(len(members), width, -1).clone()
-                attention = torch.zeros(len(members), width, dtype=torch.long, device=self.device)
-                for b, i in enumerate(members):  # left padding
-                    n = rows[i].shape[0]
-                    embeds[b, width - n :] = rows[i]
-                    attention[b, width - n :] = 1
-                sampled = key[0] == "sample"
-                # Every sampling field explicit: generate() fills unset ones from its global defaults (top_k 50).
-                # top_k 0 disables top-k there as in llama.cpp; the neutral values keep greedy free of warnings.
-                gen_cfg = GenerationConfig(
-                    max_new_tokens=max_new,
-                    do_sample=sampled,
-                    num_beams=1,
-                    eos_token_id=self.eos_token_ids,
-                    pad_token_id=self.pad_token_id,
-                    bos_token_id=self.bos_token_id,
-                    repetition_penalty=p0.repeat_penalty,
-                    **(
-                        dict(temperature=p0.temperature, top_p=p0.top_p, top_k=p0.top_k, min_p=p0.min_p or None)
-                        if sampled
-                        else dict(temperature=1.0, top_p=1.0, top_k=50)
-                    ),
-                )
-                clock = _FirstStepClock(sync)
-                if sampled:
-                    torch.manual_seed(p0.seed)
-                t0 = time.perf_counter()
-                out = model.generate(
-                    inputs_embeds=embeds, attention_mask=attention, generation_config=gen_cfg, logits_processor=[clock]
-                )
-                sync()
-                t1 = time.perf_counter()
-                first = clock.t_first if clock.t_first is not None else t1
-                prefill_s += first - t0
-                decode_s += t1 - first
-                seqs = out.sequences if hasattr(out, "sequences") else out
-                for b, i in enumerate(members):
-                    row = seqs[b].tolist()[: plist[i].max_tokens]
-                    for k, tok in enumerate(row):
-                        if tok in self.eos_token_ids:
-                            row, stops[i] = row[:k], "eog"
-                            break
-                    tokens[i] = row
+            asked = [i for i, p in enumerate(plist) if p.answer is None]
+            tokens: list[list[int]] = [self._answer_ids(p) for p in plist]
+            stops = ["answer" if p.answer is not None else "max_tokens" for p in plist]
+            timing = self._decode([rows[i] for i in asked], [plist[i] for i in asked], sync)
+            for k, i in enumerate(asked):
+                tokens[i], stops[i] = timing.tokens[k], timing.stops[k]
+            followups = self._followups(plist, rows, tokens, sync, render_special)
         t_end = time.perf_counter()
 
         texts = [self._tokenizer.decode(t, skip_special_tokens=not render_special) for t in tokens]
-        n_gen = sum(len(t) + (s == "eog") for t, s in zip(tokens, stops))
+        n_gen = sum(len(tokens[i]) + (stops[i] == "eog") for i in asked)
+        n_gen += sum(len(f.tokens) + (f.stop_reason == "eog") for fs in followups for f in fs)
         stats = GenerationStats(
             audio_seconds=len(pcm) / TARGET_SAMPLE_RATE,
-            audio_chunks=int(feats["input_features"].shape[0]),
+            audio_chunks=n_chunks,
             audio_tokens=n_audio,
             prefix_tokens=shared,
             prompt_tokens=sum(len(r) - shared for r in ids),
-            n_ctx=n_ctx,
+            n_ctx=timing.n_ctx,
             encode_ms=(t_encoded - t_start) * 1e3,
-            prefill_ms=prefill_s * 1e3,
-            decode_ms=decode_s * 1e3,
+            prefill_ms=timing.prefill_s * 1e3,
+            decode_ms=timing.decode_s * 1e3,
             tokens_generated=n_gen,
-            decode_tokens_per_s=(n_gen / decode_s) if decode_s > 0 else 0.0,
+            decode_tokens_per_s=(n_gen / timing.decode_s) if timing.decode_s > 0 else 0.0,
             total_ms=(t_end - t_start) * 1e3,
             devices={"text_model": str(self.device), "audio_encoder": str(self.audio_device)},
         )
-        return GenerationResult(texts=texts, stop_reasons=stops, tokens=tokens, stats=stats)
+        return GenerationResult(texts=texts, stop_reasons=stops, tokens=tokens, stats=stats, followups=followups)
+
+    def _answer_ids(self, p: Prompt) -> list[int]:
+        """A known answer's token ids (as the GGUF engine feeds them: text as plain text); [] when none."""
+        if p.answer is None:
+            return []
+        if isinstance(p.answer, tuple):
+            return list(p.answer)
+        return self._tokenizer.encode(p.answer, add_special_tokens=False, split_special_tokens=True)
+
+    def _embed_rows(self, ids: Sequence[list[int]], audio_embeds=None) -> list:
+        """Input embeddings of token rows, the audio tokens' rows replaced by the encoder's."""
+        embed = self._model.get_input_embeddings()
+        rows = []
+        for row_ids in ids:
+            t = self._torch.tensor(row_ids, dtype=self._torch.long, device=self.device)
+            e = embed(t)
+            if audio_embeds is not None:
+                e[t == self.audio_token_id] = audio_embeds
+            rows.append(e)
+        return rows
+
+    def _audio_rows(self, pcm: np.ndarray, plist: Sequence[Prompt]):
+        """Each prompt's row (audio prefix, question, known answer) as embeddings; the audio encoded once."""
+        ids, feats, ids0, shared = self.prompt_token_ids(pcm, [p.text for p in plist])
+        ids = [row + self._answer_ids(p) for row, p in zip(ids, plist)]
+        audio_embeds = self._encode_audio(feats, ids0)
+        n_audio = int((ids0 == self.audio_token_id).sum())
+        if audio_embeds.shape[0] != n_audio:
+            raise EngineError(f"the audio encoder gave {audio_embeds.shape[0]} embeddings for {n_audio} audio tokens")
+        audio_embeds = audio_embeds.to(self.device, self._model.get_input_embeddings().weight.dtype)
+        return ids, self._embed_rows(ids, audio_embeds), n_audio, int(feats["input_features"].shape[0]), shared
+
+    def _text_rows(self, plist: Sequence[Prompt]):
+        """A text-only conversation per prompt (the catch-up pass): head, question, tail, known answer."""
+        pieces = self.chat_pieces(np.zeros(TARGET_SAMPLE_RATE, np.float32))
+        enc = self._tokenizer.encode
+        head, tail = enc(pieces.head, add_special_tokens=False), enc(pieces.tail, add_special_tokens=False)
+        ids = [
+            head + enc(p.text, add_special_tokens=False, split_special_tokens=True) + tail + self._answer_ids(p)
+            for p in plist
+        ]
+        return ids, self._embed_rows(ids), 0, 0, len(head)
+
+    def _followups(self, plist, rows, answers, sync, render_special: bool) -> list[list[FollowUpAnswer]]:
+        """Every prompt's follow-ups: its row, its answer, the next turn, the question, the tail (recomputed)."""
+        pieces = self.chat_pieces(np.zeros(TARGET_SAMPLE_RATE, np.float32))
+        enc = self._tokenizer.encode
+        turn, tail = enc(pieces.next_turn, add_special_tokens=False), enc(pieces.tail, add_special_tokens=False)
+        fu_rows, fu_prompts, owner = [], [], []
+        for i, p in enumerate(plist):
+            if p.followups and not pieces.next_turn:
+                raise InvalidInputError("this chat template cannot continue a conversation: no follow-up questions")
+            for f in p.followups:
+                ids = answers[i][len(self._answer_ids(p)) :] if p.answer is not None else answers[i]
+                ids = ids + turn + enc(f.text, add_special_tokens=False, split_special_tokens=True) + tail
+                fu_rows.append(self._torch.cat([rows[i], self._embed_rows([ids])[0]]) if ids else rows[i])
+                fu_prompts.append(f)
+                owner.append(i)
+        out: list[list[FollowUpAnswer]] = [[] for _ in plist]
+        if fu_rows:
+            d = self._decode(fu_rows, fu_prompts, sync)
+            for i, toks, stop in zip(owner, d.tokens, d.stops):
+                text = self._tokenizer.decode(toks, skip_special_tokens=not render_special)
+                out[i].append(FollowUpAnswer(text, stop, toks))
+        return out
+
+    def _decode(self, rows, plist: Sequence[Prompt], sync) -> _Decoded:
+        """Generate after each row: rows with the same sampling settings together (left-padded), each to its own
+        token limit."""
+        torch = self._torch
+        embed = self._model.get_input_embeddings()
+        pad_embed = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+        groups = _sampling_groups(list(plist))
+        d = _Decoded([[] for _ in plist], ["max_tokens"] * len(plist))
+        for key, members in groups.items():
+            width = max(rows[i].shape[0] for i in members)
+            max_new = max(plist[i].max_tokens for i in members)
+            d.n_ctx = max(d.n_ctx, width + max_new)
+            embeds = pad_embed.expand(len(members), width, -1).clone()
+            attention = torch.zeros(len(members), width, dtype=torch.long, device=self.device)
+            for b, i in enumerate(members):  # left padding
+                n = rows[i].shape[0]
+                embeds[b, width - n :] = rows[i]
+                attention[b, width - n :] = 1
+            seqs = self._generate_group(embeds, attention, plist[members[0]], max_new, key[0] == "sample", sync, d)
+            for b, i in enumerate(members):
+                row = seqs[b].tolist()[: plist[i].max_tokens]
+                for k, tok in enumerate(row):
+                    if tok in self.eos_token_ids:
+                        row, d.stops[i] = row[:k], "eog"
+                        break
+                d.tokens[i] = row
+        return d
+
+    def _generate_group(self, embeds, attention, p0: Prompt, max_new: int, sampled: bool, sync, d: _Decoded):
+        """One model.generate() over a left-padded group sharing ``p0``'s sampling settings; times into ``d``."""
+        from transformers import GenerationConfig
+
+        # Every sampling field explicit: generate() fills unset ones from its global defaults (top_k 50).
+        # top_k 0 disables top-k there as in llama.cpp; the neutral values keep greedy free of warnings.
+        gen_cfg = GenerationConfig(
+            max_new_tokens=max_new,
+            do_sample=sampled,
+            num_beams=1,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.bos_token_id,
+            repetition_penalty=p0.repeat_penalty,
+            **(
+                dict(temperature=p0.temperature, top_p=p0.top_p, top_k=p0.top_k, min_p=p0.min_p or None)
+                if sampled
+                else dict(temperature=1.0, top_p=1.0, top_k=50)
+            ),
+        )
+        clock = _FirstStepClock(sync)
+        if sampled:
+            self._torch.manual_seed(p0.seed)
+        t0 = time.perf_counter()
+        out = self._model.generate(
+            inputs_embeds=embeds, attention_mask=attention, generation_config=gen_cfg, logits_processor=[clock]
+        )
+        sync()
+        t1 = time.perf_counter()
+        first = clock.t_first if clock.t_first is not None else t1
+        d.prefill_s += first - t0
+        d.decode_s += t1 - first
+        return out.sequences if hasattr(out, "sequences") else out
 
     def close(self) -> None:
         """Free the model and processor now (and the GPU memory they held) rather than at garbage collection."""

@@ -37,6 +37,10 @@ MAX_TRACKS_IN_FLIGHT = 256
 # the same in C++ (cpp/prefix.h, kMinAudioSamples).
 MIN_AUDIO_SAMPLES = 321
 MIN_AUDIO_SECONDS = MIN_AUDIO_SAMPLES / 16000  # 20.06 ms
+# A prompt's length: 10 minutes of audio take about 15,000 of the model's 32,768 tokens of context, which leaves
+# room for some 17,000 tokens of text (≈ 68,000 characters); a longer prompt can never be answered, so it is
+# refused before any model loads (a 10 MB prompt once failed every track of a run, one at a time).
+MAX_PROMPT_CHARS = 65536
 
 
 def is_int(v: Any) -> bool:
@@ -108,11 +112,39 @@ def max_duration(v: Any) -> str | None:
     return None
 
 
+def fraction(v: Any) -> str | None:
+    """A share of something (``--trim-frac``, ``--sample``): a number in (0, 1]."""
+    if not is_real(v) or not 0 < v <= 1:
+        return f"must be a number in (0, 1], got {v!r}"
+    return None
+
+
+trim_frac = sample = fraction
+
+
+def prompt_text(v: Any) -> str | None:
+    if not isinstance(v, str) or not v.strip():
+        shown = repr(v) if len(repr(v)) <= 80 else f"{repr(v)[:80]}…"  # never megabytes in a message
+        return f"must be a non-empty string, got {shown}"
+    if "\x00" in v:  # C strings end there: the model would see half the question
+        return "must not contain NUL characters"
+    if len(v) > MAX_PROMPT_CHARS:
+        return f"is {len(v)} characters long; at most {MAX_PROMPT_CHARS} fit the model's context beside the audio"
+    return None
+
+
 def tracks_in_flight(v: Any) -> str | None:
     if v == "auto":  # sized by the engine from free device memory
         return None
     if not is_int(v) or not 1 <= v <= MAX_TRACKS_IN_FLIGHT:
         return f"must be 'auto' or an integer in 1..{MAX_TRACKS_IN_FLIGHT}, got {v!r}"
+    return None
+
+
+def track_timeout(v: Any) -> str | None:
+    # below a second a worker would be killed between two looks of the parent (it looks once a second)
+    if not is_real(v) or v < 1:
+        return f"must be a finite number of seconds >= 1, got {v!r}"
     return None
 
 
@@ -144,22 +176,28 @@ def cli_type(convert: Callable[[str], Any], check: Callable[[Any], str | None]) 
 __all__ = [
     "is_int",
     "is_real",
+    "MAX_PROMPT_CHARS",
     "MAX_TOKENS_LIMIT",
     "MAX_TRACKS_IN_FLIGHT",
     "MIN_AUDIO_SAMPLES",
     "MIN_AUDIO_SECONDS",
     "SEED_MAX",
     "cli_type",
+    "fraction",
     "max_duration",
     "max_tokens",
     "min_p",
+    "prompt_text",
     "repeat_last_n",
     "REPEAT_LAST_N_MAX",
     "repeat_penalty",
     "require",
+    "sample",
     "seed",
     "temperature",
     "top_k",
     "top_p",
+    "track_timeout",
     "tracks_in_flight",
+    "trim_frac",
 ]

@@ -22,6 +22,14 @@ has held, so that an innocent track is rarely in hand again when the guilty one 
 before its engine is loaded is not replaced (its device or its options are wrong): its output is shown and the
 others go on.
 
+A worker that stops making progress — frozen by a hung GPU driver, stopped (SIGSTOP), deadlocked — is taken for dead
+the same way (:class:`Deadlines`): the parent measures each worker's pace from the tracks it finished and the
+length of their audio (read from the file headers as they are handed out), and a worker that holds tracks and
+finishes none within a deadline derived from that pace and the audio it holds (or ``--track-timeout``) is
+SIGKILLed (which also ends a stopped process), named, and its tracks go back to the queue once as for a crash.
+There is no heartbeat: a thread beating beside an engine stuck in a driver call would look alive; a finished
+track is the only sign of health that counts. Loading the engine has its own, generous deadline.
+
 Protocol, one JSON value a line. Worker → parent, on the pipe: ``{"event": "ready"}`` once the engine is loaded,
 ``{"event": "want"}`` when it needs a track, ``{"event": "track", "path", "status", "error", "message"}`` per
 outcome. Parent → worker, on the worker's stdin: a track path, or ``null`` (no more work). POSIX only (the pipe is
@@ -34,6 +42,7 @@ import json
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -43,9 +52,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from . import validation
 from ._logging import logger
 from .batch import BatchOptions, BatchSummary, TrackOutcome, _progress, failures_path, plan_work, run_batch
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NoWorker, WorkerDied
+from .failures import FailureLog
 
 # ggml backend name (``system_info()["backends"]``) -> the variable that limits which devices a process sees.
 # ROCm: Ray sets HIP_VISIBLE_DEVICES too; ROCR_VISIBLE_DEVICES, if the user set it, filters before it and is kept.
@@ -58,7 +69,57 @@ VISIBILITY: dict[str, str] = {
 # The transformers backend runs on torch, which honours CUDA_VISIBLE_DEVICES on CUDA and ROCm builds alike.
 TORCH_VISIBILITY = "CUDA_VISIBLE_DEVICES"
 MAX_DEATHS = 3  # workers lost in one place before it is given up
-_STOP_GRACE_S = 60.0  # how long a worker may take to stop after Ctrl-C before it is killed
+_STOP_GRACE_S = 60.0  # how long a worker may take to stop (after Ctrl-C, or once told there is no more work)
+_MODEL_SECONDS = 600.0  # the most audio a track is analysed for without --max-duration (both backends' limit)
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a worker may go without progress before the parent takes it for frozen and kills it.
+
+    Progress is the engine loaded (``ready``) or a track finished. While a worker holds tracks, the next one must
+    finish within ``track_timeout`` seconds (``--track-timeout``) or, by default, within ``factor`` times what its
+    own pace says everything it holds should take — at least ``floor_s``. Its pace is measured from the tracks it
+    finished: wall seconds per track and per second of audio, the larger of the two estimates counting (a short
+    track still costs its prompts' full answers; a long one costs its audio's length). Before it finished any
+    track (a fresh engine: first allocations, kernels compiled) the deadline is ``first_s``. Loading the engine
+    may take ``load_s`` (or ``track_timeout``, if longer). A track's audio counts up to ``max_seconds``, what the
+    engine analyses at most (``--max-duration``); a file whose header tells no length counts as that.
+    """
+
+    track_timeout: float | None = None
+    max_seconds: float = _MODEL_SECONDS
+    factor: float = 3.0
+    floor_s: float = 120.0
+    first_s: float = 900.0
+    load_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if self.track_timeout is not None:
+            validation.require("track_timeout", validation.track_timeout(self.track_timeout))
+
+    def for_tracks(self, held_n: int, held_audio: float, done_n: int, done_audio: float, busy_s: float) -> float:
+        """The seconds a worker holding ``held_n`` tracks (``held_audio`` seconds of audio) may go without
+        finishing one, given ``done_n`` tracks (``done_audio`` s) finished in ``busy_s`` seconds since it took
+        its first."""
+        if self.track_timeout is not None:
+            return self.track_timeout
+        if done_n == 0:
+            return self.first_s
+        expected = max(busy_s / done_n * held_n, busy_s / max(done_audio, 1e-3) * held_audio)
+        return max(self.floor_s, self.factor * expected)
+
+    def seconds_of(self, path: str) -> float:
+        """A track's audio as the deadlines count it: its length from the file header, at most ``max_seconds``.
+        Only regular files are probed (opening a FIFO would block the parent)."""
+        from .audio import probe_duration
+
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:
+            regular = False
+        seconds = probe_duration(path) if regular else None
+        return self.max_seconds if seconds is None else min(seconds, self.max_seconds)
 
 
 def visibility_variables(backends: Sequence[str]) -> list[str]:
@@ -211,8 +272,16 @@ class _Worker:
     events: int  # read end of the event pipe
     output: int  # read end of the worker's stdout + stderr
     ready: bool = False  # its engine is loaded
-    held: dict[str, None] = field(default_factory=dict)  # tracks handed out, not yet reported (in order)
+    held: dict[str, float] = field(default_factory=dict)  # tracks handed out, not yet reported (in order): seconds
     buffers: dict[int, bytes] = field(default_factory=dict)  # an unfinished line per pipe
+    # For its deadline (Deadlines): when it last made progress, and its pace so far.
+    since: float = field(default_factory=time.monotonic)  # started, ready, a track finished, or work handed to it idle
+    stopping: bool = False  # told there is no more work
+    first_given: float | None = None  # when it was handed its first track
+    done_n: int = 0  # tracks it described
+    done_audio: float = 0.0  # their audio, in seconds
+    busy_s: float = 0.0  # from its first track handed out to its last one described
+    frozen: str | None = None  # why the parent killed it, if it did
 
 
 def _how(returncode: int) -> str:
@@ -243,8 +312,12 @@ class _Parent:
         opts: BatchOptions,
         summary: WorkersSummary,
         on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None,
+        deadlines: Deadlines,
+        failures: FailureLog,
     ) -> None:
         self.command, self.slots, self.summary, self.on_event = list(command), list(slots), summary, on_event
+        self.deadlines, self.failures = deadlines, failures
+        self.interrupted_at = 0.0
         self.queue: deque[str] = deque(queue)
         self.hold = 1  # the most tracks one worker has had in hand (in its engine, being decoded, just taken)
         self.bar = _progress(len(queue), opts.progress)
@@ -262,6 +335,7 @@ class _Parent:
             while self.live:
                 try:
                     self.pump(1.0)
+                    self.watch()
                     if not self.live and self.queue and not self.summary.interrupted:
                         # every worker ended (the others done, a place given up) while tracks came back
                         spare = next((i for i in range(len(self.slots)) if i not in self.retired), None)
@@ -344,14 +418,26 @@ class _Parent:
         kind = event.get("event")
         if kind == "ready":
             w.ready = self.ever_ready = True
+            w.since = time.monotonic()
         elif kind == "want":
             path = self.queue.popleft() if self.queue and not self.summary.interrupted else None
             if path is not None:
-                w.held[path] = None
-                self.hold = max(self.hold, len(w.held))
+                self.hand(w, path)
+            else:
+                w.stopping = True
             self.reply(w, path)
         elif kind == "track":
             self.outcome(w, event)
+
+    def hand(self, w: _Worker, path: str) -> None:
+        seconds = self.deadlines.seconds_of(path)
+        now = time.monotonic()
+        if not w.held:  # it was idle: its clock starts now
+            w.since = now
+        if w.first_given is None:
+            w.first_given = now
+        w.held[path] = seconds
+        self.hold = max(self.hold, len(w.held))
 
     def reply(self, w: _Worker, path: str | None) -> None:
         assert w.proc.stdin is not None
@@ -362,13 +448,50 @@ class _Parent:
             pass  # it died: what it held is settled when its pipes close
 
     def outcome(self, w: _Worker, event: dict[str, Any]) -> None:
-        w.held.pop(event["path"], None)
+        seconds = w.held.pop(event["path"], 0.0)
         status = event["status"]
+        w.since = time.monotonic()
+        if status == "done" and w.first_given is not None:
+            w.done_n, w.done_audio, w.busy_s = w.done_n + 1, w.done_audio + seconds, w.since - w.first_given
         setattr(self.summary, status, getattr(self.summary, status) + 1)
         if status == "failed":
             self.summary.failures.append({k: event[k] for k in ("path", "error", "message")})
         self.bar.update(1)
         self.bar.set_postfix(done=self.summary.done, failed=self.summary.failed, refresh=False)
+
+    def budget(self, w: _Worker) -> float:
+        """The seconds ``w`` may go from its last progress (``w.since``) before it is taken for frozen."""
+        d = self.deadlines
+        if self.summary.interrupted or (w.stopping and not w.held):
+            return _STOP_GRACE_S
+        if not w.ready:
+            return max(d.load_s, d.track_timeout or 0.0)
+        return d.for_tracks(len(w.held), sum(w.held.values()), w.done_n, w.done_audio, w.busy_s)
+
+    def watch(self) -> None:
+        """Kill the workers that are past their deadline; each is then settled as a crash when its pipes close."""
+        now = time.monotonic()
+        for w in list(self.live.values()):
+            if w.frozen is not None:
+                continue
+            since = max(w.since, self.interrupted_at)  # after Ctrl-C each gets the stop grace from then
+            budget = self.budget(w)
+            if now - since <= budget:
+                continue
+            label, doing = self.slots[w.slot].label, "loading its engine" if not w.ready else "working"
+            if w.held:
+                doing = f"holding {len(w.held)} track(s), none finished"
+            elif w.stopping or self.summary.interrupted:
+                doing = "asked to stop"
+            w.frozen = f"frozen: no progress in {budget:.0f} s, killed"
+            logger.error(
+                "%s (pid %d) made no progress in %.0f s (%s); taken for frozen and killed",
+                label,
+                w.proc.pid,
+                now - since,
+                doing,
+            )
+            w.proc.kill()  # SIGKILL ends a stopped (SIGSTOP) process too
 
     def ended(self, w: _Worker) -> None:
         """The worker is gone. If it died, report it, give back what it held, and replace it."""
@@ -386,7 +509,9 @@ class _Parent:
         clean = rc in (EXIT_OK, EXIT_FAILED) or (self.summary.interrupted and rc == EXIT_INTERRUPTED)
         if (clean and not w.held) or self.summary.interrupted:  # when stopping, what it held is simply not done
             return
-        label, how, held = self.slots[w.slot].label, _how(rc), list(w.held)
+        if w.frozen is not None and w.stopping and not w.held:  # hung on its way out: nothing of the run lost
+            return
+        label, how, held = self.slots[w.slot].label, w.frozen or _how(rc), list(w.held)
         self.summary.deaths.append(
             {"worker": label, "pid": w.proc.pid, "how": how, "tracks": held, "at": "work" if w.ready else "start-up"}
         )
@@ -411,21 +536,21 @@ class _Parent:
         back = 0
         for path in held:
             if self.died_holding[path]:
-                self.summary.failed += 1
-                self.summary.failures.append(
-                    {
-                        "path": path,
-                        "error": "WorkerDied",
-                        "message": f"two workers died while it was in hand (last: {how})",
-                    }
-                )
-                self.bar.update(1)
+                self.fail(path, WorkerDied(f"two workers died while it was in hand (last: {how})"))
                 logger.error("failed: %s: two workers died while it was in hand", path)
                 continue
             self.died_holding[path] += 1
             self.summary.requeued += 1
             self.queue.insert(min(back * self.hold, len(self.queue)), path)
             back += 1
+
+    def fail(self, path: str, err: Exception) -> None:
+        """A track the workers never reported on: counted, and listed in the failures file as a worker's own
+        failures are (so ``--retry-failed`` takes it)."""
+        self.summary.failed += 1
+        self.summary.failures.append({"path": path, "error": type(err).__name__, "message": str(err)})
+        self.failures.record(path, err)
+        self.bar.update(1)
 
     def interrupt(self) -> None:
         """Ctrl-C: the workers stop between tracks (SIGINT, as a terminal would); a second one kills them."""
@@ -434,6 +559,7 @@ class _Parent:
                 w.proc.kill()
             return
         self.summary.interrupted = True
+        self.interrupted_at = time.monotonic()
         logger.warning("interrupted: stopping the workers; no sidecar is left half-written")
         for w in self.live.values():
             try:
@@ -449,13 +575,15 @@ def run_workers(
     keys: Sequence[str],
     options: BatchOptions | None = None,
     on_event: Callable[[WorkerSlot, int, dict[str, Any]], None] | None = None,
+    deadlines: Deadlines | None = None,
 ) -> WorkersSummary:
     """Describe the dataset at ``root`` with one worker process per slot; returns the counts of all of them.
 
     ``command`` starts a worker engine that takes the tracks and options of this run: ``[python, -m,
     music_flamingo, <the user's arguments>]`` (``--worker-fd``, ``--no-progress`` and the slot's arguments are
     added). ``keys`` and ``options`` plan the run exactly as the single-process runner would. ``on_event(slot,
-    pid, event)`` sees every event a worker sends, as it arrives (for tests and dashboards).
+    pid, event)`` sees every event a worker sends, as it arrives (for tests and dashboards). ``deadlines``: when a
+    worker that makes no progress is taken for frozen (default :class:`Deadlines`).
     """
     opts = options or BatchOptions()
     t0 = time.monotonic()
@@ -468,17 +596,18 @@ def run_workers(
         len(slots),
         summary.skipped_complete,
     )
-    parent = _Parent(command, slots, todo, opts, summary, on_event)
-    parent.run()
-    if parent.queue and not summary.interrupted:
-        if not parent.ever_ready:  # no engine could be loaded: a setup error (the workers' output says which)
-            summary.no_worker = True
-        else:  # every place lost its workers
-            for path in parent.queue:
-                summary.failed += 1
-                summary.failures.append(
-                    {"path": path, "error": "NoWorker", "message": "no worker was left to describe it"}
-                )
+    failures = FailureLog(failures_path(root, opts.failures))
+    parent = _Parent(command, slots, todo, opts, summary, on_event, deadlines or Deadlines(), failures)
+    try:
+        parent.run()
+        if parent.queue and not summary.interrupted:
+            if not parent.ever_ready:  # no engine could be loaded: a setup error (the workers' output says which)
+                summary.no_worker = True
+            else:  # every place lost its workers
+                for path in parent.queue:
+                    parent.fail(path, NoWorker("no worker was left to describe it"))
+    finally:
+        failures.close()
     summary.seconds = time.monotonic() - t0
     fpath = failures_path(root, opts.failures)
     if summary.failures and fpath.exists():
@@ -488,6 +617,7 @@ def run_workers(
 
 __all__ = [
     "MAX_DEATHS",
+    "Deadlines",
     "TORCH_VISIBILITY",
     "VISIBILITY",
     "WorkerSlot",

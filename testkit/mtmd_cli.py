@@ -1,4 +1,5 @@
-"""llama-mtmd-cli, built for the tests only from the same llama.cpp tree and with the same flags as the package.
+"""llama-mtmd-cli, built for the tests and benchmarks only from the same llama.cpp tree and with the same flags as
+the package.
 
 It is the reference the engine must agree with (the program users run today). Built once per tree into the cache
 (~10 min on 2 cores), or taken from $MUSIC_FLAMINGO_MTMD_CLI.

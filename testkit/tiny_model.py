@@ -6,7 +6,7 @@ The real checkpoint is gigabytes; tests only need something with the same archit
 audio tokens, so both backends can load it and produce non-trivial (peaked) logits. The result is
 cached under a key that changes whenever this file or the llama.cpp tree changes.
 
-Script use: ``python tests/tiny_model.py --llama-cpp-dir DIR --cache-dir DIR``
+Script use (from the repository root): ``python -m testkit.tiny_model --llama-cpp-dir DIR --cache-dir DIR``
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ def ensure_tiny_model(llama_cpp_dir: Path, cache_dir: Path) -> TinyModel:
 def default_tiny_model() -> TinyModel:
     """The tiny model of the llama.cpp tree this package builds with, in the test cache: what the benchmarks use
     when no model is given (the tests' ``tiny`` fixture also honours ``LLAMA_CPP_DIR``)."""
-    import fetch_llama_cpp
+    from . import fetch_llama_cpp
 
     return ensure_tiny_model(fetch_llama_cpp.resolve(), fetch_llama_cpp.cache_root() / "test-models")
 
