@@ -509,5 +509,5 @@ def _engine_audio(audio: Any, sample_rate: int, prompts: Sequence[Prompt]) -> np
     if not text_only:
         return as_engine_audio(audio, sample_rate)
     if not all(p.answer is not None for p in prompts):
-        raise InvalidInputError("no audio: only prompts with a known answer (follow-ups to ask) go without audio")
+        raise InvalidInputError("audio is empty: only prompts with a known answer (follow-ups to ask) go without audio")
     return np.zeros(0, np.float32)
