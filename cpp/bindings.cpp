@@ -221,22 +221,9 @@ void bind_fields(py::class_<C> & cls, Field<M>... f) {
     (cls.def_readwrite(f.name, M), ...);
 }
 
-// What a caller gives the engine: keyword-constructed classes whose defaults are the C++ structs'.
-void bind_types(py::module_ & m) {
+// A prompt and its follow-ups (cpp/types.h): the questions about a track, a known answer for the catch-up pass.
+void bind_prompts(py::module_ & m) {
     using S = mf::SamplingParams;
-    py::class_<S> sampling(m, "SamplingParams", "One prompt's sampling settings (cpp/types.h).");
-    // A new sampling setting is one Field line here, after its field in mf::SamplingParams (types.h); then the
-    // Python Prompt's field (datatypes.py: Prompt.to_native passes every sampling field by name) and _core.pyi.
-    bind_fields(sampling,
-                Field<&S::temperature>{"temperature"},
-                Field<&S::top_p>{"top_p"},
-                Field<&S::top_k>{"top_k"},
-                Field<&S::min_p>{"min_p"},
-                Field<&S::repeat_penalty>{"repeat_penalty"},
-                Field<&S::repeat_last_n>{"repeat_last_n"},
-                Field<&S::seed>{"seed"},
-                Field<&S::ignore_eos>{"ignore_eos"});
-
     using F = mf::FollowUpRequest;
     const F fdflt{};
     py::class_<F>(m, "FollowUpRequest", "A question asked after a prompt's answer, in the same conversation.")
@@ -271,6 +258,24 @@ void bind_types(py::module_ & m) {
         .def_readonly("answered", &P::answered)
         .def_readonly("answer", &P::answer)
         .def_readonly("answer_tokens", &P::answer_tokens);
+}
+
+// What a caller gives the engine: keyword-constructed classes whose defaults are the C++ structs'.
+void bind_types(py::module_ & m) {
+    using S = mf::SamplingParams;
+    py::class_<S> sampling(m, "SamplingParams", "One prompt's sampling settings (cpp/types.h).");
+    // A new sampling setting is one Field line here, after its field in mf::SamplingParams (types.h); then the
+    // Python Prompt's field (datatypes.py: Prompt.to_native passes every sampling field by name) and _core.pyi.
+    bind_fields(sampling,
+                Field<&S::temperature>{"temperature"},
+                Field<&S::top_p>{"top_p"},
+                Field<&S::top_k>{"top_k"},
+                Field<&S::min_p>{"min_p"},
+                Field<&S::repeat_penalty>{"repeat_penalty"},
+                Field<&S::repeat_last_n>{"repeat_last_n"},
+                Field<&S::seed>{"seed"},
+                Field<&S::ignore_eos>{"ignore_eos"});
+    bind_prompts(m);
 
     py::enum_<mf::Framing>(m, "Framing", "How the audio is put in front of the LLM (cpp/types.h).")
         .value("Mtmd", mf::Framing::Mtmd)
