@@ -525,10 +525,7 @@ def worker_overhead(spec) -> dict[str, Any]:
         f"[overhead] generate(1 s, 5 prompts, max_tokens=1): wall {statistics.fmean(walls):.1f} ms, "
         f"wall - native (mel + encode + total) {statistics.fmean(diffs):.3f} ms"
     )
-    fr = eng._framing(None)
-    raw_example = real_native.generate(
-        pcm, SR, [p.to_native() for p in prompts], eng.system_prompt, False, fr, False, eng._chat(fr)
-    )
+    raw_example = real_native.generate(pcm, SR, [p.to_native() for p in prompts], request=eng._request(None))
 
     # 2) the binding round trip with (almost) no native work: the engine rejects the prompt in its validation
     bad = [Prompt("bad\0prompt", max_tokens=1)]
@@ -543,7 +540,7 @@ def worker_overhead(spec) -> dict[str, Any]:
 
     # 3) the pure Python wrapper: generate() and analyze_track() against a stub that returns a recorded result
     class Stub:
-        def generate(self, *args):
+        def generate(self, *args, **kwargs):
             return raw_example
 
         def close(self):

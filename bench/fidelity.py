@@ -138,7 +138,7 @@ def measure(lengths: list[float], n_tokens: int, arch: str = "af3") -> dict:
 
         tiny, framings = default_tiny_musicflamingo(), ["reference"]
     else:
-        from tiny_model import default_tiny_model
+        from testkit.tiny_model import default_tiny_model
 
         tiny, framings = default_tiny_model(), FRAMINGS
     ref = Reference(tiny.hf_dir)

@@ -1,6 +1,6 @@
 #include "audio_window.h"
 
-#include "engine.h"  // the error types
+#include "errors.h"
 
 // mtmd's internal headers (tools/mtmd is mtmd's public include directory): the clip encoder, its image type and
 // hparams, and a Whisper log-mel preprocessor.
@@ -64,16 +64,14 @@ AudioWindowEncoder::AudioWindowEncoder(const Params & p) {
     cp.image_max_tokens = -1;
     cp.warmup = p.warmup;
     clip_init_result r = clip_init(p.mmproj_path.c_str(), cp);
-    if (r.ctx_v) clip_free(r.ctx_v);
-    if (r.ctx_gen_a) clip_free(r.ctx_gen_a);
-    if (!r.ctx_a) throw ModelFileError("could not load the audio encoder of " + p.mmproj_path + " (see the log)");
-    const projector_type type = clip_get_projector_type(r.ctx_a);
+    ClipPtr audio(r.ctx_a), vision(r.ctx_v), generator(r.ctx_gen_a);  // only the audio encoder is kept
+    if (!audio) throw ModelFileError("could not load the audio encoder of " + p.mmproj_path + " (see the log)");
+    const projector_type type = clip_get_projector_type(audio.get());
     if (type != PROJECTOR_TYPE_MUSIC_FLAMINGO) {
-        clip_free(r.ctx_a);
         throw ModelFileError(p.mmproj_path + " is not a Music Flamingo audio encoder (projector type " +
                              std::to_string((int) type) + ")");
     }
-    ctx_ = r.ctx_a;
+    ctx_ = std::move(audio);
     rote_ = read_rote_params(p.mmproj_path);
 #ifndef CLIP_HAS_AUDIO_ROTATION
     if (rote_.dim > 0) {
@@ -82,18 +80,19 @@ AudioWindowEncoder::AudioWindowEncoder(const Params & p) {
     }
 #endif
     // Whisper's log-mel of one 30 s chunk, normalised within the chunk (see encode())
-    mel_ = std::make_unique<mtmd_audio_preprocessor_dots3note>(ctx_);
+    mel_ = std::make_unique<mtmd_audio_preprocessor_dots3note>(ctx_.get());
     mel_->initialize();
 }
 
+void AudioWindowEncoder::ClipFree::operator()(clip_ctx * c) const { clip_free(c); }
+
 AudioWindowEncoder::~AudioWindowEncoder() {
-    mel_.reset();  // holds a reference to the context's hparams
-    if (ctx_) clip_free(ctx_);
+    mel_.reset();  // holds a reference to the context's hparams: gone before the context
 }
 
-int AudioWindowEncoder::n_embd() const { return clip_n_mmproj_embd(ctx_); }
+int AudioWindowEncoder::n_embd() const { return clip_n_mmproj_embd(ctx_.get()); }
 
-int AudioWindowEncoder::sample_rate() const { return clip_get_hparams(ctx_)->audio_sample_rate; }
+int AudioWindowEncoder::sample_rate() const { return clip_get_hparams(ctx_.get())->audio_sample_rate; }
 
 std::vector<float> AudioWindowEncoder::encode(const float * pcm, size_t n, int n_threads, int window_index) {
     if (n == 0 || n > kWindowSamples) throw InputError("an audio window must hold 1 sample to 30 s");
@@ -168,7 +167,7 @@ std::vector<float> AudioWindowEncoder::run_encoder(clip_image_f32_batch & batch,
         params.audio_rot_sin = sin.data();
     }
 #endif
-    if (!clip_encode(ctx_, &params)) throw EngineError("the audio encoder failed on a window");
+    if (!clip_encode(ctx_.get(), &params)) throw EngineError("the audio encoder failed on a window");
     return out;
 }
 

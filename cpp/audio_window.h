@@ -7,11 +7,11 @@
 // attention over exactly the keys the reference leaves unmasked. This module does that through the tree's clip API
 // (tools/mtmd/clip.h, an internal header of mtmd: it builds against the pinned tree, not necessarily another one).
 //
-// Plain C++; errors are the engine's exception types (engine.h). Not thread-safe: one caller at a time.
+// Plain C++; errors are the engine's exception types (errors.h). Not thread-safe: one caller at a time.
 #pragma once
 
-#include "engine.h"
 #include "rote.h"
+#include "types.h"
 
 #include <cstddef>
 #include <memory>
@@ -24,8 +24,6 @@ struct mtmd_audio_preprocessor;
 
 namespace mf {
 
-constexpr size_t kWindowSamples = 30 * 16000;  // one reference window: 30 s at 16 kHz
-constexpr int kWindowTokens = 750;             // tokens of a whole window: 3000 mel frames / conv 2 / pool 2
 
 // Tokens the reference keeps for n real samples of one window: mel frames ceil(n/160) (the feature extractor's
 // attention mask), then the stride-2 conv and the stride-2 average pool (AudioFlamingo3Encoder.
@@ -77,8 +75,11 @@ public:
 private:
     std::vector<float> run_encoder(clip_image_f32_batch & batch, int n_tokens, int n_pos, int window, int n_threads);
 
+    // clip (mtmd's internal encoder API) ships no smart pointer: this one frees a clip_ctx with clip_free
+    struct ClipFree { void operator()(clip_ctx * c) const; };
+    using ClipPtr = std::unique_ptr<clip_ctx, ClipFree>;
     RoteParams rote_;
-    clip_ctx * ctx_ = nullptr;
+    ClipPtr ctx_;
     std::unique_ptr<mtmd_audio_preprocessor> mel_;
 };
 

@@ -8,10 +8,6 @@
 
 namespace mf {
 
-void ModelDeleter::operator()(llama_model * m) const { llama_model_free(m); }
-void MtmdDeleter::operator()(mtmd_context * m) const { mtmd_free(m); }
-void ContextDeleter::operator()(llama_context * c) const { llama_free(c); }
-
 namespace {
 
 double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
@@ -64,19 +60,17 @@ void validate_track(const TrackRequest & t) {
 
 }  // namespace
 
-BatchRun::BatchRun(Engine::Resources & res, const RunOptions & opts, const Limits & lim, const ChatPieces & chat,
-                   const NextTrack & next, const TrackDone & done)
-    : res_(res), opts_(opts), lim_(lim), chat_(chat), next_(next), done_(done), step_(std::max(lim.n_seq, 1)) {
-    const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
-    n_vocab_ = llama_vocab_n_tokens(vocab);
-    mid_toks_ = tokenize(vocab, chat_.mid, true);
-    tail_toks_ = tokenize(vocab, chat_.tail, true);
-    planner_ = make_planner(opts_.framing, PlannerContext{res_.model.get(), res_.encoder.get(), res_.mtmd.get(), lim_.n_threads},
-                            chat_);
-    for (int s = lim_.n_seq - 1; s >= 0; s--) free_seqs_.push_back(s);
-    stats_.tracks_in_flight = lim_.max_in_flight;
-    stats_.n_ctx = lim_.n_ctx;
-    stats_.n_seq = lim_.n_seq;
+BatchRun::BatchRun(EngineResources & res, const RunRequest & request, const InterruptCheck & interrupted,
+                   const Limits & lim, const ChatPieces & chat, const NextTrack & next, const TrackDone & done)
+    : res_(res), request_(request), interrupted_(interrupted), lim_(lim), chat_(chat), next_(next), done_(done),
+      step_(std::max(lim.fit.n_seq, 1)) {
+    n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(res_.model.get()));
+    planner_ = make_planner(request_.framing,
+                            PlannerContext{res_.model.get(), res_.encoder.get(), res_.mtmd.get(), lim_.n_threads}, chat_);
+    for (int s = lim_.fit.n_seq - 1; s >= 0; s--) free_seqs_.push_back(s);
+    stats_.tracks_in_flight = lim_.tracks_in_flight;
+    stats_.n_ctx = lim_.fit.n_ctx;
+    stats_.n_seq = lim_.fit.n_seq;
     stats_.sampling_threads = res_.pool ? res_.pool->threads() : 1;
 }
 
@@ -94,43 +88,12 @@ bool BatchRun::prepare_one(Pending & p) {
     p.index = n_taken_++;
     try {
         validate_track(p.req);
-        for (const auto & pr : p.req.prompts) {  // certain to fail at admission: say so before encoding anything
-            if (pr.max_tokens >= lim_.n_ctx_train) {
-                throw InputError("max_tokens " + std::to_string(pr.max_tokens) + " is not below the model's trained "
-                                 "context of " + std::to_string(lim_.n_ctx_train) + " tokens");
-            }
-        }
         const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
-        int text_cells = 0;
-        const bool text_only = p.req.pcm.empty();
-        for (const auto & pr : p.req.prompts) {
-            std::vector<int32_t> toks = text_only ? std::vector<int32_t>{} : mid_toks_;  // mid follows the audio
-            auto u = tokenize(vocab, pr.text, /*parse_special*/ false);  // the user's text never becomes control tokens
-            toks.insert(toks.end(), u.begin(), u.end());
-            toks.insert(toks.end(), tail_toks_.begin(), tail_toks_.end());
-            const auto answer = known_answer_tokens(vocab, pr);  // fed with the question (followup.h)
-            toks.insert(toks.end(), answer.begin(), answer.end());
-            text_cells += (int) toks.size() + pr.max_tokens;
-            p.suffix.push_back(std::move(toks));
-        }
-        p.fu = plan_followups(vocab, chat_, p.req.prompts, lim_.n_ctx_train);
-        text_cells += p.fu.cells;
-        if (track_sequences(p.req.prompts) > lim_.n_seq) {
-            throw InputError("a track has " + std::to_string(track_sequences(p.req.prompts)) + " prompts and "
-                             "follow-ups; this run has " + std::to_string(lim_.n_seq) + " sequences");
-        }
-        // Whole 30 s windows alone take 750 positions each in every framing: a track that cannot fit the trained
-        // context even so fails here, before its audio is encoded.
-        const long min_prefix = (long) (p.req.pcm.size() / (30 * 16000)) * 750;
-        for (size_t i = 0; i < p.suffix.size(); i++) {
-            const long per_seq = min_prefix + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens + p.fu.chain[i];
-            if (per_seq > lim_.n_ctx_train) {
-                throw InputError("audio (at least " + std::to_string(min_prefix) + " positions) + prompt " +
-                                 std::to_string(i) + " + max_tokens = " + std::to_string(per_seq) +
-                                 " exceeds the model's trained context of " + std::to_string(lim_.n_ctx_train) +
-                                 " (shorten the audio or lower max_tokens)");
-            }
-        }
+        // certain to fail at admission (the prefix's lower bound already does not fit): say so before encoding
+        p.shape = shape_track(vocab, chat_, p.req.pcm.size(), p.req.prompts);
+        p.fu = plan_followups(vocab, chat_, p.req.prompts, lim_.fit.n_ctx_train);  // checks them (followup.h)
+        require_fits(p.shape, lim_.fit);
+        const bool text_only = p.req.pcm.empty();  // every prompt answered: only follow-ups to ask
         auto t0 = Clock::now();
         p.px = text_only ? planner_->prepare_text() : planner_->prepare(p.req.pcm);
         const double ms = ms_between(t0, Clock::now());
@@ -138,7 +101,7 @@ bool BatchRun::prepare_one(Pending & p) {
             std::lock_guard<std::mutex> lk(m_);
             prepare_ms_ += ms;
         }
-        p.cells = p.px.n_pos + text_cells;
+        p.shape.prefix_positions = p.shape.prefix_bound = p.px.n_pos;  // exact now
     } catch (...) {
         p.error = std::current_exception();
     }
@@ -247,167 +210,164 @@ int32_t BatchRun::eval_prefix(const PreparedPrefix & px, int32_t seq) {
         } else {
             decode_tokens(piece.tokens, seq, n_past);
         }
-        if (opts_.interrupted && opts_.interrupted()) throw Interrupted("interrupted");
+        if (interrupted_ && interrupted_()) throw Interrupted("interrupted");
     }
     return n_past;
 }
 
+// A track that failed alone: its exception goes to the sink as thrown (an interruption ends the whole run).
 void BatchRun::fail(size_t index, const std::exception_ptr & e, GenerateResult res) {
     try {
         std::rethrow_exception(e);
     } catch (const Interrupted &) {
         throw;
-    } catch (const InputError & x) {
-        res.error_kind = "InputError";
-        res.error = x.what();
-    } catch (const ModelFileError & x) {
-        res.error_kind = "ModelFileError";
-        res.error = x.what();
-    } catch (const std::exception & x) {
-        res.error_kind = "EngineError";
-        res.error = x.what();
+    } catch (...) {
     }
+    res.error = e;
     stats_.tracks++;
     stats_.tracks_failed++;
     done_(index, std::move(res));
 }
 
 // Prefill of one prepared track: its prefix into its first sequence, forked to one sequence per prompt, the prompt
-// suffixes decoded together, first tokens sampled into the next step. False when its cells or sequences are not
-// free now (the caller retries after a retire).
+// suffixes decoded together, first tokens sampled into the next step. Throws when the track cannot fit this run
+// (plan.h's rule, now with its exact prefix); false when its cells or sequences are not free now (the caller
+// retries after a retire).
 bool BatchRun::admit(Pending & p) {
-    const size_t n_prompts = p.req.prompts.size();
-    const size_t n_slots = n_prompts + p.fu.parent.size();  // a sequence per prompt and per follow-up
-    for (size_t i = 0; i < n_prompts; i++) {
-        const long per_seq = (long) p.px.n_pos + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens + p.fu.chain[i];
-        if (per_seq > lim_.n_ctx_train) {
-            throw InputError("audio (" + std::to_string(p.px.n_pos) + " positions) + prompt " + std::to_string(i) +
-                             " + max_tokens = " + std::to_string(per_seq) + " exceeds the model's trained context of " +
-                             std::to_string(lim_.n_ctx_train) + " (shorten the audio or lower max_tokens)");
-        }
-    }
-    if (lim_.seq_cells > 0) {
-        // a stream per sequence: each of this track's sequences must fit one stream; streams free = sequences free
-        for (size_t i = 0; i < n_prompts; i++) {
-            const long per_seq = (long) p.px.n_pos + (long) p.suffix[i].size() + p.req.prompts[i].max_tokens + p.fu.chain[i];
-            if (per_seq > lim_.seq_cells) {
-                throw InputError("prompt " + std::to_string(i) + " of this track needs " + std::to_string(per_seq) +
-                                 " KV cells but each sequence's cache holds " + std::to_string(lim_.seq_cells) +
-                                 " (lower max_tokens, shorten the audio, or raise n_ctx / the memory budget)");
-            }
-        }
-        if (free_seqs_.size() < n_slots) return false;
-    } else {
-        if (p.cells > lim_.n_ctx) {
-            throw InputError("this track needs " + std::to_string(p.cells) + " KV cells (audio + prompts + token "
-                             "limits) but the context holds " + std::to_string(lim_.n_ctx) +
-                             " (lower max_tokens, shorten the audio, or raise n_ctx / the memory budget)");
-        }
-        if (reserved_cells_ + p.cells > lim_.n_ctx || free_seqs_.size() < n_slots) return false;
-    }
-
-    llama_memory_t mem = llama_get_memory(res_.ctx.get());
-    const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
-    Active a;
-    a.index = p.index;
-    a.t_start = Clock::now();
-    a.cells = p.cells;
-    GenerateStats & st = a.res.stats;
-    st.audio_seconds = (double) p.req.pcm.size() / 16000.0;
-    st.n_ctx = lim_.n_ctx;
-    st.audio_chunks = p.px.audio_chunks;
-    st.audio_tokens = p.px.audio_tokens;
-    st.prefix_tokens = p.px.n_pos;
-    st.mel_ms = p.px.mel_ms;
-    st.encode_ms = p.px.encode_ms;
-    for (const auto & s : p.suffix) st.prompt_tokens += (int) s.size();
-    for (size_t i = 0; i < n_slots; i++) {
-        a.seqs.push_back(free_seqs_.back());
-        free_seqs_.pop_back();
-    }
-    // First tokens: sampled right after the decode that produced their logits (a later decode overwrites them).
-    auto sample_first = [&](size_t i, int idx) {
-        if (a.req.prompts[i].answered) return take_answer(a, i);  // nothing to sample (followup.h)
-        float * lg = llama_get_logits_ith(res_.ctx.get(), idx);
-        if (opts_.debug && a.index == 0 && i == 0) a.res.first_logits.assign(lg, lg + n_vocab_);
-        a.logit_idx[i] = -1;
-        accept(a, i, a.samplers[i]->sample(lg, n_vocab_));
-    };
+    require_fits(p.shape, lim_.fit);
+    if (!has_room(p)) return false;
+    Active a = start(p);
     const int step_mark = step_.b.n_tokens;  // first tokens this track queues go after this
     try {
-        const int32_t n_past = eval_prefix(p.px, a.seqs[0]);
-        for (size_t i = 1; i < n_prompts; i++) llama_memory_seq_cp(mem, a.seqs[0], a.seqs[i], -1, -1);
-        for (size_t i = 0; i < n_prompts; i++) {
-            a.pos.push_back(n_past + (int32_t) p.suffix[i].size());
-            const auto & sp = p.req.prompts[i].sampling;
-            a.samplers.push_back(std::make_unique<SequenceSampler>(vocab, sp, sp.ignore_eos ? &res_.eog_ids : nullptr));
-        }
-        a.req = std::move(p.req);
-        a.res.outputs.resize(n_prompts);
-        a.live.assign(n_prompts, true);
-        a.logit_idx.assign(n_prompts, -1);
-        a.n_live = n_prompts;
-        open_followup_slots(a, std::move(p.fu));
-        if (st.prompt_tokens <= lim_.n_batch) {
-            // all prompt suffixes in one batch, one logits row each
-            Batch prompts(std::max(st.prompt_tokens, 1));
-            std::vector<int> rows;
-            for (size_t i = 0; i < n_prompts; i++) {
-                const auto & toks = p.suffix[i];
-                for (size_t k = 0; k < toks.size(); k++) {
-                    const bool last = k + 1 == toks.size();
-                    const int idx = prompts.add(toks[k], n_past + (int32_t) k, a.seqs[i], last);
-                    if (last) rows.push_back(idx);
-                }
-            }
-            if (llama_decode(res_.ctx.get(), prompts.b)) throw EngineError("llama.cpp failed to evaluate the prompts");
-            a.t_decode = Clock::now();
-            for (size_t i = 0; i < n_prompts; i++) sample_first(i, rows[i]);
-        } else {
-            // prompts longer together than a batch: one prompt at a time, its last token alone for its logits
-            for (size_t i = 0; i < n_prompts; i++) {
-                std::vector<int32_t> head(p.suffix[i].begin(), p.suffix[i].end() - 1);
-                int32_t pos = n_past;
-                decode_tokens(head, a.seqs[i], pos);
-                Batch last(1);
-                last.add(p.suffix[i].back(), pos, a.seqs[i], true);
-                if (llama_decode(res_.ctx.get(), last.b)) throw EngineError("llama.cpp failed to evaluate the prompts");
-                sample_first(i, 0);
-            }
-            a.t_decode = Clock::now();
-        }
+        prefill(a, p);
     } catch (const Interrupted &) {
         throw;
     } catch (...) {
         step_.b.n_tokens = step_mark;
-        for (auto s : a.seqs) {
-            llama_memory_seq_rm(mem, s, -1, -1);
-            free_seqs_.push_back(s);
-        }
+        release(a);
         throw;
     }
-    st.prefill_ms = ms_between(a.t_start, Clock::now());
-    if (opts_.debug && a.index == 0) {  // the audio as fed, and prompt 0's tokens with -1 per audio position
-        auto & pt = a.res.prompt_tokens;
-        for (const auto & piece : p.px.pieces) {
-            a.res.audio_embd.insert(a.res.audio_embd.end(), piece.embd.begin(), piece.embd.end());
-            if (piece.n_embd_tokens > 0) {
-                pt.insert(pt.end(), (size_t) piece.n_embd_tokens, -1);
-            } else {
-                pt.insert(pt.end(), piece.tokens.begin(), piece.tokens.end());
-            }
-        }
-        pt.insert(pt.end(), p.suffix[0].begin(), p.suffix[0].end());
-    }
+    a.res.stats.prefill_ms = ms_between(a.t_start, Clock::now());
+    if (request_.debug && a.index == 0) keep_debug(a, p);
     reserved_cells_ += a.cells;
     active_.push_back(std::move(a));
     stats_.peak_in_flight = std::max(stats_.peak_in_flight, (int) active_.size());
     return true;
 }
 
+// Free sequences for every prompt and follow-up and, in a unified cache, free cells for everything the track can ever need (a
+// stream per sequence: a free sequence is a free stream).
+bool BatchRun::has_room(const Pending & p) const {
+    if (free_seqs_.size() < p.req.prompts.size() + p.fu.parent.size()) return false;
+    return lim_.fit.seq_cells > 0 || reserved_cells_ + p.shape.cells() <= lim_.fit.n_ctx;
+}
+
+BatchRun::Active BatchRun::start(Pending & p) {
+    Active a;
+    a.index = p.index;
+    a.t_start = Clock::now();
+    a.cells = (int) p.shape.cells();
+    GenerateStats & st = a.res.stats;
+    st.audio_seconds = (double) p.req.pcm.size() / kSampleRate;
+    st.n_ctx = lim_.fit.n_ctx;
+    st.audio_chunks = p.px.audio_chunks;
+    st.audio_tokens = p.px.audio_tokens;
+    st.prefix_tokens = p.px.n_pos;
+    st.mel_ms = p.px.mel_ms;
+    st.encode_ms = p.px.encode_ms;
+    st.prompt_tokens = p.shape.suffix_tokens();
+    for (size_t i = 0; i < p.req.prompts.size() + p.fu.parent.size(); i++) {  // a sequence per prompt and follow-up
+        a.seqs.push_back(free_seqs_.back());
+        free_seqs_.pop_back();
+    }
+    return a;
+}
+
+void BatchRun::release(Active & a) {
+    llama_memory_t mem = llama_get_memory(res_.ctx.get());
+    for (auto s : a.seqs) {
+        llama_memory_seq_rm(mem, s, -1, -1);
+        free_seqs_.push_back(s);
+    }
+}
+
+void BatchRun::prefill(Active & a, Pending & p) {
+    const size_t n_prompts = p.req.prompts.size();
+    const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
+    const int32_t n_past = eval_prefix(p.px, a.seqs[0]);
+    for (size_t i = 1; i < n_prompts; i++) llama_memory_seq_cp(llama_get_memory(res_.ctx.get()), a.seqs[0], a.seqs[i], -1, -1);
+    for (size_t i = 0; i < n_prompts; i++) {
+        a.pos.push_back(n_past + (int32_t) p.shape.suffix[i].size());
+        const auto & sp = p.req.prompts[i].sampling;
+        a.samplers.push_back(std::make_unique<SequenceSampler>(vocab, sp, sp.ignore_eos ? &res_.eog_ids : nullptr));
+    }
+    a.req = std::move(p.req);
+    a.res.outputs.resize(n_prompts);
+    a.live.assign(n_prompts, true);
+    a.logit_idx.assign(n_prompts, -1);
+    a.n_live = n_prompts;
+    open_followup_slots(a, std::move(p.fu));
+    decode_prompts(a, p, n_past);
+}
+
+// First tokens: sampled right after the decode that produced their logits (a later decode overwrites them).
+void BatchRun::sample_first(Active & a, size_t i, int logits_row) {
+    if (a.req.prompts[i].answered) return take_answer(a, i);  // nothing to sample (followup.h)
+    float * lg = llama_get_logits_ith(res_.ctx.get(), logits_row);
+    if (request_.debug && a.index == 0 && i == 0) a.res.first_logits.assign(lg, lg + n_vocab_);
+    a.logit_idx[i] = -1;
+    accept(a, i, a.samplers[i]->sample(lg, n_vocab_));
+}
+
+// The prompt suffixes after the shared prefix: together in one batch, one logits row each, or (longer together
+// than a batch) one prompt at a time, its last token alone for its logits.
+void BatchRun::decode_prompts(Active & a, const Pending & p, int32_t n_past) {
+    const auto & suffix = p.shape.suffix;
+    const int total = a.res.stats.prompt_tokens;
+    if (total <= lim_.n_batch) {
+        Batch prompts(std::max(total, 1));
+        std::vector<int> rows;
+        for (size_t i = 0; i < suffix.size(); i++) {
+            for (size_t k = 0; k < suffix[i].size(); k++) {
+                const bool last = k + 1 == suffix[i].size();
+                const int idx = prompts.add(suffix[i][k], n_past + (int32_t) k, a.seqs[i], last);
+                if (last) rows.push_back(idx);
+            }
+        }
+        if (llama_decode(res_.ctx.get(), prompts.b)) throw EngineError("llama.cpp failed to evaluate the prompts");
+        a.t_decode = Clock::now();
+        for (size_t i = 0; i < suffix.size(); i++) sample_first(a, i, rows[i]);
+        return;
+    }
+    for (size_t i = 0; i < suffix.size(); i++) {
+        std::vector<int32_t> head(suffix[i].begin(), suffix[i].end() - 1);
+        int32_t pos = n_past;
+        decode_tokens(head, a.seqs[i], pos);
+        Batch last(1);
+        last.add(suffix[i].back(), pos, a.seqs[i], true);
+        if (llama_decode(res_.ctx.get(), last.b)) throw EngineError("llama.cpp failed to evaluate the prompts");
+        sample_first(a, i, 0);
+    }
+    a.t_decode = Clock::now();
+}
+
+// With `debug`, for the first track: the audio as fed, and prompt 0's tokens with -1 per audio position.
+void BatchRun::keep_debug(Active & a, const Pending & p) const {
+    auto & pt = a.res.prompt_tokens;
+    for (const auto & piece : p.px.pieces) {
+        a.res.audio_embd.insert(a.res.audio_embd.end(), piece.embd.begin(), piece.embd.end());
+        if (piece.n_embd_tokens > 0) {
+            pt.insert(pt.end(), (size_t) piece.n_embd_tokens, -1);
+        } else {
+            pt.insert(pt.end(), piece.tokens.begin(), piece.tokens.end());
+        }
+    }
+    pt.insert(pt.end(), p.shape.suffix[0].begin(), p.shape.suffix[0].end());
+}
+
 // Admits prepared tracks while there is room. Blocks for the helper thread only when nothing else can run.
 void BatchRun::admit_ready(bool block) {
-    while ((int) active_.size() < lim_.max_in_flight) {
+    while ((int) active_.size() < lim_.tracks_in_flight) {
         if (!have_next_) {
             if (!take_ready(next_pending_, block && active_.empty())) return;
             have_next_ = true;
@@ -504,8 +464,8 @@ void BatchRun::retire() {
         st.total_ms = ms_between(a.t_start, now);
         nest_followups(a);
         for (auto & o : a.res.outputs) {
-            o.text = detokenize(vocab, o.tokens, opts_.render_special);
-            for (auto & f : o.followups) f.text = detokenize(vocab, f.tokens, opts_.render_special);
+            o.text = detokenize(vocab, o.tokens, request_.render_special);
+            for (auto & f : o.followups) f.text = detokenize(vocab, f.tokens, request_.render_special);
         }
         const size_t index = a.index;
         GenerateResult res = std::move(a.res);
@@ -539,7 +499,7 @@ RunStats BatchRun::run() {
             t_host = Clock::now();
             continue;
         }
-        if (opts_.interrupted && opts_.interrupted()) throw Interrupted("interrupted");
+        if (interrupted_ && interrupted_()) throw Interrupted("interrupted");
         const auto t_dec = Clock::now();
         const double host_ms = ms_between(t_host, t_dec) - admit_ms - (stats_.wait_ms - wait_before);
         if (llama_decode(res_.ctx.get(), step_.b)) throw EngineError("llama.cpp failed during generation");
@@ -550,7 +510,7 @@ RunStats BatchRun::run() {
         stats_.step_tokens += step_.b.n_tokens;
         stats_.decode_ms += dec_ms;
         stats_.host_ms += host_ms;
-        if (opts_.profile) {
+        if (request_.profile) {
             stats_.step_batch.push_back(step_.b.n_tokens);
             stats_.step_host_ms.push_back((float) host_ms);
             stats_.step_decode_ms.push_back((float) dec_ms);

@@ -9,11 +9,10 @@
 // free, so a running track never runs out of cells; a track that cannot fit even alone fails alone.
 #pragma once
 
-#include "audio_window.h"
-#include "engine.h"
 #include "followup.h"
+#include "plan.h"
 #include "prefix.h"
-#include "sampling.h"
+#include "resources.h"
 
 #include <algorithm>
 #include <chrono>
@@ -28,10 +27,6 @@ struct llama_model;
 struct mtmd_context;
 
 namespace mf {
-
-struct ModelDeleter { void operator()(llama_model * m) const; };
-struct MtmdDeleter { void operator()(mtmd_context * m) const; };
-struct ContextDeleter { void operator()(llama_context * c) const; };
 
 // An owned llama_batch of token ids (n_embd = 0) or embeddings (n_embd > 0), one sequence per entry.
 struct Batch {
@@ -55,31 +50,17 @@ struct Batch {
     }
 };
 
-// What the engine owns, each handle freed by its owner (in reverse order: context first, model last).
-struct Engine::Resources {
-    std::unique_ptr<llama_model, ModelDeleter> model;
-    std::unique_ptr<AudioWindowEncoder> encoder;       // Framing::Reference (the default)
-    std::unique_ptr<mtmd_context, MtmdDeleter> mtmd;   // the other framings: a second copy of the encoder, made
-                                                       // on first use (Engine::ensure_mtmd)
-    std::unique_ptr<llama_context, ContextDeleter> ctx;
-    std::vector<int32_t> eog_ids;       // end-of-generation tokens (banned with ignore_eos)
-    std::unique_ptr<SamplerPool> pool;  // samples the rows of a step
-};
-
 class BatchRun {
 public:
     struct Limits {
-        int max_in_flight;  // tracks decoding together at most
-        int n_ctx;          // KV cells of the context
-        int n_seq;          // sequences of the context
+        int tracks_in_flight;  // tracks decoding together at most (the plan's, after allocation)
+        RunLimits fit;         // what every track must fit: the model's and the allocated context's (plan.h)
         int n_batch;
-        int n_ctx_train;
         bool prepare_ahead;
-        int n_threads;      // CPU threads of the log-mel and the encoder
-        int seq_cells;      // without a unified cache: the cells of each sequence's stream (0: unified)
+        int n_threads;         // CPU threads of the log-mel and the encoder
     };
-    BatchRun(Engine::Resources & res, const RunOptions & opts, const Limits & lim, const ChatPieces & chat,
-             const NextTrack & next, const TrackDone & done);
+    BatchRun(EngineResources & res, const RunRequest & request, const InterruptCheck & interrupted,
+             const Limits & lim, const ChatPieces & chat, const NextTrack & next, const TrackDone & done);
     ~BatchRun();
     RunStats run();
 
@@ -91,9 +72,8 @@ private:
         size_t index = 0;
         TrackRequest req;
         PreparedPrefix px;
-        std::vector<std::vector<int32_t>> suffix;  // per prompt: mid + user text + tail tokens
-        int cells = 0;                             // KV cells the track can ever need
-        FollowUpPlan fu;                           // its follow-up questions (cpp/followup.cpp)
+        TrackShape shape;  // per prompt: suffix tokens and token limit; the prefix exact once encoded
+        FollowUpPlan fu;   // its follow-up questions (cpp/followup.cpp)
         std::exception_ptr error;
     };
     struct Active {
@@ -123,6 +103,13 @@ private:
     // decode thread
     void admit_ready(bool block);
     bool admit(Pending & p);                      // false: no room now (retry after a retire)
+    bool has_room(const Pending & p) const;
+    Active start(Pending & p);                    // the track's stats and sequences
+    void prefill(Active & a, Pending & p);        // prefix, forks, prompt suffixes, first tokens
+    void decode_prompts(Active & a, const Pending & p, int32_t n_past);
+    void sample_first(Active & a, size_t i, int logits_row);
+    void release(Active & a);                     // a track's sequences back, its cells cleared
+    void keep_debug(Active & a, const Pending & p) const;
     int32_t eval_prefix(const PreparedPrefix & px, int32_t seq);
     void decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past);
     void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
@@ -136,14 +123,14 @@ private:
     void nest_followups(Active & a);
     void fail(size_t index, const std::exception_ptr & e, GenerateResult res = {});
 
-    Engine::Resources & res_;
-    const RunOptions & opts_;
+    EngineResources & res_;
+    const RunRequest & request_;
+    const InterruptCheck & interrupted_;
     Limits lim_;
     ChatPieces chat_;
     const NextTrack & next_;
     const TrackDone & done_;
     std::unique_ptr<PrefixPlanner> planner_;
-    std::vector<int32_t> mid_toks_, tail_toks_;
     int n_vocab_ = 0;
 
     // ready queue between the threads

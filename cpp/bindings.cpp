@@ -44,19 +44,25 @@ void set_log_callback(py::object cb) {
     mf::logbridge::set_sink(python_sink);
 }
 
-// Exceptions are defined in Python (music_flamingo/errors.py) so the hierarchy is readable there.
-[[noreturn]] void raise_py(const char * name, const char * what) {
-    py::object cls = py::module_::import("music_flamingo.errors").attr(name);
-    PyErr_SetString(cls.ptr(), what);
-    throw py::error_already_set();
-}
-
-// None, or the (head, mid, tail[, next_turn]) the Python layer rendered from the model's chat template.
-std::optional<mf::ChatPieces> to_chat(const py::object & chat) {
-    if (chat.is_none()) return std::nullopt;
-    auto t = chat.cast<std::vector<std::string>>();
-    if (t.size() != 3 && t.size() != 4) throw mf::InputError("chat is (head, mid, tail) or (head, mid, tail, next_turn)");
-    return mf::ChatPieces{t[0], t[1], t[2], t.size() == 4 ? t[3] : std::string()};
+// The one table from the engine's exceptions to the package's Python ones (defined in music_flamingo/errors.py so
+// the hierarchy is readable there): an exception instance, for a call that raises it and for a stream's on_result,
+// which receives a failed track's exception as its result. Any other C++ exception from a track or a call is an
+// EngineError. Call with the GIL held.
+py::object python_error(const std::exception_ptr & p) {
+    const char * name = "EngineError";
+    std::string what;
+    try {
+        std::rethrow_exception(p);
+    } catch (const mf::ModelFileError & e) {
+        name = "ModelFileError", what = e.what();
+    } catch (const mf::InputError & e) {
+        name = "InvalidInputError", what = e.what();
+    } catch (const mf::Interrupted &) {
+        return py::reinterpret_borrow<py::object>(PyExc_KeyboardInterrupt)();
+    } catch (const std::exception & e) {
+        what = e.what();
+    }
+    return py::module_::import("music_flamingo.errors").attr(name)(what);
 }
 
 // Checked here, with the GIL held, so the message names what the caller passed. Returns a private copy: the
@@ -113,21 +119,16 @@ public:
     }
 
     mf::GenerateResult generate(py::array audio, int sample_rate, const std::vector<mf::PromptRequest> & prompts,
-                                const std::string & system_prompt, bool render_special, mf::Framing framing,
-                                bool debug, py::object chat) {
+                                const mf::RunRequest & request) {
         std::shared_ptr<mf::Engine> eng = get();
-        const std::optional<mf::ChatPieces> pieces = to_chat(chat);
-        std::vector<float> pcm = to_pcm(audio, sample_rate, eng->sample_rate());
+        const mf::TrackRequest track{to_pcm(audio, sample_rate, eng->sample_rate()), prompts};
         mf::InterruptCheck check = interrupt_check();
         py::gil_scoped_release nogil;
-        return eng->generate(pcm, prompts, system_prompt, render_special, framing, debug, check, pieces);
+        return eng->generate(track, request, check);
     }
 
-    std::vector<mf::GenerateResult> generate_many(py::list tracks, int sample_rate, const std::string & system_prompt,
-                                                  bool render_special, mf::Framing framing, int max_in_flight,
-                                                  py::object chat) {
+    std::vector<mf::GenerateResult> generate_many(py::list tracks, int sample_rate, const mf::RunRequest & request) {
         std::shared_ptr<mf::Engine> eng = get();
-        const std::optional<mf::ChatPieces> pieces = to_chat(chat);
         std::vector<mf::TrackRequest> reqs;
         for (auto h : tracks) {
             auto pair = h.cast<py::tuple>();
@@ -137,29 +138,15 @@ public:
         }
         mf::InterruptCheck check = interrupt_check();
         py::gil_scoped_release nogil;
-        return eng->generate_many(reqs, system_prompt, render_special, framing, max_in_flight, false, check, pieces);
+        return eng->generate_many(reqs, request, check);
     }
 
     // A stream of tracks sharing one list of prompts, or each with its own: next_audio() -> float32 array,
-    // (array, prompts) or None (called from the engine's helper thread), on_result(index, result) as each track
-    // finishes (in the caller's thread).
+    // (array, prompts) or None (called from the engine's helper thread), on_result(index, result or exception) as
+    // each track finishes (the caller's thread).
     mf::RunStats run_stream(py::object next_audio, py::object on_result, const std::vector<mf::PromptRequest> & prompts,
-                            int sample_rate, const std::string & system_prompt, bool render_special,
-                            mf::Framing framing, int tracks_in_flight, double max_audio_seconds, bool profile,
-                            int prepare_ahead, py::object chat) {
+                            int sample_rate, const mf::RunRequest & request) {
         std::shared_ptr<mf::Engine> eng = get();
-        mf::RunOptions o;
-        o.system_prompt = system_prompt;
-        o.chat = to_chat(chat);
-        o.render_special = render_special;
-        o.framing = framing;
-        o.tracks_in_flight = std::max(0, tracks_in_flight);
-        o.profile = profile;
-        o.prepare_ahead = prepare_ahead;
-        o.interrupted = interrupt_check();
-        o.max_prompts = std::max<int>(1, mf::track_sequences(prompts));  // sequences per track, follow-ups included
-        o.max_text_cells = eng->prompts_cells(prompts, o, &o.max_prompt_cells);
-        if (max_audio_seconds > 0) o.max_audio_samples = (size_t) (max_audio_seconds * eng->sample_rate());
         const int engine_rate = eng->sample_rate();
         mf::NextTrack next = [&](mf::TrackRequest & out) {
             py::gil_scoped_acquire gil;
@@ -180,10 +167,21 @@ public:
         };
         mf::TrackDone done = [&](size_t index, mf::GenerateResult && r) {
             py::gil_scoped_acquire gil;
-            on_result(index, std::move(r));
+            if (r.error) {
+                on_result(index, python_error(r.error));
+            } else {
+                on_result(index, std::move(r));
+            }
         };
+        mf::InterruptCheck check = interrupt_check();
         py::gil_scoped_release nogil;
-        return eng->run(next, done, o);
+        return eng->run_stream(next, done, prompts, request, check);
+    }
+
+    // Whether a track of n_samples with these prompts can run (the model's trained context, its sequences): the
+    // InvalidInputError the run would give it, before any audio is decoded or encoded.
+    void check(const std::vector<mf::PromptRequest> & prompts, size_t n_samples, const mf::RunRequest & request) {
+        get()->check(prompts, n_samples, request);
     }
 
     mf::RunStats last_run_stats() { return get()->last_run_stats(); }
@@ -223,21 +221,9 @@ void bind_fields(py::class_<C> & cls, Field<M>... f) {
     (cls.def_readwrite(f.name, M), ...);
 }
 
-void bind_types(py::module_ & m) {
+// A prompt and its follow-ups (cpp/types.h): the questions about a track, a known answer for the catch-up pass.
+void bind_prompts(py::module_ & m) {
     using S = mf::SamplingParams;
-    py::class_<S> sampling(m, "SamplingParams", "One prompt's sampling settings (cpp/engine.h).");
-    // A new sampling setting is one Field line here, after its field in mf::SamplingParams (engine.h); then the
-    // Python Prompt's field (datatypes.py: Prompt.to_native passes every sampling field by name) and _core.pyi.
-    bind_fields(sampling,
-                Field<&S::temperature>{"temperature"},
-                Field<&S::top_p>{"top_p"},
-                Field<&S::top_k>{"top_k"},
-                Field<&S::min_p>{"min_p"},
-                Field<&S::repeat_penalty>{"repeat_penalty"},
-                Field<&S::repeat_last_n>{"repeat_last_n"},
-                Field<&S::seed>{"seed"},
-                Field<&S::ignore_eos>{"ignore_eos"});
-
     using F = mf::FollowUpRequest;
     const F fdflt{};
     py::class_<F>(m, "FollowUpRequest", "A question asked after a prompt's answer, in the same conversation.")
@@ -272,8 +258,26 @@ void bind_types(py::module_ & m) {
         .def_readonly("answered", &P::answered)
         .def_readonly("answer", &P::answer)
         .def_readonly("answer_tokens", &P::answer_tokens);
+}
 
-    py::enum_<mf::Framing>(m, "Framing", "How the audio is put in front of the LLM (cpp/engine.h).")
+// What a caller gives the engine: keyword-constructed classes whose defaults are the C++ structs'.
+void bind_types(py::module_ & m) {
+    using S = mf::SamplingParams;
+    py::class_<S> sampling(m, "SamplingParams", "One prompt's sampling settings (cpp/types.h).");
+    // A new sampling setting is one Field line here, after its field in mf::SamplingParams (types.h); then the
+    // Python Prompt's field (datatypes.py: Prompt.to_native passes every sampling field by name) and _core.pyi.
+    bind_fields(sampling,
+                Field<&S::temperature>{"temperature"},
+                Field<&S::top_p>{"top_p"},
+                Field<&S::top_k>{"top_k"},
+                Field<&S::min_p>{"min_p"},
+                Field<&S::repeat_penalty>{"repeat_penalty"},
+                Field<&S::repeat_last_n>{"repeat_last_n"},
+                Field<&S::seed>{"seed"},
+                Field<&S::ignore_eos>{"ignore_eos"});
+    bind_prompts(m);
+
+    py::enum_<mf::Framing>(m, "Framing", "How the audio is put in front of the LLM (cpp/types.h).")
         .value("Mtmd", mf::Framing::Mtmd)
         .value("ReferenceTrim", mf::Framing::ReferenceTrim)
         .value("ReferenceTail", mf::Framing::ReferenceTail)
@@ -284,6 +288,30 @@ void bind_types(py::module_ & m) {
         .value("Off", mf::FlashAttn::Off)
         .value("On", mf::FlashAttn::On);
 
+    using CP = mf::ChatPieces;
+    py::class_<CP> chat(m, "ChatPieces", "The chat around the audio and the question: head <audio> mid <question> "
+                                         "tail, rendered from the model's template (cpp/types.h); next_turn (between an answer and the "
+                                         "next question) for follow-ups.");
+    bind_fields(chat, Field<&CP::head>{"head"}, Field<&CP::mid>{"mid"}, Field<&CP::tail>{"tail"},
+                Field<&CP::next_turn>{"next_turn"});
+
+    using RQ = mf::RunRequest;
+    py::class_<RQ> request(m, "RunRequest", "One run's settings (cpp/types.h); defaults are the engine's.");
+    // A new setting is one Field line here, after its field in mf::RunRequest; then _core.pyi.
+    bind_fields(request,
+                Field<&RQ::system_prompt>{"system_prompt"},
+                Field<&RQ::chat>{"chat"},
+                Field<&RQ::render_special>{"render_special"},
+                Field<&RQ::framing>{"framing"},
+                Field<&RQ::tracks_in_flight>{"tracks_in_flight"},
+                Field<&RQ::max_audio_seconds>{"max_audio_seconds"},
+                Field<&RQ::profile>{"profile"},
+                Field<&RQ::prepare_ahead>{"prepare_ahead"},
+                Field<&RQ::debug>{"debug"});
+}
+
+// The engine's answers and stats: read-only classes.
+void bind_results(py::module_ & m) {
     using G = mf::GenerateStats;
     py::class_<G>(m, "GenerateStats", "Where the time of one track went (read-only).")
         .def_readonly("audio_seconds", &G::audio_seconds)
@@ -313,8 +341,6 @@ void bind_types(py::module_ & m) {
                                        "unless asked for.")
         .def_readonly("outputs", &R::outputs)
         .def_readonly("stats", &R::stats)
-        .def_readonly("error_kind", &R::error_kind)
-        .def_readonly("error", &R::error)
         .def_property_readonly("audio_embd", [](const R & r) {
             const py::ssize_t rows = r.stats.audio_tokens, n = (py::ssize_t) r.audio_embd.size();
             return py::array_t<float>({rows, rows ? n / rows : 0}, r.audio_embd.data());
@@ -354,22 +380,21 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "llama.cpp mtmd engine for Music Flamingo (private; use the music_flamingo package)";
     mf::logbridge::install();
 
+    // Every exception the engine throws reaches Python through python_error(); pybind11's own (a failed cast, a
+    // Python error raised in a callback) keep pybind11's translation.
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
-        } catch (const mf::ModelFileError & e) {
-            raise_py("ModelFileError", e.what());
-        } catch (const mf::InputError & e) {
-            raise_py("InvalidInputError", e.what());
-        } catch (const mf::Interrupted &) {
-            PyErr_SetNone(PyExc_KeyboardInterrupt);
-            throw py::error_already_set();
-        } catch (const mf::EngineError & e) {
-            raise_py("EngineError", e.what());
+        } catch (const py::builtin_exception &) {
+            throw;
+        } catch (const std::exception &) {
+            py::object e = python_error(p);
+            PyErr_SetObject((PyObject *) Py_TYPE(e.ptr()), e.ptr());
         }
     });
 
     bind_types(m);
+    bind_results(m);
 
     const mf::EngineParams dflt{};
     py::class_<PyEngine>(m, "Engine")
@@ -394,23 +419,21 @@ PYBIND11_MODULE(_core, m) {
              py::arg("memory_budget_mb") = dflt.memory_budget_mb, py::arg("prepare_ahead") = dflt.prepare_ahead,
              py::arg("kv_unified") = dflt.kv_unified)
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
-             py::arg("system_prompt") = "", py::arg("render_special") = false,
-             py::arg("framing") = mf::Framing::Mtmd, py::arg("debug") = false, py::arg("chat") = py::none(),
-             "Encode the audio once and answer every prompt from the shared prefix. GIL released while running. "
-             "chat: (head, mid, tail) rendered from the model's chat template, required by every framing but Mtmd.")
-        .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"),
-             py::arg("system_prompt") = "", py::arg("render_special") = false,
-             py::arg("framing") = mf::Framing::Mtmd, py::arg("max_in_flight") = 0, py::arg("chat") = py::none(),
-             "Several (audio, prompts) tracks with continuous batching: up to max_in_flight tracks per decode step "
-             "(0: automatic). Raises the first failing track's error after all ran.")
+             py::kw_only(), py::arg("request") = mf::RunRequest{},
+             "Encode the audio once and answer every prompt from the shared prefix. GIL released while running.")
+        .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"), py::kw_only(),
+             py::arg("request") = mf::RunRequest{},
+             "Several (audio, prompts) tracks with continuous batching: up to request.tracks_in_flight tracks per "
+             "decode step (0: automatic). Raises the first failing track's error after all ran.")
         .def("run_stream", &PyEngine::run_stream, py::arg("next_audio"), py::arg("on_result"), py::arg("prompts"),
-             py::arg("sample_rate"), py::arg("system_prompt") = "", py::arg("render_special") = false,
-             py::arg("framing") = mf::Framing::Mtmd, py::arg("tracks_in_flight") = 0,
-             py::arg("max_audio_seconds") = 0.0, py::arg("profile") = false, py::arg("prepare_ahead") = -1,
-             py::arg("chat") = py::none(),
+             py::arg("sample_rate"), py::kw_only(), py::arg("request") = mf::RunRequest{},
              "Continuous batching over a stream: next_audio() -> array, (array, prompts) or None (helper thread), "
-             "on_result(index, result) per finished track; a failing track is reported in its result. Returns the "
+             "on_result(index, result) per finished track, the exception as its result when it failed. Returns the "
              "run's stats.")
+        .def("check", &PyEngine::check, py::arg("prompts"), py::arg("n_samples"), py::kw_only(),
+             py::arg("request") = mf::RunRequest{},
+             "Raise the InvalidInputError a track of n_samples with these prompts would fail with (the model's "
+             "trained context, its sequences), before any audio is decoded or memory allocated.")
         .def("last_run_stats", &PyEngine::last_run_stats, "Where the last run's time went (steps, host, decode).")
         .def("info", &PyEngine::info)
         .def_property_readonly("sample_rate", &PyEngine::sample_rate)

@@ -1,6 +1,5 @@
 #include "engine.h"
 
-#include "audio_window.h"
 #include "batch_run.h"
 #include "ggml-backend.h"
 #include "gguf_check.h"
@@ -35,9 +34,12 @@ constexpr const char * kPromptSlot = "MUSICFLAMINGOPROMPTSLOT";
 // compute-bound and 2 in flight gained most (bench/in_flight.py).
 constexpr int kAutoInFlightGpu = 12;
 constexpr int kAutoInFlightCpu = 2;
-// llama.cpp allows at most 256 sequences in one context (LLAMA_MAX_SEQ, src/llama-cparams.h: not public).
-constexpr int kMaxSequences = 256;
-constexpr size_t kTenMinutes = 600 * 16000;
+// A stream sizes its context for this much audio per track unless told (RunRequest::max_audio_seconds).
+constexpr double kStreamAudioSeconds = 600;
+// llama.cpp pads a context to 256 cells; no run is sized smaller.
+constexpr int kMinCells = 256;
+
+int round_up(int n, int to) { return ((n + to - 1) / to) * to; }
 
 std::string device_label(ggml_backend_dev_t dev) {
     if (!dev) return "CPU";
@@ -64,52 +66,45 @@ llama_flash_attn_type fa_type(FlashAttn v) {
     }
 }
 
-// The KV cells a track can ever need besides its prefix: every prompt's suffix and token limit. A sequence never
-// runs past the trained context (such a track fails before anything is decoded), so no prompt counts for more:
-// an absurd max_tokens cannot size an absurd context.
-// `most` (if given) receives the most any one prompt takes: a sequence's share without the prefix.
-int text_cells(const llama_vocab * vocab, const ChatPieces & chat, const std::vector<PromptRequest> & prompts,
-               int n_ctx_train, int * most = nullptr) {
-    const int around = (int) (tokenize(vocab, chat.mid, true).size() + tokenize(vocab, chat.tail, true).size());
-    long n = 0, top = 0;
-    for (const auto & p : prompts) {
-        long chain = 0;  // a known answer and the follow-ups (followup.h)
-        const long followups = followup_cells(vocab, chat, p, &chain);
-        const long one = std::min<long>(around + (long) tokenize(vocab, p.text, false).size() + std::max(p.max_tokens, 0) +
-                                            chain, n_ctx_train);
-        n += one + followups;
-        top = std::max(top, one);
+// Settings that would make llama.cpp allocate absurdly (n_threads=10**6 was a std::bad_alloc) or misbehave: refused
+// with their name before anything loads.
+void require_in_range(const char * name, double v, double lo, double hi) {
+    if (!(v >= lo && v <= hi)) {
+        throw InputError(std::string(name) + " must be in " + std::to_string((long long) lo) + ".." +
+                         std::to_string((long long) hi) + " (got " + std::to_string(v) + ")");
     }
-    if (most) *most = (int) top;
-    return (int) std::min<long>(n, 1L << 30);
 }
 
-[[noreturn]] void rethrow_track_error(const GenerateResult & r) {
-    if (r.error_kind == "InputError") throw InputError(r.error);
-    if (r.error_kind == "ModelFileError") throw ModelFileError(r.error);
-    throw EngineError(r.error);
+void validate(const EngineParams & p) {
+    require_in_range("n_threads", p.n_threads, 0, GGML_MAX_N_THREADS);  // 0: automatic
+    require_in_range("n_sampling_threads", p.n_sampling_threads, 0, GGML_MAX_N_THREADS);
+    require_in_range("n_ubatch", p.n_ubatch, 1, 1 << 20);
+    require_in_range("n_batch", p.n_batch, 0, 1 << 20);
+    require_in_range("n_ctx", p.n_ctx, 0, 1 << 24);
+    require_in_range("n_seq_max", p.n_seq_max, 0, kMaxSequences);
+    require_in_range("memory_budget_mb", p.memory_budget_mb, 0, 1 << 30);
+    kv_ggml_type(p.kv_type);
+}
+
+double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
+// The KV cells the `n` largest tracks need together (`cells` largest first; past the end, the last again).
+int sum_largest(const std::vector<int> & cells, int n) {
+    long s = 0;
+    for (int i = 0; i < n && !cells.empty(); i++) s += cells[std::min((size_t) i, cells.size() - 1)];
+    return (int) std::min<long>(s, 1L << 30);
 }
 
 }  // namespace
 
-// How one run is sized: the tracks that may decode together, the context's cells and sequences.
-struct Engine::Sizing {
-    int in_flight = 1;
-    int n_ctx = 0;
-    int n_seq = 1;
-    int seq_cells = 0;  // without a unified cache: cells of each sequence's stream
-    double kv_budget_mb = 0;
-};
-
-Engine::Engine(const EngineParams & params) : params_(params), res_(std::make_unique<Resources>()) {
-    if (params_.n_ubatch < 1) throw InputError("n_ubatch must be positive");
+Engine::Engine(const EngineParams & params) : params_(params), res_(std::make_unique<EngineResources>()) {
+    validate(params_);
     if (params_.n_batch < params_.n_ubatch) params_.n_batch = params_.n_ubatch;
     // Default: half the logical CPUs, about the physical cores (llama.cpp's own default). ggml's thread pool spins
     // while it waits, so a thread per logical CPU fights the audio-decoding thread and anything else running:
     // measured on 2 cores with another process busy, 2 threads ran a decode step 25x slower than 1 (bench/RESULTS.md).
     const int n_cpu = (int) std::max(1u, std::thread::hardware_concurrency());
     if (params_.n_threads <= 0) params_.n_threads = std::max(1, n_cpu / 2);
-    kv_ggml_type(params_.kv_type);  // validate early
 
     check_text_model_file(params_.model_path);
     check_mmproj_file(params_.mmproj_path);
@@ -185,10 +180,10 @@ std::string Engine::token_text(bool used, int32_t token) const {
 }
 
 // The chat a run feeds: llama-mtmd-cli's formatting for the Mtmd framing, the caller's rendered template otherwise.
-ChatPieces Engine::chat_for(const RunOptions & opts) const {
-    if (opts.framing == Framing::Mtmd) return format_chat(opts.system_prompt);
-    if (!opts.chat) throw InputError("this framing needs the chat rendered from the model's template (ChatPieces)");
-    return *opts.chat;
+ChatPieces Engine::chat_for(const RunRequest & request) const {
+    if (request.framing == Framing::Mtmd) return format_chat(request.system_prompt);
+    if (!request.chat) throw InputError("this framing needs the chat rendered from the model's template (ChatPieces)");
+    return *request.chat;
 }
 
 // The memory the KV cache may fill when no budget is given: the free memory of the device that holds it, less room
@@ -279,14 +274,14 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int
     const int n_batch = std::max({params_.n_batch, n_batch_needed, ctx_n_batch_});
     if (!params_.kv_unified) {
         // one stream of n_ctx / n_seq cells per sequence: size the streams, not the total
-        seq_cells = ((std::max({seq_cells, 256, ctx_n_seq_ ? ctx_n_ctx_ / ctx_n_seq_ : 0}) + 255) / 256) * 256;
+        seq_cells = round_up(std::max({seq_cells, kMinCells, ctx_n_seq_ ? ctx_n_ctx_ / ctx_n_seq_ : 0}), kMinCells);
         n_ctx = std::max(n_ctx, seq_cells * n_seq);
         if (res_->ctx && n_seq <= ctx_n_seq_ && seq_cells <= ctx_n_ctx_ / ctx_n_seq_ && n_batch <= ctx_n_batch_) return;
         n_ctx = seq_cells * n_seq;
     } else if (res_->ctx && n_ctx <= ctx_n_ctx_ && n_seq <= ctx_n_seq_ && n_batch <= ctx_n_batch_) {
         return;
     }
-    if (params_.n_ctx <= 0 && params_.kv_unified) n_ctx = std::max(((n_ctx + 255) / 256) * 256, ctx_n_ctx_);  // llama.cpp pads to 256
+    if (params_.n_ctx <= 0 && params_.kv_unified) n_ctx = std::max(round_up(n_ctx, kMinCells), ctx_n_ctx_);
 
     res_->ctx.reset();
     ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0;
@@ -312,133 +307,106 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int
     ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch;
 }
 
-// Tracks in flight and context size for a run. `cells` (largest first) are the KV cells the tracks can need: each
-// known track's, or for a stream the longest expected track's. Automatic sizing fills at most the memory budget
-// (free device memory after the model, less room for compute buffers) up to the cap; the KV cells actually free
-// decide admissions inside the run, so short tracks fill the same context more densely than long ones.
-Engine::Sizing Engine::size_run(const RunOptions & opts) {
-    Sizing sz;
-    const int max_prompts = std::max(1, opts.max_prompts);
-    const int seq_cap = std::max(1, kMaxSequences / max_prompts);
-    std::vector<int> cells = opts.track_cells;
-    std::sort(cells.rbegin(), cells.rend());
-    auto sum_top = [&](int t) {
-        long s = 0;
-        for (int i = 0; i < t; i++) s += cells.empty() ? 0 : cells[std::min((size_t) i, cells.size() - 1)];
-        return (int) std::min<long>(s, 1L << 30);
-    };
-    if (!params_.kv_unified) {
-        // a stream per sequence, each big enough for the longest sequence
-        const int per_seq = std::max(opts.max_seq_cells, 256);
-        sz.in_flight = opts.tracks_in_flight > 0 ? opts.tracks_in_flight : text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu;
-        if (opts.tracks_in_flight <= 0) {
-            double budget = params_.memory_budget_mb * 1024.0 * 1024.0;
-            if (budget <= 0) budget = free_memory_budget();
-            sz.kv_budget_mb = budget / (1024.0 * 1024.0);
-            const double per_track = (double) per_seq * max_prompts * kv_cell_bytes();
-            sz.in_flight = std::max(1, std::min(sz.in_flight, (int) (budget / per_track)));
-        }
-        if (opts.known_tracks > 0) sz.in_flight = std::min<int>(sz.in_flight, (int) opts.known_tracks);
-        sz.in_flight = std::min(sz.in_flight, seq_cap);
-        sz.n_seq = sz.in_flight * max_prompts;
-        sz.n_ctx = sz.n_seq * per_seq;
-        sz.seq_cells = per_seq;
-        return sz;
-    }
-    if (opts.tracks_in_flight > 0) {
-        sz.in_flight = opts.tracks_in_flight;
-        if (opts.known_tracks > 0) sz.in_flight = std::min<int>(sz.in_flight, (int) opts.known_tracks);
-        sz.in_flight = std::min(sz.in_flight, seq_cap);
-        sz.n_ctx = sum_top(sz.in_flight);
-    } else {
-        const double cell_bytes = kv_cell_bytes();
-        double budget = params_.memory_budget_mb * 1024.0 * 1024.0;
-        if (budget <= 0) budget = free_memory_budget();
-        sz.kv_budget_mb = budget / (1024.0 * 1024.0);
-        const int fit = (int) std::clamp(budget / cell_bytes, 0.0, (double) (1 << 30));
-        sz.in_flight = text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu;
-        if (opts.known_tracks > 0) sz.in_flight = std::min<int>(sz.in_flight, (int) opts.known_tracks);
-        sz.in_flight = std::min(sz.in_flight, seq_cap);
-        // cells are upper bounds (a silent window more than any track has): tracks usually fit more densely
-        sz.n_ctx = std::min(sum_top(sz.in_flight), fit);
-    }
-    sz.n_ctx = std::max(sz.n_ctx, 256);
-    sz.n_seq = sz.in_flight * max_prompts;
-    return sz;
+double Engine::kv_budget_bytes() const {
+    return params_.memory_budget_mb > 0 ? params_.memory_budget_mb * 1024.0 * 1024.0 : free_memory_budget();
 }
 
-RunStats Engine::run(const NextTrack & next, const TrackDone & done, const RunOptions & opts) {
-    if (opts.max_prompts < 1) throw InputError("max_prompts must be >= 1");
-    std::lock_guard<std::mutex> lock(mutex_);
-    const ChatPieces chat = chat_for(opts);
-    if (opts.framing != Framing::Reference) ensure_mtmd();
-    RunOptions o = opts;
-    if (o.track_cells.empty()) {
-        // a stream: size for its longest expected track
-        const int prefix =
-            std::min(max_prefix_positions(chat, o.max_audio_samples ? o.max_audio_samples : kTenMinutes), n_ctx_train());
-        o.track_cells.push_back(prefix + o.max_text_cells);
-        o.max_seq_cells = prefix + o.max_prompt_cells;
+// Tracks in flight and context size for a run. The tracks' sizing cells (largest first) are what each known track,
+// or a stream's longest expected track, can need. Automatic sizing fills at most the memory budget (free device
+// memory after the model, less room for compute buffers) up to the cap; the KV cells actually free decide
+// admissions inside the run, so short tracks fill the same context more densely than long ones.
+RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tracks, const RunRequest & request) const {
+    require_valid(request);
+    RunPlan p;
+    std::vector<int> cells;
+    int seq_cells = 0;
+    for (const auto & t : tracks) {
+        if (known_tracks > 0) require_fits(t, RunLimits{n_ctx_train()});
+        p.max_prompts = std::max(p.max_prompts, t.sequences);  // sequences per track: prompts and follow-ups
+        p.n_batch = std::max(p.n_batch, t.suffix_tokens());  // all prompts of a track in one batch
+        cells.push_back(t.sizing_cells(n_ctx_train()));
+        seq_cells = std::max(seq_cells, t.sizing_seq_cells(n_ctx_train()));
     }
-    Sizing sz = size_run(o);
-    // Out of memory for the context: fewer tracks in flight, down to one.
+    std::sort(cells.rbegin(), cells.rend());
+    const bool automatic = request.tracks_in_flight == 0;
+    const double budget = automatic ? kv_budget_bytes() : 0.0;
+    p.kv_budget_mb = mib(budget);
+    int n = automatic ? (text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu) : request.tracks_in_flight;
+    if (!params_.kv_unified) {
+        // a stream per sequence, each big enough for the longest sequence
+        p.seq_cells = std::max(seq_cells, kMinCells);
+        if (automatic) n = std::max(1, std::min(n, (int) (budget / (p.seq_cells * p.max_prompts * kv_cell_bytes()))));
+    }
+    if (known_tracks > 0) n = std::min<int>(n, (int) known_tracks);
+    p.tracks_in_flight = std::min(n, std::max(1, kMaxSequences / p.max_prompts));
+    p.n_seq = p.tracks_in_flight * p.max_prompts;
+    if (!params_.kv_unified) {
+        p.n_ctx = p.n_seq * p.seq_cells;
+        return p;
+    }
+    p.n_ctx = sum_largest(cells, p.tracks_in_flight);
+    // cells are upper bounds (a silent window more than any track has): tracks usually fit more densely
+    if (automatic) p.n_ctx = std::min(p.n_ctx, (int) std::clamp(budget / kv_cell_bytes(), 0.0, (double) (1 << 30)));
+    p.n_ctx = std::max(p.n_ctx, kMinCells);
+    return p;
+}
+
+// The context for a plan. Out of memory: fewer tracks in flight, down to one.
+void Engine::allocate(RunPlan & p) {
     for (;;) {
         try {
-            ensure_context(sz.n_ctx, sz.n_seq, o.n_batch_needed, sz.seq_cells);
-            break;
+            ensure_context(p.n_ctx, p.n_seq, p.n_batch, p.seq_cells);
+            return;
         } catch (const EngineError &) {
-            if (sz.in_flight <= 1) throw;
-            sz.in_flight = std::max(1, sz.in_flight / 2);
-            sz.n_ctx = std::max(256, sz.n_ctx / 2);
-            sz.n_seq = sz.in_flight * std::max(1, o.max_prompts);
-            if (!params_.kv_unified) sz.n_ctx = sz.n_seq * sz.seq_cells;
+            if (p.tracks_in_flight <= 1) throw;
+            p.tracks_in_flight = std::max(1, p.tracks_in_flight / 2);
+            p.n_ctx = std::max(kMinCells, p.n_ctx / 2);
+            p.n_seq = p.tracks_in_flight * p.max_prompts;
+            if (!params_.kv_unified) p.n_ctx = p.n_seq * p.seq_cells;
         }
     }
-    const bool ahead = o.prepare_ahead < 0 ? params_.prepare_ahead : o.prepare_ahead > 0;
-    BatchRun::Limits lim{sz.in_flight, ctx_n_ctx_, ctx_n_seq_, ctx_n_batch_, n_ctx_train(), ahead, params_.n_threads,
-                         params_.kv_unified ? 0 : ctx_n_ctx_ / ctx_n_seq_};
-    BatchRun run(*res_, o, lim, chat, next, done);
+}
+
+RunStats Engine::run(const NextTrack & next, const TrackDone & done, const std::vector<TrackShape> & tracks,
+                     size_t known_tracks, const RunRequest & request, const InterruptCheck & interrupted) {
+    const ChatPieces chat = chat_for(request);
+    RunPlan plan = plan_run(tracks, known_tracks, request);
+    if (request.framing != Framing::Reference) ensure_mtmd();
+    allocate(plan);
+    const RunLimits fit{n_ctx_train(), ctx_n_ctx_, ctx_n_seq_, params_.kv_unified ? 0 : ctx_n_ctx_ / ctx_n_seq_};
+    const BatchRun::Limits lim{plan.tracks_in_flight, fit, ctx_n_batch_,
+                               request.prepare_ahead.value_or(params_.prepare_ahead), params_.n_threads};
+    BatchRun run(*res_, request, interrupted, lim, chat, next, done);
     last_run_ = RunStats{};
     last_run_ = run.run();
-    last_run_.kv_budget_mb = sz.kv_budget_mb;
+    last_run_.kv_budget_mb = plan.kv_budget_mb;
     return last_run_;
 }
 
-int Engine::prompts_cells(const std::vector<PromptRequest> & prompts, const RunOptions & opts, int * most) const {
-    return text_cells(llama_model_get_vocab(res_->model.get()), chat_for(opts), prompts, n_ctx_train(), most);
+void Engine::check(const std::vector<PromptRequest> & prompts, size_t n_samples, const RunRequest & request) const {
+    require_valid(request);
+    const TrackShape t = shape_track(llama_model_get_vocab(res_->model.get()), chat_for(request), n_samples, prompts);
+    require_fits(t, RunLimits{n_ctx_train()});
 }
 
-std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest> & tracks,
-                                                  const std::string & system_prompt, bool render_special,
-                                                  Framing framing, int max_in_flight, bool debug,
-                                                  const InterruptCheck & interrupted,
-                                                  const std::optional<ChatPieces> & chat_pieces) {
+RunStats Engine::run_stream(const NextTrack & next, const TrackDone & done, const std::vector<PromptRequest> & prompts,
+                            const RunRequest & request, const InterruptCheck & interrupted) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const double seconds = request.max_audio_seconds > 0 ? request.max_audio_seconds : kStreamAudioSeconds;
+    const auto longest = (size_t) (std::min(seconds, 1e7) * kSampleRate);
+    const TrackShape t = shape_track(llama_model_get_vocab(res_->model.get()), chat_for(request), longest, prompts);
+    return run(next, done, {t}, 0, request, interrupted);
+}
+
+std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest> & tracks, const RunRequest & request,
+                                                  const InterruptCheck & interrupted) {
     if (tracks.empty()) return {};
-    RunOptions o;
-    o.system_prompt = system_prompt;
-    o.chat = chat_pieces;
-    o.render_special = render_special;
-    o.framing = framing;
-    o.tracks_in_flight = max_in_flight;
-    o.known_tracks = tracks.size();
-    o.debug = debug;
-    o.interrupted = interrupted;
-    {
-        const ChatPieces chat = chat_for(o);
-        const llama_vocab * vocab = llama_model_get_vocab(res_->model.get());
-        const auto mid = tokenize(vocab, chat.mid, true), tail = tokenize(vocab, chat.tail, true);
-        for (const auto & t : tracks) {
-            o.max_prompts = std::max(o.max_prompts, track_sequences(t.prompts));  // sequences per track
-            const int prefix = std::min(max_prefix_positions(chat, t.pcm.size()), n_ctx_train());
-            int most = 0;
-            o.track_cells.push_back(prefix + text_cells(vocab, chat, t.prompts, n_ctx_train(), &most));
-            o.max_seq_cells = std::max(o.max_seq_cells, prefix + most);
-            int suffix = 0;
-            for (const auto & p : t.prompts) suffix += (int) (mid.size() + tail.size() + tokenize(vocab, p.text, false).size());
-            o.n_batch_needed = std::max(o.n_batch_needed, suffix);  // all prompts of a track in one batch
-        }
+    std::lock_guard<std::mutex> lock(mutex_);
+    const ChatPieces chat = chat_for(request);
+    std::vector<TrackShape> shapes;
+    for (const auto & t : tracks) {
+        shapes.push_back(shape_track(llama_model_get_vocab(res_->model.get()), chat, t.pcm.size(), t.prompts));
     }
-    o.max_prompts = std::max(o.max_prompts, 1);
     size_t i = 0;
     std::vector<GenerateResult> results(tracks.size());
     run([&](TrackRequest & out) {
@@ -446,20 +414,19 @@ std::vector<GenerateResult> Engine::generate_many(const std::vector<TrackRequest
             out = tracks[i++];
             return true;
         },
-        [&](size_t index, GenerateResult && r) { results[index] = std::move(r); }, o);
+        [&](size_t index, GenerateResult && r) { results[index] = std::move(r); }, shapes, tracks.size(), request,
+        interrupted);
     for (const auto & r : results) {
-        if (!r.error_kind.empty()) rethrow_track_error(r);
+        if (r.error) std::rethrow_exception(r.error);
     }
     return results;
 }
 
-GenerateResult Engine::generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
-                                const std::string & system_prompt, bool render_special, Framing framing,
-                                bool debug, const InterruptCheck & interrupted, const std::optional<ChatPieces> & chat) {
-    std::vector<TrackRequest> one(1);
-    one[0].pcm = pcm;
-    one[0].prompts = prompts;
-    return std::move(generate_many(one, system_prompt, render_special, framing, 1, debug, interrupted, chat)[0]);
+GenerateResult Engine::generate(const TrackRequest & track, const RunRequest & request,
+                                const InterruptCheck & interrupted) {
+    RunRequest one = request;
+    one.tracks_in_flight = 1;
+    return std::move(generate_many({track}, one, interrupted)[0]);
 }
 
 std::map<std::string, std::string> build_info() {

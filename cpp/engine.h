@@ -9,9 +9,11 @@
 // may abort the process on bad input.
 #pragma once
 
-#include "errors.h"
+#include "plan.h"
+#include "types.h"
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -26,198 +28,7 @@ struct mtmd_context;
 
 namespace mf {
 
-// Flash attention for both the text model and the audio encoder (llama.cpp's and clip's own enums, one setting).
-enum class FlashAttn { Auto = -1, Off = 0, On = 1 };
-
-struct EngineParams {
-    std::string model_path;
-    std::string mmproj_path;
-    int n_gpu_layers = -1;       // -1: all layers
-    bool mmproj_use_gpu = true;  // audio encoder on the first GPU when there is one
-    int n_threads = 0;           // 0: half the logical CPUs (about the physical cores)
-    FlashAttn flash_attn = FlashAttn::Auto;
-    int n_ctx = 0;               // 0: sized per call from the audio length and the prompts' limits (grows, never shrinks)
-    int n_batch = 2048;          // logical batch; grown when the prompts of one call need more
-    int n_ubatch = 1024;         // physical batch; >= 750 so one 30 s audio window is not split (the compute
-                                 // buffer holds n_ubatch rows of activations)
-    int n_seq_max = 8;           // sequences the context is made for; grown when a call has more prompts
-    std::string kv_type = "f16"; // KV cache element type: f16, f32 (exact comparisons), q8_0 (half the memory)
-    bool warmup = true;          // mtmd encodes one dummy window at load (finds unsupported GPU ops early)
-    int n_sampling_threads = 0;  // threads that sample the rows of a step; 0: up to 4, a quarter of the CPUs
-    double memory_budget_mb = 0; // KV cache budget for automatic sizing; 0: from the device's free memory
-    bool prepare_ahead = true;   // encode the next tracks' audio on a helper thread while others decode
-    // One KV cache for all sequences (a track's prompts share its prefix cells; every query's attention reads
-    // every track's cells, masked), or one stream per sequence (each fork copies the prefix; attention and a new
-    // track's prefill read only their own stream). bench/RESULTS.md measures both on a GPU.
-    bool kv_unified = true;
-};
-
-// A new sampling setting: a field here (and its use in sampling.cpp), one Field line in bindings.cpp (bind_types)
-// and a field of the Python Prompt (datatypes.py, checked in validation.py); tests/test_core_stub.py fails until
-// _core.pyi has it too.
-struct SamplingParams {
-    float temperature = 0.0f;    // <= 0: greedy
-    float top_p = 1.0f;
-    int top_k = 0;               // 0: off
-    float min_p = 0.0f;
-    float repeat_penalty = 1.0f; // 1: off
-    int repeat_last_n = 64;      // tokens the repeat penalty looks back over; 0..kMaxRepeatLastN
-    uint32_t seed = 0;
-    bool ignore_eos = false;     // never sample end-of-generation tokens: every answer runs to max_tokens (benchmarks)
-};
-
-// llama.cpp's penalty sampler keeps a ring buffer of repeat_last_n tokens per sequence: a bound keeps a huge value
-// from allocating gigabytes. Longer than any answer the model's context allows. (validation.py: REPEAT_LAST_N_MAX)
-constexpr int kMaxRepeatLastN = 65536;
-
-// A question asked after a prompt's answer, in the same conversation (the pipeline's short summaries). The
-// sequence holding the audio, the question and the answer is continued, not recomputed: the end of the answer's
-// turn, this text and the start of a new assistant turn are appended to a copy of it (cpp/followup.cpp).
-struct FollowUpRequest {
-    std::string text;            // tokenized as plain text, as a prompt's
-    int max_tokens = 64;
-    SamplingParams sampling;
-};
-
-struct PromptRequest {
-    std::string text;            // the user's question, tokenized as plain text (no special tokens honoured)
-    int max_tokens = 256;
-    SamplingParams sampling;
-    std::vector<FollowUpRequest> followups;  // asked after this prompt's answer, each in its own sequence
-    // A known answer (the catch-up case: a sidecar that already holds it): fed as the assistant's turn instead of
-    // generated, so only the follow-ups are. answer_tokens when given (exact: a PromptOutput's tokens), else
-    // answer tokenized as plain text. A track whose prompts are all answered may have no audio (text only).
-    bool answered = false;
-    std::string answer;
-    std::vector<int32_t> answer_tokens;
-};
-
-// How the audio is put in front of the LLM.
-enum class Framing {
-    // What llama-mtmd-cli does: one log-mel over the whole track, 30 s windows of 750 tokens each (the last one
-    // padded, plus a silent one at exact multiples of 30 s), a literal "<sound>" token before the audio.
-    Mtmd = 0,
-    // The reference (NVIDIA's code, transformers): one log-mel per 30 s window, the last window's tokens trimmed to
-    // its real length, no literal "<sound>" token, "\n" after the audio. mtmd's encoder cannot mask the padding of
-    // the last window, so its trimmed tokens still saw the padding.
-    ReferenceTrim = 1,
-    // As ReferenceTrim, but (for audio of 30 s or more) the last window is the final 30 s of real audio, so no
-    // padding is encoded; only its tokens after the previous window are kept.
-    ReferenceTail = 2,
-    // The reference at every length: each window's log-mel (padded to 30 s, normalised per window, as the
-    // reference's) is cut to its real frames and only those go through the encoder, so the encoder attends to what
-    // the reference's mask leaves; the reference's token count per window (audio_window.h).
-    Reference = 3,
-};
-
-struct PromptOutput {
-    std::string text;            // raw UTF-8 bytes (the caller decodes; a cut at max_tokens may split a character)
-    std::vector<int32_t> tokens;
-    std::string stop_reason;     // "eog", "max_tokens", or "answer" (a known answer, fed not generated)
-    std::vector<PromptOutput> followups;  // one per PromptRequest::followups, in order
-};
-
-struct GenerateStats {
-    double audio_seconds = 0;
-    int audio_chunks = 0;        // 30 s windows as the framing cuts them
-    int audio_tokens = 0;
-    int prefix_tokens = 0;       // shared prefix positions (chat head + audio)
-    int prompt_tokens = 0;       // sum over prompts of the per-prompt suffix
-    int n_ctx = 0;
-    double mel_ms = 0;           // log-mel of the audio (helper thread with prepare_ahead)
-    double encode_ms = 0;        // audio encoder (helper thread with prepare_ahead)
-    double prefill_ms = 0;       // prefix text + audio embeddings + prompt suffixes through the LLM
-    double decode_ms = 0;        // from the first generated token to the last
-    int tokens_generated = 0;
-    double decode_tokens_per_s = 0;
-    double total_ms = 0;         // from admission (after the audio was encoded) to the last token
-};
-
-struct GenerateResult {
-    std::vector<PromptOutput> outputs;
-    GenerateStats stats;
-    // Set when this track failed alone (Engine::run): the exception's kind ("InputError", "EngineError") and message.
-    std::string error_kind, error;
-    // Only with `debug`: the audio embeddings as fed to the LLM (audio_tokens x n_embd) and the logits of the
-    // first generated position of prompt 0 (n_vocab). For fidelity measurements against transformers.
-    std::vector<float> audio_embd;
-    std::vector<float> first_logits;
-    // Only with `debug`: the token ids of prompt 0 as fed (chat head, -1 per audio position, mid, question, tail),
-    // to compare with the reference processor's.
-    std::vector<int32_t> prompt_tokens;
-};
-
-// The chat around the audio and the user's text: head <audio> mid <user text> tail. head, mid and tail are
-// tokenized with special tokens honoured, the user's text as plain text. For every framing but Mtmd the caller
-// renders them from the model's own chat template (python/music_flamingo/chat_template.py, as transformers does,
-// default system message included; mid = "\n"); Mtmd formats the chat as llama-mtmd-cli does (llama.cpp's
-// built-in template, no default system message; for ChatML head = "<|im_start|>user\n", mid = "",
-// tail = "<|im_end|>\n<|im_start|>assistant\n").
-// next_turn: what the template puts between an assistant's answer and the next user text (ChatML:
-// "<|im_end|>\n<|im_start|>user\n"); a follow-up is next_turn <text> tail. Empty: follow-ups are refused.
-struct ChatPieces {
-    std::string head, mid, tail;
-    std::string next_turn;
-};
-
-// One track of a generate_many() call. pcm may be empty when every prompt is answered (a text-only track).
-struct TrackRequest {
-    std::vector<float> pcm;
-    std::vector<PromptRequest> prompts;
-};
-
-// Called between decode steps; returns true to stop (used for Ctrl-C from Python).
-using InterruptCheck = std::function<bool()>;
-// Engine::run's source: fills the next track and returns true, or returns false when there is none left.
-// Called from the helper thread that encodes audio (or the caller's thread without prepare_ahead).
-using NextTrack = std::function<bool(TrackRequest &)>;
-// Engine::run's sink: the result of the index-th track taken from the source. Called on the caller's thread.
-using TrackDone = std::function<void(size_t, GenerateResult &&)>;
-
-struct RunOptions {
-    std::string system_prompt;       // Mtmd framing only: the others take `chat`
-    std::optional<ChatPieces> chat;  // rendered template pieces; required by every framing but Mtmd
-    bool render_special = false;     // keep the text of special tokens in the output (as llama-mtmd-cli prints them)
-    Framing framing = Framing::Mtmd;
-    int tracks_in_flight = 0;        // 0: automatic (from free memory, capped where attention cost outgrows the gain)
-    int max_prompts = 0;             // most prompts any track has (sizes the sequences); required by run()
-    size_t max_audio_samples = 0;    // longest audio expected (sizes the context for a stream); 0: 10 minutes
-    size_t known_tracks = 0;         // how many tracks the source holds, when known (0: a stream)
-    std::vector<int> track_cells;    // when known: each track's KV cells at most (sizes the context exactly)
-    int max_text_cells = 0;          // a stream: KV cells of a track's prompts, suffixes and token limits
-                                     // (Engine::prompts_cells); with max_audio_samples it bounds a track's cells
-    int n_batch_needed = 0;          // tokens of the largest track's prompt suffixes together (one batch)
-    int max_prompt_cells = 0;        // a stream: the most one prompt's suffix and token limit take
-    int max_seq_cells = 0;           // positions one sequence can need: prefix + its suffix + token limit (bound)
-    bool debug = false;              // audio embeddings and first logits of the first track
-    bool profile = false;            // record every decode step (RunStats::step_*)
-    int prepare_ahead = -1;          // -1: the engine's setting; 0/1: encode on the decode thread / a helper thread
-    InterruptCheck interrupted;
-};
-
-// What one run did, for benchmarks: where the time went between and inside decode steps.
-struct RunStats {
-    int tracks = 0;
-    int tracks_failed = 0;
-    int tracks_in_flight = 0;        // the limit used (chosen automatically or given)
-    int peak_in_flight = 0;
-    int n_ctx = 0;
-    int n_seq = 0;
-    double kv_budget_mb = 0;         // memory the automatic sizing allowed the KV cache (0: not used)
-    int steps = 0;
-    long step_tokens = 0;            // sum over steps of the sequences decoded
-    double decode_ms = 0;            // inside llama_decode (+ synchronize) for the steps
-    double sample_ms = 0;            // sampling the rows of the steps
-    double host_ms = 0;              // all per-step work outside llama_decode (sampling, batch, bookkeeping)
-    double admit_ms = 0;             // prefill of admitted tracks on the decode thread
-    double wait_ms = 0;              // decode thread waiting for the helper thread's encoded audio
-    double prepare_ms = 0;           // mel + encoder of all tracks (helper thread with prepare_ahead)
-    double wall_ms = 0;
-    int sampling_threads = 1;
-    // with RunOptions::profile, one entry per step: live sequences, host ms before the step, decode ms
-    std::vector<int> step_batch;
-    std::vector<float> step_host_ms, step_decode_ms;
-};
+struct EngineResources;
 
 class Engine {
 public:
@@ -226,52 +37,53 @@ public:
     Engine(const Engine &) = delete;
     Engine & operator=(const Engine &) = delete;
 
-    // pcm: mono float32 at sample_rate() Hz. Thread-safe: concurrent callers are serialized.
-    // render_special: keep the text of special tokens in the output (as llama-mtmd-cli prints them).
-    GenerateResult generate(const std::vector<float> & pcm, const std::vector<PromptRequest> & prompts,
-                            const std::string & system_prompt, bool render_special = false,
-                            Framing framing = Framing::Mtmd, bool debug = false,
-                            const InterruptCheck & interrupted = nullptr,
-                            const std::optional<ChatPieces> & chat = std::nullopt);
+    // track.pcm: mono float32 at sample_rate() Hz. Thread-safe: concurrent callers are serialized. A failure is
+    // thrown as the exception the track failed with.
+    GenerateResult generate(const TrackRequest & track, const RunRequest & request,
+                            const InterruptCheck & interrupted = nullptr);
 
-    // Several tracks with continuous batching: up to max_in_flight tracks (0: automatic) decode in the same steps,
-    // and a finished track's sequences go to the next track. Results in the order of `tracks`; with greedy
-    // decoding and flash attention off each equals generate() of that track alone. The first failing track's
-    // error is thrown (after all tracks ran).
-    std::vector<GenerateResult> generate_many(const std::vector<TrackRequest> & tracks, const std::string & system_prompt,
-                                              bool render_special, Framing framing, int max_in_flight,
-                                              bool debug = false, const InterruptCheck & interrupted = nullptr,
-                                              const std::optional<ChatPieces> & chat = std::nullopt);
+    // Several tracks with continuous batching: up to request.tracks_in_flight tracks (0: automatic) decode in the
+    // same steps, and a finished track's sequences go to the next track. Results in the order of `tracks`; with
+    // greedy decoding and flash attention off each equals generate() of that track alone. A track that cannot fit
+    // the model is refused before anything runs; otherwise the first failing track's error is thrown after all
+    // tracks ran.
+    std::vector<GenerateResult> generate_many(const std::vector<TrackRequest> & tracks, const RunRequest & request,
+                                              const InterruptCheck & interrupted = nullptr);
 
-    // The general form: tracks come from `next` (a stream), results go to `done` as each track finishes; a track
-    // that fails alone (too long, out of memory) is reported through `done` with its error and the others go on.
-    RunStats run(const NextTrack & next, const TrackDone & done, const RunOptions & opts);
+    // A stream: tracks come from `next`, each with `prompts`; results go to `done` as each track finishes. A track
+    // that fails alone (too short, too long, out of memory) reaches `done` with its exception and the others go on.
+    // The context is sized for request.max_audio_seconds (0: 10 minutes).
+    RunStats run_stream(const NextTrack & next, const TrackDone & done, const std::vector<PromptRequest> & prompts,
+                        const RunRequest & request, const InterruptCheck & interrupted = nullptr);
+
+    // Whether a track of n_samples with `prompts` can run under `request` (the model's trained context, its
+    // sequences): throws the InputError the run would give it, before any audio is encoded or memory allocated.
+    void check(const std::vector<PromptRequest> & prompts, size_t n_samples, const RunRequest & request) const;
 
     int sample_rate() const;
     int n_ctx_train() const;
     double kv_cell_bytes() const;
-    double free_memory_budget() const;
-    // KV cells that `prompts` can need besides the audio prefix (their suffixes and token limits).
-    // `most`, if given, receives the most one prompt takes (a sequence's share besides the prefix).
-    int prompts_cells(const std::vector<PromptRequest> & prompts, const RunOptions & opts, int * most = nullptr) const;
     const RunStats & last_run_stats() const { return last_run_; }
     // Static facts about the loaded model: file names, architecture, template, devices used.
     std::map<std::string, std::string> info() const;
 
-    // Internals shared with BatchRun (cpp/batch_run.cpp).
-    struct Resources;
-
 private:
-    struct Sizing;
-    Sizing size_run(const RunOptions & opts);
+    // How a run of `tracks` is sized (for a stream: its longest expected track; known_tracks 0) and whether each
+    // known track fits the model: plan.h's rules with this engine's facts.
+    RunPlan plan_run(const std::vector<TrackShape> & tracks, size_t known_tracks, const RunRequest & request) const;
+    RunStats run(const NextTrack & next, const TrackDone & done, const std::vector<TrackShape> & tracks,
+                 size_t known_tracks, const RunRequest & request, const InterruptCheck & interrupted);
+    void allocate(RunPlan & plan);  // the context for `plan`, fewer tracks in flight when memory is short
+    double kv_budget_bytes() const;
+    double free_memory_budget() const;
     void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells = 0);
     void ensure_mtmd();
     ChatPieces format_chat(const std::string & system_prompt) const;
-    ChatPieces chat_for(const RunOptions & opts) const;
+    ChatPieces chat_for(const RunRequest & request) const;
     std::string token_text(bool used, int32_t token) const;  // "" when unused or absent
 
     EngineParams params_;
-    std::unique_ptr<Resources> res_;
+    std::unique_ptr<EngineResources> res_;  // cpp/resources.h
     int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0;
     std::string chat_template_;  // as stored in the GGUF ("chatml" when absent)
     std::string text_device_, audio_device_;

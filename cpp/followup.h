@@ -13,7 +13,7 @@
 // off this equals a fresh conversation holding the same answer tokens (tests/test_followups.py).
 #pragma once
 
-#include "engine.h"
+#include "types.h"
 
 #include <cstdint>
 #include <vector>

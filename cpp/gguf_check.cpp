@@ -1,6 +1,7 @@
 #include "gguf_check.h"
 
 #include "errors.h"
+#include "ggml-cpp.h"
 #include "gguf.h"
 
 #include <cerrno>
@@ -14,8 +15,7 @@ namespace {
 
 constexpr const char * kExpectedProjector = "musicflamingo";
 
-struct GgufDeleter { void operator()(gguf_context * g) const { gguf_free(g); } };
-using GgufPtr = std::unique_ptr<gguf_context, GgufDeleter>;
+using GgufPtr = gguf_context_ptr;  // ggml's own (ggml-cpp.h)
 
 // Opens `path` as a GGUF (metadata only). `what` names the role ("model", "mmproj") in messages.
 GgufPtr open_gguf(const std::string & path, const char * what) {

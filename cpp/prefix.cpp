@@ -15,10 +15,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
-struct ChunksDeleter { void operator()(mtmd_input_chunks * c) const { mtmd_input_chunks_free(c); } };
-struct BitmapDeleter { void operator()(mtmd_bitmap * b) const { mtmd_bitmap_free(b); } };
-using ChunksPtr = std::unique_ptr<mtmd_input_chunks, ChunksDeleter>;
-using BitmapPtr = std::unique_ptr<mtmd_bitmap, BitmapDeleter>;
+using ChunksPtr = mtmd::input_chunks_ptr;  // mtmd's own (mtmd.h)
+using BitmapPtr = mtmd::bitmap_ptr;
 
 // What llama-mtmd-cli does: mtmd tokenizes "head<marker>" with the audio (one mel over the whole track, 750-token
 // windows, a literal "<sound>" before them); every audio chunk is encoded here, in order.

@@ -4,7 +4,7 @@
 // the LLM (BatchRun::eval_prefix).
 #pragma once
 
-#include "engine.h"
+#include "types.h"
 
 #include <cstdint>
 #include <memory>

@@ -7,8 +7,8 @@
 // SamplerPool runs the rows of a step on a few threads.
 #pragma once
 
-#include "engine.h"
-#include "llama.h"
+#include "types.h"
+#include "llama-cpp.h"
 
 #include <condition_variable>
 #include <functional>
@@ -19,8 +19,7 @@
 
 namespace mf {
 
-struct SamplerDeleter { void operator()(llama_sampler * s) const { llama_sampler_free(s); } };
-using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
+using SamplerPtr = llama_sampler_ptr;  // llama.cpp's own (llama-cpp.h)
 
 // One sequence's sampler. Its llama.cpp chain is the one the sequence always had (HF order: temperature, top-k,
 // top-p, min-p, then the seeded draw; or greedy), so a seed gives the tokens it gave before the fast paths; only

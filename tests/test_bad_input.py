@@ -84,14 +84,15 @@ def child_generate(
     """``generate()`` through the Python API, or (``native``) straight into ``_core.Engine.generate``."""
     import resource
 
-    from music_flamingo import Prompt
+    from music_flamingo import Prompt, _core
     from music_flamingo.gguf_backend import native_framing
 
     mf = engine(model, mmproj, flash_attn=False)
     if native:
         audio = np.ascontiguousarray(audio).view(np.float32)  # the canonical descriptor (see audio.as_engine_audio)
         fr = native_framing(framing or mf.framing)
-        raw = mf._engine.generate(audio, sample_rate, native_prompts(prompts), "", False, fr, False, mf._chat(fr))
+        request = _core.RunRequest(framing=fr, chat=mf._chat(fr))
+        raw = mf._engine.generate(audio, sample_rate, native_prompts(prompts), request=request)
         texts = [o.text for o in raw.outputs]
     else:
         texts = mf.generate(audio, [Prompt(**p) for p in prompts], framing=framing, sample_rate=sample_rate).texts

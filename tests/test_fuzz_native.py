@@ -95,7 +95,7 @@ def build_audio(spec: dict) -> Any:
 def fuzz_call(model: str, mmproj: str, call: dict, native: bool) -> int:
     """One fuzzed call: through the Python API, or (``native``) straight into ``_core.Engine``. Returns how many
     answers came back (checked against the prompts by the caller)."""
-    from music_flamingo import Prompt
+    from music_flamingo import Prompt, _core
     from music_flamingo.gguf_backend import FRAMINGS, native_framing
 
     mf = engine(model, mmproj, flash_attn=False)
@@ -108,10 +108,13 @@ def fuzz_call(model: str, mmproj: str, call: dict, native: bool) -> int:
         chat = None if fr == 7 else mf._chat(fr)  # the rendered template, as the package passes it
         if call["mode"] == "generate":
             audio, ps = tracks[0]
-            raw = eng.generate(audio, call["sample_rate"], native_prompts(ps), "", False, fr, False, chat)
+            raw = eng.generate(
+                audio, call["sample_rate"], native_prompts(ps), request=_core.RunRequest(framing=fr, chat=chat)
+            )
             return len(raw.outputs)
         tracks = [(a, native_prompts(ps)) for a, ps in tracks]
-        raws = eng.generate_many(tracks, call["sample_rate"], "", False, fr, call["tracks_in_flight"], chat)
+        request = _core.RunRequest(framing=fr, chat=chat, tracks_in_flight=call["tracks_in_flight"])
+        raws = eng.generate_many(tracks, call["sample_rate"], request=request)
         return sum(len(r.outputs) for r in raws)
     if call["mode"] == "generate":
         audio, ps = tracks[0]

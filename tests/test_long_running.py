@@ -127,7 +127,7 @@ def race_close(
     The engine copies and checks the whole audio before it takes its mutex: for long audio that is the
     milliseconds-wide window of defect 3. With ``nan_tail`` the check then refuses the audio, so a try costs no
     encoding (but never reaches the mutex)."""
-    from music_flamingo import MusicFlamingoGGUF, Prompt
+    from music_flamingo import MusicFlamingoGGUF, Prompt, _core
     from music_flamingo.gguf_backend import native_framing
 
     audio = np.zeros(SR * seconds, np.float32)
@@ -146,11 +146,7 @@ def race_close(
                         audio,
                         SR,
                         native_prompts([{"text": "Describe.", "max_tokens": 2}]),
-                        "",
-                        False,
-                        fr,
-                        False,
-                        mf._chat(fr),
+                        request=_core.RunRequest(framing=fr, chat=mf._chat(fr)),
                     )
                 else:
                     mf.generate(audio, [Prompt("Describe.", max_tokens=2)])

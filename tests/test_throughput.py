@@ -137,19 +137,20 @@ def test_the_engine_refuses_audio_too_short_for_the_mel_without_aborting(tiny):
         import os, numpy as np
         from music_flamingo import _core, InvalidInputError
         e = _core.Engine(os.environ["MODEL"], os.environ["MMPROJ"], n_threads=1, warmup=False)
-        chat = ("<|im_start|>user\\n", "\\n", "<|im_end|>\\n<|im_start|>assistant\\n")
+        chat = _core.ChatPieces(head="<|im_start|>user\\n", mid="\\n", tail="<|im_end|>\\n<|im_start|>assistant\\n")
         hi = [_core.PromptRequest("hi", max_tokens=2)]
         for n in (1, 2, 3, 4, 100, 320):
             for framing in _core.Framing.__members__.values():
                 try:
-                    e.generate(np.zeros(n, np.float32), 16000, hi, "", False, framing,
-                               chat=None if framing == _core.Framing.Mtmd else chat)
+                    request = _core.RunRequest(framing=framing, chat=None if framing == _core.Framing.Mtmd else chat)
+                    e.generate(np.zeros(n, np.float32), 16000, hi, request=request)
                     print("accepted", n)
                 except InvalidInputError as x:
                     assert "too short" in str(x), x
         # a sliver after a whole window (one token's worth) is padded for mtmd's mel, not refused
         for framing in (_core.Framing.ReferenceTrim, _core.Framing.ReferenceTail, _core.Framing.Reference):
-            r = e.generate(np.zeros(30 * 16000 + 400, np.float32), 16000, hi, "", False, framing, chat=chat)
+            r = e.generate(np.zeros(30 * 16000 + 400, np.float32), 16000, hi,
+                           request=_core.RunRequest(framing=framing, chat=chat))
             print("ok", r.stats.audio_chunks)
     """,
         tiny,

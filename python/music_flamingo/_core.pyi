@@ -68,7 +68,7 @@ class PromptRequest:
     ) -> None: ...
 
 class Framing:
-    """How the audio is put in front of the LLM (cpp/engine.h, enum Framing)."""
+    """How the audio is put in front of the LLM (cpp/types.h, enum Framing)."""
 
     Mtmd: ClassVar[Framing]
     ReferenceTrim: ClassVar[Framing]
@@ -148,15 +148,47 @@ class GenerateResult:
     @property
     def stats(self) -> GenerateStats: ...
     @property
-    def error_kind(self) -> str: ...
-    @property
-    def error(self) -> str: ...
-    @property
     def audio_embd(self) -> npt.NDArray[np.float32]: ...
     @property
     def first_logits(self) -> npt.NDArray[np.float32]: ...
     @property
     def prompt_tokens(self) -> list[int]: ...
+
+class ChatPieces:
+    """The chat around the audio and the question: head <audio> mid <question> tail (music_flamingo.chat_template);
+    next_turn (between an answer and the next question): without it follow-ups are refused."""
+
+    head: str
+    mid: str
+    tail: str
+    next_turn: str
+    def __init__(self, *, head: str = "", mid: str = "", tail: str = "", next_turn: str = "") -> None: ...
+
+class RunRequest:
+    """One run's settings; a keyword it does not know is a TypeError. Defaults are the engine's."""
+
+    system_prompt: str
+    chat: ChatPieces | None
+    render_special: bool
+    framing: Framing
+    tracks_in_flight: int
+    max_audio_seconds: float
+    profile: bool
+    prepare_ahead: bool | None
+    debug: bool
+    def __init__(
+        self,
+        *,
+        system_prompt: str = "",
+        chat: ChatPieces | None = None,
+        render_special: bool = False,
+        framing: Framing = ...,
+        tracks_in_flight: int = 0,
+        max_audio_seconds: float = 0.0,
+        profile: bool = False,
+        prepare_ahead: bool | None = None,
+        debug: bool = False,
+    ) -> None: ...
 
 class RunStats:
     """Where the time of one run went, for benchmarks (read-only)."""
@@ -202,9 +234,6 @@ class RunStats:
     @property
     def step_decode_ms(self) -> list[float]: ...
 
-# head, mid, tail[, next_turn] (music_flamingo.chat_template; without next_turn follow-ups are refused)
-_ChatPieces = tuple[str, str, str] | tuple[str, str, str, str]
-
 class Engine:
     """The resident engine: model and audio encoder loaded once. Every call releases the GIL while it runs."""
 
@@ -233,39 +262,28 @@ class Engine:
         audio: npt.NDArray[np.float32],
         sample_rate: int,
         prompts: Sequence[PromptRequest],
-        system_prompt: str = "",
-        render_special: bool = False,
-        framing: Framing = ...,
-        debug: bool = False,
-        chat: _ChatPieces | None = None,
+        *,
+        request: RunRequest = ...,
     ) -> GenerateResult: ...
     def generate_many(
         self,
         tracks: list[tuple[npt.NDArray[np.float32], Sequence[PromptRequest]]],
         sample_rate: int,
-        system_prompt: str = "",
-        render_special: bool = False,
-        framing: Framing = ...,
-        max_in_flight: int = 0,
-        chat: _ChatPieces | None = None,
+        *,
+        request: RunRequest = ...,
     ) -> list[GenerateResult]: ...
     def run_stream(
         self,
         next_audio: Callable[
             [], npt.NDArray[np.float32] | tuple[npt.NDArray[np.float32], Sequence[PromptRequest]] | None
         ],
-        on_result: Callable[[int, GenerateResult], None],
+        on_result: Callable[[int, GenerateResult | Exception], None],
         prompts: Sequence[PromptRequest],
         sample_rate: int,
-        system_prompt: str = "",
-        render_special: bool = False,
-        framing: Framing = ...,
-        tracks_in_flight: int = 0,
-        max_audio_seconds: float = 0.0,
-        profile: bool = False,
-        prepare_ahead: int = -1,
-        chat: _ChatPieces | None = None,
+        *,
+        request: RunRequest = ...,
     ) -> RunStats: ...
+    def check(self, prompts: Sequence[PromptRequest], n_samples: int, *, request: RunRequest = ...) -> None: ...
     def last_run_stats(self) -> RunStats: ...
     def info(self) -> dict[str, str]: ...
     @property

@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from . import _core
 
 
+# A bare-string prompt's token limit: the engine's own default (cpp/types.h, kDefaultMaxTokens;
+# tests/test_core_stub.py compares the two), the one place Python states it.
+DEFAULT_MAX_TOKENS = 256
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One question about a track, with its own token limit and sampling settings.
@@ -24,7 +29,7 @@ class Prompt:
     """
 
     text: str
-    max_tokens: int = 256
+    max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0

@@ -8,10 +8,11 @@ audio once and answers all prompts from one shared prefix, decoded together. It 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,7 +23,7 @@ from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
 from .chat_template import ChatPieces, render_pieces
-from .datatypes import FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
+from .datatypes import DEFAULT_MAX_TOKENS, FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlamingoError
 from .fsutil import require_regular_file
 from .gguf_meta import model_facts
@@ -37,23 +38,23 @@ _T = TypeVar("_T")
 
 def _one_call_at_a_time(method: Callable[..., _T]) -> Callable[..., _T]:
     """Engine calls and :meth:`MusicFlamingoGGUF.close` take turns: ``close()`` waits for a call in progress, and a
-    call after it gets "engine is closed" rather than racing the engine's destruction. Once the interpreter is
-    exiting (:mod:`.lifecycle`), calls stop as on Ctrl-C."""
+    call after it gets "engine is closed" rather than racing the engine's destruction. A call from inside a call
+    (a ``generate_stream`` callback, on the caller's thread or the engine's helper thread) could only wait for
+    itself: it is refused with :class:`EngineError`. Once the interpreter is exiting (:mod:`.lifecycle`), calls stop
+    as on Ctrl-C."""
 
     @functools.wraps(method)
     def wrapper(self: MusicFlamingoGGUF, *args: Any, **kwargs: Any) -> _T:
-        with self._call_lock:
+        self._refuse_reentry(method.__name__)
+        with self._call_lock, self._inside_call():
             lifecycle.raise_if_exiting()
             return method(self, *args, **kwargs)
 
     return wrapper
 
 
-# The audio encoder's rate (100 mel frames/s, /2 by the convolutions, /2 by the pooling); every framing pads or
-# trims windows around it, never below it.
-AUDIO_TOKENS_PER_S = 25
 # How audio is put in front of the LLM: the package's names for the engine's _core.Framing members (see
-# cpp/engine.h, enum Framing, and bench/FIDELITY.md). The default is the framing whose answers came closest to
+# cpp/types.h, enum Framing, and bench/FIDELITY.md). The default is the framing whose answers came closest to
 # transformers' in bench/fidelity.py (bench/fidelity.json, best_framing).
 FRAMINGS = {
     "llamacpp": "Mtmd",
@@ -73,15 +74,6 @@ def native_framing(framing: str) -> _core.Framing:
     return getattr(_core.Framing, FRAMINGS[framing])
 
 
-def tracks_in_flight_code(value: int | str) -> int:
-    """``'auto'`` (or 0) -> 0, the engine's automatic sizing; a positive int as is."""
-    if value in ("auto", 0):
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"tracks_in_flight must be 'auto' or a positive integer, got {value!r}")
-    return value
-
-
 def _flash_attn(flash_attn: bool | str | None) -> _core.FlashAttn:
     from . import _core
 
@@ -92,12 +84,6 @@ def _flash_attn(flash_attn: bool | str | None) -> _core.FlashAttn:
     raise ValueError(f"flash_attn must be True, False or 'auto', got {flash_attn!r}")
 
 
-def _as_dict(native: Any) -> dict[str, Any]:
-    """A read-only engine object (``_core.RunStats``) as the plain dict the public API returns: its public
-    attributes, by name."""
-    return {k: getattr(native, k) for k in dir(native) if not k.startswith("_")}
-
-
 def _model_files(
     model_name: str | None,
     model_path: str | os.PathLike | None,
@@ -105,8 +91,8 @@ def _model_files(
     model_dir: str | os.PathLike | None,
     offline: bool,
 ) -> tuple[str | None, Path, Path]:
-    """The model's name (None for explicit files) and its two GGUF files, found or downloaded, each checked to be a
-    readable regular file (:class:`ModelFileError` otherwise)."""
+    """The model's name (None for explicit files: the label comes from the file name) and its two files, found
+    (downloaded unless ``offline``) by name or given, each checked to be a regular file."""
     if model_path is None or mmproj_path is None:
         if model_name is None:
             raise ModelFileError("give model_name (e.g. 'Q6_K') or both model_path and mmproj_path")
@@ -123,7 +109,23 @@ def _model_files(
             raise ModelFileError(f"model file not found: {path}") from None
         except OSError as e:
             raise ModelFileError(f"cannot read model file: {e}") from None
-    return (canonical_model_name(model_name) if model_name is not None else None), *paths  # q6_k: Q6_K
+    return (canonical_model_name(model_name) if model_name is not None else None), paths[0], paths[1]  # q6_k: Q6_K
+
+
+def _system_prompt(value: str | None) -> str:
+    """The system message; None, as "", means the chat template's own default. Anything else is refused here, at
+    construction, rather than at the first call."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"system_prompt must be a string or None, got {type(value).__name__}")
+    return value
+
+
+def _as_dict(native: Any) -> dict[str, Any]:
+    """A read-only engine object (``_core.RunStats``) as the plain dict the public API returns: its public
+    attributes, by name."""
+    return {k: getattr(native, k) for k in dir(native) if not k.startswith("_")}
 
 
 class MusicFlamingoGGUF(AnalyzerCalls):
@@ -161,23 +163,23 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         model_dir: str | os.PathLike | None = None,
         offline: bool = False,
         options: AnalysisOptions | None = None,
-        n_gpu_layers: int = -1,
-        mmproj_use_gpu: bool = True,
+        n_gpu_layers: int | None = None,
+        mmproj_use_gpu: bool | None = None,
         n_threads: int | None = None,
         flash_attn: bool | str | None = "auto",
-        n_ctx: int = 0,
-        n_batch: int = 2048,
-        n_ubatch: int = 1024,
-        n_seq_max: int = 8,
-        kv_cache_type: str = "f16",
-        system_prompt: str = "",
+        n_ctx: int | None = None,
+        n_batch: int | None = None,
+        n_ubatch: int | None = None,
+        n_seq_max: int | None = None,
+        kv_cache_type: str | None = None,
+        system_prompt: str | None = "",
         framing: str = DEFAULT_FRAMING,
-        warmup: bool = True,
+        warmup: bool | None = None,
         verbose: bool = False,
-        n_sampling_threads: int = 0,
-        memory_budget_mb: float = 0.0,
-        prepare_ahead: bool = True,
-        kv_unified: bool = True,
+        n_sampling_threads: int | None = None,
+        memory_budget_mb: float | None = None,
+        prepare_ahead: bool | None = None,
+        kv_unified: bool | None = None,
         **analysis: Any,
     ) -> None:
         # first: a bad option or prompts file is refused before the model loads
@@ -185,20 +187,18 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         self.model_name, self.model_path, self.mmproj_path = _model_files(
             model_name, model_path, mmproj_path, model_dir, offline
         )
-        self.system_prompt = system_prompt
+        self.system_prompt = _system_prompt(system_prompt)
         native_framing(framing)  # refused before the model loads
         self.framing = framing
         set_native_log_level(verbose)
-        from . import _core
-
         self._call_lock = threading.Lock()
-        logger.info("loading %s + %s", self.model_path.name, self.mmproj_path.name)
-        self._engine = _core.Engine(
-            str(self.model_path),
-            str(self.mmproj_path),
+        self._calling = threading.local()  # .active: this thread is inside a call of this engine
+        self._requests: dict[tuple, Any] = {}  # _request's cache
+        # An engine setting left None takes the engine's own default (cpp/types.h, EngineParams), stated only there.
+        engine = dict(
             n_gpu_layers=n_gpu_layers,
             mmproj_use_gpu=mmproj_use_gpu,
-            n_threads=n_threads or 0,
+            n_threads=n_threads,
             flash_attn=_flash_attn(flash_attn),
             n_ctx=n_ctx,
             n_batch=n_batch,
@@ -211,6 +211,13 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             prepare_ahead=prepare_ahead,
             kv_unified=kv_unified,
         )
+        self._load_engine({k: v for k, v in engine.items() if v is not None})
+
+    def _load_engine(self, settings: dict[str, Any]) -> None:
+        from . import _core
+
+        logger.info("loading %s + %s", self.model_path.name, self.mmproj_path.name)
+        self._engine = _core.Engine(str(self.model_path), str(self.mmproj_path), **settings)
         lifecycle.track(self)  # closed before the interpreter finalizes, even if a thread is still using it
         self.info = dict(self._engine.info())
         logger.info(
@@ -278,7 +285,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         prompts: Sequence[PromptLike] | PromptLike,
         *,
         sample_rate: int = TARGET_SAMPLE_RATE,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         render_special: bool = False,
         framing: str | None = None,
         debug: bool = False,
@@ -296,17 +303,11 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         """
         plist = as_prompts(prompts, max_tokens)
         audio = _engine_audio(audio, sample_rate, plist)
-        self._check_context(audio, plist)
-        fr = self._framing(framing)
         raw = self._engine.generate(
             audio,
             int(sample_rate),
             [p.to_native() for p in plist],
-            self.system_prompt,
-            render_special,
-            fr,
-            debug,
-            self._chat(fr),
+            request=self._request(framing, render_special, debug),
         )
         result = self._result(raw)
         if debug:
@@ -324,7 +325,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         *,
         tracks_in_flight: int | str = "auto",
         sample_rate: int = TARGET_SAMPLE_RATE,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         framing: str | None = None,
     ) -> list[GenerationResult]:
         """Several tracks at once with continuous batching: up to ``tracks_in_flight`` tracks decode in the same
@@ -335,19 +336,9 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         asked = [(a, as_prompts(ps, max_tokens)) for a, ps in tracks]
         decoded = [(_engine_audio(a, sample_rate, plist), plist) for a, plist in asked]
-        for audio, plist in decoded:
-            self._check_context(audio, plist)
         native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
-        fr = self._framing(framing)
-        raws = self._engine.generate_many(
-            native,
-            int(sample_rate),
-            self.system_prompt,
-            False,
-            fr,
-            tracks_in_flight_code(tracks_in_flight),
-            self._chat(fr),
-        )
+        request = self._request(framing, tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight)
+        raws = self._engine.generate_many(native, int(sample_rate), request=request)
         return [self._result(r) for r in raws]
 
     @_one_call_at_a_time
@@ -358,7 +349,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         on_result: Callable[[int, GenerationResult | Exception], None],
         *,
         tracks_in_flight: int | str = "auto",
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         max_audio_seconds: float = 0.0,
         framing: str | None = None,
         profile: bool = False,
@@ -384,45 +375,34 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             # Audio the engine cannot take (empty, too short, not a float32 array) fails alone, here; a track whose
             # answers cannot fit the trained context fails alone in the engine, before it is encoded.
             nonlocal count, refused
-            for item in it:
-                index, count = count, count + 1
-                try:
-                    if isinstance(item, tuple):  # (audio, this track's own prompts)
-                        own = as_prompts(item[1], max_tokens)
-                        value: Any = (_engine_audio(item[0], TARGET_SAMPLE_RATE, own), [p.to_native() for p in own])
-                    else:
-                        value = as_engine_audio(item)
-                except MusicFlamingoError as e:
-                    refused += 1
-                    on_result(index, e)
-                    continue
-                taken.append(index)
-                return value
-            return None
+            with self._inside_call():  # this thread is the engine's helper: a call from here could only wait
+                for item in it:
+                    index, count = count, count + 1
+                    try:
+                        value = _stream_item(item, max_tokens)
+                    except TypeError as e:  # None or another non-array: this item fails, the stream goes on
+                        refused += 1
+                        on_result(index, InvalidInputError(str(e)))
+                        continue
+                    except MusicFlamingoError as e:
+                        refused += 1
+                        on_result(index, e)
+                        continue
+                    taken.append(index)
+                    return value
+                return None
 
-        def done(index: int, raw: _core.GenerateResult) -> None:
-            try:
-                on_result(taken[index], self._result(raw))
-            except MusicFlamingoError as e:
-                on_result(taken[index], e)
+        def done(index: int, raw: _core.GenerateResult | Exception) -> None:
+            on_result(taken[index], raw if isinstance(raw, Exception) else self._result(raw))
 
-        fr = self._framing(framing)
-        stats = _as_dict(
-            self._engine.run_stream(
-                next_audio,
-                done,
-                plist,
-                TARGET_SAMPLE_RATE,
-                self.system_prompt,
-                False,
-                fr,
-                tracks_in_flight_code(tracks_in_flight),
-                float(max_audio_seconds),
-                bool(profile),
-                -1 if prepare_ahead is None else int(bool(prepare_ahead)),
-                self._chat(fr),
-            )
+        request = self._request(
+            framing,
+            tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight,
+            max_audio_seconds=float(max_audio_seconds),
+            profile=bool(profile),
+            prepare_ahead=prepare_ahead,
         )
+        stats = _as_dict(self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, request=request))
         # The stats cover every item of the stream: those refused here never reached the engine's counters.
         stats["tracks"] += refused
         stats["tracks_failed"] += refused
@@ -432,33 +412,59 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         """Where the time of the last generate/generate_many/generate_stream went (steps, host, decode, admit)."""
         return _as_dict(self._engine.last_run_stats())
 
-    def _chat(self, framing: _core.Framing) -> tuple[str, ...] | None:
-        """The rendered template pieces for the engine; ``llamacpp`` formats its chat as llama-mtmd-cli does."""
-        return None if framing == native_framing("llamacpp") else self.chat_pieces().as_tuple()
+    def _request(self, framing: str | None, render_special: bool = False, debug: bool = False, **run: Any):
+        """The engine's request for one call: this analyzer's framing (or ``framing``) with its chat, and ``run``'s
+        settings by name (``_core.RunRequest``'s fields); every setting not given is the engine's default. Made
+        once per distinct call shape (rendering the chat template is most of a call's Python time)."""
+        key = (framing, self.framing, self.system_prompt, render_special, debug, tuple(sorted(run.items())))
+        request = self._requests.get(key)
+        if request is None:
+            from . import _core
 
-    def _check_context(self, audio: np.ndarray, prompts: Sequence[Prompt]) -> None:
-        """Refuse a prompt whose answer cannot fit the model's trained context, before the engine sizes (and
-        allocates) a context for it: ``max_tokens=10**9`` once took 19.7 GB before failing. The audio's share is a
-        lower bound (every framing gives at least 25 tokens per second), so nothing that fits is refused; the engine
-        checks the exact count."""
-        n_ctx_train = int(self.info["n_ctx_train"])
-        audio_positions = int(np.size(audio)) // (TARGET_SAMPLE_RATE // AUDIO_TOKENS_PER_S)
-        for i, p in enumerate(prompts):
-            if audio_positions + p.max_tokens > n_ctx_train:
-                raise InvalidInputError(
-                    f"prompt {i} ({p.name or p.text[:40]!r}): at least {audio_positions} audio positions + "
-                    f"max_tokens {p.max_tokens} exceed the model's trained context of {n_ctx_train} "
-                    "(lower max_tokens or shorten the audio)"
-                )
+            fr = self._framing(framing)
+            request = _core.RunRequest(
+                system_prompt=self.system_prompt,
+                chat=self._chat(fr),
+                render_special=render_special,
+                framing=fr,
+                debug=debug,
+                **run,
+            )
+            if len(self._requests) > 64:  # a stream's max_audio_seconds may vary; keep the cache small
+                self._requests.clear()
+            self._requests[key] = request
+        return request
+
+    def _chat(self, framing: _core.Framing) -> _core.ChatPieces | None:
+        """The rendered template pieces for the engine; ``llamacpp`` formats its chat as llama-mtmd-cli does."""
+        from . import _core
+
+        if framing == native_framing("llamacpp"):
+            return None
+        head, mid, tail, next_turn = self.chat_pieces().as_tuple()
+        return _core.ChatPieces(head=head, mid=mid, tail=tail, next_turn=next_turn)
+
+    def _refuse_reentry(self, name: str) -> None:
+        if getattr(self._calling, "active", False):
+            raise EngineError(
+                f"{name}() was called from inside a call of this engine (a generate_stream callback?): it would "
+                "wait for itself. Call it after the stream returns, or on another MusicFlamingoGGUF."
+            )
+
+    @contextlib.contextmanager
+    def _inside_call(self) -> Iterator[None]:
+        """Marks this thread as inside a call of this engine while the block runs (see _one_call_at_a_time)."""
+        outer = getattr(self._calling, "active", False)
+        self._calling.active = True
+        try:
+            yield
+        finally:
+            self._calling.active = outer
 
     def _framing(self, framing: str | None) -> _core.Framing:
         return native_framing(self.framing if framing is None else framing)  # "" is a wrong name, not the default
 
     def _result(self, raw: _core.GenerateResult) -> GenerationResult:
-        if raw.error_kind:
-            raise {"InputError": InvalidInputError, "ModelFileError": ModelFileError}.get(raw.error_kind, EngineError)(
-                raw.error
-            )
         stats = GenerationStats.from_native(
             raw.stats,
             devices={"text_model": self.info["text_model_device"], "audio_encoder": self.info["audio_encoder_device"]},
@@ -478,6 +484,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         """Free the model, audio encoder and context now rather than at garbage collection."""
         engine = getattr(self, "_engine", None)
         if engine is not None:
+            self._refuse_reentry("close")
             with self._call_lock:  # after a call in progress, never during it
                 engine.close()
 
@@ -487,6 +494,14 @@ def _decoded(text: bytes) -> str:
     return text.decode("utf-8", errors="replace")
 
 
+def _stream_item(item: Any, max_tokens: int) -> Any:
+    """One item of generate_stream's iterable as the engine takes it: the audio, or (audio, its own prompts)."""
+    if isinstance(item, tuple):  # (audio, this track's own prompts)
+        own = as_prompts(item[1], max_tokens)
+        return (_engine_audio(item[0], TARGET_SAMPLE_RATE, own), [p.to_native() for p in own])
+    return as_engine_audio(item)
+
+
 def _engine_audio(audio: Any, sample_rate: int, prompts: Sequence[Prompt]) -> np.ndarray:
     """:func:`as_engine_audio`, or for ``None`` (or an empty array) an empty array: a text-only conversation,
     allowed when every prompt has a known answer (the follow-ups' catch-up pass)."""
@@ -494,5 +509,5 @@ def _engine_audio(audio: Any, sample_rate: int, prompts: Sequence[Prompt]) -> np
     if not text_only:
         return as_engine_audio(audio, sample_rate)
     if not all(p.answer is not None for p in prompts):
-        raise InvalidInputError("no audio: only prompts with a known answer (follow-ups to ask) go without audio")
+        raise InvalidInputError("audio is empty: only prompts with a known answer (follow-ups to ask) go without audio")
     return np.zeros(0, np.float32)

@@ -36,7 +36,7 @@ from .chat_template import (
     next_turn,
     split_rendered,
 )
-from .datatypes import FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
+from .datatypes import DEFAULT_MAX_TOKENS, FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError
 
 PromptLike = Prompt | str
@@ -414,7 +414,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         prompts: Sequence[PromptLike] | PromptLike,
         *,
         sample_rate: int = TARGET_SAMPLE_RATE,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         render_special: bool = False,
     ) -> GenerationResult:
         """Answer every prompt about one track; the audio is encoded once.
