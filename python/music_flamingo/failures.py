@@ -4,8 +4,9 @@ per failing track, complete with several processes on one dataset, and never sta
 Earlier each process overwrote the file with its own list at the end of its run, so with several processes
 records were lost, and a track that later succeeded stayed listed. Now:
 
-* a failure is written when it happens, under a lock (``failures.jsonl.lock``, filelock), so several processes
-  never lose each other's records; a track already listed gets its record replaced, never a second one;
+* a failure is written when it happens, under a lock (``failures.jsonl.lock``, one that removes itself), so
+  several processes never lose each other's records; a track already listed gets its record replaced, never a
+  second one;
 * a track that succeeds (or is found complete) has its record removed, so a clean rerun leaves no stale record;
   the file is deleted when its last record goes, and records of files that no longer exist are dropped;
 * a track that another process failed *during this run* is not retried by every other process (a failure listed
