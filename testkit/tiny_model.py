@@ -223,18 +223,33 @@ def _build_tokenizer(vocab_gguf: Path) -> Any:
 
 def _build_hf_checkpoint(out_dir: Path, vocab_gguf: Path) -> None:
     """Save a random AF3 checkpoint (text hidden 64 x 2 layers, encoder 64 x 3 layers) plus processor."""
-    import torch
     from transformers import (
         AudioFlamingo3Config,
         AudioFlamingo3EncoderConfig,
         AudioFlamingo3ForConditionalGeneration,
         AudioFlamingo3Processor,
-        GenerationConfig,
-        Qwen2Config,
         WhisperFeatureExtractor,
     )
 
     tok = _build_tokenizer(vocab_gguf)
+    text_cfg, audio_cfg = tiny_configs(tok, AudioFlamingo3EncoderConfig)
+    cfg = AudioFlamingo3Config(
+        audio_config=audio_cfg, text_config=text_cfg, audio_token_id=tok.convert_tokens_to_ids("<sound>")
+    )
+    processor = AudioFlamingo3Processor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=128, return_attention_mask=True),
+        tokenizer=tok,
+        chat_template=CHAT_TEMPLATE,
+        max_audio_len=1200,
+    )
+    save_random(AudioFlamingo3ForConditionalGeneration, cfg, processor, out_dir)
+
+
+def tiny_configs(tok, encoder_config_class):
+    """The text model's and the audio encoder's configs of every tiny checkpoint (text hidden 64 x 2 layers, encoder
+    64 x ``AUDIO_LAYERS`` layers), the real vocabulary's special tokens."""
+    from transformers import Qwen2Config
+
     text_cfg = Qwen2Config(
         vocab_size=151936,
         hidden_size=64,
@@ -251,7 +266,7 @@ def _build_hf_checkpoint(out_dir: Path, vocab_gguf: Path) -> None:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    audio_cfg = AudioFlamingo3EncoderConfig(
+    audio_cfg = encoder_config_class(
         num_mel_bins=128,
         num_hidden_layers=AUDIO_LAYERS,
         num_attention_heads=4,
@@ -260,17 +275,24 @@ def _build_hf_checkpoint(out_dir: Path, vocab_gguf: Path) -> None:
         max_source_positions=1500,
         initializer_range=INIT_STD,
     )
-    cfg = AudioFlamingo3Config(
-        audio_config=audio_cfg, text_config=text_cfg, audio_token_id=tok.convert_tokens_to_ids("<sound>")
-    )
+    return text_cfg, audio_cfg
+
+
+def save_random(model_class, cfg, processor, out_dir: Path) -> None:
+    """A model of ``model_class`` with seeded random weights (norms and biases too) and greedy generation defaults,
+    saved with its processor."""
+    import torch
+    from transformers import GenerationConfig
+
     torch.manual_seed(SEED)
-    model = AudioFlamingo3ForConditionalGeneration(cfg).eval()
+    model = model_class(cfg).eval()
     with torch.no_grad():  # non-trivial norms/biases, so a backend that drops them is caught
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.add_(torch.randn_like(p) * 0.1)
             elif name.endswith(".bias"):
                 p.copy_(torch.randn_like(p) * INIT_STD)
+    text_cfg, tok = cfg.text_config, processor.tokenizer
     model.generation_config = GenerationConfig(
         bos_token_id=text_cfg.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -279,12 +301,7 @@ def _build_hf_checkpoint(out_dir: Path, vocab_gguf: Path) -> None:
         max_new_tokens=32,
     )
     model.save_pretrained(out_dir)
-    AudioFlamingo3Processor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=128, return_attention_mask=True),
-        tokenizer=tok,
-        chat_template=CHAT_TEMPLATE,
-        max_audio_len=1200,
-    ).save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
 
 
 def _convert(llama_cpp_dir: Path, hf_dir: Path, outfile: Path, mmproj: bool) -> None:

@@ -44,74 +44,31 @@ class TinyMusicFlamingo:
 
 def build_hf_checkpoint(out_dir: Path, vocab_gguf: Path) -> None:
     """Save a random MusicFlamingoForConditionalGeneration plus its processor into ``out_dir``."""
-    import torch
     from transformers import (
         AudioFlamingo3EncoderConfig,
-        GenerationConfig,
         MusicFlamingoConfig,
         MusicFlamingoForConditionalGeneration,
         MusicFlamingoProcessor,
-        Qwen2Config,
         WhisperFeatureExtractor,
     )
 
     tok = tiny_model._build_tokenizer(vocab_gguf)
     tok.chat_template = CHAT_TEMPLATE
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<sound>", "<|sound_bos|>", "<|sound_eos|>", "<|endoftext|>")}
-    text_cfg = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-        tie_word_embeddings=False,
-        initializer_range=tiny_model.INIT_STD,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    audio_cfg = AudioFlamingo3EncoderConfig(
-        num_mel_bins=128,
-        num_hidden_layers=tiny_model.AUDIO_LAYERS,
-        num_attention_heads=4,
-        intermediate_size=128,
-        hidden_size=64,
-        max_source_positions=1500,
-        initializer_range=tiny_model.INIT_STD,
-    )
+    text_cfg, audio_cfg = tiny_model.tiny_configs(tok, AudioFlamingo3EncoderConfig)
     cfg = MusicFlamingoConfig(
         audio_config=audio_cfg,
         text_config=text_cfg,
-        audio_token_id=ids["<sound>"],
-        audio_bos_token_id=ids["<|sound_bos|>"],
-        audio_eos_token_id=ids["<|sound_eos|>"],
+        audio_token_id=tok.convert_tokens_to_ids("<sound>"),
+        audio_bos_token_id=tok.convert_tokens_to_ids("<|sound_bos|>"),
+        audio_eos_token_id=tok.convert_tokens_to_ids("<|sound_eos|>"),
     )
-    torch.manual_seed(tiny_model.SEED)
-    model = MusicFlamingoForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # non-trivial norms/biases, so a backend that drops them is caught
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.add_(torch.randn_like(p) * 0.1)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn_like(p) * tiny_model.INIT_STD)
-    model.generation_config = GenerationConfig(
-        bos_token_id=text_cfg.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        do_sample=False,
-        max_new_tokens=32,
-    )
-    model.save_pretrained(out_dir)
-    MusicFlamingoProcessor(
+    processor = MusicFlamingoProcessor(
         feature_extractor=WhisperFeatureExtractor(feature_size=128, return_attention_mask=True),
         tokenizer=tok,
         chat_template=CHAT_TEMPLATE,
         max_audio_len=MAX_AUDIO_LEN,
-    ).save_pretrained(out_dir)
+    )
+    tiny_model.save_random(MusicFlamingoForConditionalGeneration, cfg, processor, out_dir)
 
 
 def cache_key(llama_cpp_dir: Path) -> str:
