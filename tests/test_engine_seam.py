@@ -75,10 +75,16 @@ def test_check_refuses_what_cannot_fit_the_trained_context_before_anything_runs(
 
 
 def test_tracks_in_flight_is_checked_where_it_enters_the_engine(engine):
+    """The engine's own bound is the one Python's validation states (validation.MAX_TRACKS_IN_FLIGHT): the two
+    facts are tied here."""
+    from music_flamingo.validation import MAX_TRACKS_IN_FLIGHT
+
     raw = engine._engine
-    for bad in (-1, 257):
+    track = [(audio(), [HI[0].to_native()])]
+    for bad in (-1, MAX_TRACKS_IN_FLIGHT + 1):
         with pytest.raises(InvalidInputError, match="tracks_in_flight"):
-            raw.generate_many([(audio(), [HI[0].to_native()])], SR, request=_core.RunRequest(tracks_in_flight=bad))
+            raw.generate_many(track, SR, request=_core.RunRequest(tracks_in_flight=bad))
+    assert len(raw.generate_many(track, SR, request=_core.RunRequest(tracks_in_flight=MAX_TRACKS_IN_FLIGHT))) == 1
 
 
 # --- one failure channel -----------------------------------------------------------------------------------------
