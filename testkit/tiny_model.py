@@ -338,35 +338,46 @@ def _check(model_gguf: Path, mmproj_gguf: Path) -> None:
     log.info("text model chat template: %r", tmpl)
 
 
+def build_once(final: Path, outputs: tuple[Path, ...], build) -> None:
+    """Make the cached folder ``final`` (holding ``outputs``) once across processes: ``build(tmp)`` writes into a
+    fresh folder beside it, renamed into place when complete, so a reader never sees half a model."""
+    if all(p.is_file() for p in outputs):
+        return
+    cache_dir = final.parent
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second pytest worker waits here, then takes the fast path
+        if all(p.is_file() for p in outputs):
+            return
+        if final.exists():  # only reachable if someone tampered with it; the rename below is atomic
+            shutil.rmtree(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=cache_dir))
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared with other users (CI)
+        try:
+            build(tmp)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_tiny_model(llama_cpp_dir: Path, cache_dir: Path) -> TinyModel:
     """Return the cached tiny model, building it (once, across processes) if needed."""
     llama_cpp_dir, cache_dir = Path(llama_cpp_dir).resolve(), Path(cache_dir)
     key = hashlib.sha256(Path(__file__).read_bytes() + llama_cpp_dir.name.encode()).hexdigest()[:12]
     final = cache_dir / f"tiny-music-flamingo-{key}"
     result = TinyModel(final / "hf", final / "model-f32.gguf", final / "mmproj-f32.gguf")
-    if result.model_gguf.is_file() and result.mmproj_gguf.is_file():
-        return result
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f"{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second pytest worker waits here, then takes the fast path
-        if result.model_gguf.is_file() and result.mmproj_gguf.is_file():
-            return result
-        if final.exists():  # only reachable if someone tampered with it; the rename below is atomic
-            shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=cache_dir))
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared with other users (CI)
-        try:
+
+    def build(tmp: Path) -> None:
+        t0 = time.monotonic()
+        _build_hf_checkpoint(tmp / "hf", llama_cpp_dir / "models" / "ggml-vocab-qwen2.gguf")
+        log.info("HF checkpoint built in %.1fs", time.monotonic() - t0)
+        for name, mmproj in ((result.model_gguf.name, False), (result.mmproj_gguf.name, True)):
             t0 = time.monotonic()
-            _build_hf_checkpoint(tmp / "hf", llama_cpp_dir / "models" / "ggml-vocab-qwen2.gguf")
-            log.info("HF checkpoint built in %.1fs", time.monotonic() - t0)
-            for name, mmproj in ((result.model_gguf.name, False), (result.mmproj_gguf.name, True)):
-                t0 = time.monotonic()
-                _convert(llama_cpp_dir, tmp / "hf", tmp / name, mmproj)
-                log.info("converted %s in %.1fs", name, time.monotonic() - t0)
-            _check(tmp / result.model_gguf.name, tmp / result.mmproj_gguf.name)
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _convert(llama_cpp_dir, tmp / "hf", tmp / name, mmproj)
+            log.info("converted %s in %.1fs", name, time.monotonic() - t0)
+        _check(tmp / result.model_gguf.name, tmp / result.mmproj_gguf.name)
+
+    build_once(final, (result.model_gguf, result.mmproj_gguf), build)
     return result
 
 

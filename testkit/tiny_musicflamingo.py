@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import hashlib
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -86,29 +82,19 @@ def ensure_tiny_musicflamingo(llama_cpp_dir: Path, cache_dir: Path) -> TinyMusic
     llama_cpp_dir, cache_dir = Path(llama_cpp_dir).resolve(), Path(cache_dir)
     final = cache_dir / f"tiny-musicflamingo-{cache_key(llama_cpp_dir)}"
     result = TinyMusicFlamingo(final / "hf", final / "hf.F32.gguf", final / "hf.mmproj-f32.gguf")
-    if result.model_gguf.is_file() and result.mmproj_gguf.is_file():
-        return result
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f"{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if result.model_gguf.is_file() and result.mmproj_gguf.is_file():
-            return result
-        shutil.rmtree(final, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=cache_dir))
-        tmp.chmod(0o755)
-        try:
-            build_hf_checkpoint(tmp / "hf", llama_cpp_dir / "models" / "ggml-vocab-qwen2.gguf")
-            convert(tmp / "hf", tmp, outtype="f32", progress=False)
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        build_hf_checkpoint(tmp / "hf", llama_cpp_dir / "models" / "ggml-vocab-qwen2.gguf")
+        convert(tmp / "hf", tmp, outtype="f32", progress=False)
+
+    tiny_model.build_once(final, (result.model_gguf, result.mmproj_gguf), build)
     return result
 
 
 def default_tiny_musicflamingo() -> TinyMusicFlamingo:
-    import fetch_llama_cpp
+    from testkit import CACHE, fetch_llama_cpp
 
-    return ensure_tiny_musicflamingo(fetch_llama_cpp.resolve(), fetch_llama_cpp.cache_root() / "test-models")
+    return ensure_tiny_musicflamingo(fetch_llama_cpp.resolve(), CACHE / "test-models")
 
 
 def main() -> None:
