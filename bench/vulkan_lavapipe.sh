@@ -5,7 +5,7 @@
 # automatic tracks in flight; numbers from it are no GPU timings (lavapipe is slower than the CPU backend).
 # Vulkan is also a real backend for the users' RX 9070 XT.
 #
-# Cost (counted, not yet run end to end here): Debian 12 has libvulkan-dev 1.3.239, glslc 2023.2 (shaderc) and
+# Cost (counted, not yet run end to end here): Debian 12 has libvulkan-dev 1.3.239, glslc 2023.2 (shaderc), spirv-headers and
 # mesa-vulkan-drivers 22.3.6 (lavapipe), ≈45 MB to install. ggml-vulkan's build runs glslc 1,117 times for this
 # llama.cpp (0c1e570; counted with a stub glslc, no optional extensions) and compiles ggml-vulkan.cpp (16.5k lines);
 # expected 15-25 min cold on 2 free cores, about 1-2 min again with ccache. The rehearsal itself (tiny model) a
@@ -20,8 +20,9 @@ REPO=$PWD
 JOBS=${JOBS:-2}
 W=${WORK:-/tmp/mf-vulkan}
 mkdir -p "$W"
-if ! command -v glslc > /dev/null || [ ! -f /usr/include/vulkan/vulkan.h ]; then
-  apt-get install -y --no-install-recommends libvulkan-dev glslc mesa-vulkan-drivers
+if ! command -v glslc > /dev/null || [ ! -f /usr/include/vulkan/vulkan.h ] || [ ! -d /usr/share/cmake/SPIRV-Headers ]; then
+  # spirv-headers: ggml-vulkan's CMakeLists asks for find_package(SPIRV-Headers CONFIG REQUIRED)
+  apt-get install -y --no-install-recommends libvulkan-dev glslc mesa-vulkan-drivers spirv-headers
 fi
 export VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json GGML_VK_VISIBLE_DEVICES=0
 
