@@ -72,6 +72,8 @@ BatchRun::BatchRun(EngineResources & res, const RunRequest & request, const Inte
     stats_.n_ctx = lim_.fit.n_ctx;
     stats_.n_seq = lim_.fit.n_seq;
     stats_.sampling_threads = res_.pool ? res_.pool->threads() : 1;
+    if (lim_.sampling == DeviceSampling::Off) res_.device.detach_all(res_.ctx.get());  // a previous run's chains
+    stats_.sampler_attaches = -res_.device.attaches();  // this run's: the counter's value at the end minus now
 }
 
 BatchRun::~BatchRun() {
@@ -293,13 +295,11 @@ void BatchRun::release(Active & a) {
 
 void BatchRun::prefill(Active & a, Pending & p) {
     const size_t n_prompts = p.req.prompts.size();
-    const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
     const int32_t n_past = eval_prefix(p.px, a.seqs[0]);
     for (size_t i = 1; i < n_prompts; i++) llama_memory_seq_cp(llama_get_memory(res_.ctx.get()), a.seqs[0], a.seqs[i], -1, -1);
     for (size_t i = 0; i < n_prompts; i++) {
         a.pos.push_back(n_past + (int32_t) p.shape.suffix[i].size());
-        const auto & sp = p.req.prompts[i].sampling;
-        a.samplers.push_back(std::make_unique<SequenceSampler>(vocab, sp, sp.ignore_eos ? &res_.eog_ids : nullptr));
+        a.samplers.push_back(make_sampler(a.seqs[i], p.req.prompts[i].sampling));
     }
     a.req = std::move(p.req);
     a.res.outputs.resize(n_prompts);
@@ -313,10 +313,34 @@ void BatchRun::prefill(Active & a, Pending & p) {
 // First tokens: sampled right after the decode that produced their logits (a later decode overwrites them).
 void BatchRun::sample_first(Active & a, size_t i, int logits_row) {
     if (a.req.prompts[i].answered) return take_answer(a, i);  // nothing to sample (followup.h)
-    float * lg = llama_get_logits_ith(res_.ctx.get(), logits_row);
-    if (request_.debug && a.index == 0 && i == 0) a.res.first_logits.assign(lg, lg + n_vocab_);
+    if (request_.debug && a.index == 0 && i == 0) {  // debug samples on the host (Engine::device_sampling_for)
+        const float * lg = llama_get_logits_ith(res_.ctx.get(), logits_row);
+        a.res.first_logits.assign(lg, lg + n_vocab_);
+    }
     a.logit_idx[i] = -1;
-    accept(a, i, a.samplers[i]->sample(lg, n_vocab_));
+    accept(a, i, sample_row(a, i, logits_row));
+}
+
+// Device when the settings allow it (Auto) or must (On: else the track fails alone, InputError); otherwise the
+// host fast path, with any chain a previous track left on this sequence id taken off the context.
+std::unique_ptr<SequenceSampler> BatchRun::make_sampler(int32_t seq, const SamplingParams & sp) {
+    const std::vector<int32_t> * banned = sp.ignore_eos ? &res_.eog_ids : nullptr;
+    if (lim_.sampling != DeviceSampling::Off) {
+        const std::string refusal = device_sampling_refusal(sp);
+        if (refusal.empty()) return std::make_unique<SequenceSampler>(res_.device.attach(res_.ctx.get(), seq, sp, banned));
+        if (lim_.sampling == DeviceSampling::On) throw InputError("sampling_on_device='on': " + refusal);
+        res_.device.detach(res_.ctx.get(), seq);
+    }
+    return std::make_unique<SequenceSampler>(llama_model_get_vocab(res_.model.get()), sp, banned);
+}
+
+int32_t BatchRun::sample_row(Active & a, size_t i, int row) {
+    SequenceSampler & s = *a.samplers[i];
+    if (s.on_device()) {
+        stats_.device_sampled++;
+        return s.sample_device(res_.ctx.get(), row);
+    }
+    return s.sample(llama_get_logits_ith(res_.ctx.get(), row), n_vocab_);
 }
 
 // The prompt suffixes after the shared prefix: together in one batch, one logits row each, or (longer together
@@ -414,19 +438,26 @@ void BatchRun::accept(Active & a, size_t i, int32_t tok) {
 }
 
 // Samples every live sequence from the last step's logits. The logits pointers are fetched here (the first one
-// waits for the GPU); the rows are then sampled on the pool's threads, each sampler by one thread.
+// waits for the GPU); the rows are then sampled on the pool's threads, each sampler by one thread. Rows sampled on
+// the device are only read back, here (their token is all that was copied).
 void BatchRun::sample_step() {
     struct Row { Active * a; size_t i; float * logits; int32_t tok; };
     std::vector<Row> rows;
+    auto t0 = Clock::now();
     for (auto & a : active_) {
         for (size_t i = 0; i < a.live.size(); i++) {
-            if (a.live[i]) rows.push_back({&a, i, llama_get_logits_ith(res_.ctx.get(), a.logit_idx[i]), -1});
+            if (!a.live[i]) continue;
+            if (a.samplers[i]->on_device()) {
+                rows.push_back({&a, i, nullptr, sample_row(a, i, a.logit_idx[i])});
+            } else {
+                rows.push_back({&a, i, llama_get_logits_ith(res_.ctx.get(), a.logit_idx[i]), -1});
+            }
         }
     }
-    auto t0 = Clock::now();
     std::vector<std::exception_ptr> errors(rows.size());  // an exception must not leave a pool thread
     auto sample_row = [&](int r) {
         Row & row = rows[(size_t) r];
+        if (!row.logits) return;  // sampled on the device
         try {
             row.tok = row.a->samplers[row.i]->sample(row.logits, n_vocab_);
         } catch (...) {
@@ -519,6 +550,7 @@ RunStats BatchRun::run() {
     stop_preparer();
     stats_.prepare_ms = prepare_ms_;
     stats_.wall_ms = ms_between(t_run, Clock::now());
+    stats_.sampler_attaches += res_.device.attaches();
     if (source_error_) std::rethrow_exception(source_error_);
     return stats_;
 }
