@@ -321,14 +321,16 @@ void BatchRun::sample_first(Active & a, size_t i, int logits_row) {
     accept(a, i, sample_row(a, i, logits_row));
 }
 
-// Device when the settings allow it (Auto) or must (On: else the track fails alone, InputError); otherwise the
-// host fast path, with any chain a previous track left on this sequence id taken off the context.
+// On the device when the run allows it and the settings are ones the device reproduces; otherwise the host fast
+// path, with any chain a previous track left on this sequence id taken off the context.
 std::unique_ptr<SequenceSampler> BatchRun::make_sampler(int32_t seq, const SamplingParams & sp) {
     const std::vector<int32_t> * banned = sp.ignore_eos ? &res_.eog_ids : nullptr;
     if (lim_.sampling != DeviceSampling::Off) {
-        const std::string refusal = device_sampling_refusal(sp);
-        if (refusal.empty()) return std::make_unique<SequenceSampler>(res_.device.attach(res_.ctx.get(), seq, sp, banned));
-        if (lim_.sampling == DeviceSampling::On) throw InputError("sampling_on_device='on': " + refusal);
+        if (device_sampling_refusal(sp).empty()) {
+            if (llama_sampler * chain = res_.device.attach(res_.ctx.get(), seq, sp, banned)) {
+                return std::make_unique<SequenceSampler>(chain);
+            }
+        }
         res_.device.detach(res_.ctx.get(), seq);
     }
     return std::make_unique<SequenceSampler>(llama_model_get_vocab(res_.model.get()), sp, banned);

@@ -58,7 +58,7 @@ public:
         int n_batch;
         bool prepare_ahead;
         int n_threads;         // CPU threads of the log-mel and the encoder
-        DeviceSampling sampling;  // Auto resolved by the engine: Auto here means "where the settings allow"
+        DeviceSampling sampling;  // On or Off (the engine resolves Auto)
     };
     BatchRun(EngineResources & res, const RunRequest & request, const InterruptCheck & interrupted,
              const Limits & lim, const ChatPieces & chat, const NextTrack & next, const TrackDone & done);

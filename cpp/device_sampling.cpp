@@ -77,9 +77,11 @@ llama_sampler * DeviceSamplers::attach(llama_context * ctx, int32_t seq, const S
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
     Slot slot{s, with_banned, make_chain(n_vocab, s, banned)};
     // llama.cpp inits the chain for its output device (each sampler runs there up to the first it cannot) and
-    // holds a raw pointer: the old chain is freed only after the new one replaced it.
+    // holds a raw pointer: the old chain is freed only after the new one replaced it. It refuses (tensor-split
+    // models) by taking any old chain off: the host path then.
     if (!llama_set_sampler(ctx, seq, slot.chain.get())) {
-        throw EngineError("llama.cpp could not attach a sampler chain to sequence " + std::to_string(seq));
+        slots_.erase(seq);
+        return nullptr;
     }
     attaches_++;
     llama_sampler * chain = slot.chain.get();

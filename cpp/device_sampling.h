@@ -22,14 +22,15 @@ namespace mf {
 // The mode of EngineParams/RunRequest::sampling_on_device (types.h); InputError for anything else.
 DeviceSampling parse_device_sampling(const std::string & name);
 
-// Empty when a sequence with these settings samples on the device exactly as on the host (same seed, same
-// tokens, up to float rounding at a draw's boundary); else why not.
+// Empty when a sequence with these settings samples on the device as on the host (same seed, same tokens, up to
+// float rounding at a draw's boundary); else why not (that sequence then samples on the host).
 std::string device_sampling_refusal(const SamplingParams & s);
 
 class DeviceSamplers {
 public:
     // The chain that samples `seq` on `ctx` from now on (attached, or an attached one with equal settings reset).
     // `banned`: token ids masked to -inf first (ignore_eos), or null. Owned here; valid until the next attach/detach.
+    // Null when llama.cpp refuses to sample on the device (then nothing is attached to `seq`).
     llama_sampler * attach(llama_context * ctx, int32_t seq, const SamplingParams & s,
                            const std::vector<int32_t> * banned);
     // `seq` samples on the host: a stale chain must not stay attached (with every output row covered by chains,

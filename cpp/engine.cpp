@@ -393,8 +393,8 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const std::
 // n_vocab indices where the host fast path scans the row once. `debug` keeps the raw first logits: host path.
 DeviceSampling Engine::device_sampling_for(const RunRequest & request) const {
     const DeviceSampling mode = parse_device_sampling(request.sampling_on_device.value_or(params_.sampling_on_device));
-    if (request.debug || (mode == DeviceSampling::Auto && !text_on_gpu_)) return DeviceSampling::Off;
-    return mode;
+    if (request.debug || mode == DeviceSampling::Off) return DeviceSampling::Off;
+    return mode == DeviceSampling::On || text_on_gpu_ ? DeviceSampling::On : DeviceSampling::Off;
 }
 
 void Engine::check(const std::vector<PromptRequest> & prompts, size_t n_samples, const RunRequest & request) const {

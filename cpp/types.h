@@ -24,10 +24,10 @@ constexpr int kWindowTokens = 750;
 // Flash attention for both the text model and the audio encoder (llama.cpp's and clip's own enums, one setting).
 enum class FlashAttn { Auto = -1, Off = 0, On = 1 };
 
-// Where a sequence's token is sampled (EngineParams::sampling_on_device, cpp/device_sampling.h). Auto: on the device
-// when the output layer is on a GPU (on a CPU the host fast path's one scan of the row beats ggml's top-k sort of
-// all n_vocab indices) and the prompt's settings allow it; On: on the device whenever the settings allow it, CPU
-// backend included (how tests compare both paths), a prompt whose settings do not failing; Off: the host path.
+// Where a sequence's token is sampled (EngineParams::sampling_on_device, cpp/device_sampling.h). Auto: as On where
+// the output layer is on a GPU, else Off (on a CPU the host fast path's one scan of the row beats ggml's top-k
+// sort of all n_vocab indices); On: on the device for every prompt whose settings it reproduces (the others on
+// the host), CPU backend included (how tests compare both paths); Off: the host fast path always.
 enum class DeviceSampling { Auto, On, Off };
 
 struct EngineParams {
@@ -52,8 +52,8 @@ struct EngineParams {
     // track's prefill read only their own stream). bench/RESULTS.md measures both on a GPU.
     bool kv_unified = true;
     // Sampling on the device (llama.cpp's backend samplers, cpp/device_sampling.h): "auto" (where the output layer
-    // is on a GPU and the prompt's settings allow it), "on" (also on a CPU; a prompt whose settings do not allow
-    // it fails), "off" (the host fast path, cpp/sampling.h).
+    // is on a GPU), "on" (also on a CPU), "off" (the host fast path, cpp/sampling.h); under "auto" and "on" a
+    // prompt whose settings the device does not reproduce samples on the host.
     std::string sampling_on_device = "auto";
 };
 

@@ -150,8 +150,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
     ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_unified``: one
     KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own).
     ``sampling_on_device``: ``'auto'`` (default: llama.cpp's backend samplers pick each token where the logits are,
-    when the output layer is on a GPU and the prompt's settings allow it), ``'on'`` (also on a CPU; a prompt whose
-    settings cannot fails) or ``'off'`` (the host fast path always); the same seed gives the same tokens.
+    when the output layer is on a GPU), ``'on'`` (also on a CPU) or ``'off'`` (the host fast path always); a prompt
+    whose settings the device does not reproduce samples on the host; the same seed gives the same tokens.
     """
 
     backend = "gguf"  # the provenance's "backend"
