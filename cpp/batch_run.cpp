@@ -457,7 +457,7 @@ void BatchRun::sample_step() {
         }
     }
     std::vector<std::exception_ptr> errors(rows.size());  // an exception must not leave a pool thread
-    auto sample_row = [&](int r) {
+    auto sample_on_host = [&](int r) {
         Row & row = rows[(size_t) r];
         if (!row.logits) return;  // sampled on the device
         try {
@@ -467,9 +467,9 @@ void BatchRun::sample_step() {
         }
     };
     if (res_.pool) {
-        res_.pool->run((int) rows.size(), sample_row);
+        res_.pool->run((int) rows.size(), sample_on_host);
     } else {
-        for (int r = 0; r < (int) rows.size(); r++) sample_row(r);
+        for (int r = 0; r < (int) rows.size(); r++) sample_on_host(r);
     }
     stats_.sample_ms += ms_between(t0, Clock::now());
     for (const auto & e : errors) {

@@ -234,6 +234,8 @@ std::map<std::string, std::string> Engine::info() const {
         {"flash_attn", params_.flash_attn == FlashAttn::Auto ? "auto" : params_.flash_attn == FlashAttn::On ? "on" : "off"},
         {"n_ctx", std::to_string(ctx_n_ctx_)},
         {"kv_type", params_.kv_type},
+        // what the engine's setting means here ("auto" resolved): the bench's engine_info records it
+        {"sampling_on_device", device_sampling_for(RunRequest{}) == DeviceSampling::On ? "on" : "off"},
         {"kv_cell_bytes", std::to_string((long) kv_cell_bytes())},
     };
 }

@@ -47,6 +47,7 @@ def sampled_rows(result) -> int:
 
 
 def test_a_track_alone_samples_the_same_tokens_on_the_device(engine, on_device, clips):
+    assert (engine.info["sampling_on_device"], on_device.info["sampling_on_device"]) == ("off", "on")  # auto on a CPU
     host = engine.generate(clips["5s"], PROMPTS)
     assert engine.last_run_stats()["device_sampled"] == 0  # "auto" on a CPU: the host fast path
     dev = on_device.generate(clips["5s"], PROMPTS)
