@@ -1,8 +1,8 @@
-// Sampling on the device: the pinned llama.cpp's backend samplers (EXPERIMENTAL there; facts in
-// /work/shared/notes/kv-layout.md, "Backend sampling"). A sampler chain attached to a sequence id of the context
-// becomes part of every decode's graph: the sequence's logits row is sampled where it was computed and only the
-// chosen token is copied back (when every output row of a decode has a chain, the 152k-float rows are not copied
-// at all). The host fast path (sampling.h) stays the fallback for what the device chain cannot reproduce.
+// Sampling on the device: the pinned llama.cpp's backend samplers (EXPERIMENTAL there: llama.h's "backend
+// sampling API", llama_set_sampler; src/llama-graph.cpp build_sampling). A sampler chain attached to a sequence id
+// of the context becomes part of every decode's graph: the sequence's logits row is sampled where it was computed
+// and only the chosen token is copied back (when every output row of a decode has a chain, the 152k-float rows are
+// not copied at all). The host fast path (sampling.h) stays the fallback for what the device chain cannot reproduce.
 //
 // Why chains are kept per sequence id and reused: attaching a chain (llama_set_sampler) makes llama.cpp re-reserve
 // its compute graphs and blocks graph reuse. A track's prompts usually ask for the same settings as the previous

@@ -49,8 +49,8 @@ private:
     Path path_;
     int top_k_ = 0;
     SamplerPtr chain_;
-    llama_sampler * device_ = nullptr;
-    const std::vector<int32_t> * banned_ = nullptr;  // token ids never sampled (end-of-generation with ignore_eos), or null
+    llama_sampler * device_ = nullptr;  // the attached chain when sampled on the device (DeviceSamplers owns it)
+    const std::vector<int32_t> * banned_ = nullptr;  // token ids never sampled (ignore_eos: end-of-generation)
     std::vector<llama_token_data> cur_;
 };
 

@@ -369,8 +369,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         takes it is reported from the engine's helper thread). ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
         10 minutes). An item of ``audio`` may also be ``(array, prompts)``: that track's own prompts (as many as
         ``prompts``, which then only size the run: give them room for the longest texts), decoded in the same batch
-        steps as the others. ``prepare_ahead`` and ``sampling_on_device`` override the engine's settings for this run (benchmarks). Returns where the time
-        went (steps, host and decode ms, tracks in flight)."""
+        steps as the others. ``prepare_ahead`` and ``sampling_on_device`` override the engine's settings for this
+        run (benchmarks). Returns where the time went (steps, host and decode ms, tracks in flight)."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
         it = iter(audio)
