@@ -285,11 +285,13 @@ BatchRun::Active BatchRun::start(Pending & p) {
     return a;
 }
 
+// Back in reverse, so the next track pops them in the same order: its prompt i gets this track's sequence of prompt
+// i, and a device sampler chain attached there for the same settings is reused (cpp/device_sampling.h).
 void BatchRun::release(Active & a) {
     llama_memory_t mem = llama_get_memory(res_.ctx.get());
-    for (auto s : a.seqs) {
-        llama_memory_seq_rm(mem, s, -1, -1);
-        free_seqs_.push_back(s);
+    for (auto s = a.seqs.rbegin(); s != a.seqs.rend(); ++s) {
+        llama_memory_seq_rm(mem, *s, -1, -1);
+        free_seqs_.push_back(*s);
     }
 }
 
@@ -480,15 +482,11 @@ void BatchRun::sample_step() {
 
 // Frees the cells and sequences of finished tracks and hands their results to the sink.
 void BatchRun::retire() {
-    llama_memory_t mem = llama_get_memory(res_.ctx.get());
     const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
     for (size_t k = 0; k < active_.size();) {
         Active & a = active_[k];
         if (a.n_live > 0) { k++; continue; }
-        for (auto s : a.seqs) {
-            llama_memory_seq_rm(mem, s, -1, -1);
-            free_seqs_.push_back(s);
-        }
+        release(a);
         reserved_cells_ -= a.cells;
         GenerateStats & st = a.res.stats;
         const auto now = Clock::now();

@@ -94,6 +94,16 @@ def test_chains_are_attached_once_per_sequence_and_reused(on_device, clips):
     assert on_device.generate(clips["5s"], PROMPTS).tokens == again.tokens  # reset chains draw afresh
 
 
+def test_a_track_after_another_takes_the_sequences_whose_chains_match(on_device, track):
+    """Prompts with five different settings, one track after another: each next track gets its predecessor's
+    sequence ids prompt for prompt, so no chain is attached again."""
+    sr = 16000
+    tracks = [(np.ascontiguousarray(track[i * 7 * sr : (i * 7 + 5) * sr]), PROMPTS) for i in range(3)]
+    on_device.generate_many(tracks, tracks_in_flight=1)
+    on_device.generate_many(tracks, tracks_in_flight=1)
+    assert on_device.last_run_stats()["sampler_attaches"] == 0
+
+
 @pytest.mark.parametrize(
     "prompt",
     [
