@@ -7,6 +7,10 @@
 namespace mf {
 namespace {
 
+// Candidates the device's float sums were measured to draw the host's tokens over (test_device_sampling.py: k up
+// to 1000 on the tiny model's flat distributions). Their rounding grows with the candidates: past this, the host.
+constexpr int kMaxDeviceTopK = 1024;
+
 bool same_settings(const SamplingParams & a, const SamplingParams & b) {
     return a.temperature == b.temperature && a.top_p == b.top_p && a.top_k == b.top_k && a.min_p == b.min_p &&
            a.repeat_penalty == b.repeat_penalty && a.repeat_last_n == b.repeat_last_n && a.seed == b.seed &&
@@ -30,8 +34,8 @@ llama_sampler_ptr make_chain(int n_vocab, const SamplingParams & s, const std::v
         return chain;
     }
     llama_sampler_chain_add(c, llama_sampler_init_temp(s.temperature));
-    // ggml's TOP_K asserts k <= the row's width; the host path keeps min(k, n_vocab) too
-    if (s.top_k > 0) llama_sampler_chain_add(c, llama_sampler_init_top_k(std::min(s.top_k, n_vocab)));
+    // ggml's TOP_K asserts k <= the row's width (a vocabulary smaller than kMaxDeviceTopK); the host keeps as many
+    llama_sampler_chain_add(c, llama_sampler_init_top_k(std::min(s.top_k, n_vocab)));
     if (s.top_p < 1.0f) llama_sampler_chain_add(c, llama_sampler_init_top_p(s.top_p, 1));
     llama_sampler_chain_add(c, llama_sampler_init_dist(s.seed));
     return chain;
@@ -52,11 +56,12 @@ std::string device_sampling_refusal(const SamplingParams & s) {
     }
     if (s.temperature <= 0.0f) return "";  // greedy: the first maximum on both
     if (s.min_p > 0.0f) return "min_p samples on the host (its backend version is not checked against it)";
-    if (s.top_k <= 0) {
+    if (s.top_k <= 0 || s.top_k > kMaxDeviceTopK) {
         // The device sums the probabilities in float, the host's draw in double: over a whole vocabulary of nearly
         // equal probabilities (measured: the tiny model at temperature 1.3-1.5) the drift moves the draw to a
         // neighbouring token. Over top-k candidates it stays below the gaps (k up to 1000 measured equal).
-        return "a draw over the whole vocabulary (top_k 0) samples on the host (float vs double sums differ there)";
+        return "a draw over more than " + std::to_string(kMaxDeviceTopK) +
+               " candidates (top_k 0 or larger) samples on the host (float vs double sums differ there)";
     }
     if (s.top_p >= 1.0f) {
         // The draw walks the candidates in order. ggml's TOP_K leaves its k unordered (the CPU kernel swaps the first

@@ -112,8 +112,9 @@ def test_a_track_after_another_takes_the_sequences_whose_chains_match(on_device,
         Prompt(QUESTION, max_tokens=6, temperature=0.8, top_k=40, seed=1),  # top-k without top-p: unordered
         Prompt(QUESTION, max_tokens=6, temperature=1.5, seed=3),  # the whole vocabulary: float vs double sums
         Prompt(QUESTION, max_tokens=6, temperature=1.3, top_p=0.95, seed=7),
+        Prompt(QUESTION, max_tokens=6, temperature=1.3, top_k=5000, top_p=0.95, seed=7),  # float sums drift too
     ],
-    ids=["repeat_penalty", "min_p", "top_k_alone", "temperature_alone", "top_p_alone"],
+    ids=["repeat_penalty", "min_p", "top_k_alone", "temperature_alone", "top_p_alone", "top_k_5000"],
 )
 def test_settings_the_device_cannot_reproduce_sample_on_the_host(engine, on_device, clips, prompt):
     """Such a prompt samples on the host beside the others on the device; the chain its sequence id carried
@@ -139,6 +140,24 @@ def test_the_run_setting_overrides_the_engine_and_is_checked(engine, clips):
         engine.generate_stream(iter([clips["5s"]]), PROMPTS[:1], results.__setitem__, sampling_on_device="gpu")
     engine.generate(clips["5s"], PROMPTS[:1])  # the engine's "auto" again: back on the host
     assert engine.last_run_stats()["device_sampled"] == 0
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        Prompt(QUESTION, max_tokens=8, temperature=0.01, top_k=50, top_p=0.9, seed=1),
+        Prompt(QUESTION, max_tokens=8, temperature=50.0, top_k=50, top_p=0.99, seed=2),
+        Prompt(QUESTION, max_tokens=8, temperature=0.7, top_k=1, top_p=0.9, seed=3),
+        Prompt(QUESTION, max_tokens=8, temperature=0.7, top_k=1024, top_p=0.01, seed=4),
+        Prompt(QUESTION, max_tokens=8, top_k=50, top_p=0.5, ignore_eos=True),  # greedy ignores top-k/top-p
+    ],
+    ids=["cold", "hot", "top_k_1", "top_p_tiny", "greedy_ignore_eos"],
+)
+def test_edge_settings_sample_the_same_tokens_on_the_device(engine, on_device, clips, prompt):
+    host = engine.generate(clips["5s"], [prompt])
+    dev = on_device.generate(clips["5s"], [prompt])
+    assert on_device.last_run_stats()["device_sampled"] == sampled_rows(dev) > 0
+    assert dev.tokens == host.tokens
 
 
 def test_a_bad_engine_setting_is_refused_before_loading(tiny):
