@@ -72,6 +72,8 @@ BatchRun::BatchRun(EngineResources & res, const RunRequest & request, const Inte
     stats_.n_ctx = lim_.fit.n_ctx;
     stats_.n_seq = lim_.fit.n_seq;
     stats_.sampling_threads = res_.pool ? res_.pool->threads() : 1;
+    if (lim_.sampling == DeviceSampling::Off) res_.device.detach_all(res_.ctx.get());  // a previous run's chains
+    stats_.sampler_attaches = -res_.device.attaches();  // this run's: the counter's value at the end minus now
 }
 
 BatchRun::~BatchRun() {
@@ -283,23 +285,23 @@ BatchRun::Active BatchRun::start(Pending & p) {
     return a;
 }
 
+// Back in reverse, so the next track pops them in the same order: its prompt i gets this track's sequence of prompt
+// i, and a device sampler chain attached there for the same settings is reused (cpp/device_sampling.h).
 void BatchRun::release(Active & a) {
     llama_memory_t mem = llama_get_memory(res_.ctx.get());
-    for (auto s : a.seqs) {
-        llama_memory_seq_rm(mem, s, -1, -1);
-        free_seqs_.push_back(s);
+    for (auto s = a.seqs.rbegin(); s != a.seqs.rend(); ++s) {
+        llama_memory_seq_rm(mem, *s, -1, -1);
+        free_seqs_.push_back(*s);
     }
 }
 
 void BatchRun::prefill(Active & a, Pending & p) {
     const size_t n_prompts = p.req.prompts.size();
-    const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
     const int32_t n_past = eval_prefix(p.px, a.seqs[0]);
     for (size_t i = 1; i < n_prompts; i++) llama_memory_seq_cp(llama_get_memory(res_.ctx.get()), a.seqs[0], a.seqs[i], -1, -1);
     for (size_t i = 0; i < n_prompts; i++) {
         a.pos.push_back(n_past + (int32_t) p.shape.suffix[i].size());
-        const auto & sp = p.req.prompts[i].sampling;
-        a.samplers.push_back(std::make_unique<SequenceSampler>(vocab, sp, sp.ignore_eos ? &res_.eog_ids : nullptr));
+        a.samplers.push_back(make_sampler(a.seqs[i], p.req.prompts[i].sampling));
     }
     a.req = std::move(p.req);
     a.res.outputs.resize(n_prompts);
@@ -313,10 +315,36 @@ void BatchRun::prefill(Active & a, Pending & p) {
 // First tokens: sampled right after the decode that produced their logits (a later decode overwrites them).
 void BatchRun::sample_first(Active & a, size_t i, int logits_row) {
     if (a.req.prompts[i].answered) return take_answer(a, i);  // nothing to sample (followup.h)
-    float * lg = llama_get_logits_ith(res_.ctx.get(), logits_row);
-    if (request_.debug && a.index == 0 && i == 0) a.res.first_logits.assign(lg, lg + n_vocab_);
+    if (request_.debug && a.index == 0 && i == 0) {  // debug samples on the host (Engine::device_sampling_for)
+        const float * lg = llama_get_logits_ith(res_.ctx.get(), logits_row);
+        a.res.first_logits.assign(lg, lg + n_vocab_);
+    }
     a.logit_idx[i] = -1;
-    accept(a, i, a.samplers[i]->sample(lg, n_vocab_));
+    accept(a, i, sample_row(a, i, logits_row));
+}
+
+// On the device when the run allows it and the settings are ones the device reproduces; otherwise the host fast
+// path, with any chain a previous track left on this sequence id taken off the context.
+std::unique_ptr<SequenceSampler> BatchRun::make_sampler(int32_t seq, const SamplingParams & sp) {
+    const std::vector<int32_t> * banned = sp.ignore_eos ? &res_.eog_ids : nullptr;
+    if (lim_.sampling != DeviceSampling::Off) {
+        if (device_sampling_refusal(sp).empty()) {
+            if (llama_sampler * chain = res_.device.attach(res_.ctx.get(), seq, sp, banned)) {
+                return std::make_unique<SequenceSampler>(chain);
+            }
+        }
+        res_.device.detach(res_.ctx.get(), seq);
+    }
+    return std::make_unique<SequenceSampler>(llama_model_get_vocab(res_.model.get()), sp, banned);
+}
+
+int32_t BatchRun::sample_row(Active & a, size_t i, int row) {
+    SequenceSampler & s = *a.samplers[i];
+    if (s.on_device()) {
+        stats_.device_sampled++;
+        return s.sample_device(res_.ctx.get(), row);
+    }
+    return s.sample(llama_get_logits_ith(res_.ctx.get(), row), n_vocab_);
 }
 
 // The prompt suffixes after the shared prefix: together in one batch, one logits row each, or (longer together
@@ -414,19 +442,26 @@ void BatchRun::accept(Active & a, size_t i, int32_t tok) {
 }
 
 // Samples every live sequence from the last step's logits. The logits pointers are fetched here (the first one
-// waits for the GPU); the rows are then sampled on the pool's threads, each sampler by one thread.
+// waits for the GPU); the rows are then sampled on the pool's threads, each sampler by one thread. Rows sampled on
+// the device are only read back, here (their token is all that was copied).
 void BatchRun::sample_step() {
     struct Row { Active * a; size_t i; float * logits; int32_t tok; };
     std::vector<Row> rows;
+    auto t0 = Clock::now();
     for (auto & a : active_) {
         for (size_t i = 0; i < a.live.size(); i++) {
-            if (a.live[i]) rows.push_back({&a, i, llama_get_logits_ith(res_.ctx.get(), a.logit_idx[i]), -1});
+            if (!a.live[i]) continue;
+            if (a.samplers[i]->on_device()) {
+                rows.push_back({&a, i, nullptr, sample_row(a, i, a.logit_idx[i])});
+            } else {
+                rows.push_back({&a, i, llama_get_logits_ith(res_.ctx.get(), a.logit_idx[i]), -1});
+            }
         }
     }
-    auto t0 = Clock::now();
     std::vector<std::exception_ptr> errors(rows.size());  // an exception must not leave a pool thread
-    auto sample_row = [&](int r) {
+    auto sample_on_host = [&](int r) {
         Row & row = rows[(size_t) r];
+        if (!row.logits) return;  // sampled on the device
         try {
             row.tok = row.a->samplers[row.i]->sample(row.logits, n_vocab_);
         } catch (...) {
@@ -434,9 +469,9 @@ void BatchRun::sample_step() {
         }
     };
     if (res_.pool) {
-        res_.pool->run((int) rows.size(), sample_row);
+        res_.pool->run((int) rows.size(), sample_on_host);
     } else {
-        for (int r = 0; r < (int) rows.size(); r++) sample_row(r);
+        for (int r = 0; r < (int) rows.size(); r++) sample_on_host(r);
     }
     stats_.sample_ms += ms_between(t0, Clock::now());
     for (const auto & e : errors) {
@@ -447,15 +482,11 @@ void BatchRun::sample_step() {
 
 // Frees the cells and sequences of finished tracks and hands their results to the sink.
 void BatchRun::retire() {
-    llama_memory_t mem = llama_get_memory(res_.ctx.get());
     const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
     for (size_t k = 0; k < active_.size();) {
         Active & a = active_[k];
         if (a.n_live > 0) { k++; continue; }
-        for (auto s : a.seqs) {
-            llama_memory_seq_rm(mem, s, -1, -1);
-            free_seqs_.push_back(s);
-        }
+        release(a);
         reserved_cells_ -= a.cells;
         GenerateStats & st = a.res.stats;
         const auto now = Clock::now();
@@ -519,6 +550,7 @@ RunStats BatchRun::run() {
     stop_preparer();
     stats_.prepare_ms = prepare_ms_;
     stats_.wall_ms = ms_between(t_run, Clock::now());
+    stats_.sampler_attaches += res_.device.attaches();
     if (source_error_) std::rethrow_exception(source_error_);
     return stats_;
 }

@@ -58,6 +58,7 @@ public:
         int n_batch;
         bool prepare_ahead;
         int n_threads;         // CPU threads of the log-mel and the encoder
+        DeviceSampling sampling;  // On or Off (the engine resolves Auto)
     };
     BatchRun(EngineResources & res, const RunRequest & request, const InterruptCheck & interrupted,
              const Limits & lim, const ChatPieces & chat, const NextTrack & next, const TrackDone & done);
@@ -114,6 +115,9 @@ private:
     void decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past);
     void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
     void sample_step();
+    // the sampler of a sequence: its chain attached on the device, or the host fast path (cpp/device_sampling.h)
+    std::unique_ptr<SequenceSampler> make_sampler(int32_t seq, const SamplingParams & sp);
+    int32_t sample_row(Active & a, size_t i, int row);  // one sequence's token from row `row` of the last decode
     void accept(Active & a, size_t i, int32_t tok);
     void retire();
     // follow-ups (cpp/followup.cpp)

@@ -84,6 +84,7 @@ void validate(const EngineParams & p) {
     require_in_range("n_seq_max", p.n_seq_max, 0, kMaxSequences);
     require_in_range("memory_budget_mb", p.memory_budget_mb, 0, 1 << 30);
     kv_ggml_type(p.kv_type);
+    parse_device_sampling(p.sampling_on_device);
 }
 
 double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
@@ -233,6 +234,8 @@ std::map<std::string, std::string> Engine::info() const {
         {"flash_attn", params_.flash_attn == FlashAttn::Auto ? "auto" : params_.flash_attn == FlashAttn::On ? "on" : "off"},
         {"n_ctx", std::to_string(ctx_n_ctx_)},
         {"kv_type", params_.kv_type},
+        // what the engine's setting means here ("auto" resolved): the bench's engine_info records it
+        {"sampling_on_device", device_sampling_for(RunRequest{}) == DeviceSampling::On ? "on" : "off"},
         {"kv_cell_bytes", std::to_string((long) kv_cell_bytes())},
     };
 }
@@ -284,6 +287,7 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int
     if (params_.n_ctx <= 0 && params_.kv_unified) n_ctx = std::max(round_up(n_ctx, kMinCells), ctx_n_ctx_);
 
     res_->ctx.reset();
+    res_->device.forget();  // its chains were attached to the context just freed
     ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0;
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = (uint32_t) n_ctx;
@@ -293,6 +297,9 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int
     // A decode outputs at most one row per sequence (a step: one per live sequence; a track's prompts: one each).
     // Left at 0 llama.cpp reserves n_batch rows of logits in the compute buffer (~1.2 GB for Qwen's vocabulary).
     cp.n_outputs_max = (uint32_t) n_seq;
+    // The same bound for device sampling: one sampled row per sequence and decode keeps each sampler chain's graph
+    // one row wide and its seeded draw plain (no per-decode transaction to commit).
+    cp.n_outputs_max_per_seq = 1;
     cp.kv_unified = params_.kv_unified;  // true: the forked sequences share the prefix cells instead of copying them
     cp.n_threads = params_.n_threads;
     cp.n_threads_batch = params_.n_threads;
@@ -375,12 +382,21 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const std::
     allocate(plan);
     const RunLimits fit{n_ctx_train(), ctx_n_ctx_, ctx_n_seq_, params_.kv_unified ? 0 : ctx_n_ctx_ / ctx_n_seq_};
     const BatchRun::Limits lim{plan.tracks_in_flight, fit, ctx_n_batch_,
-                               request.prepare_ahead.value_or(params_.prepare_ahead), params_.n_threads};
+                               request.prepare_ahead.value_or(params_.prepare_ahead), params_.n_threads,
+                               device_sampling_for(request)};
     BatchRun run(*res_, request, interrupted, lim, chat, next, done);
     last_run_ = RunStats{};
     last_run_ = run.run();
     last_run_.kv_budget_mb = plan.kv_budget_mb;
     return last_run_;
+}
+
+// "auto" samples on the device only where the output layer is on a GPU: on a CPU the graph's top-k sorts all
+// n_vocab indices where the host fast path scans the row once. `debug` keeps the raw first logits: host path.
+DeviceSampling Engine::device_sampling_for(const RunRequest & request) const {
+    const DeviceSampling mode = parse_device_sampling(request.sampling_on_device.value_or(params_.sampling_on_device));
+    if (request.debug || mode == DeviceSampling::Off) return DeviceSampling::Off;
+    return mode == DeviceSampling::On || text_on_gpu_ ? DeviceSampling::On : DeviceSampling::Off;
 }
 
 void Engine::check(const std::vector<PromptRequest> & prompts, size_t n_samples, const RunRequest & request) const {

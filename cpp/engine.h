@@ -80,6 +80,7 @@ private:
     void ensure_mtmd();
     ChatPieces format_chat(const std::string & system_prompt) const;
     ChatPieces chat_for(const RunRequest & request) const;
+    DeviceSampling device_sampling_for(const RunRequest & request) const;  // the run's mode, "auto" resolved
     std::string token_text(bool used, int32_t token) const;  // "" when unused or absent
 
     EngineParams params_;

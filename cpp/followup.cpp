@@ -97,7 +97,6 @@ const FollowUpRequest & followup_of(const TrackRequest & req, const FollowUpPlan
 
 // One waiting slot per follow-up after the prompts' own: its sequence was taken at admission, its sampler made here.
 void BatchRun::open_followup_slots(Active & a, FollowUpPlan && fu) {
-    const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
     const size_t n_prompts = a.req.prompts.size();
     a.limit.clear();
     for (const auto & p : a.req.prompts) a.limit.push_back(p.max_tokens);
@@ -110,8 +109,7 @@ void BatchRun::open_followup_slots(Active & a, FollowUpPlan && fu) {
         a.pos.push_back(0);
         a.live.push_back(false);
         a.logit_idx.push_back(-1);
-        a.samplers.push_back(std::make_unique<SequenceSampler>(vocab, f.sampling,
-                                                               f.sampling.ignore_eos ? &res_.eog_ids : nullptr));
+        a.samplers.push_back(make_sampler(a.seqs[n_prompts + k], f.sampling));
     }
     a.res.outputs.resize(n_prompts + a.fu.parent.size());
     a.n_live += a.fu.parent.size();  // a waiting follow-up keeps its track from retiring
@@ -175,9 +173,9 @@ void BatchRun::start_followups() {
     for (auto & s : starts) {  // sampled right away: a later decode overwrites these logits
         Active & a = *s.a;
         a.live[s.j] = true;  // n_live counted it while waiting
-        float * lg = llama_get_logits_ith(res_.ctx.get(), a.logit_idx[s.j]);
+        const int row = a.logit_idx[s.j];
         a.logit_idx[s.j] = -1;
-        accept(a, s.j, a.samplers[s.j]->sample(lg, n_vocab_));
+        accept(a, s.j, sample_row(a, s.j, row));
     }
 }
 

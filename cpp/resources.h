@@ -4,6 +4,7 @@
 #pragma once
 
 #include "audio_window.h"
+#include "device_sampling.h"
 #include "llama-cpp.h"
 #include "mtmd.h"
 #include "sampling.h"
@@ -19,6 +20,7 @@ struct EngineResources {
     std::unique_ptr<AudioWindowEncoder> encoder;  // Framing::Reference (the default)
     mtmd::context_ptr mtmd;                       // the other framings: a second copy of the encoder, made on first
                                                   // use (Engine::ensure_mtmd)
+    DeviceSamplers device;                        // chains attached to ctx (declared first: freed after it)
     llama_context_ptr ctx;
     std::vector<int32_t> eog_ids;                 // end-of-generation tokens (banned with ignore_eos)
     std::unique_ptr<SamplerPool> pool;            // samples the rows of a step

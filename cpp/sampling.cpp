@@ -102,6 +102,7 @@ SequenceSampler::SequenceSampler(const llama_vocab * vocab, const SamplingParams
 }
 
 int32_t SequenceSampler::sample(float * logits, int n_vocab) {
+    if (device_) throw EngineError("a device-sampled sequence was sampled on the host");
     if (banned_) {
         for (int32_t id : *banned_) logits[id] = -INFINITY;
     }
@@ -131,6 +132,15 @@ int32_t SequenceSampler::sample(float * logits, int n_vocab) {
     if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) throw EngineError("the sampler selected no token");
     const int32_t tok = cur_p.data[cur_p.selected].id;
     llama_sampler_accept(chain_.get(), tok);
+    return tok;
+}
+
+int32_t SequenceSampler::sample_device(llama_context * ctx, int idx) {
+    // llama_sampler_sample returns the device's token when the whole chain ran there, else applies the rest of
+    // the chain to what the device left (probabilities, logits, or the raw row); it accepts the token either way,
+    // which is what advances the seeded draw.
+    const llama_token tok = llama_sampler_sample(device_, ctx, idx);
+    if (tok < 0) throw EngineError("the device sampler selected no token");
     return tok;
 }
 

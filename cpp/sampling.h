@@ -31,18 +31,26 @@ using SamplerPtr = llama_sampler_ptr;  // llama.cpp's own (llama-cpp.h)
 class SequenceSampler {
 public:
     SequenceSampler(const llama_vocab * vocab, const SamplingParams & s, const std::vector<int32_t> * banned);
+    // A sequence sampled on the device (device_sampling.h): `chain` is attached to the context for its sequence
+    // id and owned by DeviceSamplers; the same chain as the host one, so a seed gives the same tokens.
+    explicit SequenceSampler(llama_sampler * device_chain) : path_(Path::Device), device_(device_chain) {}
+    bool on_device() const { return device_ != nullptr; }
     // `logits`: this sequence's row (n_vocab floats, written in place only for banned tokens).
     int32_t sample(float * logits, int n_vocab);
+    // On the device: the token the decode's graph chose for output row `idx` (llama.cpp finishes on the host the
+    // samplers its backend lacks, from the candidates the device kept), accepted into the chain.
+    int32_t sample_device(llama_context * ctx, int idx);
 
     // For tests and benchmarks: always hand the chain all n_vocab candidates (today's llama_sampler_sample path).
     static void set_force_full_path(bool on);
 
 private:
-    enum class Path { Greedy, TopK, Full };
+    enum class Path { Greedy, TopK, Full, Device };
     Path path_;
     int top_k_ = 0;
     SamplerPtr chain_;
-    const std::vector<int32_t> * banned_;  // token ids never sampled (end-of-generation with ignore_eos), or null
+    llama_sampler * device_ = nullptr;  // the attached chain when sampled on the device (DeviceSamplers owns it)
+    const std::vector<int32_t> * banned_ = nullptr;  // token ids never sampled (ignore_eos: end-of-generation)
     std::vector<llama_token_data> cur_;
 };
 

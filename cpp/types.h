@@ -24,6 +24,12 @@ constexpr int kWindowTokens = 750;
 // Flash attention for both the text model and the audio encoder (llama.cpp's and clip's own enums, one setting).
 enum class FlashAttn { Auto = -1, Off = 0, On = 1 };
 
+// Where a sequence's token is sampled (EngineParams::sampling_on_device, cpp/device_sampling.h). Auto: as On where
+// the output layer is on a GPU, else Off (on a CPU the host fast path's one scan of the row beats ggml's top-k
+// sort of all n_vocab indices); On: on the device for every prompt whose settings it reproduces (the others on
+// the host), CPU backend included (how tests compare both paths); Off: the host fast path always.
+enum class DeviceSampling { Auto, On, Off };
+
 struct EngineParams {
     std::string model_path;
     std::string mmproj_path;
@@ -45,6 +51,10 @@ struct EngineParams {
     // every track's cells, masked), or one stream per sequence (each fork copies the prefix; attention and a new
     // track's prefill read only their own stream). bench/RESULTS.md measures both on a GPU.
     bool kv_unified = true;
+    // Sampling on the device (llama.cpp's backend samplers, cpp/device_sampling.h): "auto" (where the output layer
+    // is on a GPU), "on" (also on a CPU), "off" (the host fast path, cpp/sampling.h); under "auto" and "on" a
+    // prompt whose settings the device does not reproduce samples on the host.
+    std::string sampling_on_device = "auto";
 };
 
 // A new sampling setting: a field here (and its use in sampling.cpp), one Field line in bindings.cpp (bind_types)
@@ -184,7 +194,8 @@ struct RunRequest {
     double max_audio_seconds = 0;        // a stream: the longest track expected (sizes the context); 0: 10 minutes
     bool profile = false;                // record every decode step (RunStats::step_*)
     std::optional<bool> prepare_ahead;   // encode on a helper thread; unset: the engine's setting
-    bool debug = false;                  // audio embeddings and first logits of the first track
+    bool debug = false;                  // audio embeddings and first logits of the first track (samples on the host)
+    std::optional<std::string> sampling_on_device;  // "auto", "on", "off"; unset: the engine's setting
 };
 
 // The most tracks in flight one run may ask for: llama.cpp allows at most 256 sequences in one context
@@ -211,6 +222,8 @@ struct RunStats {
     double prepare_ms = 0;           // mel + encoder of all tracks (helper thread with prepare_ahead)
     double wall_ms = 0;
     int sampling_threads = 1;
+    long device_sampled = 0;         // rows whose token the device chose (cpp/device_sampling.h)
+    int sampler_attaches = 0;        // chains attached to the context this run (each re-reserves its graphs)
     // with RunOptions::profile, one entry per step: live sequences, host ms before the step, decode ms
     std::vector<int> step_batch;
     std::vector<float> step_host_ms, step_decode_ms;

@@ -58,13 +58,16 @@ def test_gpu_bench_runs_on_cpu_and_reports_every_row_kind(tiny, mtmd_cli, llama_
     assert not report.get("skipped") and not [x for x in rows if x.get("failed")], rows
     old, engine = rows[0], [x for x in rows if x.get("kind") == "engine"]
     assert old["ok"] and len(old["per_prompt_s"]) == 5
-    assert [x["spec"] for x in engine] == ["Q6_K@1", "Q6_K@auto", "Q8_0@1", "F16@1"]
+    assert [x["spec"] for x in engine] == ["Q6_K@1", "Q6_K@1:devsample", "Q6_K@auto", "Q8_0@1", "F16@1"]
     for row in engine:
         assert row["n_errors"] == 0, row["errors"]
         assert row["tokens"] == row["expected_tokens"] > 0  # end of generation ignored: every answer at its limit
         assert row["steps"] > 0 and row["host_ms_per_step"] > 0 and row["step_ms"] > 0
         assert 0 < row["ramp_s"] < row["wall_s"]
-    auto = engine[1]
+    # "auto" samples on the host on a CPU; the devsample row's every token came from llama.cpp's backend samplers
+    assert [x["device_sampled"] > 0 for x in engine] == [False, True, False, False, False]
+    assert engine[1]["device_sampled"] == engine[1]["tokens"]  # ignore_eos: no token ends an answer early
+    auto = engine[2]
     assert auto["chosen_in_flight"] == 2 and auto["tracks"] == 6  # 3 x its tracks in flight on the CPU
     assert auto["steady_tracks_per_h"] > 0 and auto["ramp_s"] + auto["steady_s"] + auto["drain_s"] == pytest.approx(
         auto["wall_s"]
@@ -95,7 +98,7 @@ def test_plan_fits_the_device_call_and_names_what_it_skips():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     fits = [ln.split()[0] for ln in lines[2:] if "past the time limit" not in ln]
-    assert fits[:5] == ["Q6_K@8", "ops@Q6_K", "users@Q6_K", "hf", "Q8_0@8"]
+    assert fits[:6] == ["Q6_K@8", "Q6_K@8:hostsample", "ops@Q6_K", "users@Q6_K", "hf", "Q8_0@8"]
     assert int(lines[len(fits) + 1].split()[-1]) <= 555
 
 

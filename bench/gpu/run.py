@@ -221,7 +221,9 @@ def engine_setting(
 
     ``setting``: tracks in flight ("auto" or a number), optionally ``:noprep`` (audio encoded on the decode thread,
     as before this engine had a helper thread), ``:fullsample`` (every row sampled over all 152k candidates, as
-    llama_sampler_sample does) or ``:split`` (``mf`` is then an engine with one KV stream per sequence)."""
+    llama_sampler_sample does), ``:split`` (``mf`` is then an engine with one KV stream per sequence), ``:hostsample``
+    / ``:devsample`` (every row sampled on the host / by llama.cpp's backend samplers; without either the engine's
+    "auto": the device where the output layer is on a GPU)."""
     from music_flamingo import _core
 
     name, _, variant = setting.partition(":")
@@ -248,6 +250,7 @@ def engine_setting(
                 max_audio_seconds=len(pcm) / 16000 + 1,
                 profile=True,
                 prepare_ahead=prepare_ahead,
+                sampling_on_device={"hostsample": "off", "devsample": "on"}.get(variant),
             )
             wall = time.perf_counter() - t0
     finally:
@@ -278,6 +281,9 @@ def engine_setting(
         "n_errors": len(errors),
         "floor_ms": (weights_bytes / (bw * 1e9) * 1e3) if bw else None,
         "sampling_threads": st["sampling_threads"],
+        "device_sampled": st["device_sampled"],
+        "sampler_attaches": st["sampler_attaches"],
+        "sample_ms_per_step": st["sample_ms"] / max(1, st["steps"]),
         "encode_ms_per_track": float(np.mean([r.stats.encode_ms for r in good])) if good else 0.0,
         "mel_ms_per_track": float(np.mean([r.stats.mel_ms for r in good])) if good else 0.0,
         "prefill_ms_per_track": float(np.mean([r.stats.prefill_ms for r in good])) if good else 0.0,
@@ -380,8 +386,8 @@ def ops_table(rows: list[dict]) -> str:
 # A row: "[TYPE@]K[:variant]" (engine, K tracks in flight or auto), "ops[@TYPE]" (op profile), "users[@TYPE]" (the
 # users' workload), "hf" (the transformers backend). Rows of one weight type run together; a type's model is
 # written before its first row and deleted after its last (the disk).
-DEVICE_ROWS = "Q6_K@8,ops@Q6_K,users@Q6_K,hf,Q8_0@8,Q8_0@4,F16@8,F16@4,F16@16"
-CPU_ROWS = "Q6_K@1,Q6_K@auto,ops,users,hf,Q8_0@1,F16@1"
+DEVICE_ROWS = "Q6_K@8,Q6_K@8:hostsample,ops@Q6_K,users@Q6_K,hf,Q8_0@8,Q8_0@4,F16@8,F16@4,F16@16"
+CPU_ROWS = "Q6_K@1,Q6_K@1:devsample,Q6_K@auto,ops,users,hf,Q8_0@1,F16@1"
 # H200, 2026-11-26 (bench/RESULTS.md): s/track of the 150 s work at K in flight (Q6_K); other types assumed alike
 H200_S_PER_TRACK = {1: 3.72, 4: 2.01, 8: 1.74, 12: 1.78, 16: 1.94, 24: 2.29}
 WRITE_GBS = 0.27  # make_model.py: 7.58 GB in 28 s there

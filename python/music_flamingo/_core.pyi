@@ -176,6 +176,7 @@ class RunRequest:
     profile: bool
     prepare_ahead: bool | None
     debug: bool
+    sampling_on_device: str | None
     def __init__(
         self,
         *,
@@ -188,6 +189,7 @@ class RunRequest:
         profile: bool = False,
         prepare_ahead: bool | None = None,
         debug: bool = False,
+        sampling_on_device: str | None = None,
     ) -> None: ...
 
 class RunStats:
@@ -228,6 +230,10 @@ class RunStats:
     @property
     def sampling_threads(self) -> int: ...
     @property
+    def device_sampled(self) -> int: ...
+    @property
+    def sampler_attaches(self) -> int: ...
+    @property
     def step_batch(self) -> list[int]: ...
     @property
     def step_host_ms(self) -> list[float]: ...
@@ -256,6 +262,7 @@ class Engine:
         memory_budget_mb: float = 0.0,
         prepare_ahead: bool = True,
         kv_unified: bool = True,
+        sampling_on_device: str = "auto",
     ) -> None: ...
     def generate(
         self,

@@ -149,6 +149,9 @@ class MusicFlamingoGGUF(AnalyzerCalls):
     ``memory_budget_mb`` caps the KV cache that automatic tracks in flight may fill (0: the device's free memory);
     ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_unified``: one
     KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own).
+    ``sampling_on_device``: ``'auto'`` (default: llama.cpp's backend samplers pick each token where the logits are,
+    when the output layer is on a GPU), ``'on'`` (also on a CPU) or ``'off'`` (the host fast path always); a prompt
+    whose settings the device does not reproduce samples on the host; the same seed gives the same tokens.
     """
 
     backend = "gguf"  # the provenance's "backend"
@@ -180,6 +183,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         memory_budget_mb: float | None = None,
         prepare_ahead: bool | None = None,
         kv_unified: bool | None = None,
+        sampling_on_device: str | None = None,
         **analysis: Any,
     ) -> None:
         # first: a bad option or prompts file is refused before the model loads
@@ -210,6 +214,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             memory_budget_mb=memory_budget_mb,
             prepare_ahead=prepare_ahead,
             kv_unified=kv_unified,
+            sampling_on_device=sampling_on_device,
         )
         self._load_engine({k: v for k, v in engine.items() if v is not None})
 
@@ -354,6 +359,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         framing: str | None = None,
         profile: bool = False,
         prepare_ahead: bool | None = None,
+        sampling_on_device: str | None = None,
     ) -> dict[str, Any]:
         """Continuous batching over a stream of tracks that share ``prompts``: the engine takes the next array
         from ``audio`` (float32 mono 16 kHz, on its helper thread) whenever it has room, and calls
@@ -363,8 +369,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         takes it is reported from the engine's helper thread). ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
         10 minutes). An item of ``audio`` may also be ``(array, prompts)``: that track's own prompts (as many as
         ``prompts``, which then only size the run: give them room for the longest texts), decoded in the same batch
-        steps as the others. ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
-        went (steps, host and decode ms, tracks in flight)."""
+        steps as the others. ``prepare_ahead`` and ``sampling_on_device`` override the engine's settings for this
+        run (benchmarks). Returns where the time went (steps, host and decode ms, tracks in flight)."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
         it = iter(audio)
@@ -401,6 +407,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             max_audio_seconds=float(max_audio_seconds),
             profile=bool(profile),
             prepare_ahead=prepare_ahead,
+            sampling_on_device=sampling_on_device,
         )
         stats = _as_dict(self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, request=request))
         # The stats cover every item of the stream: those refused here never reached the engine's counters.
