@@ -20,6 +20,7 @@ struct EngineResources {
     mtmd::context_ptr mtmd;                       // the other framings: a second copy of the encoder, made on first
                                                   // use (Engine::ensure_mtmd)
     llama_context_ptr ctx;
+    llama_context_ptr prefill_ctx;                // prefixes beside the steps (prefill_context.h); may be null
     std::vector<int32_t> eog_ids;                 // end-of-generation tokens (banned with ignore_eos)
     std::unique_ptr<SamplerPool> pool;            // samples the rows of a step
 };

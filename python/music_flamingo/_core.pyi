@@ -175,6 +175,8 @@ class RunRequest:
     max_audio_seconds: float
     profile: bool
     prepare_ahead: bool | None
+    prefill_beside: bool | None
+    live_answers: int
     debug: bool
     def __init__(
         self,
@@ -187,6 +189,8 @@ class RunRequest:
         max_audio_seconds: float = 0.0,
         profile: bool = False,
         prepare_ahead: bool | None = None,
+        prefill_beside: bool | None = None,
+        live_answers: int = 0,
         debug: bool = False,
     ) -> None: ...
 
@@ -219,6 +223,14 @@ class RunStats:
     def host_ms(self) -> float: ...
     @property
     def admit_ms(self) -> float: ...
+    @property
+    def prefill_beside(self) -> int: ...
+    @property
+    def prefill_beside_ms(self) -> float: ...
+    @property
+    def prefill_fallbacks(self) -> int: ...
+    @property
+    def live_answers(self) -> int: ...
     @property
     def wait_ms(self) -> float: ...
     @property
@@ -256,6 +268,7 @@ class Engine:
         memory_budget_mb: float = 0.0,
         prepare_ahead: bool = True,
         kv_unified: bool = True,
+        prefill_beside: bool | None = None,
     ) -> None: ...
     def generate(
         self,
