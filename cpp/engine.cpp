@@ -378,7 +378,10 @@ RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tr
     if (known_tracks > 0) p.max_tracks = std::min<int>(p.max_tracks, (int) known_tracks);
     p.n_seq = p.max_tracks * p.max_prompts;
     p.n_ctx = sum_largest(cells, p.max_tracks);
-    if (prefill_beside(request)) p.prefill_cells = round_up(std::max(prefix_cells, kMinCells), kMinCells);
+    // one known track has no steps to prefill beside: the handover would only add its copy
+    if (prefill_beside(request) && known_tracks != 1) {
+        p.prefill_cells = round_up(std::max(prefix_cells, kMinCells), kMinCells);
+    }
     if (automatic) {
         double budget_cells = std::clamp(budget / kv_cell_bytes(), 0.0, (double) (1 << 30));
         // the prefill context's cells come out of the same budget; when the rest could not hold the largest

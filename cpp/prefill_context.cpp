@@ -52,7 +52,8 @@ PrefixCells SidePrefill::run(const PreparedPrefix & px, const StopCheck & stop) 
         out.n_pos = eval_prefix(ctx_, px, 0, n_batch_, stop);
         // the copy out waits for the device: what it computed is the copy's input
         out.bytes.resize(llama_state_seq_get_size(ctx_, 0));
-        if (out.bytes.empty() || llama_state_seq_get_data(ctx_, out.bytes.data(), out.bytes.size(), 0) != out.bytes.size()) {
+        const size_t n = out.bytes.size();
+        if (n == 0 || llama_state_seq_get_data(ctx_, out.bytes.data(), n, 0) != n) {
             throw EngineError("llama.cpp could not copy a prefilled prefix out of the prefill context");
         }
     } catch (...) {

@@ -54,8 +54,12 @@ def test_prefill_beside_gives_the_decode_threads_tokens_alone_and_among_others(e
     """Greedy and seeded-sampled prompts: a track alone, and five tracks at two in flight (admitted as others
     finish), equal the engine that prefills on the decode thread; the stats say which path ran."""
     tracks = pieces(track, 5)
-    assert beside.generate(tracks[0], MIXED).tokens == engine.generate(tracks[0], MIXED).tokens
-    assert beside.last_run_stats()["prefill_beside"] == 1
+    got, st = stream(beside, [tracks[0]], MIXED)  # a stream of one: generate() alone has no steps to overlap
+    assert got[0].tokens == engine.generate(tracks[0], MIXED).tokens
+    assert st["prefill_beside"] == 1
+    beside.generate(tracks[0], MIXED)
+    assert beside.last_run_stats()["prefill_beside"] == 0
+    stream(engine, [tracks[0]], MIXED)
     assert engine.last_run_stats()["prefill_beside"] == 0  # a CPU's default: off
     alone = [engine.generate(t, MIXED).tokens for t in tracks]
     together = beside.generate_many([(t, MIXED) for t in tracks], tracks_in_flight=2)
@@ -140,12 +144,14 @@ def test_interrupt_and_close_while_prefilling_beside_neither_hang_nor_crash(tiny
         assert time.time() - t0 < 30, time.time() - t0
         r = e.generate(pcm[:16000 * 5], 16000, [_core.PromptRequest("hi", max_tokens=3)])
         assert r.stats.tokens_generated >= 1
+        short = [_core.PromptRequest("hi", max_tokens=8)]
         for delay in (0.0, 0.05, 0.3):
             e = _core.Engine(os.environ["MODEL"], os.environ["MMPROJ"], n_threads=1, warmup=False, prefill_beside=True)
             out = []
             def call():
                 try:
-                    out.append(e.generate_many([(pcm, long)] * 3, 16000, request=_core.RunRequest(tracks_in_flight=1)))
+                    out.append(e.generate_many([(pcm[:16000 * 20], short)] * 3, 16000,
+                                               request=_core.RunRequest(tracks_in_flight=1)))
                 except EngineError as x:
                     out.append(x)
             t = threading.Thread(target=call)

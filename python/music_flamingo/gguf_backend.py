@@ -346,7 +346,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         request = self._request(
             framing,
             tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight,
-            live_answers=int(live_answers),
+            live_answers=live_answers,  # checked where it enters the engine (plan.cpp)
         )
         raws = self._engine.generate_many(native, int(sample_rate), request=request)
         return [self._result(r) for r in raws]
@@ -415,7 +415,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             profile=bool(profile),
             prepare_ahead=prepare_ahead,
             prefill_beside=prefill_beside,
-            live_answers=int(live_answers),
+            live_answers=live_answers,  # checked where it enters the engine (plan.cpp)
         )
         stats = _as_dict(self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, request=request))
         # The stats cover every item of the stream: those refused here never reached the engine's counters.
