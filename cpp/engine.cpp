@@ -234,6 +234,7 @@ std::map<std::string, std::string> Engine::info() const {
         {"n_ctx", std::to_string(ctx_n_ctx_)},
         {"kv_type", params_.kv_type},
         {"kv_cell_bytes", std::to_string((long) kv_cell_bytes())},
+        {"prefill_beside", prefill_beside(RunRequest{}) ? "on" : "off"},  // the engine's setting (a run may override)
     };
 }
 

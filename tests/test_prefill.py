@@ -61,6 +61,7 @@ def test_prefill_beside_gives_the_decode_threads_tokens_alone_and_among_others(e
     assert beside.last_run_stats()["prefill_beside"] == 0
     stream(engine, [tracks[0]], MIXED)
     assert engine.last_run_stats()["prefill_beside"] == 0  # a CPU's default: off
+    assert (engine.info["prefill_beside"], beside.info["prefill_beside"]) == ("off", "on")
     alone = [engine.generate(t, MIXED).tokens for t in tracks]
     together = beside.generate_many([(t, MIXED) for t in tracks], tracks_in_flight=2)
     assert [r.tokens for r in together] == alone
