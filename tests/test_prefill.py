@@ -104,20 +104,46 @@ def test_a_prefix_too_long_for_the_prefill_context_is_prefilled_at_admission(eng
     assert st["prefill_beside"] == 1 and st["prefill_fallbacks"] == 1
 
 
+def one_in_flight(eng, tracks, prompts, live_answers: int) -> tuple[list, dict]:
+    """A stream at one track in flight, each track encoded on the decode thread when it is taken (prepare_ahead
+    off): the next track is always ready when the rule asks for it, so admissions do not depend on timing."""
+    got, st = stream(
+        eng, tracks, prompts, tracks_in_flight=1, prepare_ahead=False, max_audio_seconds=30, live_answers=live_answers
+    )
+    return [got[i] for i in range(len(tracks))], st
+
+
 def test_live_answers_admit_a_waiting_track_when_short_answers_end(engine, track):
     """One track in flight, two answers each: one ends on its first token, the other runs 30 (EOS ignored). With a
     target of two live answers the next track is admitted as soon as the short answer ends (two tracks in flight);
     without it, only after the long one. The tokens are the same either way."""
     tracks = pieces(track, 3)
     prompts = [Prompt(QUESTION, max_tokens=1, ignore_eos=True), Prompt(QUESTION, max_tokens=30, ignore_eos=True)]
-    plain = engine.generate_many([(t, prompts) for t in tracks], tracks_in_flight=1)
-    assert engine.last_run_stats()["peak_in_flight"] == 1
-    live = engine.generate_many([(t, prompts) for t in tracks], tracks_in_flight=1, live_answers=2)
-    st = engine.last_run_stats()
+    plain, st = one_in_flight(engine, tracks, prompts, 0)
+    assert st["peak_in_flight"] == 1 and st["steps"] == 3 * 29
+    live, st = one_in_flight(engine, tracks, prompts, 2)
     assert st["peak_in_flight"] == 2 and st["live_answers"] == 2
     assert [r.tokens for r in live] == [r.tokens for r in plain]
-    # fewer steps: the second track's long answer decodes in the first one's steps
-    assert st["steps"] < 3 * 30
+    # fewer steps: each next track's long answer decodes in the steps of the one before
+    assert st["steps"] < 3 * 29
+
+
+def test_live_answers_with_follow_ups_keep_their_answers(engine, track):
+    """A short answer without follow-ups gives its cells back and lets the next track in; an answer with a
+    follow-up keeps its sequence for it: every answer and follow-up is what the plain run gives."""
+    tracks = pieces(track, 3)
+    prompts = [
+        Prompt(QUESTION, max_tokens=1, ignore_eos=True),
+        Prompt(QUESTION, max_tokens=6, followups=(SUMMARY,)),
+        Prompt("Which instruments do you hear?", max_tokens=20, ignore_eos=True),
+    ]
+    plain, _ = one_in_flight(engine, tracks, prompts, 0)
+    live, st = one_in_flight(engine, tracks, prompts, 3)
+    assert st["peak_in_flight"] == 2
+    assert [r.tokens for r in live] == [r.tokens for r in plain]
+    assert [[[f.tokens for f in fs] for fs in r.followups] for r in live] == [
+        [[f.tokens for f in fs] for fs in r.followups] for r in plain
+    ]
 
 
 def test_live_answers_is_checked_where_it_enters_the_engine(engine, track):
