@@ -72,6 +72,8 @@ def test_prefill_beside_gives_the_decode_threads_tokens_alone_and_among_others(e
 
 
 def test_prefill_beside_keeps_follow_ups_and_a_bad_track_fails_alone(engine, beside, track):
+    """A follow-up continues its answer's sequence, whose prefix came from the second context: the same answers
+    and follow-ups as the decode thread's prefill; a track refused before encoding fails alone, the others go on."""
     tracks = pieces(track, 3)
     prompts = [Prompt(QUESTION, max_tokens=8, followups=(SUMMARY,)), MIXED[1]]
     want = [engine.generate(t, prompts) for t in tracks]
