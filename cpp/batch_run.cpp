@@ -65,6 +65,7 @@ BatchRun::BatchRun(EngineResources & res, const RunRequest & request, const Inte
     : res_(res), request_(request), interrupted_(interrupted), lim_(lim), chat_(chat), next_(next), done_(done),
       step_(std::max(lim.fit.n_seq, 1)) {
     n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(res_.model.get()));
+    if (!lim_.prepare_ahead) lim_.side = nullptr;  // the prefill thread takes what the helper thread encoded
     planner_ = make_planner(request_.framing,
                             PlannerContext{res_.model.get(), res_.encoder.get(), res_.mtmd.get(), lim_.n_threads}, chat_);
     for (int s = lim_.fit.n_seq - 1; s >= 0; s--) free_seqs_.push_back(s);
@@ -102,18 +103,17 @@ bool BatchRun::prepare_one(Pending & p) {
             prepare_ms_ += ms;
         }
         p.shape.prefix_positions = p.shape.prefix_bound = p.px.n_pos;  // exact now
-        if (!text_only) prefill_beside(p);
     } catch (...) {
         p.error = std::current_exception();
     }
     return true;
 }
 
-// The prefix into the second context, on this (the helper) thread, so the decode thread only installs its cells.
+// The prefix into the second context, on the prefill thread, so the decode thread only installs its cells.
 // Anything that goes wrong here leaves the track to today's path (prefilled at admission): a failure of the side
-// path costs time, never a track. Stopping the run (stop_) ends it between two batches.
+// path costs time, never a track. Stopping the run (stop_) ends it between two batches (Interrupted).
 void BatchRun::prefill_beside(Pending & p) {
-    if (!lim_.side || !lim_.prepare_ahead || !lim_.side->fits(p.px)) return;
+    if (p.error || p.req.pcm.empty() || !lim_.side->fits(p.px)) return;  // failed, text only, or too long for it
     try {
         p.cells = lim_.side->run(p.px, [this]() {
             std::lock_guard<std::mutex> lk(m_);
@@ -126,12 +126,16 @@ void BatchRun::prefill_beside(Pending & p) {
     }
 }
 
+// Encoded tracks go to the prefill thread when there is one (one waits there at most), else straight to the
+// decode thread (two wait at most: host memory, ~54 MB each for 150 s of audio).
 void BatchRun::preparer_loop() {
-    const size_t lookahead = 2;  // encoded tracks waiting at most (host memory: ~54 MB each for 150 s of audio)
+    const bool staged = lim_.side != nullptr;
+    std::deque<Pending> & out = staged ? encoded_ : ready_;
+    const size_t lookahead = staged ? 1 : 2;
     for (;;) {
         {
             std::unique_lock<std::mutex> lk(m_);
-            cv_space_.wait(lk, [&]() { return stop_ || ready_.size() < lookahead; });
+            cv_space_.wait(lk, [&]() { return stop_ || out.size() < lookahead; });
             if (stop_) return;
         }
         Pending p;
@@ -143,16 +147,47 @@ void BatchRun::preparer_loop() {
             source_error = std::current_exception();
         }
         std::lock_guard<std::mutex> lk(m_);
-        if (source_error) {
-            source_error_ = source_error;
-            source_done_ = true;
-        } else if (!more) {
-            source_done_ = true;
-        } else {
-            ready_.push_back(std::move(p));
-        }
+        if (source_error) source_error_ = source_error;
+        if (more && !source_error) out.push_back(std::move(p));
+        const bool done = source_error || !more;
+        if (done) (staged ? encoded_done_ : source_done_) = true;
         cv_ready_.notify_all();
-        if (source_done_) return;
+        cv_space_.notify_all();  // the prefill thread waits on it too
+        if (done) return;
+    }
+}
+
+// The prefill thread: the encoded tracks' prefixes into the second context, in source order, while the decode
+// thread steps and the helper thread encodes the next track (a thread of its own, so encoding and prefill overlap:
+// on one thread their sum, not the larger, would bound tracks per second). Two prefilled tracks wait at most (host
+// memory: ~220 MB of cells each for 150 s on the 8B model).
+void BatchRun::prefiller_loop() {
+    const size_t lookahead = 2;
+    for (;;) {
+        Pending p;
+        {
+            std::unique_lock<std::mutex> lk(m_);
+            cv_space_.wait(lk, [&]() {
+                return stop_ || (!encoded_.empty() && ready_.size() < lookahead) || (encoded_.empty() && encoded_done_);
+            });
+            if (stop_) return;
+            if (encoded_.empty()) {  // the source is done and every track it gave went on
+                source_done_ = true;
+                cv_ready_.notify_all();
+                return;
+            }
+            p = std::move(encoded_.front());
+            encoded_.pop_front();
+        }
+        cv_space_.notify_all();  // the helper thread may encode the next
+        try {
+            prefill_beside(p);
+        } catch (...) {
+            return;  // Interrupted: the run is stopping (stop_)
+        }
+        std::lock_guard<std::mutex> lk(m_);
+        ready_.push_back(std::move(p));
+        cv_ready_.notify_all();
     }
 }
 
@@ -163,6 +198,7 @@ void BatchRun::stop_preparer() {
     }
     cv_space_.notify_all();
     if (preparer_.joinable()) preparer_.join();
+    if (prefiller_.joinable()) prefiller_.join();
 }
 
 // The next prepared track, in source order. Without prepare_ahead it is prepared here, on the decode thread.
@@ -509,6 +545,7 @@ RunStats BatchRun::run() {
     const auto t_run = Clock::now();
     llama_memory_clear(llama_get_memory(res_.ctx.get()), true);
     if (lim_.prepare_ahead) preparer_ = std::thread([this]() { preparer_loop(); });
+    if (lim_.prepare_ahead && lim_.side) prefiller_ = std::thread([this]() { prefiller_loop(); });
 
     auto t_host = Clock::now();  // start of the host work before the next step
     for (;;) {

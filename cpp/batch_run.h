@@ -1,7 +1,8 @@
 // Continuous batching over tracks (one Engine::run call). Internal to the engine.
 //
 //   helper thread:  next track from the source -> plan + encode its audio (PrefixPlanner) -> ready queue
-//                   [+ its prefix evaluated in a second context and copied out (prefill_context.h), when beside]
+//                   (with prefill beside: -> the prefill thread -> ready queue)
+//   prefill thread: (beside only) its prefix evaluated in a second context, copied out (prefill_context.h)
 //   decode thread:  admit (the prefix: installed from the second context, or evaluated here; fork one sequence per
 //                   prompt, decode the prompt suffixes, first tokens)
 //                   step  (sample every live sequence, one llama_decode for all of them)
@@ -43,7 +44,7 @@ public:
         int n_batch;
         bool prepare_ahead;
         int n_threads;         // CPU threads of the log-mel and the encoder
-        SidePrefill * side = nullptr;  // prefixes evaluated on the helper thread (null: on the decode thread)
+        SidePrefill * side = nullptr;  // prefixes on a prefill thread (null, or no prepare_ahead: decode thread)
         int live_answers = 0;  // admit past tracks_in_flight while fewer answers are live (0: never)
         int max_tracks = 0;    // tracks at most with live_answers (the context's sequences allow them)
     };
@@ -86,6 +87,7 @@ private:
 
     // helper thread (or inline without prepare_ahead)
     void preparer_loop();
+    void prefiller_loop();                        // prefill beside: encoded -> prefilled, in source order
     bool prepare_one(Pending & p);                // false: the source is exhausted
     bool take_ready(Pending & out, bool block);   // next prepared track, in source order
     void stop_preparer();
@@ -102,7 +104,7 @@ private:
     void release(Active & a);                     // a track's sequences back, its cells cleared
     void keep_debug(Active & a, const Pending & p) const;
     int32_t place_prefix(Pending & p, int32_t seq);  // installed from the side context, or evaluated here
-    void prefill_beside(Pending & p);             // helper thread: p.cells, or nothing when it cannot
+    void prefill_beside(Pending & p);             // prefill thread: p.cells, or nothing when it cannot
     void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
     void end_answer(Active & a, size_t i);        // a slot's answer ended: its own cells back
     void sample_step();
@@ -129,11 +131,13 @@ private:
     std::mutex m_;
     std::condition_variable cv_ready_, cv_space_;
     std::deque<Pending> ready_;
+    std::deque<Pending> encoded_;  // with prefill beside: encoded, for the prefill thread
     bool source_done_ = false, stop_ = false;
+    bool encoded_done_ = false;    // with prefill beside: the helper thread took the last track
     std::exception_ptr source_error_;
     size_t n_taken_ = 0;
     double prepare_ms_ = 0;
-    std::thread preparer_;
+    std::thread preparer_, prefiller_;
 
     // decode thread state
     std::vector<Active> active_;
