@@ -2,8 +2,8 @@
 // prefix to any context.
 //
 // Admitting a track used to stop every other track for its whole prefill (45 % of a run on an H200,
-// bench/RESULTS.md). Now the helper thread that encodes a track's audio also evaluates its prefix (chat head + audio
-// embeddings) in a second, small llama_context on the same model, copies the prefix's KV cells to host memory
+// bench/RESULTS.md). Now a prefill thread takes each track the helper thread encoded and evaluates its prefix (chat
+// head + audio embeddings) in a second, small llama_context on the same model, copies the prefix's KV cells to host memory
 // (llama_state_seq_get_data) and clears that context for the next track. The decode thread, between two steps,
 // only installs those cells into a free sequence of the main context (llama_state_seq_set_data: a host copy,
 // ~220 MB for a 150 s track on the 8B model), then forks and decodes the prompt suffixes as before.
@@ -65,10 +65,10 @@ int32_t eval_prefix(llama_context * ctx, const PreparedPrefix & px, int32_t seq,
 struct PrefixCells {
     std::vector<uint8_t> bytes;  // empty: not prefilled beside (the decode thread evaluates the prefix)
     int32_t n_pos = 0;
-    double ms = 0;  // evaluating and copying out, on the helper thread
+    double ms = 0;  // evaluating and copying out, on the prefill thread
 };
 
-// The second context's work: one prefix at a time, on one thread (the helper thread's).
+// The second context's work: one prefix at a time, on one thread (BatchRun's prefill thread).
 class SidePrefill {
 public:
     SidePrefill(llama_context * ctx, int n_cells, int n_batch) : ctx_(ctx), n_cells_(n_cells), n_batch_(n_batch) {}

@@ -45,7 +45,7 @@ struct EngineParams {
     // every track's cells, masked), or one stream per sequence (each fork copies the prefix; attention and a new
     // track's prefill read only their own stream). bench/RESULTS.md measures both on a GPU.
     bool kv_unified = true;
-    // Evaluate each track's prefix in a second, small context on the helper thread, beside the decode steps, and
+    // Evaluate each track's prefix in a second, small context on a prefill thread, beside the decode steps, and
     // hand its cells to the main context (cpp/prefill_context.h), so admitting a track no longer stops the others.
     // Unset: on when the text model is on a GPU (there the two contexts run at once; on a CPU they share the same
     // cores, so nothing is gained). Needs kv_unified and prepare_ahead; off or out of memory: prefilled at admission.
@@ -131,7 +131,7 @@ struct GenerateStats {
     double encode_ms = 0;        // audio encoder (helper thread with prepare_ahead)
     // The decode thread's prefill of this track (it stops the other tracks meanwhile): the prompt suffixes and,
     // unless the prefix was prefilled beside (RunStats::prefill_beside), the prefix too; with it, installing the
-    // prefix's cells instead (the helper thread's time for them is RunStats::prefill_beside_ms).
+    // prefix's cells instead (the prefill thread's time for them is RunStats::prefill_beside_ms).
     double prefill_ms = 0;
     double decode_ms = 0;        // from the first generated token to the last
     int tokens_generated = 0;
@@ -221,10 +221,10 @@ struct RunStats {
     double host_ms = 0;              // all per-step work outside llama_decode (sampling, batch, bookkeeping)
     double admit_ms = 0;             // prefill of admitted tracks on the decode thread
     int prefill_beside = 0;          // tracks whose prefix was evaluated in the second context
-    double prefill_beside_ms = 0;    // their prefixes there (helper thread, beside the steps), copy out included
+    double prefill_beside_ms = 0;    // their prefixes there (prefill thread, beside the steps), copy out included
     int prefill_fallbacks = 0;       // tracks meant to be prefilled beside that the decode thread prefilled
     int live_answers = 0;            // the live-answers target used (0: off)
-    double wait_ms = 0;              // decode thread waiting for the helper thread's encoded audio
+    double wait_ms = 0;              // decode thread waiting for the helper threads' encoded (prefilled) tracks
     double prepare_ms = 0;           // mel + encoder of all tracks (helper thread with prepare_ahead)
     double wall_ms = 0;
     int sampling_threads = 1;

@@ -336,7 +336,7 @@ def table(rows: list[dict], base: float | None) -> str:
     """The engine and backend rows as one Markdown table (op profiles have their own, see ops_table)."""
     lines = [
         "| setting | tracks | s/track | tracks/h (steady) | ramp-up / drain s | vs old | tok/s | step ms (mean B) "
-        "| floor ms | host ms/step | prefill ms/track (decode thread) | mel+encode [+ prefill beside] ms/track (helper) "
+        "| floor ms | host ms/step | prefill ms/track (decode thread) | mel+encode [+ prefill beside] ms/track (helpers) "
         "| peak mem MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -149,7 +149,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
     ``memory_budget_mb`` caps the KV cache that automatic tracks in flight may fill (0: the device's free memory);
     ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_unified``: one
     KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own);
-    ``prefill_beside`` evaluates each track's prefix in a second context on the helper thread, beside the other
+    ``prefill_beside`` evaluates each track's prefix in a second context on a thread of its own, beside the other
     tracks' decode steps (default: on when the text model is on a GPU).
     """
 
