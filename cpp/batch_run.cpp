@@ -65,6 +65,7 @@ BatchRun::BatchRun(EngineResources & res, const RunRequest & request, const Inte
     : res_(res), request_(request), interrupted_(interrupted), lim_(lim), chat_(chat), next_(next), done_(done),
       step_(std::max(lim.fit.n_seq, 1)) {
     n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(res_.model.get()));
+    if (!lim_.prepare_ahead) lim_.side = nullptr;  // the prefill thread takes what the helper thread encoded
     planner_ = make_planner(request_.framing,
                             PlannerContext{res_.model.get(), res_.encoder.get(), res_.mtmd.get(), lim_.n_threads}, chat_);
     for (int s = lim_.fit.n_seq - 1; s >= 0; s--) free_seqs_.push_back(s);
@@ -110,12 +111,33 @@ bool BatchRun::prepare_one(Pending & p) {
     return true;
 }
 
+// The prefix into the second context, on the prefill thread, so the decode thread only installs its cells.
+// Anything that goes wrong here leaves the track to today's path (prefilled at admission): a failure of the side
+// path costs time, never a track. Stopping the run (stop_) ends it between two batches (Interrupted).
+void BatchRun::prefill_beside(Pending & p) {
+    if (p.error || p.req.pcm.empty() || !lim_.side->fits(p.px)) return;  // failed, text only, or too long for it
+    try {
+        p.cells = lim_.side->run(p.px, [this]() {
+            std::lock_guard<std::mutex> lk(m_);
+            return stop_;
+        });
+    } catch (const Interrupted &) {
+        throw;
+    } catch (const std::exception &) {
+        p.cells = PrefixCells{};  // counted at admission (RunStats::prefill_fallbacks)
+    }
+}
+
+// Encoded tracks go to the prefill thread when there is one (one waits there at most), else straight to the
+// decode thread (two wait at most: host memory, ~54 MB each for 150 s of audio).
 void BatchRun::preparer_loop() {
-    const size_t lookahead = 2;  // encoded tracks waiting at most (host memory: ~54 MB each for 150 s of audio)
+    const bool staged = lim_.side != nullptr;
+    std::deque<Pending> & out = staged ? encoded_ : ready_;
+    const size_t lookahead = staged ? 1 : 2;
     for (;;) {
         {
             std::unique_lock<std::mutex> lk(m_);
-            cv_space_.wait(lk, [&]() { return stop_ || ready_.size() < lookahead; });
+            cv_space_.wait(lk, [&]() { return stop_ || out.size() < lookahead; });
             if (stop_) return;
         }
         Pending p;
@@ -127,16 +149,47 @@ void BatchRun::preparer_loop() {
             source_error = std::current_exception();
         }
         std::lock_guard<std::mutex> lk(m_);
-        if (source_error) {
-            source_error_ = source_error;
-            source_done_ = true;
-        } else if (!more) {
-            source_done_ = true;
-        } else {
-            ready_.push_back(std::move(p));
-        }
+        if (source_error) source_error_ = source_error;
+        if (more && !source_error) out.push_back(std::move(p));
+        const bool done = source_error || !more;
+        if (done) (staged ? encoded_done_ : source_done_) = true;
         cv_ready_.notify_all();
-        if (source_done_) return;
+        cv_space_.notify_all();  // the prefill thread waits on it too
+        if (done) return;
+    }
+}
+
+// The prefill thread: the encoded tracks' prefixes into the second context, in source order, while the decode
+// thread steps and the helper thread encodes the next track (a thread of its own, so encoding and prefill overlap:
+// on one thread their sum, not the larger, would bound tracks per second). Two prefilled tracks wait at most (host
+// memory: ~220 MB of cells each for 150 s on the 8B model).
+void BatchRun::prefiller_loop() {
+    const size_t lookahead = 2;
+    for (;;) {
+        Pending p;
+        {
+            std::unique_lock<std::mutex> lk(m_);
+            cv_space_.wait(lk, [&]() {
+                return stop_ || (!encoded_.empty() && ready_.size() < lookahead) || (encoded_.empty() && encoded_done_);
+            });
+            if (stop_) return;
+            if (encoded_.empty()) {  // the source is done and every track it gave went on
+                source_done_ = true;
+                cv_ready_.notify_all();
+                return;
+            }
+            p = std::move(encoded_.front());
+            encoded_.pop_front();
+        }
+        cv_space_.notify_all();  // the helper thread may encode the next
+        try {
+            prefill_beside(p);
+        } catch (...) {
+            return;  // Interrupted: the run is stopping (stop_)
+        }
+        std::lock_guard<std::mutex> lk(m_);
+        ready_.push_back(std::move(p));
+        cv_ready_.notify_all();
     }
 }
 
@@ -147,6 +200,7 @@ void BatchRun::stop_preparer() {
     }
     cv_space_.notify_all();
     if (preparer_.joinable()) preparer_.join();
+    if (prefiller_.joinable()) prefiller_.join();
 }
 
 // The next prepared track, in source order. Without prepare_ahead it is prepared here, on the decode thread.
@@ -183,38 +237,8 @@ bool BatchRun::take_ready(Pending & out, bool block) {
 
 // ---- decode thread ----------------------------------------------------------------------------------------------
 
-void BatchRun::decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past) {
-    const int n_embd = llama_model_n_embd_inp(res_.model.get());
-    Batch b(lim_.n_batch, n_embd);
-    for (int off = 0; off < n_tokens; off += lim_.n_batch) {
-        const int n = std::min(lim_.n_batch, n_tokens - off);
-        b.clear();
-        for (int i = 0; i < n; i++) b.add(0, n_past + i, seq, false, embd + (size_t) (off + i) * n_embd);
-        if (llama_decode(res_.ctx.get(), b.b)) throw EngineError("llama.cpp failed to decode the audio embeddings");
-        n_past += n;
-    }
-}
-
 void BatchRun::decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past) {
-    Batch b(lim_.n_batch);
-    for (size_t off = 0; off < toks.size(); off += (size_t) lim_.n_batch) {
-        b.clear();
-        for (size_t i = off; i < std::min(toks.size(), off + (size_t) lim_.n_batch); i++) b.add(toks[i], n_past++, seq, false);
-        if (llama_decode(res_.ctx.get(), b.b)) throw EngineError("llama.cpp failed to evaluate the prompt prefix");
-    }
-}
-
-int32_t BatchRun::eval_prefix(const PreparedPrefix & px, int32_t seq) {
-    int32_t n_past = 0;
-    for (const auto & piece : px.pieces) {
-        if (piece.n_embd_tokens > 0) {
-            decode_embd(piece.embd.data(), piece.n_embd_tokens, seq, n_past);
-        } else {
-            decode_tokens(piece.tokens, seq, n_past);
-        }
-        if (interrupted_ && interrupted_()) throw Interrupted("interrupted");
-    }
-    return n_past;
+    mf::decode_tokens(res_.ctx.get(), toks, seq, n_past, lim_.n_batch);
 }
 
 // A track that failed alone: its exception goes to the sink as thrown (an interruption ends the whole run).
@@ -240,18 +264,19 @@ bool BatchRun::admit(Pending & p) {
     if (!has_room(p)) return false;
     Active a = start(p);
     const int step_mark = step_.b.n_tokens;  // first tokens this track queues go after this
+    reserved_cells_ += a.cells;  // before prefill: an answer ending on its first token gives its cells back
     try {
         prefill(a, p);
     } catch (const Interrupted &) {
         throw;
     } catch (...) {
         step_.b.n_tokens = step_mark;
+        reserved_cells_ -= a.cells;
         release(a);
         throw;
     }
     a.res.stats.prefill_ms = ms_between(a.t_start, Clock::now());
     if (request_.debug && a.index == 0) keep_debug(a, p);
-    reserved_cells_ += a.cells;
     active_.push_back(std::move(a));
     stats_.peak_in_flight = std::max(stats_.peak_in_flight, (int) active_.size());
     return true;
@@ -297,11 +322,15 @@ void BatchRun::release(Active & a) {
 
 void BatchRun::prefill(Active & a, Pending & p) {
     const size_t n_prompts = p.req.prompts.size();
-    const int32_t n_past = eval_prefix(p.px, a.seqs[0]);
+    const int32_t n_past = place_prefix(p, a.seqs[0]);
     for (size_t i = 1; i < n_prompts; i++) llama_memory_seq_cp(llama_get_memory(res_.ctx.get()), a.seqs[0], a.seqs[i], -1, -1);
     for (size_t i = 0; i < n_prompts; i++) {
         a.pos.push_back(n_past + (int32_t) p.shape.suffix[i].size());
         a.samplers.push_back(make_sampler(a.seqs[i], p.req.prompts[i].sampling));
+        // the cells only this prompt's sequence holds (plan.h: TrackShape::cells); a prompt with follow-ups keeps
+        // them, its follow-ups continue its sequence
+        const bool alone = p.req.prompts[i].followups.empty();
+        a.own_cells.push_back(alone ? (int) p.shape.suffix[i].size() + std::max(p.shape.max_tokens[i], 0) : 0);
     }
     a.req = std::move(p.req);
     a.res.outputs.resize(n_prompts);
@@ -310,6 +339,22 @@ void BatchRun::prefill(Active & a, Pending & p) {
     a.n_live = n_prompts;
     open_followup_slots(a, std::move(p.fu));
     decode_prompts(a, p, n_past);
+}
+
+// The prefix into the track's first sequence: its cells from the side context when it was prefilled there, else
+// evaluated here as before (also when llama.cpp refuses the handover: the side path is only ever a shortcut).
+int32_t BatchRun::place_prefix(Pending & p, int32_t seq) {
+    const bool tried = lim_.side && !p.req.pcm.empty();
+    if (install_prefix(res_.ctx.get(), p.cells, seq)) {
+        const int32_t n_pos = p.cells.n_pos;
+        stats_.prefill_beside++;
+        stats_.prefill_beside_ms += p.cells.ms;
+        p.cells = PrefixCells{};  // ~220 MB of host memory for a 150 s track on the 8B model
+        return n_pos;
+    }
+    p.cells = PrefixCells{};
+    if (tried) stats_.prefill_fallbacks++;
+    return eval_prefix(res_.ctx.get(), p.px, seq, lim_.n_batch, interrupted_);
 }
 
 // First tokens: sampled right after the decode that produced their logits (a later decode overwrites them).
@@ -395,7 +440,7 @@ void BatchRun::keep_debug(Active & a, const Pending & p) const {
 
 // Admits prepared tracks while there is room. Blocks for the helper thread only when nothing else can run.
 void BatchRun::admit_ready(bool block) {
-    while ((int) active_.size() < lim_.tracks_in_flight) {
+    while (may_admit()) {
         if (!have_next_) {
             if (!take_ready(next_pending_, block && active_.empty())) return;
             have_next_ = true;
@@ -422,6 +467,28 @@ void BatchRun::admit_ready(bool block) {
     }
 }
 
+// Up to tracks_in_flight tracks; with a live-answers target, more (up to max_tracks) while fewer answers than the
+// target are live. Waiting follow-ups count as live: their answers are still to come. Cells are has_room's.
+bool BatchRun::may_admit() const {
+    if ((int) active_.size() < lim_.tracks_in_flight) return true;
+    if (lim_.live_answers <= 0 || (int) active_.size() >= lim_.max_tracks) return false;
+    size_t live = 0;
+    for (const auto & a : active_) live += a.n_live;
+    return live < (size_t) lim_.live_answers;
+}
+
+// An answer ended: a prompt without follow-ups gives its own cells back (its suffix and generated tokens; the
+// prefix stays with the track's other sequences), so another track can be admitted before this one retires.
+void BatchRun::end_answer(Active & a, size_t i) {
+    a.live[i] = false;
+    a.n_live--;
+    if (i >= a.own_cells.size() || a.own_cells[i] == 0) return;
+    llama_memory_seq_rm(llama_get_memory(res_.ctx.get()), a.seqs[i], -1, -1);
+    reserved_cells_ -= a.own_cells[i];
+    a.cells -= a.own_cells[i];
+    a.own_cells[i] = 0;
+}
+
 // Queues a sampled token for the next step, or ends the sequence (end of generation or its token limit).
 void BatchRun::accept(Active & a, size_t i, int32_t tok) {
     const llama_vocab * vocab = llama_model_get_vocab(res_.model.get());
@@ -437,8 +504,7 @@ void BatchRun::accept(Active & a, size_t i, int32_t tok) {
         }
         out.stop_reason = "max_tokens";
     }
-    a.live[i] = false;
-    a.n_live--;
+    end_answer(a, i);
 }
 
 // Samples every live sequence from the last step's logits. The logits pointers are fetched here (the first one
@@ -510,6 +576,7 @@ RunStats BatchRun::run() {
     const auto t_run = Clock::now();
     llama_memory_clear(llama_get_memory(res_.ctx.get()), true);
     if (lim_.prepare_ahead) preparer_ = std::thread([this]() { preparer_loop(); });
+    if (lim_.prepare_ahead && lim_.side) prefiller_ = std::thread([this]() { prefiller_loop(); });
 
     auto t_host = Clock::now();  // start of the host work before the next step
     for (;;) {

@@ -1,16 +1,24 @@
 // Continuous batching over tracks (one Engine::run call). Internal to the engine.
 //
 //   helper thread:  next track from the source -> plan + encode its audio (PrefixPlanner) -> ready queue
-//   decode thread:  admit (prefill the prefix, fork one sequence per prompt, first tokens)
+//                   (with prefill beside: -> the prefill thread -> ready queue)
+//   prefill thread: (beside only) its prefix evaluated in a second context, copied out (prefill_context.h)
+//   decode thread:  admit (the prefix: installed from the second context, or evaluated here; fork one sequence per
+//                   prompt, decode the prompt suffixes, first tokens)
 //                   step  (sample every live sequence, one llama_decode for all of them)
 //                   retire (free a finished track's cells and sequences, hand its result to the sink)
 //
 // A track is admitted only when the KV cells it can ever need (prefix + every prompt's suffix and token limit) are
-// free, so a running track never runs out of cells; a track that cannot fit even alone fails alone.
+// free, so a running track never runs out of cells; a track that cannot fit even alone fails alone. An answer that
+// ends (without follow-ups to ask) gives its own cells back at once. Tracks are admitted up to tracks_in_flight;
+// with a live-answers target (issue 18 item 3) also past it, up to max_tracks, while fewer answers than the target
+// are live: when a track's short answers end early, the next track fills the step instead of waiting for the
+// track's longest answer.
 #pragma once
 
 #include "followup.h"
 #include "plan.h"
+#include "prefill_context.h"
 #include "prefix.h"
 #include "resources.h"
 
@@ -28,28 +36,6 @@ struct mtmd_context;
 
 namespace mf {
 
-// An owned llama_batch of token ids (n_embd = 0) or embeddings (n_embd > 0), one sequence per entry.
-struct Batch {
-    llama_batch b;
-    const int n_embd;
-    Batch(int n, int n_embd_ = 0) : b(llama_batch_init(n, n_embd_, 1)), n_embd(n_embd_) {}
-    ~Batch() { llama_batch_free(b); }
-    Batch(const Batch &) = delete;
-    Batch & operator=(const Batch &) = delete;
-    void clear() { b.n_tokens = 0; }
-    // Appends a token (or, for an embedding batch, the embedding row at `embd`); returns its index in the batch.
-    int add(int32_t tok, int32_t pos, int32_t seq, bool logits, const float * embd = nullptr) {
-        const int k = b.n_tokens++;
-        if (n_embd > 0) {
-            std::copy(embd, embd + n_embd, b.embd + (size_t) k * n_embd);
-        } else {
-            b.token[k] = tok;
-        }
-        b.pos[k] = pos; b.n_seq_id[k] = 1; b.seq_id[k][0] = seq; b.logits[k] = logits;
-        return k;
-    }
-};
-
 class BatchRun {
 public:
     struct Limits {
@@ -59,6 +45,9 @@ public:
         bool prepare_ahead;
         int n_threads;         // CPU threads of the log-mel and the encoder
         DeviceSampling sampling;  // On or Off (the engine resolves Auto)
+        SidePrefill * side = nullptr;  // prefixes on a prefill thread (null, or no prepare_ahead: decode thread)
+        int live_answers = 0;  // admit past tracks_in_flight while fewer answers are live (0: never)
+        int max_tracks = 0;    // tracks at most with live_answers (the context's sequences allow them)
     };
     BatchRun(EngineResources & res, const RunRequest & request, const InterruptCheck & interrupted,
              const Limits & lim, const ChatPieces & chat, const NextTrack & next, const TrackDone & done);
@@ -75,6 +64,7 @@ private:
         PreparedPrefix px;
         TrackShape shape;  // per prompt: suffix tokens and token limit; the prefix exact once encoded
         FollowUpPlan fu;   // its follow-up questions (cpp/followup.cpp)
+        PrefixCells cells; // its prefix prefilled beside (empty: prefilled at admission)
         std::exception_ptr error;
     };
     struct Active {
@@ -92,17 +82,20 @@ private:
         // Slots (seqs, samplers, pos, live, outputs) are the prompts', then one per follow-up (cpp/followup.cpp).
         std::vector<int> limit;      // per slot: its token limit
         std::vector<bool> waiting;   // per slot: a follow-up whose answer has not ended yet
+        std::vector<int> own_cells;  // per prompt: cells given back when its answer ends (0: kept, follow-ups)
         FollowUpPlan fu;
     };
 
     // helper thread (or inline without prepare_ahead)
     void preparer_loop();
+    void prefiller_loop();                        // prefill beside: encoded -> prefilled, in source order
     bool prepare_one(Pending & p);                // false: the source is exhausted
     bool take_ready(Pending & out, bool block);   // next prepared track, in source order
     void stop_preparer();
 
     // decode thread
     void admit_ready(bool block);
+    bool may_admit() const;                       // tracks_in_flight, or the live-answers target
     bool admit(Pending & p);                      // false: no room now (retry after a retire)
     bool has_room(const Pending & p) const;
     Active start(Pending & p);                    // the track's stats and sequences
@@ -111,9 +104,10 @@ private:
     void sample_first(Active & a, size_t i, int logits_row);
     void release(Active & a);                     // a track's sequences back, its cells cleared
     void keep_debug(Active & a, const Pending & p) const;
-    int32_t eval_prefix(const PreparedPrefix & px, int32_t seq);
-    void decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past);
+    int32_t place_prefix(Pending & p, int32_t seq);  // installed from the side context, or evaluated here
+    void prefill_beside(Pending & p);             // prefill thread: p.cells, or nothing when it cannot
     void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
+    void end_answer(Active & a, size_t i);        // a slot's answer ended: its own cells back
     void sample_step();
     // the sampler of a sequence: its chain attached on the device, or the host fast path (cpp/device_sampling.h)
     std::unique_ptr<SequenceSampler> make_sampler(int32_t seq, const SamplingParams & sp);
@@ -141,11 +135,13 @@ private:
     std::mutex m_;
     std::condition_variable cv_ready_, cv_space_;
     std::deque<Pending> ready_;
+    std::deque<Pending> encoded_;  // with prefill beside: encoded, for the prefill thread
     bool source_done_ = false, stop_ = false;
+    bool encoded_done_ = false;    // with prefill beside: the helper thread took the last track
     std::exception_ptr source_error_;
     size_t n_taken_ = 0;
     double prepare_ms_ = 0;
-    std::thread preparer_;
+    std::thread preparer_, prefiller_;
 
     // decode thread state
     std::vector<Active> active_;

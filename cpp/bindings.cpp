@@ -307,6 +307,8 @@ void bind_types(py::module_ & m) {
                 Field<&RQ::max_audio_seconds>{"max_audio_seconds"},
                 Field<&RQ::profile>{"profile"},
                 Field<&RQ::prepare_ahead>{"prepare_ahead"},
+                Field<&RQ::prefill_beside>{"prefill_beside"},
+                Field<&RQ::live_answers>{"live_answers"},
                 Field<&RQ::debug>{"debug"},
                 Field<&RQ::sampling_on_device>{"sampling_on_device"});
 }
@@ -366,6 +368,10 @@ void bind_results(py::module_ & m) {
         .def_readonly("sample_ms", &RS::sample_ms)
         .def_readonly("host_ms", &RS::host_ms)
         .def_readonly("admit_ms", &RS::admit_ms)
+        .def_readonly("prefill_beside", &RS::prefill_beside)
+        .def_readonly("prefill_beside_ms", &RS::prefill_beside_ms)
+        .def_readonly("prefill_fallbacks", &RS::prefill_fallbacks)
+        .def_readonly("live_answers", &RS::live_answers)
         .def_readonly("wait_ms", &RS::wait_ms)
         .def_readonly("prepare_ms", &RS::prepare_ms)
         .def_readonly("wall_ms", &RS::wall_ms)
@@ -405,7 +411,7 @@ PYBIND11_MODULE(_core, m) {
                          bool mmproj_use_gpu, int n_threads, mf::FlashAttn flash_attn, int n_ctx, int n_batch,
                          int n_ubatch, int n_seq_max, const std::string & kv_type, bool warmup,
                          int n_sampling_threads, double memory_budget_mb, bool prepare_ahead, bool kv_unified,
-                         const std::string & sampling_on_device) {
+                         const std::string & sampling_on_device, std::optional<bool> prefill_beside) {
                  mf::EngineParams p;
                  p.model_path = model_path; p.mmproj_path = mmproj_path; p.n_gpu_layers = n_gpu_layers;
                  p.mmproj_use_gpu = mmproj_use_gpu; p.n_threads = n_threads; p.flash_attn = flash_attn;
@@ -413,6 +419,7 @@ PYBIND11_MODULE(_core, m) {
                  p.kv_type = kv_type; p.warmup = warmup; p.n_sampling_threads = n_sampling_threads;
                  p.memory_budget_mb = memory_budget_mb; p.prepare_ahead = prepare_ahead; p.kv_unified = kv_unified;
                  p.sampling_on_device = sampling_on_device;
+                 p.prefill_beside = prefill_beside;
                  return std::make_unique<PyEngine>(p);
              }),
              py::arg("model_path"), py::arg("mmproj_path"), py::kw_only(),
@@ -422,7 +429,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("n_seq_max") = dflt.n_seq_max, py::arg("kv_type") = dflt.kv_type,
              py::arg("warmup") = dflt.warmup, py::arg("n_sampling_threads") = dflt.n_sampling_threads,
              py::arg("memory_budget_mb") = dflt.memory_budget_mb, py::arg("prepare_ahead") = dflt.prepare_ahead,
-             py::arg("kv_unified") = dflt.kv_unified, py::arg("sampling_on_device") = dflt.sampling_on_device)
+             py::arg("kv_unified") = dflt.kv_unified, py::arg("sampling_on_device") = dflt.sampling_on_device,
+             py::arg("prefill_beside") = dflt.prefill_beside)
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
              py::kw_only(), py::arg("request") = mf::RunRequest{},
              "Encode the audio once and answer every prompt from the shared prefix. GIL released while running.")

@@ -237,6 +237,7 @@ std::map<std::string, std::string> Engine::info() const {
         // what the engine's setting means here ("auto" resolved): the bench's engine_info records it
         {"sampling_on_device", device_sampling_for(RunRequest{}) == DeviceSampling::On ? "on" : "off"},
         {"kv_cell_bytes", std::to_string((long) kv_cell_bytes())},
+        {"prefill_beside", prefill_beside(RunRequest{}) ? "on" : "off"},  // the engine's setting (a run may override)
     };
 }
 
@@ -269,6 +270,51 @@ ChatPieces Engine::format_chat(const std::string & system_prompt) const {
             formatted.substr(at_slot + std::string(kPromptSlot).size())};
 }
 
+// One context's settings. The main context and the prefill context share all but their size: the same K/V types,
+// flash attention, unified setting and batch split, so a prefix's cells mean the same in both (prefill_context.h).
+llama_context_params Engine::context_params(int n_ctx, int n_seq, int n_batch) const {
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t) n_ctx;
+    cp.n_batch = (uint32_t) n_batch;
+    cp.n_ubatch = (uint32_t) std::min(params_.n_ubatch, n_batch);
+    cp.n_seq_max = (uint32_t) n_seq;
+    // A decode outputs at most one row per sequence (a step: one per live sequence; a track's prompts: one each).
+    // Left at 0 llama.cpp reserves n_batch rows of logits in the compute buffer (~1.2 GB for Qwen's vocabulary).
+    cp.n_outputs_max = (uint32_t) n_seq;
+    // The same bound for device sampling: one sampled row per sequence and decode keeps each sampler chain's graph
+    // one row wide and its seeded draw plain (no per-decode transaction to commit).
+    cp.n_outputs_max_per_seq = 1;
+    cp.kv_unified = params_.kv_unified;  // true: the forked sequences share the prefix cells instead of copying them
+    cp.n_threads = params_.n_threads;
+    cp.n_threads_batch = params_.n_threads;
+    cp.flash_attn_type = fa_type(params_.flash_attn);
+    cp.type_k = cp.type_v = kv_ggml_type(params_.kv_type);
+    cp.no_perf = true;
+    return cp;
+}
+
+// The prefill context for prefixes of up to n_cells positions, one sequence, the main context's batch (made after
+// it). Grows only. False when llama.cpp cannot make it (out of memory): the run prefills at admission instead.
+bool Engine::ensure_prefill_context(int n_cells) {
+    n_cells = round_up(std::max(n_cells, kMinCells), kMinCells);
+    if (res_->prefill_ctx && n_cells <= prefill_n_ctx_ && prefill_n_batch_ == ctx_n_batch_) return true;
+    res_->prefill_ctx.reset();
+    prefill_n_ctx_ = prefill_n_batch_ = 0;
+    res_->prefill_ctx.reset(llama_init_from_model(res_->model.get(), context_params(n_cells, 1, ctx_n_batch_)));
+    if (!res_->prefill_ctx) return false;
+    prefill_n_ctx_ = n_cells;
+    prefill_n_batch_ = ctx_n_batch_;
+    return true;
+}
+
+// Whether a run prefills beside its steps: asked for (or, unset, the text model on a GPU), with a helper thread to
+// do it on and one KV cache shared by all sequences (a stream per sequence would need as many in the second
+// context for llama.cpp to take its cells).
+bool Engine::prefill_beside(const RunRequest & request) const {
+    const bool wanted = request.prefill_beside.value_or(params_.prefill_beside.value_or(text_on_gpu_));
+    return wanted && params_.kv_unified && request.prepare_ahead.value_or(params_.prepare_ahead);
+}
+
 // (Re)creates the llama context when a run needs more cells, sequences or batch than the current one has.
 // Grows only, rounded up, so a long run settles on one context instead of reallocating per call.
 void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells) {
@@ -289,24 +335,7 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int
     res_->ctx.reset();
     res_->device.forget();  // its chains were attached to the context just freed
     ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0;
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t) n_ctx;
-    cp.n_batch = (uint32_t) n_batch;
-    cp.n_ubatch = (uint32_t) std::min(params_.n_ubatch, n_batch);
-    cp.n_seq_max = (uint32_t) n_seq;
-    // A decode outputs at most one row per sequence (a step: one per live sequence; a track's prompts: one each).
-    // Left at 0 llama.cpp reserves n_batch rows of logits in the compute buffer (~1.2 GB for Qwen's vocabulary).
-    cp.n_outputs_max = (uint32_t) n_seq;
-    // The same bound for device sampling: one sampled row per sequence and decode keeps each sampler chain's graph
-    // one row wide and its seeded draw plain (no per-decode transaction to commit).
-    cp.n_outputs_max_per_seq = 1;
-    cp.kv_unified = params_.kv_unified;  // true: the forked sequences share the prefix cells instead of copying them
-    cp.n_threads = params_.n_threads;
-    cp.n_threads_batch = params_.n_threads;
-    cp.flash_attn_type = fa_type(params_.flash_attn);
-    cp.type_k = cp.type_v = kv_ggml_type(params_.kv_type);
-    cp.no_perf = true;
-    res_->ctx.reset(llama_init_from_model(res_->model.get(), cp));
+    res_->ctx.reset(llama_init_from_model(res_->model.get(), context_params(n_ctx, n_seq, n_batch)));
     if (!res_->ctx) {
         throw EngineError("llama.cpp could not create a context of " + std::to_string(n_ctx) +
                           " tokens (out of memory? see the log)");
@@ -326,8 +355,9 @@ RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tr
     require_valid(request);
     RunPlan p;
     std::vector<int> cells;
-    int seq_cells = 0;
+    int seq_cells = 0, prefix_cells = 0;
     for (const auto & t : tracks) {
+        prefix_cells = std::max(prefix_cells, std::min(t.prefix_bound, n_ctx_train()));
         if (known_tracks > 0) require_fits(t, RunLimits{n_ctx_train()});
         p.max_prompts = std::max(p.max_prompts, t.sequences);  // sequences per track: prompts and follow-ups
         p.n_batch = std::max(p.n_batch, t.suffix_tokens());  // all prompts of a track in one batch
@@ -346,14 +376,32 @@ RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tr
     }
     if (known_tracks > 0) n = std::min<int>(n, (int) known_tracks);
     p.tracks_in_flight = std::min(n, std::max(1, kMaxSequences / p.max_prompts));
-    p.n_seq = p.tracks_in_flight * p.max_prompts;
-    if (!params_.kv_unified) {
+    p.max_tracks = p.tracks_in_flight;
+    if (!params_.kv_unified) {  // a stream per sequence: more tracks would be more streams (memory), not denser ones
+        p.n_seq = p.tracks_in_flight * p.max_prompts;
         p.n_ctx = p.n_seq * p.seq_cells;
         return p;
     }
-    p.n_ctx = sum_largest(cells, p.tracks_in_flight);
-    // cells are upper bounds (a silent window more than any track has): tracks usually fit more densely
-    if (automatic) p.n_ctx = std::min(p.n_ctx, (int) std::clamp(budget / kv_cell_bytes(), 0.0, (double) (1 << 30)));
+    p.max_tracks = max_tracks(p.tracks_in_flight, request.live_answers, p.max_prompts);
+    if (known_tracks > 0) p.max_tracks = std::min<int>(p.max_tracks, (int) known_tracks);
+    p.n_seq = p.max_tracks * p.max_prompts;
+    p.n_ctx = sum_largest(cells, p.max_tracks);
+    // one known track has no steps to prefill beside: the handover would only add its copy
+    if (prefill_beside(request) && known_tracks != 1) {
+        p.prefill_cells = round_up(std::max(prefix_cells, kMinCells), kMinCells);
+    }
+    if (automatic) {
+        double budget_cells = std::clamp(budget / kv_cell_bytes(), 0.0, (double) (1 << 30));
+        // the prefill context's cells come out of the same budget; when the rest could not hold the largest
+        // track, the run prefills at admission instead
+        if (p.prefill_cells > 0 && budget_cells - p.prefill_cells >= (cells.empty() ? 0 : cells[0])) {
+            budget_cells -= p.prefill_cells;
+        } else {
+            p.prefill_cells = 0;
+        }
+        // cells are upper bounds (a silent window more than any track has): tracks usually fit more densely
+        p.n_ctx = std::min(p.n_ctx, (int) budget_cells);
+    }
     p.n_ctx = std::max(p.n_ctx, kMinCells);
     return p;
 }
@@ -367,8 +415,9 @@ void Engine::allocate(RunPlan & p) {
         } catch (const EngineError &) {
             if (p.tracks_in_flight <= 1) throw;
             p.tracks_in_flight = std::max(1, p.tracks_in_flight / 2);
+            p.max_tracks = std::max(p.tracks_in_flight, p.max_tracks / 2);
             p.n_ctx = std::max(kMinCells, p.n_ctx / 2);
-            p.n_seq = p.tracks_in_flight * p.max_prompts;
+            p.n_seq = p.max_tracks * p.max_prompts;
             if (!params_.kv_unified) p.n_ctx = p.n_seq * p.seq_cells;
         }
     }
@@ -380,14 +429,23 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const std::
     RunPlan plan = plan_run(tracks, known_tracks, request);
     if (request.framing != Framing::Reference) ensure_mtmd();
     allocate(plan);
+    // after the main context, which must exist first: a prefill context it cannot afford is simply not used
+    std::unique_ptr<SidePrefill> side;
+    if (plan.prefill_cells > 0 && ensure_prefill_context(plan.prefill_cells)) {
+        side = std::make_unique<SidePrefill>(res_->prefill_ctx.get(), prefill_n_ctx_, ctx_n_batch_);
+    }
     const RunLimits fit{n_ctx_train(), ctx_n_ctx_, ctx_n_seq_, params_.kv_unified ? 0 : ctx_n_ctx_ / ctx_n_seq_};
-    const BatchRun::Limits lim{plan.tracks_in_flight, fit, ctx_n_batch_,
-                               request.prepare_ahead.value_or(params_.prepare_ahead), params_.n_threads,
-                               device_sampling_for(request)};
+    BatchRun::Limits lim{plan.tracks_in_flight, fit, ctx_n_batch_,
+                         request.prepare_ahead.value_or(params_.prepare_ahead), params_.n_threads,
+                         device_sampling_for(request)};
+    lim.side = side.get();
+    lim.live_answers = plan.max_tracks > plan.tracks_in_flight ? request.live_answers : 0;
+    lim.max_tracks = plan.max_tracks;
     BatchRun run(*res_, request, interrupted, lim, chat, next, done);
     last_run_ = RunStats{};
     last_run_ = run.run();
     last_run_.kv_budget_mb = plan.kv_budget_mb;
+    last_run_.live_answers = lim.live_answers;
     return last_run_;
 }
 

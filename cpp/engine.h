@@ -24,6 +24,7 @@
 
 struct llama_model;
 struct llama_context;
+struct llama_context_params;
 struct mtmd_context;
 
 namespace mf {
@@ -77,6 +78,9 @@ private:
     double kv_budget_bytes() const;
     double free_memory_budget() const;
     void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells = 0);
+    llama_context_params context_params(int n_ctx, int n_seq, int n_batch) const;
+    bool ensure_prefill_context(int n_cells);
+    bool prefill_beside(const RunRequest & request) const;
     void ensure_mtmd();
     ChatPieces format_chat(const std::string & system_prompt) const;
     ChatPieces chat_for(const RunRequest & request) const;
@@ -86,6 +90,7 @@ private:
     EngineParams params_;
     std::unique_ptr<EngineResources> res_;  // cpp/resources.h
     int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0;
+    int prefill_n_ctx_ = 0, prefill_n_batch_ = 0;
     std::string chat_template_;  // as stored in the GGUF ("chatml" when absent)
     std::string text_device_, audio_device_;
     bool text_on_gpu_ = false;

@@ -71,6 +71,12 @@ struct RunPlan {
     int n_batch = 0;         // the largest track's prompt suffixes together (one batch)
     int seq_cells = 0;       // without a unified cache: cells of each sequence's stream
     double kv_budget_mb = 0; // memory automatic sizing allowed the KV cache (0: not used)
+    int max_tracks = 1;      // tracks at most: tracks_in_flight, or more with a live-answers target
+    int prefill_cells = 0;   // the second context's cells (the largest prefix; prefill_context.h); 0: none
 };
+
+// The tracks a run may hold with a live-answers target: twice tracks_in_flight (a track whose short answers
+// ended holds few live ones), as the context's sequences allow. Without a target: tracks_in_flight.
+int max_tracks(int tracks_in_flight, int live_answers, int sequences_per_track);
 
 }  // namespace mf

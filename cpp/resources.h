@@ -22,6 +22,7 @@ struct EngineResources {
                                                   // use (Engine::ensure_mtmd)
     DeviceSamplers device;                        // chains attached to ctx (declared first: freed after it)
     llama_context_ptr ctx;
+    llama_context_ptr prefill_ctx;                // prefixes beside the steps (prefill_context.h); may be null
     std::vector<int32_t> eog_ids;                 // end-of-generation tokens (banned with ignore_eos)
     std::unique_ptr<SamplerPool> pool;            // samples the rows of a step
 };

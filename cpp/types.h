@@ -55,6 +55,11 @@ struct EngineParams {
     // is on a GPU), "on" (also on a CPU), "off" (the host fast path, cpp/sampling.h); under "auto" and "on" a
     // prompt whose settings the device does not reproduce samples on the host.
     std::string sampling_on_device = "auto";
+    // Evaluate each track's prefix in a second, small context on a prefill thread, beside the decode steps, and
+    // hand its cells to the main context (cpp/prefill_context.h), so admitting a track no longer stops the others.
+    // Unset: on when the text model is on a GPU (there the two contexts run at once; on a CPU they share the same
+    // cores, so nothing is gained). Needs kv_unified and prepare_ahead; off or out of memory: prefilled at admission.
+    std::optional<bool> prefill_beside;
 };
 
 // A new sampling setting: a field here (and its use in sampling.cpp), one Field line in bindings.cpp (bind_types)
@@ -134,7 +139,10 @@ struct GenerateStats {
     int n_ctx = 0;
     double mel_ms = 0;           // log-mel of the audio (helper thread with prepare_ahead)
     double encode_ms = 0;        // audio encoder (helper thread with prepare_ahead)
-    double prefill_ms = 0;       // prefix text + audio embeddings + prompt suffixes through the LLM
+    // The decode thread's prefill of this track (it stops the other tracks meanwhile): the prompt suffixes and,
+    // unless the prefix was prefilled beside (RunStats::prefill_beside), the prefix too; with it, installing the
+    // prefix's cells instead (the prefill thread's time for them is RunStats::prefill_beside_ms).
+    double prefill_ms = 0;
     double decode_ms = 0;        // from the first generated token to the last
     int tokens_generated = 0;
     double decode_tokens_per_s = 0;
@@ -194,6 +202,11 @@ struct RunRequest {
     double max_audio_seconds = 0;        // a stream: the longest track expected (sizes the context); 0: 10 minutes
     bool profile = false;                // record every decode step (RunStats::step_*)
     std::optional<bool> prepare_ahead;   // encode on a helper thread; unset: the engine's setting
+    std::optional<bool> prefill_beside;  // prefix in a second context (EngineParams); unset: the engine's setting
+    // Admission by live answers: past tracks_in_flight (up to twice as many tracks) while fewer answers than this
+    // are live, so the step's batch stays full as answers end at different lengths. The context is sized for
+    // the extra tracks' sequences and cells (within the memory budget when automatic). 0: off (tracks only).
+    int live_answers = 0;
     bool debug = false;                  // audio embeddings and first logits of the first track (samples on the host)
     std::optional<std::string> sampling_on_device;  // "auto", "on", "off"; unset: the engine's setting
 };
@@ -218,7 +231,11 @@ struct RunStats {
     double sample_ms = 0;            // sampling the rows of the steps
     double host_ms = 0;              // all per-step work outside llama_decode (sampling, batch, bookkeeping)
     double admit_ms = 0;             // prefill of admitted tracks on the decode thread
-    double wait_ms = 0;              // decode thread waiting for the helper thread's encoded audio
+    int prefill_beside = 0;          // tracks whose prefix was evaluated in the second context
+    double prefill_beside_ms = 0;    // their prefixes there (prefill thread, beside the steps), copy out included
+    int prefill_fallbacks = 0;       // tracks meant to be prefilled beside that the decode thread prefilled
+    int live_answers = 0;            // the live-answers target used (0: off)
+    double wait_ms = 0;              // decode thread waiting for the helper threads' encoded (prefilled) tracks
     double prepare_ms = 0;           // mel + encoder of all tracks (helper thread with prepare_ahead)
     double wall_ms = 0;
     int sampling_threads = 1;

@@ -58,15 +58,27 @@ def test_gpu_bench_runs_on_cpu_and_reports_every_row_kind(tiny, mtmd_cli, llama_
     assert not report.get("skipped") and not [x for x in rows if x.get("failed")], rows
     old, engine = rows[0], [x for x in rows if x.get("kind") == "engine"]
     assert old["ok"] and len(old["per_prompt_s"]) == 5
-    assert [x["spec"] for x in engine] == ["Q6_K@1", "Q6_K@1:devsample", "Q6_K@auto", "Q8_0@1", "F16@1"]
+    assert [x["spec"] for x in engine] == [
+        "Q6_K@1",
+        "Q6_K@1:devsample",
+        "Q6_K@auto",
+        "Q6_K@2:beside",
+        "Q6_K@1:live",
+        "Q8_0@1",
+        "F16@1",
+    ]
     for row in engine:
         assert row["n_errors"] == 0, row["errors"]
         assert row["tokens"] == row["expected_tokens"] > 0  # end of generation ignored: every answer at its limit
         assert row["steps"] > 0 and row["host_ms_per_step"] > 0 and row["step_ms"] > 0
         assert 0 < row["ramp_s"] < row["wall_s"]
     # "auto" samples on the host on a CPU; the devsample row's every token came from llama.cpp's backend samplers
-    assert [x["device_sampled"] > 0 for x in engine] == [False, True, False, False, False]
+    assert [x["device_sampled"] > 0 for x in engine] == [False, True, False, False, False, False, False]
     assert engine[1]["device_sampled"] == engine[1]["tokens"]  # ignore_eos: no token ends an answer early
+    beside, live = engine[3], engine[4]
+    assert beside["prefill_beside"] == beside["tracks"] and beside["beside_ms_per_track"] > 0  # issue 18 item 2
+    assert engine[0]["prefill_beside"] == 0  # a CPU's default: prefilled at admission
+    assert live["live_answers"] == 5 and live["peak_in_flight"] >= 1  # item 3: the target reaches the engine
     auto = engine[2]
     assert auto["chosen_in_flight"] == 2 and auto["tracks"] == 6  # 3 x its tracks in flight on the CPU
     assert auto["steady_tracks_per_h"] > 0 and auto["ramp_s"] + auto["steady_s"] + auto["drain_s"] == pytest.approx(

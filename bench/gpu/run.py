@@ -221,15 +221,20 @@ def engine_setting(
 
     ``setting``: tracks in flight ("auto" or a number), optionally ``:noprep`` (audio encoded on the decode thread,
     as before this engine had a helper thread), ``:fullsample`` (every row sampled over all 152k candidates, as
-    llama_sampler_sample does), ``:split`` (``mf`` is then an engine with one KV stream per sequence), ``:hostsample``
-    / ``:devsample`` (every row sampled on the host / by llama.cpp's backend samplers; without either the engine's
-    "auto": the device where the output layer is on a GPU)."""
+    llama_sampler_sample does), ``:split`` (``mf`` is then an engine with one KV stream per sequence), ``:inline``
+    (each prefix prefilled on the decode thread at admission, as before issue 18 item 2; the default on a GPU is
+    beside the steps, in a second context), ``:beside`` (beside, also on a CPU), ``:live`` (admission by live
+    answers, item 3: a target of K x prompts live answers, up to 2K tracks), ``:hostsample`` / ``:devsample`` (every
+    row sampled on the host / by llama.cpp's backend samplers; without either the engine's "auto": the device where
+    the output layer is on a GPU)."""
     from music_flamingo import _core
 
     name, _, variant = setting.partition(":")
     in_flight = name if name == "auto" else int(name)
     if variant == "noprep":
         prepare_ahead = False
+    prefill_beside = {"inline": False, "beside": True}.get(variant)
+    live_answers = in_flight * len(prompts) if variant == "live" and in_flight != "auto" else 0
     tracks = [np.roll(pcm, 16000 * 7 * i) for i in range(n_tracks)]
     results: dict[int, object] = {}
     done_at: list[float] = []  # when each track's answers came back, seconds from the start
@@ -251,6 +256,8 @@ def engine_setting(
                 profile=True,
                 prepare_ahead=prepare_ahead,
                 sampling_on_device={"hostsample": "off", "devsample": "on"}.get(variant),
+                prefill_beside=prefill_beside,
+                live_answers=live_answers,
             )
             wall = time.perf_counter() - t0
     finally:
@@ -272,6 +279,10 @@ def engine_setting(
         "expected_tokens": n_tracks * sum(p.max_tokens for p in prompts),
         **step_stats(st),
         "admit_ms_per_track": st["admit_ms"] / n_tracks,
+        "prefill_beside": st["prefill_beside"],
+        "prefill_fallbacks": st["prefill_fallbacks"],
+        "beside_ms_per_track": st["prefill_beside_ms"] / max(1, st["prefill_beside"]),
+        "live_answers": st["live_answers"],
         "prepare_ms_per_track": st["prepare_ms"] / n_tracks,
         "wait_ms": st["wait_ms"],
         "n_ctx": st["n_ctx"],
@@ -331,7 +342,8 @@ def table(rows: list[dict], base: float | None) -> str:
     """The engine and backend rows as one Markdown table (op profiles have their own, see ops_table)."""
     lines = [
         "| setting | tracks | s/track | tracks/h (steady) | ramp-up / drain s | vs old | tok/s | step ms (mean B) "
-        "| floor ms | host ms/step | prefill ms/track (decode thread) | mel+encode ms/track (helper) | peak mem MiB |",
+        "| floor ms | host ms/step | prefill ms/track (decode thread) | mel+encode [+ prefill beside] ms/track (helpers) "
+        "| peak mem MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -343,11 +355,12 @@ def table(rows: list[dict], base: float | None) -> str:
         head = f"| {r['setting']}"
         if "step_ms" in r:
             floor = f"{r['floor_ms']:.2f}" if r.get("floor_ms") else "n/a"
+            beside = f" + {r['beside_ms_per_track']:.0f}" if r.get("prefill_beside") else ""
             lines.append(
                 f"{head} (chosen {r['chosen_in_flight']}, peak {r['peak_in_flight']}) | {r['tracks']} "
                 f"| {r['s_per_track']:.2f} | {r['tracks_per_h']:.0f}{steady} | {phase} | {vs} | {r['tok_per_s']:.0f} "
                 f"| {r['step_ms']:.2f} ({r['mean_batch']:.0f}) | {floor} | {r['host_ms_per_step']:.2f} "
-                f"| {r['admit_ms_per_track']:.0f} | {r['mel_ms_per_track'] + r['encode_ms_per_track']:.0f} "
+                f"| {r['admit_ms_per_track']:.0f} | {r['mel_ms_per_track'] + r['encode_ms_per_track']:.0f}{beside} "
                 f"| {r['peak_mem_mb']:.0f} |"
             )
         else:
@@ -387,7 +400,10 @@ def ops_table(rows: list[dict]) -> str:
 # users' workload), "hf" (the transformers backend). Rows of one weight type run together; a type's model is
 # written before its first row and deleted after its last (the disk).
 DEVICE_ROWS = "Q6_K@8,Q6_K@8:hostsample,ops@Q6_K,users@Q6_K,hf,Q8_0@8,Q8_0@4,F16@8,F16@4,F16@16"
-CPU_ROWS = "Q6_K@1,Q6_K@1:devsample,Q6_K@auto,ops,users,hf,Q8_0@1,F16@1"
+CPU_ROWS = "Q6_K@1,Q6_K@1:devsample,Q6_K@auto,Q6_K@2:beside,Q6_K@1:live,ops,users,hf,Q8_0@1,F16@1"
+# Named lists for --rows. "prefill": issue 18 items 2 and 3 alone (prefill beside the steps, the GPU's default,
+# against the decode thread's prefill at 8 and 16 in flight; admission by live answers), ≈463 s on the H200 plan.
+ROW_LISTS = {"prefill": "Q6_K@8,Q6_K@8:inline,Q6_K@16,Q6_K@16:inline,Q6_K@8:live"}
 # H200, 2026-11-26 (bench/RESULTS.md): s/track of the 150 s work at K in flight (Q6_K); other types assumed alike
 H200_S_PER_TRACK = {1: 3.72, 4: 2.01, 8: 1.74, 12: 1.78, 16: 1.94, 24: 2.29}
 WRITE_GBS = 0.27  # make_model.py: 7.58 GB in 28 s there
@@ -668,7 +684,9 @@ def arguments():
     ap.add_argument("--tag", default="run", help="results are <card>-<date>-<tag>.json/.md")
     ap.add_argument("--cpu", action="store_true", help="tiny model, short tracks, small limits: a rehearsal")
     ap.add_argument("--seconds", type=float, help="track length (default 150, --cpu 5)")
-    ap.add_argument("--rows", default=None, help=f"comma list (default {DEVICE_ROWS}; --cpu {CPU_ROWS})")
+    ap.add_argument(
+        "--rows", default=None, help=f"comma list or {'/'.join(ROW_LISTS)} (default {DEVICE_ROWS}; --cpu {CPU_ROWS})"
+    )
     ap.add_argument("--in-flight", default=None, help="old spelling of --rows for Q6_K engine rows (1,4,auto)")
     ap.add_argument("--per-slot", type=int, default=0, help="tracks per track in flight (default 4, --cpu 3)")
     ap.add_argument("--hf-tracks", type=int, default=3, help="tracks through the transformers backend")
@@ -688,6 +706,7 @@ def arguments():
 def main() -> int:
     a = arguments()
     spec = a.rows or (",".join(a.in_flight.split(",")) if a.in_flight else (CPU_ROWS if a.cpu else DEVICE_ROWS))
+    spec = ROW_LISTS.get(spec, spec)
     rows = [parse_row(s, "Q6_K") for s in spec.split(",") if s.strip()]
     per_slot = a.per_slot or (3 if a.cpu else 4)
     if a.plan:

@@ -175,6 +175,8 @@ class RunRequest:
     max_audio_seconds: float
     profile: bool
     prepare_ahead: bool | None
+    prefill_beside: bool | None
+    live_answers: int
     debug: bool
     sampling_on_device: str | None
     def __init__(
@@ -188,6 +190,8 @@ class RunRequest:
         max_audio_seconds: float = 0.0,
         profile: bool = False,
         prepare_ahead: bool | None = None,
+        prefill_beside: bool | None = None,
+        live_answers: int = 0,
         debug: bool = False,
         sampling_on_device: str | None = None,
     ) -> None: ...
@@ -221,6 +225,14 @@ class RunStats:
     def host_ms(self) -> float: ...
     @property
     def admit_ms(self) -> float: ...
+    @property
+    def prefill_beside(self) -> int: ...
+    @property
+    def prefill_beside_ms(self) -> float: ...
+    @property
+    def prefill_fallbacks(self) -> int: ...
+    @property
+    def live_answers(self) -> int: ...
     @property
     def wait_ms(self) -> float: ...
     @property
@@ -263,6 +275,7 @@ class Engine:
         prepare_ahead: bool = True,
         kv_unified: bool = True,
         sampling_on_device: str = "auto",
+        prefill_beside: bool | None = None,
     ) -> None: ...
     def generate(
         self,

@@ -148,7 +148,9 @@ class MusicFlamingoGGUF(AnalyzerCalls):
     Throughput (see README, "Throughput knobs"): ``n_sampling_threads`` (0: up to 4) sample the sequences of a step;
     ``memory_budget_mb`` caps the KV cache that automatic tracks in flight may fill (0: the device's free memory);
     ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_unified``: one
-    KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own).
+    KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own);
+    ``prefill_beside`` evaluates each track's prefix in a second context on a thread of its own, beside the other
+    tracks' decode steps (default: on when the text model is on a GPU).
     ``sampling_on_device``: ``'auto'`` (default: llama.cpp's backend samplers pick each token where the logits are,
     when the output layer is on a GPU), ``'on'`` (also on a CPU) or ``'off'`` (the host fast path always); a prompt
     whose settings the device does not reproduce samples on the host; the same seed gives the same tokens.
@@ -184,6 +186,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         prepare_ahead: bool | None = None,
         kv_unified: bool | None = None,
         sampling_on_device: str | None = None,
+        prefill_beside: bool | None = None,
         **analysis: Any,
     ) -> None:
         # first: a bad option or prompts file is refused before the model loads
@@ -215,6 +218,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             prepare_ahead=prepare_ahead,
             kv_unified=kv_unified,
             sampling_on_device=sampling_on_device,
+            prefill_beside=prefill_beside,
         )
         self._load_engine({k: v for k, v in engine.items() if v is not None})
 
@@ -332,17 +336,23 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         sample_rate: int = TARGET_SAMPLE_RATE,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         framing: str | None = None,
+        live_answers: int = 0,
     ) -> list[GenerationResult]:
         """Several tracks at once with continuous batching: up to ``tracks_in_flight`` tracks decode in the same
         batch steps, and a finished track's slots go to the next one. ``'auto'`` (default) sizes it from the
         device's free memory and the tracks' lengths. Results in the order of ``tracks``; with greedy decoding and
         ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
-        raised after all tracks ran."""
+        raised after all tracks ran. ``live_answers``: admit tracks past ``tracks_in_flight`` (up to twice as many)
+        while fewer answers than this are live (0: off; README, "Throughput knobs")."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         asked = [(a, as_prompts(ps, max_tokens)) for a, ps in tracks]
         decoded = [(_engine_audio(a, sample_rate, plist), plist) for a, plist in asked]
         native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
-        request = self._request(framing, tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight)
+        request = self._request(
+            framing,
+            tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight,
+            live_answers=live_answers,  # checked where it enters the engine (plan.cpp)
+        )
         raws = self._engine.generate_many(native, int(sample_rate), request=request)
         return [self._result(r) for r in raws]
 
@@ -360,6 +370,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         profile: bool = False,
         prepare_ahead: bool | None = None,
         sampling_on_device: str | None = None,
+        prefill_beside: bool | None = None,
+        live_answers: int = 0,
     ) -> dict[str, Any]:
         """Continuous batching over a stream of tracks that share ``prompts``: the engine takes the next array
         from ``audio`` (float32 mono 16 kHz, on its helper thread) whenever it has room, and calls
@@ -369,8 +381,9 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         takes it is reported from the engine's helper thread). ``max_audio_seconds`` is the longest track expected (sizes the context; 0:
         10 minutes). An item of ``audio`` may also be ``(array, prompts)``: that track's own prompts (as many as
         ``prompts``, which then only size the run: give them room for the longest texts), decoded in the same batch
-        steps as the others. ``prepare_ahead`` and ``sampling_on_device`` override the engine's settings for this
-        run (benchmarks). Returns where the time went (steps, host and decode ms, tracks in flight)."""
+        steps as the others. ``prepare_ahead``, ``prefill_beside`` and ``sampling_on_device`` override the engine's
+        settings for this run (benchmarks); ``live_answers`` as for :meth:`generate_many`. Returns where the time
+        went (steps, host and decode ms, tracks in flight)."""
         validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
         it = iter(audio)
@@ -408,6 +421,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             profile=bool(profile),
             prepare_ahead=prepare_ahead,
             sampling_on_device=sampling_on_device,
+            prefill_beside=prefill_beside,
+            live_answers=live_answers,  # checked where it enters the engine (plan.cpp)
         )
         stats = _as_dict(self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, request=request))
         # The stats cover every item of the stream: those refused here never reached the engine's counters.
