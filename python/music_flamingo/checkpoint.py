@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelFileError
+from .reasoning import THINK_NAME
 
 # config.json "architectures" entry -> the name used here (and written to the GGUF as music_flamingo.architecture)
 ARCHITECTURES = {
@@ -59,6 +60,7 @@ class Checkpoint:
     config: dict[str, Any]
     architecture: str  # a value of ARCHITECTURES
     tensors: dict[str, TensorRef] = field(default_factory=dict)
+    reasoning_format: str | None = None  # what the converter records: reasoning(), or the user's --reasoning
 
     @property
     def text_config(self) -> dict[str, Any]:
@@ -81,6 +83,25 @@ class Checkpoint:
     def max_audio_seconds(self) -> int:
         """The longest audio the checkpoint was made for: the processor's ``max_audio_len``, else the class's."""
         return int(self.processor_config().get("max_audio_len", DEFAULT_MAX_AUDIO_SECONDS[self.architecture]))
+
+    def chat_template(self) -> str:
+        """The chat template (``chat_template.jinja``, else tokenizer_config.json's), or ""."""
+        p = self.path / "chat_template.jinja"
+        if p.is_file():
+            return p.read_text(encoding="utf-8")
+        cfg = json.loads((self.path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template = cfg.get("chat_template") or ""
+        return template if isinstance(template, str) else json.dumps(template)
+
+    def reasoning(self) -> str | None:
+        """``"think"`` for a reasoning ("think") variant, whose answers start with a ``<think>`` block
+        (reasoning.py); None otherwise. Told by the name NVIDIA gives them (``music-flamingo-think-2601-hf``,
+        ``audio-flamingo-next-think-hf``), or a chat template or tokenizer that knows the ``<think>`` tag."""
+        if THINK_NAME.search(self.path.name):
+            return "think"
+        tokenizer = json.loads((self.path / "tokenizer.json").read_text(encoding="utf-8"))
+        added = {t.get("content") for t in tokenizer.get("added_tokens") or []}
+        return "think" if "<think>" in added or "<think>" in self.chat_template() else None
 
     def items(self) -> Iterator[tuple[str, TensorRef]]:
         return iter(self.tensors.items())
