@@ -38,6 +38,8 @@ from .chat_template import (
 )
 from .datatypes import DEFAULT_MAX_TOKENS, FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError
+from .reasoning import OPEN as THINK_OPEN
+from .reasoning import THINK_NAME
 
 PromptLike = Prompt | str
 
@@ -216,6 +218,8 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         torch, transformers = _import_torch_transformers()
         self._torch = torch
         self.model_label = "transformers_" + Path(str(model_id).rstrip("/\\")).name
+        # a think variant by its name (nvidia/music-flamingo-think-2601-hf): answers after a reasoning block
+        self.reasoning = "think" if THINK_NAME.search(self.model_label) else None
         self.model_id = _checkpoint_location(str(model_id))
         config_dict, model_cls = self._model_class(transformers, local_files_only)
         self._load(transformers, model_cls, dtype, device_map, use_flash_attention, local_files_only)
@@ -345,6 +349,11 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         if model is None:
             raise EngineError("this MusicFlamingoTransformers was closed")
         return model
+
+    @property
+    def reasoning_opened(self) -> bool:
+        """Whether the chat template opens the reasoning block itself (the text starts inside it)."""
+        return self.chat_pieces(np.zeros(TARGET_SAMPLE_RATE, np.float32)).tail.rstrip().endswith(THINK_OPEN)
 
     def chat_pieces(self, pcm: np.ndarray) -> ChatPieces:
         """The processor's chat template rendered by transformers for one user turn (the audio, a newline, the
