@@ -37,8 +37,12 @@ USER_DEFINED, CONTROL = 4, 3  # llama.cpp's token types
     "text, opened, answer, reasoning",
     [
         # AF-Next-Think's card: reasoning enclosed in <think> ... </think> before the final answer
-        ("<think>\nSlow tempo, minor key.\n</think>\n\nA melancholic ballad.", False, "A melancholic ballad.",
-         "Slow tempo, minor key."),
+        (
+            "<think>\nSlow tempo, minor key.\n</think>\n\nA melancholic ballad.",
+            False,
+            "A melancholic ballad.",
+            "Slow tempo, minor key.",
+        ),
         ("  <think>a</think>b", False, "b", "a"),
         # the template opened the block (its prompt ends with <think>): the text starts inside it
         ("Bass first, then drums.\n</think>\nA funk groove.", True, "A funk groove.", "Bass first, then drums."),
