@@ -212,3 +212,27 @@ def test_default_room_for_the_reasoning(think_gguf):
         own = {e.name: e.max_tokens for e in mf.analyzer.entries}
     assert limits == {n: min(m + DEFAULT_REASONING_TOKENS, 8192) for n, m in own.items()}
     assert np.all([limits[n] > own[n] for n in own])
+
+
+@pytest.mark.parametrize("room", [-1, 8193, 1.5, "64"])
+def test_reasoning_tokens_out_of_range_are_refused(room):
+    from music_flamingo.analyzer import AnalysisOptions
+    from music_flamingo.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="reasoning_tokens"):
+        AnalysisOptions(reasoning_tokens=room)
+
+
+def test_transformers_backend_tells_a_think_variant_by_name(tiny_mf, audio, small_prompts, tmp_path):
+    """The transformers backend (the checkpoint itself, no GGUF): the same room and the same split."""
+    from music_flamingo import MusicFlamingoTransformers
+
+    hf = checkpoint_copy(tiny_mf, tmp_path, "music-flamingo-think-2601-hf")
+    opts = dict(prompts=["genre_mood"], prompts_files=[small_prompts], reasoning_tokens=8)
+    with MusicFlamingoTransformers(hf, local_files_only=True, dtype="float32", **opts) as mf:
+        assert mf.reasoning == "think" and not mf.reasoning_opened
+        assert [p.max_tokens for p in mf.analyzer.track_prompts({})] == [6 + 8]
+        result = mf.analyze_track(audio)
+    assert result.meta["reasoning"] == "think"
+    raw = result.raw["music_flamingo_genre_mood"]
+    assert result.descriptions["music_flamingo_genre_mood"] == normalize_music_flamingo_text(raw)
