@@ -27,8 +27,8 @@ OPEN, CLOSE = "<think>", "</think>"
 # the think variants' names: "think" as one dash/underscore/dot-separated part (music-flamingo-think-2601-hf)
 THINK_NAME = re.compile(r"(^|[-_.])think([-_.]|$)", re.IGNORECASE)
 # Tokens the engine gives a think model's prompt beyond the prompt's own max_tokens (the answer's budget), so the
-# reasoning does not eat the answer: NVIDIA's AF3 think-mode examples decode up to 2048 new tokens, and the
-# catalogue's longest answer (``full``) is 500, so 1536 more brings it to that 2048.
+# reasoning does not eat the answer. No published limit for the think checkpoints was found; the catalogue's longest
+# answer (``full``) is 500, and 1536 more makes 2048, what an AF3 think-mode endpoint template decodes with.
 DEFAULT_REASONING_TOKENS = 1536
 
 
