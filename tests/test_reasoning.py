@@ -225,14 +225,22 @@ def test_reasoning_tokens_out_of_range_are_refused(room):
 
 def test_transformers_backend_tells_a_think_variant_by_name(tiny_mf, audio, small_prompts, tmp_path):
     """The transformers backend (the checkpoint itself, no GGUF): the same room and the same split."""
+    from tokenizers import AddedToken, Tokenizer
+
     from music_flamingo import MusicFlamingoTransformers
 
     hf = checkpoint_copy(tiny_mf, tmp_path, "music-flamingo-think-2601-hf")
+    tok = Tokenizer.from_file(str(hf / "tokenizer.json"))  # think tags flagged special, as a tokenizer may have them
+    tok.add_special_tokens([AddedToken("<think>", special=True), AddedToken("</think>", special=True)])
+    tok.save(str(hf / "tokenizer.json"))
     opts = dict(prompts=["genre_mood"], prompts_files=[small_prompts], reasoning_tokens=8)
     with MusicFlamingoTransformers(hf, local_files_only=True, dtype="float32", **opts) as mf:
         assert mf.reasoning == "think" and not mf.reasoning_opened
         assert [p.max_tokens for p in mf.analyzer.track_prompts({})] == [6 + 8]
         result = mf.analyze_track(audio)
+        # the tags survive decoding (other special tokens do not), so the split can see them
+        ids = tok.encode("<think>hmm</think> A waltz.<|im_end|>", add_special_tokens=False).ids
+        assert mf._text(ids, render_special=False) == "<think>hmm</think> A waltz."
     assert result.meta["reasoning"] == "think"
     raw = result.raw["music_flamingo_genre_mood"]
     assert result.descriptions["music_flamingo_genre_mood"] == normalize_music_flamingo_text(raw)
