@@ -71,3 +71,13 @@ def test_offline_refuses_a_hub_id(hub, tmp_path, capsys, monkeypatch):  # noqa: 
     assert convert_main([REPO, str(tmp_path / "out"), "-q"]) == EXIT_USAGE
     assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
     assert hub.requests == []
+
+
+def test_a_shard_index_cannot_lead_outside_the_folder(hub, tiny_mf, tmp_path, capsys):  # noqa: F811
+    publish(hub, REPO, tiny_mf.hf_dir)
+    hub.files[(REPO, "model.safetensors.index.json")] = b'{"weight_map": {"a": "../../evil.safetensors"}}'
+    out = tmp_path / "out"
+    assert convert_main([REPO, str(out), "-q"]) == EXIT_USAGE
+    assert "names no safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "evil.safetensors").exists() and not any(p.suffix == ".gguf" for p in out.iterdir())
+    assert not any("evil" in p for p in hub.paths())

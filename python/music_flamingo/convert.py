@@ -375,8 +375,7 @@ def fetch_checkpoint(repo: str, out: Path) -> Path:
             _fetch(repo, name, dest, required=False)
         shards = ["model.safetensors"]
         if _fetch(repo, "model.safetensors.index.json", dest, required=False):
-            index = json.loads((dest / "model.safetensors.index.json").read_text(encoding="utf-8"))
-            shards = sorted(set(index["weight_map"].values()))
+            shards = _shards(dest / "model.safetensors.index.json")
         for name in shards:
             _fetch(repo, name, dest, required=True)
     except BaseException:
@@ -384,6 +383,19 @@ def fetch_checkpoint(repo: str, out: Path) -> Path:
             dest.rmdir()
         raise
     return dest
+
+
+def _shards(index: Path) -> list[str]:
+    """The safetensors files a shard index names: plain file names only (an index naming ``../x`` or a folder
+    cannot make the download write outside the checkpoint folder); ConvertError for an index that names none."""
+    try:
+        names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        shards = sorted({str(n) for n in names if re.fullmatch(r"[\w.-]+\.safetensors", str(n))})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConvertError(f"{index} is not a safetensors index ({e})") from e
+    if not shards:
+        raise ConvertError(f"{index} names no safetensors file")
+    return shards
 
 
 def _fetch(repo: str, name: str, dest: Path, required: bool) -> bool:
