@@ -192,3 +192,22 @@ def test_audio_flamingo_next_layout(tiny_mf, tmp_path):
     assert (
         r.model.name == "audio-flamingo-next-hf.F32.gguf" and r.mmproj.name == "audio-flamingo-next-hf.mmproj-f32.gguf"
     )
+
+
+def test_a_bf16_checkpoint_is_widened_exactly(tiny_mf, tmp_path):
+    """The published checkpoints are bf16: each value widened to f32 exactly (what torch's bf16 -> f32 gives),
+    through the memory-saving in-place shift."""
+    import gguf
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "mf-bf16"
+    shutil.copytree(tiny_mf.hf_dir, src)
+    tensors = {k: v.to(torch.bfloat16) for k, v in load_file(src / "model.safetensors").items()}
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    r = convert(src, tmp_path / "out", outtype="f32", progress=False)
+    got = {t.name: t.data for t in gguf.GGUFReader(r.model).tensors}
+    expected = tensors["language_model.model.embed_tokens.weight"].to(torch.float32).numpy()
+    assert got["token_embd.weight"].tobytes() == expected.tobytes()
+    norm = tensors["language_model.model.layers.1.input_layernorm.weight"].to(torch.float32).numpy()
+    assert got["blk.1.attn_norm.weight"].tobytes() == norm.tobytes()

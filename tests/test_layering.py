@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "music_flamingo"
 # Lowest first. A module may import any module listed before it.
 LAYERS = [
     "_core",  # the compiled engine
-    "errors", "_raywatch", "_version", "fsutil", "chat_template", "text",
+    "errors", "_raywatch", "_version", "fsutil", "chat_template", "text", "reasoning",
     "_logging", "validation", "lifecycle", "models", "sidecar", "native",
     "gguf_meta", "checkpoint", "gguf_vocab", "convert",
     "datatypes", "audio", "provenance", "discovery", "failures", "manifest", "templates", "prompts",

@@ -26,6 +26,7 @@ from .audio import TARGET_SAMPLE_RATE, AudioSource, PreparedAudio, prepare_audio
 from .datatypes import GenerationResult, GenerationStats, Prompt
 from .errors import PromptConfigError
 from .prompts import Catalogue, FollowUp, PromptEntry, load_catalogue
+from .reasoning import DEFAULT_REASONING_TOKENS, split_reasoning
 from .sidecar import read_sidecar, sidecar_path
 from .text import normalize_music_flamingo_text
 
@@ -33,6 +34,10 @@ _Model = TypeVar("_Model", bound="AnalyzerCalls")
 
 MODEL_KEY = "music_flamingo_model"
 META_KEY = "music_flamingo_meta"
+# A think model's reasoning, kept on request (keep_reasoning): one object {description key: reasoning}. An object,
+# not more music_flamingo_* strings, so a dataset builder that takes every music_flamingo_* string as a caption
+# never takes a reasoning trace for one.
+REASONING_KEY = "music_flamingo_reasoning"
 # Tokens a filled template may add to its prompt, over the template's own text: room the engine sizes a stream for
 # (the pipeline's {genres} and {metadata} fragments together are about 100 tokens).
 FILL_ROOM_TOKENS = 256
@@ -59,6 +64,10 @@ class AnalysisOptions:
     # The catch-up pass: only the follow-ups, from the answer a track's sidecar already holds (text only, no audio);
     # only the follow-ups' keys are written.
     catch_up: bool = False
+    # Think models (reasoning before the answer): keep the reasoning under REASONING_KEY; the tokens allowed for it
+    # beyond each prompt's max_tokens (None: DEFAULT_REASONING_TOKENS). Plain models ignore both.
+    keep_reasoning: bool = False
+    reasoning_tokens: int | None = None
 
     def __post_init__(self) -> None:
         """Every value checked here, before a backend loads its model (InvalidInputError, a ValueError)."""
@@ -69,6 +78,9 @@ class AnalysisOptions:
                 validation.require(name, getattr(validation, name)(value))
         if self.prompt is not None:
             validation.require("prompt", validation.prompt_text(self.prompt))
+        room, limit = self.reasoning_tokens, validation.MAX_TOKENS_LIMIT
+        if room is not None and (not validation.is_int(room) or not 0 <= room <= limit):
+            validation.require("reasoning_tokens", f"must be an integer in 0..{limit}, got {room!r}")
 
     @classmethod
     def of(cls, owner: str, options: AnalysisOptions | None, keywords: Mapping[str, Any]) -> AnalysisOptions:
@@ -140,13 +152,15 @@ class TrackAnalysis:
     audio: PreparedAudio | None = field(default=None, repr=False)
     prompts: dict[str, str] = field(default_factory=dict)  # the texts as sent, by prompt name (filled per track)
     catch_up: bool = False  # only follow-ups: the sidecar's answer, label and metadata stay as they are
+    reasoning: dict[str, str] = field(default_factory=dict)  # a think model's reasoning by key, when kept
 
     def sidecar_fields(self) -> dict[str, Any]:
         """The keys this package owns in a sidecar: the descriptions, the model label and the metadata (the
-        catch-up pass: its follow-ups' keys alone)."""
+        catch-up pass: its follow-ups' keys alone), and a think model's reasoning when it is kept."""
+        kept = {REASONING_KEY: self.reasoning} if self.reasoning else {}
         if self.catch_up:
-            return dict(self.descriptions)
-        return {**self.descriptions, MODEL_KEY: self.model_label, META_KEY: self.meta}
+            return {**self.descriptions, **kept}
+        return {**self.descriptions, MODEL_KEY: self.model_label, META_KEY: self.meta, **kept}
 
 
 class Backend(Protocol):
@@ -200,6 +214,19 @@ class Analyzer:
         cut = getattr(self.backend, "analysed_seconds", None)
         return cut(self.max_duration) if cut is not None else self.max_duration
 
+    @property
+    def reasoning(self) -> str | None:
+        """ "think" when the backend's model writes reasoning before its answers (a think variant), else None."""
+        return getattr(self.backend, "reasoning", None)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Tokens each prompt gets for the reasoning beyond its own max_tokens: 0 for a plain model."""
+        if not self.reasoning:
+            return 0
+        room = self.options.reasoning_tokens
+        return DEFAULT_REASONING_TOKENS if room is None else room
+
     def provenance(self) -> dict[str, Any]:
         """The backend's provenance, computed once (it hashes the model files)."""
         if self._provenance is None:
@@ -229,9 +256,17 @@ class Analyzer:
         ]
         at = self.followups_index(entries)
         if at is not None:
-            asked = tuple(followup_prompt(f, o) for f in self.followups)
+            asked = tuple(self._with_room(followup_prompt(f, o)) for f in self.followups)
             prompts[at] = dataclasses.replace(prompts[at], followups=asked)
-        return prompts
+        return [self._with_room(p) for p in prompts]
+
+    def _with_room(self, prompt: Prompt) -> Prompt:
+        """``prompt`` with room for a think model's reasoning before the answer (its max_tokens stays the
+        answer's)."""
+        room = self.reasoning_tokens
+        if not room:
+            return prompt
+        return dataclasses.replace(prompt, max_tokens=min(prompt.max_tokens + room, validation.MAX_TOKENS_LIMIT))
 
     def followups_index(self, entries: Sequence[PromptEntry]) -> int | None:
         """Where in ``entries`` the prompt the follow-ups follow is; None: no follow-ups, or that prompt not there."""
@@ -392,10 +427,12 @@ class Analyzer:
         def done(index: int, result: GenerationResult | Exception) -> None:
             key, prepared, prompts = taken[index]
             taken[index] = None  # the audio is no longer needed
-            if isinstance(result, Exception):
-                on_result(key, result)
-            else:
-                on_result(key, self._analysis(entries, prompts, prepared, result, True))
+            if not isinstance(result, Exception):
+                try:
+                    result = self._analysis(entries, prompts, prepared, result, True)
+                except Exception as e:  # a think model's answer cut inside its reasoning: this track fails alone
+                    result = e
+            on_result(key, result)
 
         # Filled texts are longer than their templates: the run is sized with room for what fills them (a track
         # that still does not fit fails alone, in the engine).
@@ -423,7 +460,8 @@ class Analyzer:
         at = self.followups_index(entries)
         if at is not None:  # the follow-ups' answers, by their keys
             raw.update({f.key: a.text for f, a in zip(self.followups, result.followups[at])})
-        clean = {k: normalize_music_flamingo_text(t) if self.options.normalize else t for k, t in raw.items()}
+        answers, reasoning = self._answers(raw)
+        clean = {k: normalize_music_flamingo_text(t) if self.options.normalize else t for k, t in answers.items()}
         meta = self.track_meta(entries, prompts, prepared) if with_provenance and not catch_up else {}
         asked = {e.name: p.text for e, p in zip(entries, prompts)}
         asked.update({f.name: f.text for p in prompts for f in p.followups})
@@ -436,7 +474,17 @@ class Analyzer:
             audio=prepared,
             prompts=asked,
             catch_up=catch_up,
+            reasoning=reasoning if self.options.keep_reasoning else {},
         )
+
+    def _answers(self, raw: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """A think model's texts split into answers and reasoning by key (ReasoningCutError when one ended inside
+        its reasoning: nothing of the track is written); a plain model's texts are the answers."""
+        if not self.reasoning:
+            return raw, {}
+        opened = bool(getattr(self.backend, "reasoning_opened", False))
+        split = {k: split_reasoning(t, opened) for k, t in raw.items()}
+        return {k: s.answer for k, s in split.items()}, {k: s.reasoning for k, s in split.items() if s.reasoning}
 
     def track_meta(
         self, entries: Sequence[PromptEntry], prompts: Sequence[Prompt], prepared: PreparedAudio
@@ -458,6 +506,7 @@ class Analyzer:
                 }
                 for p in prompts
             },
+            **({"reasoning": self.reasoning, "reasoning_tokens": self.reasoning_tokens} if self.reasoning else {}),
             "seconds_analysed": round(prepared.analysed_seconds, 3),
             "source_seconds": round(prepared.source_seconds, 3),
             "truncated": prepared.truncated,

@@ -145,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="analyse only the first FRAC of each track (0.6: 60 %%), faded out over the last 5 %% of the track "
         "before the cut, within --max-duration; the sidecar records the span analysed",
     )
+    q.add_argument(
+        "--keep-reasoning",
+        action="store_true",
+        help="think models: also write each answer's reasoning, as one music_flamingo_reasoning object "
+        "{description key: reasoning} (default: the answers alone)",
+    )
+    q.add_argument(
+        "--reasoning-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="think models: tokens for the reasoning beyond each prompt's max_tokens (default 1536); an answer "
+        "still cut inside its reasoning fails its track",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--overwrite", action="store_true", help="redo tracks whose sidecar already has every key")
     o.add_argument("--jsonl", type=Path, default=None, help="also append one JSON line per track to this file")
@@ -335,6 +349,8 @@ def _analysis_options(a: argparse.Namespace):
         seed=a.seed,
         max_duration=a.max_duration,
         trim_frac=a.trim_frac,
+        keep_reasoning=a.keep_reasoning,
+        reasoning_tokens=a.reasoning_tokens,
     )
 
 

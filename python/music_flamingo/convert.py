@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import re
@@ -32,8 +33,11 @@ from ._logging import logger
 from .checkpoint import Checkpoint, TensorRef, load_checkpoint
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, MusicFlamingoError
 from .gguf_vocab import add_vocab
+from .models import fetch_hub_file, hub_file_url, hub_offline
 
 OUTTYPES = ("f32", "f16", "bf16")
+# --reasoning: "auto" tells a think variant by its name, template or tokenizer (Checkpoint.reasoning)
+REASONING = ("auto", "think", "none")
 # GGUF key prefix of everything this package adds (llama.cpp ignores keys it does not know)
 KEY = "music_flamingo"
 
@@ -175,9 +179,12 @@ def text_metadata(writer, ckpt: Checkpoint, outtype: str) -> None:
 
 
 def _our_metadata(writer, ckpt: Checkpoint) -> None:
-    """What the engine reads beyond llama.cpp's keys (both files carry it, so either one tells the model apart)."""
+    """What the engine reads beyond llama.cpp's keys (both files carry it, so either one tells the model apart);
+    ``reasoning`` ("think") only for a think variant: its answers start with a reasoning block (reasoning.py)."""
     writer.add_string(f"{KEY}.architecture", ckpt.architecture)
     writer.add_string(f"{KEY}.checkpoint", ckpt.path.name)
+    if ckpt.reasoning_format:
+        writer.add_string(f"{KEY}.reasoning", ckpt.reasoning_format)
     writer.add_uint32(f"{KEY}.max_audio_seconds", ckpt.max_audio_seconds())
     writer.add_uint32(f"{KEY}.audio_token_id", ckpt.audio_token("audio_token_id"))
     if ckpt.architecture == "musicflamingo":
@@ -292,19 +299,27 @@ def convert(
     quants: Sequence[str] = (),
     progress: bool = True,
     imatrix: str | os.PathLike | None = None,
+    reasoning: str = "auto",
 ) -> ConvertResult:
-    """Convert the checkpoint at ``src`` (a folder, or a Hugging Face id fetched first) into ``out_dir``."""
+    """Convert the checkpoint at ``src`` (a folder, or a Hugging Face id fetched first) into ``out_dir``.
+    ``reasoning``: "think" marks a think variant (answers start with ``<think>…</think>``), "none" a plain one,
+    "auto" tells them apart (Checkpoint.reasoning)."""
     if outtype not in OUTTYPES:
         raise ConvertError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    if reasoning not in REASONING:
+        raise ConvertError(f"reasoning must be one of {', '.join(REASONING)}, got {reasoning!r}")
     for q in quants:
         _quant_type(q)  # refused before hours of work
     if imatrix:
         load_imatrix(imatrix)
-    ckpt = load_checkpoint(_local_checkpoint(src))
     out = Path(out_dir)
+    ckpt = load_checkpoint(_local_checkpoint(src, out))
+    ckpt.reasoning_format = ckpt.reasoning() if reasoning == "auto" else {"think": "think"}.get(reasoning)
     out.mkdir(parents=True, exist_ok=True)
     text_name, mmproj_name = output_names(ckpt.path.name, outtype)
-    logger.info("converting %s (%s) to %s", ckpt.path, ckpt.architecture, out)
+    logger.info(
+        "converting %s (%s%s) to %s", ckpt.path, ckpt.architecture, ", think" * bool(ckpt.reasoning_format), out
+    )
     name = ckpt.path.name.replace("-", " ").title()  # as llama.cpp names it from the folder ("Hf")
     mmproj = write_gguf(
         out / mmproj_name,
@@ -326,24 +341,78 @@ def convert(
     return ConvertResult(model, mmproj, written)
 
 
-def _local_checkpoint(src: str | os.PathLike) -> Path:
-    """A local folder as is; ``owner/name`` (not a local path) fetched from the Hugging Face Hub (config, tokenizer
-    and safetensors files only) into its cache."""
+def _local_checkpoint(src: str | os.PathLike, out: Path) -> Path:
+    """A local folder as is; ``owner/name`` (not a local path) fetched from the Hugging Face Hub into
+    ``out/<name>`` (:func:`fetch_checkpoint`)."""
     path = Path(src).expanduser()
     if path.exists():
         return path
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(src)):
         raise ConvertError(f"{src} does not exist (a checkpoint folder, or a Hugging Face id like nvidia/x)")
-    from huggingface_hub import snapshot_download
+    return fetch_checkpoint(str(src), out)
 
-    logger.info("%s is not a local folder: fetching it from the Hugging Face Hub", src)
+
+# What a conversion reads besides the weights: the config and tokenizer (required), the template and processor
+# config (where the checkpoint has them).
+HUB_REQUIRED = ("config.json", "tokenizer.json", "tokenizer_config.json")
+HUB_OPTIONAL = ("chat_template.jinja", "processor_config.json", "generation_config.json", "special_tokens_map.json")
+
+
+def fetch_checkpoint(repo: str, out: Path) -> Path:
+    """The files of Hub repository ``repo`` a conversion reads, fetched into ``out/<name>`` with the package's
+    downloader (models.fetch_hub_file: resumed across runs, checked against the Hub's sha256; files already there
+    are kept): the config first (a missing repository fails before anything large), the tokenizer, then the
+    safetensors shards the index names (else ``model.safetensors``)."""
+    if hub_offline():
+        raise ConvertError(f"{repo} is not a local folder and HF_HUB_OFFLINE is set: download it and pass the folder")
+    dest = out / repo.split("/")[1]
+    dest.mkdir(parents=True, exist_ok=True)
+    logger.info("%s is not a local folder: fetching it from the Hugging Face Hub into %s", repo, dest)
     try:
-        patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
-        return Path(snapshot_download(str(src), allow_patterns=patterns))
-    except Exception as e:  # offline, no such repository, gated: say what to do
-        raise ConvertError(
-            f"could not fetch {src} from the Hugging Face Hub ({e}); download it and pass the folder"
-        ) from e
+        for name in HUB_REQUIRED:
+            _fetch(repo, name, dest, required=True)
+        for name in HUB_OPTIONAL:
+            _fetch(repo, name, dest, required=False)
+        shards = ["model.safetensors"]
+        if _fetch(repo, "model.safetensors.index.json", dest, required=False):
+            shards = _shards(dest / "model.safetensors.index.json")
+        for name in shards:
+            _fetch(repo, name, dest, required=True)
+    except BaseException:
+        if not any(dest.iterdir()):  # nothing fetched (no such repository): leave no empty folder
+            dest.rmdir()
+        raise
+    return dest
+
+
+def _shards(index: Path) -> list[str]:
+    """The safetensors files a shard index names: plain file names only (an index naming ``../x`` or a folder
+    cannot make the download write outside the checkpoint folder); ConvertError for an index that names none."""
+    try:
+        names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        shards = sorted({str(n) for n in names if re.fullmatch(r"[\w.-]+\.safetensors", str(n))})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConvertError(f"{index} is not a safetensors index ({e})") from e
+    if not shards:
+        raise ConvertError(f"{index} names no safetensors file")
+    return shards
+
+
+def _fetch(repo: str, name: str, dest: Path, required: bool) -> bool:
+    """One file of ``repo`` into ``dest`` (kept if already there); False for a missing optional file."""
+    from urllib.error import HTTPError
+
+    if (dest / name).is_file():
+        return True
+    try:
+        fetch_hub_file(repo, name, dest / name)
+    except HTTPError as e:
+        if e.code == 404 and not required:
+            return False
+        why = e.headers.get("X-Error-Code") or e.reason
+        hint = " (no such repository, or a gated one: set HF_TOKEN)" if e.code in (401, 403, 404) else ""
+        raise ConvertError(f"could not fetch {name} of {repo} from {hub_file_url(repo, name)}: {why}{hint}") from e
+    return True
 
 
 def _quant_type(name: str) -> int:
@@ -409,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outtype", choices=OUTTYPES, default="f16", help="unquantized type (default: f16)")
     p.add_argument("--quant", default="", help="also write these quantizations, comma-separated (e.g. Q8_0,Q6_K)")
     p.add_argument("--imatrix", default=None, help="importance matrix (llama-imatrix's GGUF) for the quantizations")
+    p.add_argument(
+        "--reasoning",
+        choices=REASONING,
+        default="auto",
+        help="mark a think variant, whose answers start with <think>...</think> (default auto: by its name, chat "
+        "template or tokenizer)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -418,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quants = [q.strip() for q in a.quant.split(",") if q.strip()]
     try:
-        r = convert(a.src, a.out_dir, a.outtype, quants, progress=not a.quiet, imatrix=a.imatrix)
+        r = convert(a.src, a.out_dir, a.outtype, quants, progress=not a.quiet, imatrix=a.imatrix, reasoning=a.reasoning)
     except (MusicFlamingoError, OSError) as e:
         print(f"music-flamingo convert: error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, MusicFlamingoError) else EXIT_FAILED

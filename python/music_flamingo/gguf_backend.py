@@ -28,6 +28,7 @@ from .errors import EngineError, InvalidInputError, ModelFileError, MusicFlaming
 from .fsutil import require_regular_file
 from .gguf_meta import model_facts
 from .models import DEFAULT_MODEL, canonical_model_name, resolve_model_files
+from .reasoning import OPEN as THINK_OPEN
 
 if TYPE_CHECKING:
     from . import _core
@@ -158,6 +159,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
 
     backend = "gguf"  # the provenance's "backend"
     max_duration_default = 600.0  # AF3 architecture: 20 windows of 30 s
+    reasoning: str | None = None  # set from the GGUF (gguf_meta.ModelFacts.reasoning)
 
     def __init__(
         self,
@@ -241,6 +243,13 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             self.max_duration_default = self.facts.max_audio_seconds
         if self.facts.checkpoint:
             self.model_label = f"gguf_{self.facts.checkpoint}.{self.facts.quant}"
+        self.reasoning = self.facts.reasoning  # "think": answers come after a reasoning block (reasoning.py)
+
+    @property
+    def reasoning_opened(self) -> bool:
+        """Whether the chat template opens the reasoning block itself (its prompt ends with ``<think>``), so the
+        model's text starts inside it."""
+        return self.chat_pieces().tail.rstrip().endswith(THINK_OPEN)
 
     def chat_pieces(self, system_prompt: str | None = None) -> ChatPieces:
         """The GGUF's own chat template rendered around the audio and the question, as transformers renders it:

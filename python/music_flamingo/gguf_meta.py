@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ModelFileError
+from .reasoning import THINK_NAME
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
@@ -90,6 +91,7 @@ class ModelFacts:
     quant: str | None  # the file type: F16, Q8_0, Q6_K, ...
     max_audio_seconds: float | None  # the audio length the checkpoint was made for
     audio_wrap: tuple[str, str] = ("", "")  # text right before / after the audio embeddings (sound bos / eos)
+    reasoning: str | None = None  # "think": a think variant, its answers start with <think>...</think> (reasoning.py)
 
 
 def _file_type_name(value: Any) -> str | None:
@@ -102,6 +104,15 @@ def _file_type_name(value: Any) -> str | None:
     except ValueError:
         return str(value)
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def _reasoning(meta: dict[str, Any]) -> str | None:
+    """``music_flamingo.reasoning`` as the converter wrote it; for a GGUF without our key (another converter), a
+    "think" in its name, as NVIDIA names the think variants."""
+    if "music_flamingo.reasoning" in meta:
+        return str(meta["music_flamingo.reasoning"]) or None
+    names = (meta.get("music_flamingo.checkpoint"), meta.get("general.name"), meta.get("general.basename"))
+    return "think" if any(isinstance(n, str) and THINK_NAME.search(n.replace(" ", "-")) for n in names) else None
 
 
 def model_facts(path: str | os.PathLike) -> ModelFacts:
@@ -117,6 +128,7 @@ def model_facts(path: str | os.PathLike) -> ModelFacts:
         wrap = (tokens[ids[0]], tokens[ids[1]])
     seconds = meta.get("music_flamingo.max_audio_seconds")
     return ModelFacts(
+        reasoning=_reasoning(meta),
         architecture=arch,
         checkpoint=meta.get("music_flamingo.checkpoint"),
         quant=_file_type_name(meta.get("general.file_type")),

@@ -2,9 +2,9 @@
 
 Read with the ``tokenizers`` library from ``tokenizer.json`` (no transformers needed): the token list padded to the
 model's vocabulary size with ``[PAD{i}]`` (type UNUSED), added tokens as CONTROL when special or looking special
-(``<|...|>``), else USER_DEFINED; the pre-tokenizer recognised by the hash of a check text's tokens, as llama.cpp
-recognises it; merges, special token ids and the chat template through gguf-py's ``SpecialVocab`` (the same code
-llama.cpp's converter uses).
+(``<|...|>``), else USER_DEFINED (except ``<think>``/``</think>``, kept as text for reasoning.py); the
+pre-tokenizer recognised by the hash of a check text's tokens, as llama.cpp recognises it; merges, special token ids
+and the chat template through gguf-py's ``SpecialVocab`` (the same code llama.cpp's converter uses).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ KNOWN_PRE = {
     "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
     "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",
 }
+
+
+THINK_TAGS = ("<think>", "</think>")
 
 
 def _looks_special(token: str) -> bool:
@@ -59,7 +62,9 @@ def vocab_tokens(tokenizer_json: Path, vocab_size: int) -> tuple[list[str], list
         if i in added:
             if not added[i].normalized:  # llama.cpp assumes added tokens pre-normalized
                 token = tok.decode(tok.encode(token, add_special_tokens=False).ids, skip_special_tokens=False)
-            if added[i].special or _looks_special(token):
+            # the think tags stay text (USER_DEFINED) even when flagged special: the engine detokenizes without
+            # control tokens, and the reasoning can only be split from the answer where the tags are seen
+            if token not in THINK_TAGS and (added[i].special or _looks_special(token)):
                 types.append(gguf.TokenType.CONTROL)
             else:
                 token = token.replace("\u2581", " ")

@@ -86,6 +86,19 @@ def file_url(filename: str, endpoint: str | None = None) -> str:
     return f"{base}/{FILE_REPOSITORIES[filename]}/resolve/{REVISION}/{filename}"
 
 
+def hub_file_url(repo: str, filename: str, endpoint: str | None = None) -> str:
+    """Where ``filename`` of any Hub repository ``repo`` is downloaded from."""
+    return f"{_endpoint(endpoint) or DEFAULT_ENDPOINT}/{repo}/resolve/{REVISION}/{filename}"
+
+
+def fetch_hub_file(repo: str, filename: str, dest: Path, endpoint: str | None = None) -> None:
+    """``filename`` of Hub repository ``repo`` into ``dest`` by :func:`_download` (resumed, sha256-checked; the
+    token as for the model files); urllib's HTTPError for a 404, 401 or 403 (checkpoints to convert: convert.py)."""
+    from huggingface_hub import get_token
+
+    _download(hub_file_url(repo, filename, endpoint), dest, os.environ.get("HF_TOKEN") or get_token())
+
+
 # Why not huggingface_hub's hf_hub_download(local_dir=...): measured against the installed huggingface_hub (2.4.0;
 # tests/test_models.py, "why not hf_hub_download", runs it against the loopback Hub), it lacks both things a multi-GB
 # GGUF download needs here. It does not resume across runs: each call downloads into a fresh, uniquely named

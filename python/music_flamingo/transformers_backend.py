@@ -38,8 +38,12 @@ from .chat_template import (
 )
 from .datatypes import DEFAULT_MAX_TOKENS, FollowUpAnswer, GenerationResult, GenerationStats, Prompt, as_prompts
 from .errors import EngineError, InvalidInputError, ModelFileError
+from .reasoning import CLOSE as THINK_CLOSE
+from .reasoning import OPEN as THINK_OPEN
+from .reasoning import THINK_NAME
 
 PromptLike = Prompt | str
+THINK_TAGS = [THINK_OPEN, THINK_CLOSE]
 
 # model_type -> (transformers class, first transformers release that has it, seconds the model was trained for)
 MODEL_TYPES: dict[str, tuple[str, str, float]] = {
@@ -216,6 +220,8 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         torch, transformers = _import_torch_transformers()
         self._torch = torch
         self.model_label = "transformers_" + Path(str(model_id).rstrip("/\\")).name
+        # a think variant by its name (nvidia/music-flamingo-think-2601-hf): answers after a reasoning block
+        self.reasoning = "think" if THINK_NAME.search(self.model_label) else None
         self.model_id = _checkpoint_location(str(model_id))
         config_dict, model_cls = self._model_class(transformers, local_files_only)
         self._load(transformers, model_cls, dtype, device_map, use_flash_attention, local_files_only)
@@ -346,6 +352,22 @@ class MusicFlamingoTransformers(AnalyzerCalls):
             raise EngineError("this MusicFlamingoTransformers was closed")
         return model
 
+    def _text(self, tokens: Sequence[int], render_special: bool) -> str:
+        """Tokens as text, special tokens dropped unless ``render_special`` — but a think model's ``<think>`` and
+        ``</think>`` kept even where its tokenizer flags them special: the answer is told from the reasoning by them."""
+        if render_special or not self.reasoning:
+            return self._tokenizer.decode(tokens, skip_special_tokens=not render_special)
+        special = {i for i, t in self._tokenizer.added_tokens_decoder.items() if t.special}
+        dropped = (special | set(self._tokenizer.all_special_ids)) - set(
+            self._tokenizer.convert_tokens_to_ids(THINK_TAGS)
+        )
+        return self._tokenizer.decode([t for t in tokens if t not in dropped], skip_special_tokens=False)
+
+    @property
+    def reasoning_opened(self) -> bool:
+        """Whether the chat template opens the reasoning block itself (the text starts inside it)."""
+        return self.chat_pieces(np.zeros(TARGET_SAMPLE_RATE, np.float32)).tail.rstrip().endswith(THINK_OPEN)
+
     def chat_pieces(self, pcm: np.ndarray) -> ChatPieces:
         """The processor's chat template rendered by transformers for one user turn (the audio, a newline, the
         question; the system message is ``system_prompt`` or the template's default), cut at the audio placeholder
@@ -457,7 +479,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
             followups = self._followups(plist, rows, tokens, sync, render_special)
         t_end = time.perf_counter()
 
-        texts = [self._tokenizer.decode(t, skip_special_tokens=not render_special) for t in tokens]
+        texts = [self._text(t, render_special) for t in tokens]
         n_gen = sum(len(tokens[i]) + (stops[i] == "eog") for i in asked)
         n_gen += sum(len(f.tokens) + (f.stop_reason == "eog") for fs in followups for f in fs)
         stats = GenerationStats(
@@ -538,7 +560,7 @@ class MusicFlamingoTransformers(AnalyzerCalls):
         if fu_rows:
             d = self._decode(fu_rows, fu_prompts, sync)
             for i, toks, stop in zip(owner, d.tokens, d.stops):
-                text = self._tokenizer.decode(toks, skip_special_tokens=not render_special)
+                text = self._text(toks, render_special)
                 out[i].append(FollowUpAnswer(text, stop, toks))
         return out
 
