@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <type_traits>
 #include <tuple>
 
 #include <chrono>
@@ -204,21 +205,85 @@ private:
 template <typename T> struct member_of;
 template <typename C, typename T> struct member_of<T C::*> { using type = T; };
 
-// One field of a struct bound with a keyword constructor: its member pointer and its Python name.
-template <auto M> struct Field { const char * name; };
+// How a field's Python value becomes the C++ value: as pybind11 casts it (Plain), or through a setting's own rule
+// (below), which refuses what the engine cannot run.
+template <auto M> struct Plain {
+    using T = typename member_of<decltype(M)>::type;
+    using py_type = T;
+    static T in(T v) { return v; }
+    static T out(const T & v) { return v; }
+};
+
+// --- Settings checked where they enter C++ ----------------------------------------------------------------------
+// The rule for a setting with a range (a knob): it keeps one name from the CLI to C++ and is checked once, here,
+// where a Python value becomes the C++ field (the struct's keyword constructor or an assignment). Its bound is the
+// C++ constant, exported to Python when Python shows it. The CLI and BatchOptions build a RunRequest early (no model
+// needed: validation.run_setting) so a bad value fails before the model loads, with this message; the engine then
+// trusts the fields it is given. A new setting with a range: a rule like these, named in its Field line below.
+
+// A value as a message shows it: never megabytes.
+std::string shown(const py::handle & v) {
+    std::string s = py::repr(v);
+    return s.size() <= 80 ? s : s.substr(0, 80) + "...";
+}
+
+// tracks_in_flight: 'auto' (the engine sizes it from free memory; 0 in C++) or 1..kMaxSequences, the same values
+// the CLI's --tracks-in-flight and the Python API take, passed through unchanged.
+struct TracksInFlight {
+    using py_type = py::object;
+    static int in(const py::object & v) {
+        if (py::isinstance<py::str>(v) && v.cast<std::string>() == "auto") return 0;
+        if (!py::isinstance<py::bool_>(v) && PyIndex_Check(v.ptr())) {  // an int, numpy's too; not a float
+            auto i = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+            if (!i) throw py::error_already_set();
+            int overflow = 0;
+            const long long n = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+            if (!overflow && n >= 1 && n <= mf::kMaxSequences) return (int) n;
+        }
+        throw mf::InputError("tracks_in_flight must be 'auto' or an integer in 1.." +
+                             std::to_string(mf::kMaxSequences) + ", got " + shown(v));
+    }
+    static py::object out(int n) { return n == 0 ? py::object(py::str("auto")) : py::object(py::int_(n)); }
+};
+
+// max_audio_seconds: the longest track a stream expects (sizes its context); 0: 10 minutes.
+struct MaxAudioSeconds {
+    using py_type = double;
+    static double in(double v) {
+        if (!(v >= 0) || v > 1e7) {
+            throw mf::InputError("max_audio_seconds must be 0 (10 minutes) or a positive number of seconds up to "
+                                 "1e7, got " + std::to_string(v));
+        }
+        return v;
+    }
+    static double out(double v) { return v; }
+};
+
+template <typename C, auto M, typename Rule>
+void bind_field(py::class_<C> & cls, const char * name) {
+    if constexpr (std::is_same_v<Rule, Plain<M>>) {
+        cls.def_readwrite(name, M);
+    } else {
+        cls.def_property(name, [](const C & c) { return Rule::out(c.*M); },
+                         [](C & c, typename Rule::py_type v) { c.*M = Rule::in(std::move(v)); });
+    }
+}
+
+// One field of a struct bound with a keyword constructor: its member pointer, its Python name and its rule.
+template <auto M, typename Rule = Plain<M>> struct Field { const char * name; };
 
 // Binds C's fields as read-write attributes and a keyword-only constructor over them, each argument defaulting to
-// what a default-constructed C holds.
-template <typename C, auto... M>
-void bind_fields(py::class_<C> & cls, Field<M>... f) {
+// what a default-constructed C holds. A field with a rule is checked by it in the constructor and on assignment.
+template <typename C, auto... M, typename... Rule>
+void bind_fields(py::class_<C> & cls, Field<M, Rule>... f) {
     const C dflt{};
-    cls.def(py::init([](typename member_of<decltype(M)>::type... v) {
+    cls.def(py::init([](typename Rule::py_type... v) {
                 C c;
-                ((c.*M = std::move(v)), ...);
+                ((c.*M = Rule::in(std::move(v))), ...);
                 return c;
             }),
-            py::kw_only(), (py::arg(f.name) = dflt.*M)...);
-    (cls.def_readwrite(f.name, M), ...);
+            py::kw_only(), (py::arg(f.name) = Rule::out(dflt.*M))...);
+    (bind_field<C, M, Rule>(cls, f.name), ...);
 }
 
 // A prompt and its follow-ups (cpp/types.h): the questions about a track, a known answer for the catch-up pass.
@@ -297,14 +362,15 @@ void bind_types(py::module_ & m) {
 
     using RQ = mf::RunRequest;
     py::class_<RQ> request(m, "RunRequest", "One run's settings (cpp/types.h); defaults are the engine's.");
-    // A new setting is one Field line here, after its field in mf::RunRequest; then _core.pyi.
+    // A new setting is one Field line here, after its field in mf::RunRequest; then _core.pyi. A setting with a range
+    // names its rule (see "Settings checked where they enter C++" above), and nothing else checks it again.
     bind_fields(request,
                 Field<&RQ::system_prompt>{"system_prompt"},
                 Field<&RQ::chat>{"chat"},
                 Field<&RQ::render_special>{"render_special"},
                 Field<&RQ::framing>{"framing"},
-                Field<&RQ::tracks_in_flight>{"tracks_in_flight"},
-                Field<&RQ::max_audio_seconds>{"max_audio_seconds"},
+                Field<&RQ::tracks_in_flight, TracksInFlight>{"tracks_in_flight"},
+                Field<&RQ::max_audio_seconds, MaxAudioSeconds>{"max_audio_seconds"},
                 Field<&RQ::profile>{"profile"},
                 Field<&RQ::prepare_ahead>{"prepare_ahead"},
                 Field<&RQ::debug>{"debug"});
@@ -395,6 +461,7 @@ PYBIND11_MODULE(_core, m) {
 
     bind_types(m);
     bind_results(m);
+    m.attr("MAX_TRACKS_IN_FLIGHT") = mf::kMaxSequences;  // tracks_in_flight's bound (TracksInFlight)
 
     const mf::EngineParams dflt{};
     py::class_<PyEngine>(m, "Engine")

@@ -316,7 +316,6 @@ double Engine::kv_budget_bytes() const {
 // memory after the model, less room for compute buffers) up to the cap; the KV cells actually free decide
 // admissions inside the run, so short tracks fill the same context more densely than long ones.
 RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tracks, const RunRequest & request) const {
-    require_valid(request);
     RunPlan p;
     std::vector<int> cells;
     int seq_cells = 0;
@@ -384,7 +383,6 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const std::
 }
 
 void Engine::check(const std::vector<PromptRequest> & prompts, size_t n_samples, const RunRequest & request) const {
-    require_valid(request);
     const TrackShape t = shape_track(llama_model_get_vocab(res_->model.get()), chat_for(request), n_samples, prompts);
     require_fits(t, RunLimits{n_ctx_train()});
 }

@@ -121,14 +121,4 @@ void require_fits(const TrackShape & t, const RunLimits & lim) {
     if (lim.n_ctx > 0) require_cells(t, lim);
 }
 
-void require_valid(const RunRequest & request) {
-    if (request.tracks_in_flight < 0 || request.tracks_in_flight > kMaxSequences) {
-        throw InputError("tracks_in_flight must be 0 (automatic) or 1.." + std::to_string(kMaxSequences) + ", got " +
-                         std::to_string(request.tracks_in_flight));
-    }
-    if (!(request.max_audio_seconds >= 0) || request.max_audio_seconds > 1e7) {
-        throw InputError("max_audio_seconds must be 0 (10 minutes) or a positive number of seconds");
-    }
-}
-
 }  // namespace mf

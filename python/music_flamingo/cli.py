@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true")
     o.add_argument(
         "--tracks-in-flight",
-        type=cli_type(_in_flight, validation.tracks_in_flight),
+        type=cli_type(_in_flight, validation.run_setting("tracks_in_flight")),
         default="auto",
         help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time; "
         "default auto: sized from the device's free memory)",
@@ -460,7 +460,8 @@ def _dry_run(a: argparse.Namespace, selection) -> int:
 
 
 def _in_flight(value: str) -> int | str:
-    """--tracks-in-flight: 'auto' or an integer (validation.tracks_in_flight checks its range)."""
+    """--tracks-in-flight: 'auto' or an integer, as the engine takes it (its range is checked where it enters C++:
+    validation.run_setting)."""
     return value if value == "auto" else int(value)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from . import lifecycle, validation
+from . import lifecycle
 from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
@@ -333,11 +333,10 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         device's free memory and the tracks' lengths. Results in the order of ``tracks``; with greedy decoding and
         ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
         raised after all tracks ran."""
-        validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
+        request = self._request(framing, tracks_in_flight=tracks_in_flight)  # checked as it enters the request
         asked = [(a, as_prompts(ps, max_tokens)) for a, ps in tracks]
         decoded = [(_engine_audio(a, sample_rate, plist), plist) for a, plist in asked]
         native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
-        request = self._request(framing, tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight)
         raws = self._engine.generate_many(native, int(sample_rate), request=request)
         return [self._result(r) for r in raws]
 
@@ -365,7 +364,6 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         ``prompts``, which then only size the run: give them room for the longest texts), decoded in the same batch
         steps as the others. ``prepare_ahead`` overrides the engine's setting for this run (benchmarks). Returns where the time
         went (steps, host and decode ms, tracks in flight)."""
-        validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
         it = iter(audio)
         taken: list[int] = []  # the stream index of each track the engine took (its own index is the position)
@@ -397,8 +395,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
 
         request = self._request(
             framing,
-            tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight,
-            max_audio_seconds=float(max_audio_seconds),
+            tracks_in_flight=tracks_in_flight,
+            max_audio_seconds=max_audio_seconds,
             profile=bool(profile),
             prepare_ahead=prepare_ahead,
         )
@@ -416,7 +414,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         """The engine's request for one call: this analyzer's framing (or ``framing``) with its chat, and ``run``'s
         settings by name (``_core.RunRequest``'s fields); every setting not given is the engine's default. Made
         once per distinct call shape (rendering the chat template is most of a call's Python time)."""
-        key = (framing, self.framing, self.system_prompt, render_special, debug, tuple(sorted(run.items())))
+        # by repr: any value hashes, and a bad one reaches the request's own check (1 and True stay apart)
+        key = (framing, self.framing, self.system_prompt, render_special, debug, repr(sorted(run.items())))
         request = self._requests.get(key)
         if request is None:
             from . import _core
