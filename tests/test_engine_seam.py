@@ -5,6 +5,7 @@ no call that can hang on the engine's own lock or stop a whole stream for one ba
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -75,6 +76,29 @@ def test_check_refuses_what_cannot_fit_the_trained_context_before_anything_runs(
 
 
 @pytest.mark.parametrize("bad", [0, -1, _core.MAX_TRACKS_IN_FLIGHT + 1, 10**30, True, 2.0, "8", None])
+def _bound_positions(engine, n_samples: int, framing: str) -> int:
+    """The prefix positions the plan counts before encoding (check's message says them)."""
+    n_ctx_train = int(engine.info["n_ctx_train"])
+    too_long = [_core.PromptRequest("Describe.", max_tokens=n_ctx_train - 1)]
+    with pytest.raises(InvalidInputError, match="trained context") as e:
+        engine._engine.check(too_long, n_samples, request=engine._request(framing))
+    return int(re.search(r"audio \((\d+) positions\)", str(e.value)).group(1))
+
+
+@pytest.mark.parametrize("framing", ["llamacpp", "reference", "reference_tail"])
+def test_the_plans_prefix_before_encoding_is_a_lower_bound_exact_for_the_reference_framings(engine, framing):
+    """A track refused before its audio is encoded would be refused after: the count check() uses never exceeds
+    the prefix the track gets (llamacpp: mtmd tokenizes the chat head apart from its audio marker, and pads each
+    window to 750 tokens), and is that prefix for the reference framings. Around a window's end: 0.5, 30, 31 s."""
+    for seconds in (0.5, 30.0, 31.0):
+        pcm = audio(seconds)
+        bound = _bound_positions(engine, len(pcm), framing)
+        got = engine.generate(pcm, [Prompt("Describe.", max_tokens=1)], framing=framing).stats.prefix_tokens
+        assert bound <= got, (seconds, bound, got)
+        if framing != "llamacpp":
+            assert bound == got, (seconds, bound, got)
+
+
 def test_tracks_in_flight_is_refused_where_it_enters_the_request(bad):
     """One rule, where the value becomes the C++ field: building or assigning the request refuses it (no model, no
     run), naming the setting. The bound is C++'s (kMaxSequences), exported as _core.MAX_TRACKS_IN_FLIGHT."""

@@ -176,3 +176,24 @@ def test_the_cpp_check_sees_an_upward_include(tmp_path):
     (tmp_path / "engine.cpp").write_text('#include "engine.h"\n#include "batch_run.h"\n')
     layers = [["types.h"], ["prefix.h"], ["batch_run.h"], ["engine.h"], ["engine.cpp"]]
     assert cpp_upward_includes(tmp_path, layers) == ["prefix.h includes engine.h"]
+
+
+def layout_table_names(readme: str) -> set[str]:
+    """The names in backticks in the first column of README's Layout table."""
+    section = readme.split("\n## Layout\n", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([^`]+)`", row.split(" | ")[0])}
+
+
+def test_the_readme_layout_table_names_every_engine_file_and_module():
+    named = layout_table_names((REPO / "README.md").read_text(encoding="utf-8"))
+    bare = {Path(n).name for n in named}
+    globs = {n[: -len(".*")] for n in bare if n.endswith(".*")}  # `cpp/gguf_check.*`: the header and its source
+    files = [p for d in (CPP, PACKAGE) for p in d.iterdir() if p.is_file() and p.suffix not in (".so", ".pyd")]
+    missing = sorted(p.name for p in files if p.name not in bare and p.stem not in globs)
+    assert not missing, f"README's Layout table does not name {missing}"
+
+
+def test_the_layout_check_sees_a_missing_file():
+    readme = "# x\n## Layout\n\n| path | what |\n|---|---|\n| `cpp/a.h`, `a.cpp` | a |\n| `b.*` | b |\n## Next\n"
+    assert layout_table_names(readme) == {"cpp/a.h", "a.cpp", "b.*"}
