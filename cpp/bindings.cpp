@@ -252,7 +252,7 @@ struct MaxAudioSeconds {
     static double in(double v) {
         if (!(v >= 0) || v > 1e7) {
             throw mf::InputError("max_audio_seconds must be 0 (10 minutes) or a positive number of seconds up to "
-                                 "1e7, got " + std::to_string(v));
+                                 "1e7, got " + shown(py::float_(v)));
         }
         return v;
     }
