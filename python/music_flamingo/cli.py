@@ -699,13 +699,15 @@ def _run(a: argparse.Namespace, selection, argv: list[str]) -> int:
 
 def _exit_code(e: BaseException, *, engine_loaded: bool) -> int | None:
     """The exit code of an exception that ends the command, its message printed; None for any other exception
-    (it goes on up, with its traceback: a bug to report). Before an engine runs here, a model file or prompt error
-    is the user's configuration (2); once one runs, any error of this package fails the run (1)."""
+    (it goes on up, with its traceback: a bug to report). Before an engine runs here, a model file, prompt or
+    setting error is the user's configuration (2): an engine setting out of range (``--threads 1000000``) is refused
+    by the engine itself, with its name, before the model loads; once one runs, any error of this package fails the
+    run (1)."""
     if isinstance(e, KeyboardInterrupt):
         if engine_loaded:
             print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if not engine_loaded and isinstance(e, (ModelFileError, PromptConfigError)):
+    if not engine_loaded and isinstance(e, (ModelFileError, PromptConfigError, InvalidInputError)):
         print(f"music-flamingo: {e}", file=sys.stderr)
         return EXIT_USAGE
     if engine_loaded and isinstance(e, MusicFlamingoError):
