@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #ifndef MF_LLAMA_CPP_COMMIT
@@ -70,8 +71,10 @@ llama_flash_attn_type fa_type(FlashAttn v) {
 // with their name before anything loads.
 void require_in_range(const char * name, double v, double lo, double hi) {
     if (!(v >= lo && v <= hi)) {
+        std::ostringstream got;  // as the caller wrote it: 100000, 1e+12, nan (not 100000.000000)
+        got << v;
         throw InputError(std::string(name) + " must be in " + std::to_string((long long) lo) + ".." +
-                         std::to_string((long long) hi) + " (got " + std::to_string(v) + ")");
+                         std::to_string((long long) hi) + " (got " + got.str() + ")");
     }
 }
 
