@@ -75,7 +75,6 @@ def test_check_refuses_what_cannot_fit_the_trained_context_before_anything_runs(
         raw.check(ok * 300, SR, request=_core.RunRequest())
 
 
-@pytest.mark.parametrize("bad", [0, -1, _core.MAX_TRACKS_IN_FLIGHT + 1, 10**30, True, 2.0, "8", None])
 def _bound_positions(engine, n_samples: int, framing: str) -> int:
     """The prefix positions the plan counts before encoding (check's message says them)."""
     n_ctx_train = int(engine.info["n_ctx_train"])
@@ -99,6 +98,7 @@ def test_the_plans_prefix_before_encoding_is_a_lower_bound_exact_for_the_referen
             assert bound == got, (seconds, bound, got)
 
 
+@pytest.mark.parametrize("bad", [0, -1, _core.MAX_TRACKS_IN_FLIGHT + 1, 10**30, True, 2.0, "8", None])
 def test_tracks_in_flight_is_refused_where_it_enters_the_request(bad):
     """One rule, where the value becomes the C++ field: building or assigning the request refuses it (no model, no
     run), naming the setting. The bound is C++'s (kMaxSequences), exported as _core.MAX_TRACKS_IN_FLIGHT."""
