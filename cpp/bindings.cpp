@@ -491,7 +491,7 @@ PYBIND11_MODULE(_core, m) {
         .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"), py::kw_only(),
              py::arg("request") = mf::RunRequest{},
              "Several (audio, prompts) tracks with continuous batching: up to request.tracks_in_flight tracks per "
-             "decode step (0: automatic). Raises the first failing track's error after all ran.")
+             "decode step ('auto': sized from free memory). Raises the first failing track's error after all ran.")
         .def("run_stream", &PyEngine::run_stream, py::arg("next_audio"), py::arg("on_result"), py::arg("prompts"),
              py::arg("sample_rate"), py::kw_only(), py::arg("request") = mf::RunRequest{},
              "Continuous batching over a stream: next_audio() -> array, (array, prompts) or None (helper thread), "
