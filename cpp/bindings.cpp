@@ -1,6 +1,7 @@
 // pybind11 glue for music_flamingo._core: binds the engine's own parameter and result types as Python classes
 // (described in python/music_flamingo/_core.pyi), releases the GIL around all llama.cpp work, maps C++ errors to
 // the package's Python exceptions and native log lines to Python logging.
+#include "device_sampling.h"
 #include "engine.h"
 #include "followup.h"
 #include "log_bridge.h"
@@ -12,6 +13,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <type_traits>
 #include <tuple>
 
 #include <chrono>
@@ -204,21 +206,108 @@ private:
 template <typename T> struct member_of;
 template <typename C, typename T> struct member_of<T C::*> { using type = T; };
 
-// One field of a struct bound with a keyword constructor: its member pointer and its Python name.
-template <auto M> struct Field { const char * name; };
+// How a field's Python value becomes the C++ value: as pybind11 casts it (Plain), or through a setting's own rule
+// (below), which refuses what the engine cannot run.
+template <auto M> struct Plain {
+    using T = typename member_of<decltype(M)>::type;
+    using py_type = T;
+    static T in(T v) { return v; }
+    static T out(const T & v) { return v; }
+};
+
+// --- Settings checked where they enter C++ ----------------------------------------------------------------------
+// The rule for a setting with a range (a knob): it keeps one name from the CLI to C++ and is checked once, here,
+// where a Python value becomes the C++ field (the struct's keyword constructor or an assignment). Its bound is the
+// C++ constant, exported to Python when Python shows it. The CLI and BatchOptions build a RunRequest early (no model
+// needed: validation.run_setting) so a bad value fails before the model loads, with this message; the engine then
+// trusts the fields it is given. A new setting with a range: a rule like these, named in its Field line below.
+
+// A value as a message shows it: never megabytes.
+std::string shown(const py::handle & v) {
+    std::string s = py::repr(v);
+    return s.size() <= 80 ? s : s.substr(0, 80) + "...";
+}
+
+// tracks_in_flight: 'auto' (the engine sizes it from free memory; 0 in C++) or 1..kMaxSequences, the same values
+// the CLI's --tracks-in-flight and the Python API take, passed through unchanged.
+struct TracksInFlight {
+    using py_type = py::object;
+    static int in(const py::object & v) {
+        if (py::isinstance<py::str>(v) && v.cast<std::string>() == "auto") return 0;
+        if (!py::isinstance<py::bool_>(v) && PyIndex_Check(v.ptr())) {  // an int, numpy's too; not a float
+            auto i = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+            if (!i) throw py::error_already_set();
+            int overflow = 0;
+            const long long n = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+            if (!overflow && n >= 1 && n <= mf::kMaxSequences) return (int) n;
+        }
+        throw mf::InputError("tracks_in_flight must be 'auto' or an integer in 1.." +
+                             std::to_string(mf::kMaxSequences) + ", got " + shown(v));
+    }
+    static py::object out(int n) { return n == 0 ? py::object(py::str("auto")) : py::object(py::int_(n)); }
+};
+
+// max_audio_seconds: the longest track a stream expects (sizes its context); 0: 10 minutes.
+struct MaxAudioSeconds {
+    using py_type = double;
+    static double in(double v) {
+        if (!(v >= 0) || v > 1e7) {
+            throw mf::InputError("max_audio_seconds must be 0 (10 minutes) or a positive number of seconds up to "
+                                 "1e7, got " + shown(py::float_(v)));
+        }
+        return v;
+    }
+    static double out(double v) { return v; }
+};
+
+// live_answers: admit past tracks_in_flight while fewer answers than this are live; 0: off.
+struct LiveAnswers {
+    using py_type = int;
+    static int in(int v) {
+        if (v < 0 || v > mf::kMaxSequences) {
+            throw mf::InputError("live_answers must be 0 (off) or an integer in 1.." + std::to_string(mf::kMaxSequences) +
+                                 ", got " + std::to_string(v));
+        }
+        return v;
+    }
+    static int out(int v) { return v; }
+};
+
+// sampling_on_device for one run: 'auto', 'on', 'off' (device_sampling.h names them), or None: the engine's.
+struct SamplingOnDevice {
+    using py_type = std::optional<std::string>;
+    static std::optional<std::string> in(std::optional<std::string> v) {
+        if (v) mf::parse_device_sampling(*v);  // throws InputError naming the setting
+        return v;
+    }
+    static std::optional<std::string> out(const std::optional<std::string> & v) { return v; }
+};
+
+template <typename C, auto M, typename Rule>
+void bind_field(py::class_<C> & cls, const char * name) {
+    if constexpr (std::is_same_v<Rule, Plain<M>>) {
+        cls.def_readwrite(name, M);
+    } else {
+        cls.def_property(name, [](const C & c) { return Rule::out(c.*M); },
+                         [](C & c, typename Rule::py_type v) { c.*M = Rule::in(std::move(v)); });
+    }
+}
+
+// One field of a struct bound with a keyword constructor: its member pointer, its Python name and its rule.
+template <auto M, typename Rule = Plain<M>> struct Field { const char * name; };
 
 // Binds C's fields as read-write attributes and a keyword-only constructor over them, each argument defaulting to
-// what a default-constructed C holds.
-template <typename C, auto... M>
-void bind_fields(py::class_<C> & cls, Field<M>... f) {
+// what a default-constructed C holds. A field with a rule is checked by it in the constructor and on assignment.
+template <typename C, auto... M, typename... Rule>
+void bind_fields(py::class_<C> & cls, Field<M, Rule>... f) {
     const C dflt{};
-    cls.def(py::init([](typename member_of<decltype(M)>::type... v) {
+    cls.def(py::init([](typename Rule::py_type... v) {
                 C c;
-                ((c.*M = std::move(v)), ...);
+                ((c.*M = Rule::in(std::move(v))), ...);
                 return c;
             }),
-            py::kw_only(), (py::arg(f.name) = dflt.*M)...);
-    (cls.def_readwrite(f.name, M), ...);
+            py::kw_only(), (py::arg(f.name) = Rule::out(dflt.*M))...);
+    (bind_field<C, M, Rule>(cls, f.name), ...);
 }
 
 // A prompt and its follow-ups (cpp/types.h): the questions about a track, a known answer for the catch-up pass.
@@ -297,20 +386,21 @@ void bind_types(py::module_ & m) {
 
     using RQ = mf::RunRequest;
     py::class_<RQ> request(m, "RunRequest", "One run's settings (cpp/types.h); defaults are the engine's.");
-    // A new setting is one Field line here, after its field in mf::RunRequest; then _core.pyi.
+    // A new setting is one Field line here, after its field in mf::RunRequest; then _core.pyi. A setting with a range
+    // names its rule (see "Settings checked where they enter C++" above), and nothing else checks it again.
     bind_fields(request,
                 Field<&RQ::system_prompt>{"system_prompt"},
                 Field<&RQ::chat>{"chat"},
                 Field<&RQ::render_special>{"render_special"},
                 Field<&RQ::framing>{"framing"},
-                Field<&RQ::tracks_in_flight>{"tracks_in_flight"},
-                Field<&RQ::max_audio_seconds>{"max_audio_seconds"},
+                Field<&RQ::tracks_in_flight, TracksInFlight>{"tracks_in_flight"},
+                Field<&RQ::max_audio_seconds, MaxAudioSeconds>{"max_audio_seconds"},
                 Field<&RQ::profile>{"profile"},
                 Field<&RQ::prepare_ahead>{"prepare_ahead"},
                 Field<&RQ::prefill_beside>{"prefill_beside"},
-                Field<&RQ::live_answers>{"live_answers"},
+                Field<&RQ::live_answers, LiveAnswers>{"live_answers"},
                 Field<&RQ::debug>{"debug"},
-                Field<&RQ::sampling_on_device>{"sampling_on_device"});
+                Field<&RQ::sampling_on_device, SamplingOnDevice>{"sampling_on_device"});
 }
 
 // The engine's answers and stats: read-only classes.
@@ -404,6 +494,7 @@ PYBIND11_MODULE(_core, m) {
 
     bind_types(m);
     bind_results(m);
+    m.attr("MAX_TRACKS_IN_FLIGHT") = mf::kMaxSequences;  // tracks_in_flight's bound (TracksInFlight)
 
     const mf::EngineParams dflt{};
     py::class_<PyEngine>(m, "Engine")
@@ -437,7 +528,7 @@ PYBIND11_MODULE(_core, m) {
         .def("generate_many", &PyEngine::generate_many, py::arg("tracks"), py::arg("sample_rate"), py::kw_only(),
              py::arg("request") = mf::RunRequest{},
              "Several (audio, prompts) tracks with continuous batching: up to request.tracks_in_flight tracks per "
-             "decode step (0: automatic). Raises the first failing track's error after all ran.")
+             "decode step ('auto': sized from free memory). Raises the first failing track's error after all ran.")
         .def("run_stream", &PyEngine::run_stream, py::arg("next_audio"), py::arg("on_result"), py::arg("prompts"),
              py::arg("sample_rate"), py::kw_only(), py::arg("request") = mf::RunRequest{},
              "Continuous batching over a stream: next_audio() -> array, (array, prompts) or None (helper thread), "

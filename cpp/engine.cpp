@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #ifndef MF_LLAMA_CPP_COMMIT
@@ -70,8 +71,10 @@ llama_flash_attn_type fa_type(FlashAttn v) {
 // with their name before anything loads.
 void require_in_range(const char * name, double v, double lo, double hi) {
     if (!(v >= lo && v <= hi)) {
+        std::ostringstream got;  // as the caller wrote it: 100000, 1e+12, nan (not 100000.000000)
+        got << v;
         throw InputError(std::string(name) + " must be in " + std::to_string((long long) lo) + ".." +
-                         std::to_string((long long) hi) + " (got " + std::to_string(v) + ")");
+                         std::to_string((long long) hi) + " (got " + got.str() + ")");
     }
 }
 
@@ -352,7 +355,6 @@ double Engine::kv_budget_bytes() const {
 // memory after the model, less room for compute buffers) up to the cap; the KV cells actually free decide
 // admissions inside the run, so short tracks fill the same context more densely than long ones.
 RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tracks, const RunRequest & request) const {
-    require_valid(request);
     RunPlan p;
     std::vector<int> cells;
     int seq_cells = 0, prefix_cells = 0;
@@ -458,7 +460,6 @@ DeviceSampling Engine::device_sampling_for(const RunRequest & request) const {
 }
 
 void Engine::check(const std::vector<PromptRequest> & prompts, size_t n_samples, const RunRequest & request) const {
-    require_valid(request);
     const TrackShape t = shape_track(llama_model_get_vocab(res_->model.get()), chat_for(request), n_samples, prompts);
     require_fits(t, RunLimits{n_ctx_train()});
 }

@@ -121,20 +121,6 @@ void require_fits(const TrackShape & t, const RunLimits & lim) {
     if (lim.n_ctx > 0) require_cells(t, lim);
 }
 
-void require_valid(const RunRequest & request) {
-    if (request.tracks_in_flight < 0 || request.tracks_in_flight > kMaxSequences) {
-        throw InputError("tracks_in_flight must be 0 (automatic) or 1.." + std::to_string(kMaxSequences) + ", got " +
-                         std::to_string(request.tracks_in_flight));
-    }
-    if (request.live_answers < 0 || request.live_answers > kMaxSequences) {
-        throw InputError("live_answers must be 0 (off) or 1.." + std::to_string(kMaxSequences) + ", got " +
-                         std::to_string(request.live_answers));
-    }
-    if (!(request.max_audio_seconds >= 0) || request.max_audio_seconds > 1e7) {
-        throw InputError("max_audio_seconds must be 0 (10 minutes) or a positive number of seconds");
-    }
-}
-
 int max_tracks(int tracks_in_flight, int live_answers, int sequences_per_track) {
     if (live_answers <= 0) return tracks_in_flight;
     return std::max(tracks_in_flight, std::min(2 * tracks_in_flight, kMaxSequences / std::max(1, sequences_per_track)));

@@ -59,9 +59,6 @@ struct RunLimits {
 // prompts than sequences, more cells than the context or a sequence's stream holds).
 void require_fits(const TrackShape & t, const RunLimits & lim);
 
-// The settings a run asks for that the plan checks once, where they enter C++ (tracks_in_flight, max audio).
-void require_valid(const RunRequest & request);
-
 // How one run is sized: tracks decoding together, the context's cells, sequences and batch.
 struct RunPlan {
     int tracks_in_flight = 1;

@@ -192,7 +192,8 @@ using NextTrack = std::function<bool(TrackRequest &)>;
 using TrackDone = std::function<void(size_t, GenerateResult &&)>;
 
 // One run's settings as the caller gives them: bound to Python field by field as _core.RunRequest (bindings.cpp),
-// its defaults read from here. A new setting: a field here, one Field line in bindings.cpp, and _core.pyi.
+// its defaults read from here. A new setting: a field here, one Field line in bindings.cpp, and _core.pyi. A setting
+// with a range is checked once, where Python sets it (its rule in bindings.cpp); C++ callers keep to the same range.
 struct RunRequest {
     std::string system_prompt;           // Mtmd framing only: the others take `chat`
     std::optional<ChatPieces> chat;      // rendered template pieces; required by every framing but Mtmd

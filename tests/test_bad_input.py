@@ -780,6 +780,7 @@ def _rows() -> list[Case]:
             usage_error,
         ),
         Case("--tracks-in-flight outside 1..256", _cli_values("--tracks-in-flight", "0", "-1", "257"), usage_error),
+        Case("--threads past the engine's range", _cli("--threads", "1000000"), cli_exit(2, "n_threads must be in")),
         Case(
             "temperature=NaN in the Python API", _api_options(temperature=float("nan")), api_error("InvalidInputError")
         ),

@@ -163,7 +163,7 @@ def test_the_stub_matches_the_compiled_module():
             "    audio_seconds: float\n",
             "audio_seconds is read-only",
         ),
-        ("tracks_in_flight: int = 0,", "in_flight: int = 0,", "RunRequest.__init__: parameters"),
+        ('tracks_in_flight: int | str = "auto",', "in_flight: int = 0,", "RunRequest.__init__: parameters"),
         ("def set_log_level(level: int)", "def set_log_level(*, level: int)", "set_log_level: parameters"),
         ("    Reference: ClassVar[Framing]\n", "", "Framing.Reference is in the module"),
     ],

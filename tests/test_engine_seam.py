@@ -5,6 +5,7 @@ no call that can hang on the engine's own lock or stop a whole stream for one ba
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -42,7 +43,7 @@ def _run_with_deadline(fn, seconds: float = 120.0):
 
 def test_run_request_defaults_are_the_engines_and_unknown_fields_are_refused():
     r = _core.RunRequest()
-    assert (r.tracks_in_flight, r.max_audio_seconds, r.prepare_ahead, r.chat) == (0, 0.0, None, None)
+    assert (r.tracks_in_flight, r.max_audio_seconds, r.prepare_ahead, r.chat) == ("auto", 0.0, None, None)
     assert r.framing == _core.Framing.Mtmd and not r.debug and not r.profile
     with pytest.raises(TypeError):
         _core.RunRequest(tracks_in_fligth=2)
@@ -74,17 +75,70 @@ def test_check_refuses_what_cannot_fit_the_trained_context_before_anything_runs(
         raw.check(ok * 300, SR, request=_core.RunRequest())
 
 
-def test_tracks_in_flight_is_checked_where_it_enters_the_engine(engine):
-    """The engine's own bound is the one Python's validation states (validation.MAX_TRACKS_IN_FLIGHT): the two
-    facts are tied here."""
-    from music_flamingo.validation import MAX_TRACKS_IN_FLIGHT
+def _bound_positions(engine, n_samples: int, framing: str) -> int:
+    """The prefix positions the plan counts before encoding (check's message says them)."""
+    n_ctx_train = int(engine.info["n_ctx_train"])
+    too_long = [_core.PromptRequest("Describe.", max_tokens=n_ctx_train - 1)]
+    with pytest.raises(InvalidInputError, match="trained context") as e:
+        engine._engine.check(too_long, n_samples, request=engine._request(framing))
+    return int(re.search(r"audio \((\d+) positions\)", str(e.value)).group(1))
 
+
+@pytest.mark.parametrize("framing", ["llamacpp", "reference", "reference_tail"])
+def test_the_plans_prefix_before_encoding_is_a_lower_bound_exact_for_the_reference_framings(engine, framing):
+    """A track refused before its audio is encoded would be refused after: the count check() uses never exceeds
+    the prefix the track gets (llamacpp: mtmd tokenizes the chat head apart from its audio marker, and pads each
+    window to 750 tokens), and is that prefix for the reference framings. Around a window's end: 0.5, 30, 31 s."""
+    for seconds in (0.5, 30.0, 31.0):
+        pcm = audio(seconds)
+        bound = _bound_positions(engine, len(pcm), framing)
+        got = engine.generate(pcm, [Prompt("Describe.", max_tokens=1)], framing=framing).stats.prefix_tokens
+        assert bound <= got, (seconds, bound, got)
+        if framing != "llamacpp":
+            assert bound == got, (seconds, bound, got)
+
+
+@pytest.mark.parametrize("bad", [0, -1, _core.MAX_TRACKS_IN_FLIGHT + 1, 10**30, True, 2.0, "8", None])
+def test_tracks_in_flight_is_refused_where_it_enters_the_request(bad):
+    """One rule, where the value becomes the C++ field: building or assigning the request refuses it (no model, no
+    run), naming the setting. The bound is C++'s (kMaxSequences), exported as _core.MAX_TRACKS_IN_FLIGHT."""
+    message = f"tracks_in_flight must be 'auto' or an integer in 1..{_core.MAX_TRACKS_IN_FLIGHT}, got {bad!r}"
+    with pytest.raises(InvalidInputError) as built:
+        _core.RunRequest(tracks_in_flight=bad)
+    assert str(built.value) == message
+    r = _core.RunRequest(tracks_in_flight=2)
+    with pytest.raises(InvalidInputError, match="tracks_in_flight"):
+        r.tracks_in_flight = bad
+    assert r.tracks_in_flight == 2
+
+
+def test_tracks_in_flight_keeps_the_values_users_give_from_the_cli_to_the_engine(engine):
+    """'auto' and 1..MAX_TRACKS_IN_FLIGHT, as the CLI and generate_many take them, reach the request unchanged (no
+    'auto' -> 0 translation on the way); the engine runs the bound itself."""
+    for value in ("auto", 1, np.int64(3), _core.MAX_TRACKS_IN_FLIGHT):
+        assert _core.RunRequest(tracks_in_flight=value).tracks_in_flight == value
     raw = engine._engine
     track = [(audio(), [HI[0].to_native()])]
-    for bad in (-1, MAX_TRACKS_IN_FLIGHT + 1):
-        with pytest.raises(InvalidInputError, match="tracks_in_flight"):
-            raw.generate_many(track, SR, request=_core.RunRequest(tracks_in_flight=bad))
-    assert len(raw.generate_many(track, SR, request=_core.RunRequest(tracks_in_flight=MAX_TRACKS_IN_FLIGHT))) == 1
+    request = _core.RunRequest(tracks_in_flight=_core.MAX_TRACKS_IN_FLIGHT)
+    assert len(raw.generate_many(track, SR, request=request)) == 1
+
+
+def test_the_python_api_says_what_the_request_says_before_any_audio_is_read(engine, tmp_path):
+    with pytest.raises(InvalidInputError) as request:
+        _core.RunRequest(tracks_in_flight=0)
+    missing = tmp_path / "missing.flac"  # read only after the settings were checked
+    with pytest.raises(InvalidInputError) as many:
+        engine.generate_many([(missing, HI)], tracks_in_flight=0)
+    with pytest.raises(InvalidInputError) as stream:
+        engine.generate_stream(iter([missing]), HI, lambda i, r: None, tracks_in_flight=0)
+    assert str(many.value) == str(stream.value) == str(request.value)
+
+
+def test_max_audio_seconds_is_refused_where_it_enters_the_request():
+    for bad in (-1.0, float("nan"), float("inf"), 1e8):
+        with pytest.raises(InvalidInputError, match="max_audio_seconds"):
+            _core.RunRequest(max_audio_seconds=bad)
+    assert _core.RunRequest(max_audio_seconds=600).max_audio_seconds == 600.0
 
 
 # --- one failure channel -----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ above it (issue 13), at module level or inside a function. A new module gets its
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,90 @@ def test_the_script_check_sees_imports_and_path_edits_into_tests(tmp_path):
     )
     assert absolute_imports(src) >= {"conftest", "tiny_model", "sys"}
     assert path_edits(src) == ["sys.path.insert(0, str(REPO / 'tests'))"]
+
+
+# --- cpp/: the engine's files stand in layers too ---------------------------------------------------------------------
+
+CPP = REPO / "cpp"
+
+# Lowest first; files in one row may not include each other (a row's .cpp may include its own header). A header
+# includes only what stands below it: the shared vocabulary (types.h) never includes the Engine (engine.h), the
+# runner never includes the engine. followup.cpp stands with the runner: it holds BatchRun's follow-up steps, while
+# followup.h (what the plan needs) stands low.
+CPP_LAYERS = [
+    ["errors.h"],
+    ["log_bridge.h", "log_bridge.cpp", "quantize.h", "quantize.cpp", "gguf_check.h", "gguf_check.cpp",
+     "rote.h", "rote.cpp"],
+    ["types.h"],
+    ["audio_window.h", "audio_window.cpp", "sampling.h", "sampling.cpp", "device_sampling.h", "device_sampling.cpp",
+     "prefix.h", "followup.h", "plan.h"],
+    ["prefix.cpp", "plan.cpp", "prefill_context.h", "prefill_context.cpp"],
+    ["resources.h"],
+    ["batch_run.h"],
+    ["batch_run.cpp", "followup.cpp"],
+    ["engine.h"],
+    ["engine.cpp"],
+    ["bindings.cpp"],
+]  # fmt: skip
+
+
+def cpp_includes(path: Path) -> set[str]:
+    """The files of ``path``'s folder that it includes with ``#include "..."`` (llama.cpp's headers are not)."""
+    names = {p.name for p in path.parent.iterdir()}
+    found = re.findall(r'^\s*#\s*include\s+"([^"]+)"', path.read_text(encoding="utf-8"), re.M)
+    return {n for n in found if n in names}
+
+
+def cpp_upward_includes(folder: Path, layers: list[list[str]]) -> list[str]:
+    """Every include in ``folder`` of a file at or above the includer's layer (its own header excepted)."""
+    rank = {name: i for i, row in enumerate(layers) for name in row}
+    wrong = []
+    for path in sorted(folder.glob("*.[ch]*")):
+        own = path.with_suffix(".h").name
+        for inc in sorted(cpp_includes(path) - {own}):
+            if rank.get(inc, len(layers)) >= rank.get(path.name, -1):
+                wrong.append(f"{path.name} includes {inc}")
+    return wrong
+
+
+def test_every_cpp_file_has_a_layer():
+    files = {p.name for p in CPP.glob("*.[ch]*")}
+    placed = {name for row in CPP_LAYERS for name in row}
+    assert files == placed, f"not placed: {files - placed}; gone: {placed - files}"
+
+
+def test_cpp_includes_point_down():
+    assert cpp_upward_includes(CPP, CPP_LAYERS) == []
+
+
+def test_the_cpp_check_sees_an_upward_include(tmp_path):
+    """The layout issue 17 found: shared types in engine.h, included by the headers that need only the types, and
+    the engine's resources in the runner's header."""
+    (tmp_path / "engine.h").write_text('#include "types.h"\n')
+    (tmp_path / "types.h").write_text("struct T {};\n")
+    (tmp_path / "prefix.h").write_text('#include "engine.h"  // for the types\n')
+    (tmp_path / "batch_run.h").write_text('#include "prefix.h"\n')
+    (tmp_path / "engine.cpp").write_text('#include "engine.h"\n#include "batch_run.h"\n')
+    layers = [["types.h"], ["prefix.h"], ["batch_run.h"], ["engine.h"], ["engine.cpp"]]
+    assert cpp_upward_includes(tmp_path, layers) == ["prefix.h includes engine.h"]
+
+
+def layout_table_names(readme: str) -> set[str]:
+    """The names in backticks in the first column of README's Layout table."""
+    section = readme.split("\n## Layout\n", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([^`]+)`", row.split(" | ")[0])}
+
+
+def test_the_readme_layout_table_names_every_engine_file_and_module():
+    named = layout_table_names((REPO / "README.md").read_text(encoding="utf-8"))
+    bare = {Path(n).name for n in named}
+    globs = {n[: -len(".*")] for n in bare if n.endswith(".*")}  # `cpp/gguf_check.*`: the header and its source
+    files = [p for d in (CPP, PACKAGE) for p in d.iterdir() if p.is_file() and p.suffix not in (".so", ".pyd")]
+    missing = sorted(p.name for p in files if p.name not in bare and p.stem not in globs)
+    assert not missing, f"README's Layout table does not name {missing}"
+
+
+def test_the_layout_check_sees_a_missing_file():
+    readme = "# x\n## Layout\n\n| path | what |\n|---|---|\n| `cpp/a.h`, `a.cpp` | a |\n| `b.*` | b |\n## Next\n"
+    assert layout_table_names(readme) == {"cpp/a.h", "a.cpp", "b.*"}

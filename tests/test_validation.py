@@ -102,6 +102,24 @@ def test_batch_options_refuse_bad_tracks_in_flight(n):
         BatchOptions(tracks_in_flight=n)
 
 
+@pytest.mark.parametrize("n", [0, 257, "8"])
+def test_tracks_in_flight_is_refused_with_the_engines_message_at_every_boundary(n, capsys):
+    """One rule, stated in C++ where the value enters the request: the CLI and BatchOptions build a request early
+    (before any model loads) and say what the engine says."""
+    from music_flamingo import _core
+
+    with pytest.raises(InvalidInputError) as engine:
+        _core.RunRequest(tracks_in_flight=n)
+    with pytest.raises(InvalidInputError) as options:
+        BatchOptions(tracks_in_flight=n)
+    assert str(options.value) == str(engine.value)
+    if isinstance(n, int):
+        with pytest.raises(SystemExit) as ei:
+            build_parser().parse_args(["track.flac", "--tracks-in-flight", str(n)])
+        assert ei.value.code == 2
+        assert str(engine.value) in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -10,6 +10,8 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+MAX_TRACKS_IN_FLIGHT: int  # llama.cpp's sequences in one context (LLAMA_MAX_SEQ): RunRequest.tracks_in_flight's bound
+
 class SamplingParams:
     """One prompt's sampling settings; a keyword it does not know is a TypeError. Defaults are the engine's."""
 
@@ -171,8 +173,8 @@ class RunRequest:
     chat: ChatPieces | None
     render_special: bool
     framing: Framing
-    tracks_in_flight: int
-    max_audio_seconds: float
+    tracks_in_flight: int | str  # 'auto' or 1..MAX_TRACKS_IN_FLIGHT, checked where it is set
+    max_audio_seconds: float  # 0 (10 minutes) or seconds up to 1e7, checked where it is set
     profile: bool
     prepare_ahead: bool | None
     prefill_beside: bool | None
@@ -186,7 +188,7 @@ class RunRequest:
         chat: ChatPieces | None = None,
         render_special: bool = False,
         framing: Framing = ...,
-        tracks_in_flight: int = 0,
+        tracks_in_flight: int | str = "auto",
         max_audio_seconds: float = 0.0,
         profile: bool = False,
         prepare_ahead: bool | None = None,

@@ -308,7 +308,7 @@ class BatchOptions:
     retry_failed: bool = False  # only the tracks listed in the failures file
 
     def __post_init__(self) -> None:
-        validation.require("tracks_in_flight", validation.tracks_in_flight(self.tracks_in_flight))
+        validation.require_run_setting("tracks_in_flight", self.tracks_in_flight)  # the engine's rule, early
 
 
 @dataclass

@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true")
     o.add_argument(
         "--tracks-in-flight",
-        type=cli_type(_in_flight, validation.tracks_in_flight),
+        type=cli_type(_in_flight, validation.run_setting("tracks_in_flight")),
         default="auto",
         help="tracks decoded together by the GGUF engine (continuous batching; 1: one at a time; "
         "default auto: sized from the device's free memory)",
@@ -476,7 +476,8 @@ def _dry_run(a: argparse.Namespace, selection) -> int:
 
 
 def _in_flight(value: str) -> int | str:
-    """--tracks-in-flight: 'auto' or an integer (validation.tracks_in_flight checks its range)."""
+    """--tracks-in-flight: 'auto' or an integer, as the engine takes it (its range is checked where it enters C++:
+    validation.run_setting)."""
     return value if value == "auto" else int(value)
 
 
@@ -714,13 +715,15 @@ def _run(a: argparse.Namespace, selection, argv: list[str]) -> int:
 
 def _exit_code(e: BaseException, *, engine_loaded: bool) -> int | None:
     """The exit code of an exception that ends the command, its message printed; None for any other exception
-    (it goes on up, with its traceback: a bug to report). Before an engine runs here, a model file or prompt error
-    is the user's configuration (2); once one runs, any error of this package fails the run (1)."""
+    (it goes on up, with its traceback: a bug to report). Before an engine runs here, a model file, prompt or
+    setting error is the user's configuration (2): an engine setting out of range (``--threads 1000000``) is refused
+    by the engine itself, with its name, before the model loads; once one runs, any error of this package fails the
+    run (1)."""
     if isinstance(e, KeyboardInterrupt):
         if engine_loaded:
             print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if not engine_loaded and isinstance(e, (ModelFileError, PromptConfigError)):
+    if not engine_loaded and isinstance(e, (ModelFileError, PromptConfigError, InvalidInputError)):
         print(f"music-flamingo: {e}", file=sys.stderr)
         return EXIT_USAGE
     if engine_loaded and isinstance(e, MusicFlamingoError):

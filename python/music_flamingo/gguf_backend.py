@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from . import lifecycle, validation
+from . import lifecycle
 from ._logging import logger, set_native_log_level
 from .analyzer import AnalysisOptions, Analyzer, AnalyzerCalls
 from .audio import TARGET_SAMPLE_RATE, as_engine_audio
@@ -353,15 +353,11 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         ``flash_attn=False`` each equals :meth:`generate` of that track alone. The first failing track's error is
         raised after all tracks ran. ``live_answers``: admit tracks past ``tracks_in_flight`` (up to twice as many)
         while fewer answers than this are live (0: off; README, "Throughput knobs")."""
-        validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
+        # both checked as they enter the request (cpp/bindings.cpp: the field rules)
+        request = self._request(framing, tracks_in_flight=tracks_in_flight, live_answers=live_answers)
         asked = [(a, as_prompts(ps, max_tokens)) for a, ps in tracks]
         decoded = [(_engine_audio(a, sample_rate, plist), plist) for a, plist in asked]
         native = [(audio, [p.to_native() for p in plist]) for audio, plist in decoded]
-        request = self._request(
-            framing,
-            tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight,
-            live_answers=live_answers,  # checked where it enters the engine (plan.cpp)
-        )
         raws = self._engine.generate_many(native, int(sample_rate), request=request)
         return [self._result(r) for r in raws]
 
@@ -393,7 +389,6 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         steps as the others. ``prepare_ahead``, ``prefill_beside`` and ``sampling_on_device`` override the engine's
         settings for this run (benchmarks); ``live_answers`` as for :meth:`generate_many`. Returns where the time
         went (steps, host and decode ms, tracks in flight)."""
-        validation.require("tracks_in_flight", validation.tracks_in_flight(tracks_in_flight))
         plist = [p.to_native() for p in as_prompts(prompts, max_tokens)]
         it = iter(audio)
         taken: list[int] = []  # the stream index of each track the engine took (its own index is the position)
@@ -425,13 +420,13 @@ class MusicFlamingoGGUF(AnalyzerCalls):
 
         request = self._request(
             framing,
-            tracks_in_flight=0 if tracks_in_flight == "auto" else tracks_in_flight,
-            max_audio_seconds=float(max_audio_seconds),
+            tracks_in_flight=tracks_in_flight,
+            max_audio_seconds=max_audio_seconds,
             profile=bool(profile),
             prepare_ahead=prepare_ahead,
             sampling_on_device=sampling_on_device,
             prefill_beside=prefill_beside,
-            live_answers=live_answers,  # checked where it enters the engine (plan.cpp)
+            live_answers=live_answers,
         )
         stats = _as_dict(self._engine.run_stream(next_audio, done, plist, TARGET_SAMPLE_RATE, request=request))
         # The stats cover every item of the stream: those refused here never reached the engine's counters.
@@ -447,7 +442,8 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         """The engine's request for one call: this analyzer's framing (or ``framing``) with its chat, and ``run``'s
         settings by name (``_core.RunRequest``'s fields); every setting not given is the engine's default. Made
         once per distinct call shape (rendering the chat template is most of a call's Python time)."""
-        key = (framing, self.framing, self.system_prompt, render_special, debug, tuple(sorted(run.items())))
+        # by repr: any value hashes, and a bad one reaches the request's own check (1 and True stay apart)
+        key = (framing, self.framing, self.system_prompt, render_special, debug, repr(sorted(run.items())))
         request = self._requests.get(key)
         if request is None:
             from . import _core

@@ -6,6 +6,9 @@ a usage error and exits 2, the Python API raises :class:`~music_flamingo.errors.
 ``ValueError``). NaN and infinities are refused everywhere: a NaN temperature once turned every token into the
 same id and put a bare ``NaN`` (not JSON) into manifests.
 
+The engine's run settings (``tracks_in_flight``, ``max_audio_seconds``) are not stated here: their range is the
+engine's own, checked where the value enters C++ (:func:`require_run_setting`).
+
 Numbers cross into C++ as ``float``/``int``/``uint32``, so bounds are those types' ranges where nothing stricter
 applies: a value the engine cannot hold is refused here rather than silently becoming ``inf`` or wrapping around.
 """
@@ -29,8 +32,6 @@ FLOAT32_MAX = 3.4028234663852886e38
 # allocate gigabytes; longer than any answer fits the model's context. The engine refuses the same in C++
 # (cpp/engine.h, kMaxRepeatLastN).
 REPEAT_LAST_N_MAX = 65536
-# llama.cpp holds at most 256 sequences in one context (LLAMA_MAX_SEQ); each track in flight needs at least one.
-MAX_TRACKS_IN_FLIGHT = 256
 # Shorter audio gives the model no audio token (the reference's first token needs 321 samples at 16 kHz: 3 mel
 # frames, then the stride-2 conv and pool), and llama.cpp's audio preprocessing asserts (aborts the process) on a
 # few samples. Kept here, with the other limits, and used by audio.py for every array and file; the engine refuses
@@ -133,14 +134,6 @@ def prompt_text(v: Any) -> str | None:
     return None
 
 
-def tracks_in_flight(v: Any) -> str | None:
-    if v == "auto":  # sized by the engine from free device memory
-        return None
-    if not is_int(v) or not 1 <= v <= MAX_TRACKS_IN_FLIGHT:
-        return f"must be 'auto' or an integer in 1..{MAX_TRACKS_IN_FLIGHT}, got {v!r}"
-    return None
-
-
 def track_timeout(v: Any) -> str | None:
     # below a second a worker would be killed between two looks of the parent (it looks once a second)
     if not is_real(v) or v < 1:
@@ -152,6 +145,30 @@ def require(field: str, problem: str | None) -> None:
     """Raise :class:`InvalidInputError` naming ``field`` when a check found a problem (the Python API's way)."""
     if problem is not None:
         raise InvalidInputError(f"{field} {problem}")
+
+
+def require_run_setting(name: str, value: Any) -> None:
+    """Raise the engine's :class:`InvalidInputError` for a bad run setting (``tracks_in_flight``,
+    ``max_audio_seconds``): a ``_core.RunRequest`` is built with that field alone, which needs no model. The range
+    is the engine's, checked where the value enters C++ (the field's rule in cpp/bindings.cpp) and stated nowhere
+    else; a boundary that must refuse a bad value before the model loads builds the request early, here."""
+    from . import _core
+
+    _core.RunRequest(**{name: value})
+
+
+def run_setting(name: str) -> Callable[[Any], str | None]:
+    """:func:`require_run_setting` as a check that returns what is wrong (for :func:`cli_type`)."""
+
+    def check(value: Any) -> str | None:
+        try:
+            require_run_setting(name, value)
+        except InvalidInputError as e:
+            return str(e)
+        return None
+
+    check.__name__ = name
+    return check
 
 
 def cli_type(convert: Callable[[str], Any], check: Callable[[Any], str | None]) -> Callable[[str], Any]:
@@ -178,7 +195,6 @@ __all__ = [
     "is_real",
     "MAX_PROMPT_CHARS",
     "MAX_TOKENS_LIMIT",
-    "MAX_TRACKS_IN_FLIGHT",
     "MIN_AUDIO_SAMPLES",
     "MIN_AUDIO_SECONDS",
     "SEED_MAX",
@@ -191,13 +207,14 @@ __all__ = [
     "repeat_last_n",
     "REPEAT_LAST_N_MAX",
     "repeat_penalty",
+    "run_setting",
     "require",
+    "require_run_setting",
     "sample",
     "seed",
     "temperature",
     "top_k",
     "top_p",
     "track_timeout",
-    "tracks_in_flight",
     "trim_frac",
 ]
