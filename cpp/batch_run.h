@@ -10,6 +10,7 @@
 #pragma once
 
 #include "followup.h"
+#include "kv_layout.h"
 #include "plan.h"
 #include "prefix.h"
 #include "resources.h"
@@ -114,6 +115,7 @@ private:
     void decode_embd(const float * embd, int n_tokens, int32_t seq, int32_t & n_past);
     void decode_tokens(const std::vector<int32_t> & toks, int32_t seq, int32_t & n_past);
     void sample_step();
+    void decode_step();
     void accept(Active & a, size_t i, int32_t tok);
     void retire();
     // follow-ups (cpp/followup.cpp)
@@ -145,7 +147,7 @@ private:
 
     // decode thread state
     std::vector<Active> active_;
-    std::vector<int32_t> free_seqs_;
+    SeqPool seqs_;  // sequence ids (per_track: a stream's) for admitted tracks
     int reserved_cells_ = 0;
     bool have_next_ = false;
     Pending next_pending_;

@@ -84,6 +84,7 @@ void validate(const EngineParams & p) {
     require_in_range("n_seq_max", p.n_seq_max, 0, kMaxSequences);
     require_in_range("memory_budget_mb", p.memory_budget_mb, 0, 1 << 30);
     kv_ggml_type(p.kv_type);
+    parse_kv_layout(p.kv_layout);
 }
 
 double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
@@ -99,6 +100,7 @@ int sum_largest(const std::vector<int> & cells, int n) {
 
 Engine::Engine(const EngineParams & params) : params_(params), res_(std::make_unique<EngineResources>()) {
     validate(params_);
+    layout_ = parse_kv_layout(params_.kv_layout);
     if (params_.n_batch < params_.n_ubatch) params_.n_batch = params_.n_ubatch;
     // Default: half the logical CPUs, about the physical cores (llama.cpp's own default). ggml's thread pool spins
     // while it waits, so a thread per logical CPU fights the audio-decoding thread and anything else running:
@@ -233,6 +235,7 @@ std::map<std::string, std::string> Engine::info() const {
         {"flash_attn", params_.flash_attn == FlashAttn::Auto ? "auto" : params_.flash_attn == FlashAttn::On ? "on" : "off"},
         {"n_ctx", std::to_string(ctx_n_ctx_)},
         {"kv_type", params_.kv_type},
+        {"kv_layout", kv_layout_name(layout_)},
         {"kv_cell_bytes", std::to_string((long) kv_cell_bytes())},
     };
 }
@@ -267,21 +270,27 @@ ChatPieces Engine::format_chat(const std::string & system_prompt) const {
 }
 
 // (Re)creates the llama context when a run needs more cells, sequences or batch than the current one has.
-// Grows only, rounded up, so a long run settles on one context instead of reallocating per call.
-void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells) {
+// Grows only, rounded up, so a long run settles on one context instead of reallocating per call. Without a unified
+// cache the context is streams of stream_cells cells, each holding per_stream sequences (kv_layout.h).
+void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int stream_cells, int per_stream) {
     int n_ctx = params_.n_ctx > 0 ? params_.n_ctx : n_ctx_needed;
-    n_seq = std::min(kMaxSequences, std::max({n_seq, params_.n_seq_max, ctx_n_seq_}));
+    const bool same_streams = res_->ctx && per_stream == ctx_per_stream_;  // a per_track context fits one track shape
+    const int ctx_seq = same_streams ? ctx_n_seq_ : 0;
+    const int n_seq_min = layout_ == KvLayout::PerTrack ? 0 : params_.n_seq_max;  // per_track: streams are tracks
+    n_seq = round_up(std::max({n_seq, n_seq_min, ctx_seq}), per_stream);
+    n_seq = std::min(kMaxSequences / per_stream * per_stream, n_seq);
     const int n_batch = std::max({params_.n_batch, n_batch_needed, ctx_n_batch_});
-    if (!params_.kv_unified) {
-        // one stream of n_ctx / n_seq cells per sequence: size the streams, not the total
-        seq_cells = round_up(std::max({seq_cells, kMinCells, ctx_n_seq_ ? ctx_n_ctx_ / ctx_n_seq_ : 0}), kMinCells);
-        n_ctx = std::max(n_ctx, seq_cells * n_seq);
-        if (res_->ctx && n_seq <= ctx_n_seq_ && seq_cells <= ctx_n_ctx_ / ctx_n_seq_ && n_batch <= ctx_n_batch_) return;
-        n_ctx = seq_cells * n_seq;
+    if (layout_ != KvLayout::Unified) {
+        // size the streams, not the total
+        const int ctx_cells = ctx_seq ? ctx_n_ctx_ / (ctx_seq / per_stream) : 0;
+        stream_cells = round_up(std::max({stream_cells, kMinCells, ctx_cells}), kMinCells);
+        if (same_streams && n_seq <= ctx_n_seq_ && stream_cells <= ctx_cells && n_batch <= ctx_n_batch_) return;
+        n_ctx = stream_cells * (n_seq / per_stream);
     } else if (res_->ctx && n_ctx <= ctx_n_ctx_ && n_seq <= ctx_n_seq_ && n_batch <= ctx_n_batch_) {
         return;
+    } else if (params_.n_ctx <= 0) {
+        n_ctx = std::max(round_up(n_ctx, kMinCells), ctx_n_ctx_);
     }
-    if (params_.n_ctx <= 0 && params_.kv_unified) n_ctx = std::max(round_up(n_ctx, kMinCells), ctx_n_ctx_);
 
     res_->ctx.reset();
     ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0;
@@ -293,7 +302,8 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int
     // A decode outputs at most one row per sequence (a step: one per live sequence; a track's prompts: one each).
     // Left at 0 llama.cpp reserves n_batch rows of logits in the compute buffer (~1.2 GB for Qwen's vocabulary).
     cp.n_outputs_max = (uint32_t) n_seq;
-    cp.kv_unified = params_.kv_unified;  // true: the forked sequences share the prefix cells instead of copying them
+    cp.kv_unified = layout_ == KvLayout::Unified;  // the forks share the prefix cells (per_track: inside a stream)
+    cp.n_seq_per_stream = (uint32_t) per_stream;   // patch 0003
     cp.n_threads = params_.n_threads;
     cp.n_threads_batch = params_.n_threads;
     cp.flash_attn_type = fa_type(params_.flash_attn);
@@ -304,7 +314,7 @@ void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int
         throw EngineError("llama.cpp could not create a context of " + std::to_string(n_ctx) +
                           " tokens (out of memory? see the log)");
     }
-    ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch;
+    ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch; ctx_per_stream_ = per_stream;
 }
 
 double Engine::kv_budget_bytes() const {
@@ -332,18 +342,21 @@ RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tr
     const double budget = automatic ? kv_budget_bytes() : 0.0;
     p.kv_budget_mb = mib(budget);
     int n = automatic ? (text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu) : request.tracks_in_flight;
-    if (!params_.kv_unified) {
+    if (layout_ == KvLayout::PerSequence) {
         // a stream per sequence, each big enough for the longest sequence
         p.seq_cells = std::max(seq_cells, kMinCells);
         if (automatic) n = std::max(1, std::min(n, (int) (budget / (p.seq_cells * p.max_prompts * kv_cell_bytes()))));
+    } else if (layout_ == KvLayout::PerTrack) {
+        // a stream per track, each big enough for the largest track and a step's pad tokens
+        p.seqs_per_stream = track_stream_seqs(p.max_prompts);
+        p.seq_cells = std::max(cells.empty() ? 0 : cells[0] + p.seqs_per_stream - 1, kMinCells);
+        if (automatic) n = std::max(1, std::min(n, (int) (budget / (p.seq_cells * kv_cell_bytes()))));
     }
     if (known_tracks > 0) n = std::min<int>(n, (int) known_tracks);
-    p.tracks_in_flight = std::min(n, std::max(1, kMaxSequences / p.max_prompts));
-    p.n_seq = p.tracks_in_flight * p.max_prompts;
-    if (!params_.kv_unified) {
-        p.n_ctx = p.n_seq * p.seq_cells;
-        return p;
-    }
+    const int seqs_per_track = layout_ == KvLayout::PerTrack ? p.seqs_per_stream : p.max_prompts;
+    p.tracks_in_flight = std::min(n, std::max(1, kMaxSequences / seqs_per_track));
+    size_streams(p);
+    if (layout_ != KvLayout::Unified) return p;
     p.n_ctx = sum_largest(cells, p.tracks_in_flight);
     // cells are upper bounds (a silent window more than any track has): tracks usually fit more densely
     if (automatic) p.n_ctx = std::min(p.n_ctx, (int) std::clamp(budget / kv_cell_bytes(), 0.0, (double) (1 << 30)));
@@ -351,18 +364,24 @@ RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tr
     return p;
 }
 
+// A plan's sequences and, without a unified cache, its cells, from its tracks in flight.
+void Engine::size_streams(RunPlan & p) const {
+    const bool per_track = layout_ == KvLayout::PerTrack;
+    p.n_seq = p.tracks_in_flight * (per_track ? p.seqs_per_stream : p.max_prompts);
+    if (layout_ != KvLayout::Unified) p.n_ctx = (per_track ? p.tracks_in_flight : p.n_seq) * p.seq_cells;
+}
+
 // The context for a plan. Out of memory: fewer tracks in flight, down to one.
 void Engine::allocate(RunPlan & p) {
     for (;;) {
         try {
-            ensure_context(p.n_ctx, p.n_seq, p.n_batch, p.seq_cells);
+            ensure_context(p.n_ctx, p.n_seq, p.n_batch, p.seq_cells, p.seqs_per_stream);
             return;
         } catch (const EngineError &) {
             if (p.tracks_in_flight <= 1) throw;
             p.tracks_in_flight = std::max(1, p.tracks_in_flight / 2);
             p.n_ctx = std::max(kMinCells, p.n_ctx / 2);
-            p.n_seq = p.tracks_in_flight * p.max_prompts;
-            if (!params_.kv_unified) p.n_ctx = p.n_seq * p.seq_cells;
+            size_streams(p);
         }
     }
 }
@@ -373,7 +392,11 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const std::
     RunPlan plan = plan_run(tracks, known_tracks, request);
     if (request.framing != Framing::Reference) ensure_mtmd();
     allocate(plan);
-    const RunLimits fit{n_ctx_train(), ctx_n_ctx_, ctx_n_seq_, params_.kv_unified ? 0 : ctx_n_ctx_ / ctx_n_seq_};
+    const int streams = ctx_n_seq_ / ctx_per_stream_;
+    const RunLimits fit{n_ctx_train(), ctx_n_ctx_, ctx_n_seq_,
+                        layout_ == KvLayout::PerSequence ? ctx_n_ctx_ / ctx_n_seq_ : 0,
+                        layout_ == KvLayout::PerTrack ? ctx_per_stream_ : 0,
+                        layout_ == KvLayout::PerTrack ? ctx_n_ctx_ / streams : 0};
     const BatchRun::Limits lim{plan.tracks_in_flight, fit, ctx_n_batch_,
                                request.prepare_ahead.value_or(params_.prepare_ahead), params_.n_threads};
     BatchRun run(*res_, request, interrupted, lim, chat, next, done);

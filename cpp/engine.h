@@ -9,6 +9,7 @@
 // may abort the process on bad input.
 #pragma once
 
+#include "kv_layout.h"
 #include "plan.h"
 #include "types.h"
 
@@ -76,7 +77,8 @@ private:
     void allocate(RunPlan & plan);  // the context for `plan`, fewer tracks in flight when memory is short
     double kv_budget_bytes() const;
     double free_memory_budget() const;
-    void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells = 0);
+    void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int stream_cells, int per_stream);
+    void size_streams(RunPlan & p) const;
     void ensure_mtmd();
     ChatPieces format_chat(const std::string & system_prompt) const;
     ChatPieces chat_for(const RunRequest & request) const;
@@ -84,7 +86,8 @@ private:
 
     EngineParams params_;
     std::unique_ptr<EngineResources> res_;  // cpp/resources.h
-    int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0;
+    KvLayout layout_ = KvLayout::Unified;  // params_.kv_layout
+    int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0, ctx_per_stream_ = 1;
     std::string chat_template_;  // as stored in the GGUF ("chatml" when absent)
     std::string text_device_, audio_device_;
     bool text_on_gpu_ = false;

@@ -41,10 +41,11 @@ struct EngineParams {
     int n_sampling_threads = 0;  // threads that sample the rows of a step; 0: up to 4, a quarter of the CPUs
     double memory_budget_mb = 0; // KV cache budget for automatic sizing; 0: from the device's free memory
     bool prepare_ahead = true;   // encode the next tracks' audio on a helper thread while others decode
-    // One KV cache for all sequences (a track's prompts share its prefix cells; every query's attention reads
-    // every track's cells, masked), or one stream per sequence (each fork copies the prefix; attention and a new
-    // track's prefill read only their own stream). bench/RESULTS.md measures both on a GPU.
-    bool kv_unified = true;
+    // How the KV cache holds the sequences (cpp/kv_layout.h): "unified" (one cache: a track's prompts share its
+    // prefix cells, every query's attention reads every track's cells, masked), "per_track" (one stream per track:
+    // the prompts share the prefix cells and attend only to their track's; llama.cpp patch 0003) or
+    // "per_sequence" (one stream per sequence: each fork copies the prefix). bench/RESULTS.md measures them.
+    std::string kv_layout = "unified";
 };
 
 // A new sampling setting: a field here (and its use in sampling.cpp), one Field line in bindings.cpp (bind_types)

@@ -255,7 +255,7 @@ class Engine:
         n_sampling_threads: int = 0,
         memory_budget_mb: float = 0.0,
         prepare_ahead: bool = True,
-        kv_unified: bool = True,
+        kv_layout: str = "unified",
     ) -> None: ...
     def generate(
         self,

@@ -84,6 +84,21 @@ def _flash_attn(flash_attn: bool | str | None) -> _core.FlashAttn:
     raise ValueError(f"flash_attn must be True, False or 'auto', got {flash_attn!r}")
 
 
+KV_LAYOUTS = ("unified", "per_track", "per_sequence")
+
+
+def _kv_layout(kv_layout: str | None, kv_unified: bool | None) -> str | None:
+    """The engine's kv_layout; ``kv_unified`` (the earlier switch) is still taken: True is 'unified', False was
+    one stream per sequence."""
+    if kv_unified is not None:
+        if kv_layout is not None:
+            raise ValueError("give kv_layout or kv_unified (its earlier form), not both")
+        return "unified" if kv_unified else "per_sequence"
+    if kv_layout is not None and kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout must be one of {', '.join(map(repr, KV_LAYOUTS))}, got {kv_layout!r}")
+    return kv_layout
+
+
 def _model_files(
     model_name: str | None,
     model_path: str | os.PathLike | None,
@@ -147,8 +162,11 @@ class MusicFlamingoGGUF(AnalyzerCalls):
     ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
     Throughput (see README, "Throughput knobs"): ``n_sampling_threads`` (0: up to 4) sample the sequences of a step;
     ``memory_budget_mb`` caps the KV cache that automatic tracks in flight may fill (0: the device's free memory);
-    ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_unified``: one
-    KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own).
+    ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_layout``:
+    ``'unified'`` (one KV cache: a track's prompts share its prefix cells, attention reads every track's cells),
+    ``'per_track'`` (one KV stream per track: the prefix cells shared, attention and prefill read only the track's
+    own) or ``'per_sequence'`` (one stream per sequence: each prompt copies the prefix); ``kv_unified=True/False``
+    is the earlier form of ``'unified'``/``'per_sequence'``.
     """
 
     backend = "gguf"  # the provenance's "backend"
@@ -179,6 +197,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         n_sampling_threads: int | None = None,
         memory_budget_mb: float | None = None,
         prepare_ahead: bool | None = None,
+        kv_layout: str | None = None,
         kv_unified: bool | None = None,
         **analysis: Any,
     ) -> None:
@@ -209,7 +228,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             n_sampling_threads=n_sampling_threads,
             memory_budget_mb=memory_budget_mb,
             prepare_ahead=prepare_ahead,
-            kv_unified=kv_unified,
+            kv_layout=_kv_layout(kv_layout, kv_unified),
         )
         self._load_engine({k: v for k, v in engine.items() if v is not None})
 
