@@ -58,7 +58,15 @@ def test_gpu_bench_runs_on_cpu_and_reports_every_row_kind(tiny, mtmd_cli, llama_
     assert not report.get("skipped") and not [x for x in rows if x.get("failed")], rows
     old, engine = rows[0], [x for x in rows if x.get("kind") == "engine"]
     assert old["ok"] and len(old["per_prompt_s"]) == 5
-    assert [x["spec"] for x in engine] == ["Q6_K@1", "Q6_K@auto", "Q8_0@1", "F16@1"]
+    assert [x["spec"] for x in engine] == [
+        "Q6_K@1",
+        "Q6_K@auto",
+        "Q6_K@1:per_track",
+        "Q6_K@2:per_track",
+        "Q8_0@1",
+        "F16@1",
+    ]
+    assert [x["kv_layout"] for x in engine[2:4]] == ["per_track", "per_track"]
     for row in engine:
         assert row["n_errors"] == 0, row["errors"]
         assert row["tokens"] == row["expected_tokens"] > 0  # end of generation ignored: every answer at its limit
@@ -95,7 +103,7 @@ def test_plan_fits_the_device_call_and_names_what_it_skips():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     fits = [ln.split()[0] for ln in lines[2:] if "past the time limit" not in ln]
-    assert fits[:5] == ["Q6_K@8", "ops@Q6_K", "users@Q6_K", "hf", "Q8_0@8"]
+    assert fits[:7] == ["Q6_K@8", "ops@Q6_K", "users@Q6_K", "Q6_K@4:per_track", "Q6_K@16:per_track", "hf", "Q8_0@8"]
     assert int(lines[len(fits) + 1].split()[-1]) <= 555
 
 

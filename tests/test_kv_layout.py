@@ -85,3 +85,18 @@ def test_the_layout_is_one_setting_checked_before_loading(tiny):
         MusicFlamingoGGUF(**files, kv_layout="per_track", kv_unified=False)
     with MusicFlamingoGGUF(**files, kv_unified=False) as old_switch:  # the earlier form still works
         assert old_switch.info["kv_layout"] == "per_sequence"
+
+
+def test_followups_stay_in_their_tracks_stream(engine, per_track, clips):
+    """A follow-up's sequence is a copy of its answer's (llama_memory_seq_cp): inside the track's stream, metadata
+    only, and its tokens are the unified cache's."""
+    follow = (Prompt("Which instruments?", max_tokens=4), Prompt("Which mood?", max_tokens=6))
+    p = [Prompt(Q, max_tokens=5, followups=follow), Prompt(Q + " Briefly.", max_tokens=3)]
+    work = [(clips["5s"], p), (clips["30s"], p), (clips["5s"], p[:1])]
+    unified = engine.generate_many(work, tracks_in_flight=2)
+    split = per_track.generate_many(work, tracks_in_flight=2)
+    assert tokens(split) == tokens(unified)
+    assert [[[f.tokens for f in fs] for fs in r.followups] for r in split] == [
+        [[f.tokens for f in fs] for fs in r.followups] for r in unified
+    ]
+    assert all(f.tokens for r in split for f in r.followups[0])

@@ -383,13 +383,11 @@ def ops_table(rows: list[dict]) -> str:
 # A row: "[TYPE@]K[:variant]" (engine, K tracks in flight or auto), "ops[@TYPE]" (op profile), "users[@TYPE]" (the
 # users' workload), "hf" (the transformers backend). Rows of one weight type run together; a type's model is
 # written before its first row and deleted after its last (the disk).
-# The variants that pick the engine's KV layout (issue 18 item 1: the per_track rows at 4, 8 and 16 in flight against
-# the unified ones show whether prefill per track and step time per sequence stay flat).
+# The variants that pick the engine's KV layout (issue 18 item 1: the per_track rows at 4 and 16 in flight show
+# whether prefill per track and step time per sequence stay flat; Q6_K@8 and the 2026-11-26 unified rows at 1/8/16/24
+# are the comparison).
 KV_LAYOUTS = {"split": "per_sequence", "per_track": "per_track"}
-DEVICE_ROWS = (
-    "Q6_K@8,Q6_K@4:per_track,Q6_K@8:per_track,Q6_K@16:per_track,Q6_K@4,Q6_K@16,"
-    "ops@Q6_K,users@Q6_K,hf,Q8_0@8,Q8_0@4,F16@8,F16@4,F16@16"
-)
+DEVICE_ROWS = "Q6_K@8,ops@Q6_K,users@Q6_K,Q6_K@4:per_track,Q6_K@16:per_track,hf,Q8_0@8,Q8_0@4,F16@8,F16@4,F16@16"
 CPU_ROWS = "Q6_K@1,Q6_K@auto,Q6_K@1:per_track,Q6_K@2:per_track,ops,users,hf,Q8_0@1,F16@1"
 # H200, 2026-11-26 (bench/RESULTS.md): s/track of the 150 s work at K in flight (Q6_K); other types assumed alike
 H200_S_PER_TRACK = {1: 3.72, 4: 2.01, 8: 1.74, 12: 1.78, 16: 1.94, 24: 2.29}
