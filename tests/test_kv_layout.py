@@ -100,3 +100,16 @@ def test_followups_stay_in_their_tracks_stream(engine, per_track, clips):
         [[f.tokens for f in fs] for fs in r.followups] for r in unified
     ]
     assert all(f.tokens for r in split for f in r.followups[0])
+
+
+@pytest.mark.parametrize(("budget_mb", "chosen"), [(0.001, 1), (10**5, 2)])
+def test_automatic_tracks_in_flight_count_whole_streams(tiny, clips, budget_mb, chosen):
+    """Automatic sizing divides the KV budget by a track's whole stream: a budget below one stream still runs one
+    track at a time; a large one takes the CPU cap (2)."""
+    p = [Prompt(Q, max_tokens=3), Prompt(Q + " Briefly.", max_tokens=2)]
+    files = dict(model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, n_threads=1, warmup=False)
+    with MusicFlamingoGGUF(**files, kv_layout="per_track", memory_budget_mb=budget_mb) as mf:
+        got: dict = {}
+        st = mf.generate_stream(iter([clips["5s"]] * 3), p, got.__setitem__, max_audio_seconds=5)
+    assert len(got) == 3 and not any(isinstance(r, Exception) for r in got.values())
+    assert st["tracks_in_flight"] == chosen
