@@ -255,7 +255,7 @@ bool BatchRun::admit(Pending & p) {
 }
 
 // Free sequences for every prompt and follow-up and, in a unified cache, free cells for everything the track can ever need (a
-// stream per sequence: a free sequence is a free stream).
+// stream per sequence: a free sequence is a free stream; a stream per track: a free stream, the track checked to fit it).
 bool BatchRun::has_room(const Pending & p) const {
     if (!seqs_.can_take(p.req.prompts.size() + p.fu.parent.size())) return false;
     return lim_.fit.seq_cells > 0 || lim_.fit.stream_cells > 0 || reserved_cells_ + p.shape.cells() <= lim_.fit.n_ctx;
