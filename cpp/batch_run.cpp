@@ -63,12 +63,11 @@ void validate_track(const TrackRequest & t) {
 BatchRun::BatchRun(EngineResources & res, const RunRequest & request, const InterruptCheck & interrupted,
                    const Limits & lim, const ChatPieces & chat, const NextTrack & next, const TrackDone & done)
     : res_(res), request_(request), interrupted_(interrupted), lim_(lim), chat_(chat), next_(next), done_(done),
-      step_(std::max(lim.fit.n_seq, 1)) {
+      seqs_(lim.fit.n_seq, lim.fit.seqs_per_stream), step_(std::max(lim.fit.n_seq, 1)) {
     n_vocab_ = llama_vocab_n_tokens(llama_model_get_vocab(res_.model.get()));
     if (!lim_.prepare_ahead) lim_.side = nullptr;  // the prefill thread takes what the helper thread encoded
     planner_ = make_planner(request_.framing,
                             PlannerContext{res_.model.get(), res_.encoder.get(), res_.mtmd.get(), lim_.n_threads}, chat_);
-    for (int s = lim_.fit.n_seq - 1; s >= 0; s--) free_seqs_.push_back(s);
     stats_.tracks_in_flight = lim_.tracks_in_flight;
     stats_.n_ctx = lim_.fit.n_ctx;
     stats_.n_seq = lim_.fit.n_seq;
@@ -283,10 +282,10 @@ bool BatchRun::admit(Pending & p) {
 }
 
 // Free sequences for every prompt and follow-up and, in a unified cache, free cells for everything the track can ever need (a
-// stream per sequence: a free sequence is a free stream).
+// stream per sequence: a free sequence is a free stream; a stream per track: a free stream, the track checked to fit it).
 bool BatchRun::has_room(const Pending & p) const {
-    if (free_seqs_.size() < p.req.prompts.size() + p.fu.parent.size()) return false;
-    return lim_.fit.seq_cells > 0 || reserved_cells_ + p.shape.cells() <= lim_.fit.n_ctx;
+    if (!seqs_.can_take(p.req.prompts.size() + p.fu.parent.size())) return false;
+    return lim_.fit.seq_cells > 0 || lim_.fit.stream_cells > 0 || reserved_cells_ + p.shape.cells() <= lim_.fit.n_ctx;
 }
 
 BatchRun::Active BatchRun::start(Pending & p) {
@@ -303,21 +302,17 @@ BatchRun::Active BatchRun::start(Pending & p) {
     st.mel_ms = p.px.mel_ms;
     st.encode_ms = p.px.encode_ms;
     st.prompt_tokens = p.shape.suffix_tokens();
-    for (size_t i = 0; i < p.req.prompts.size() + p.fu.parent.size(); i++) {  // a sequence per prompt and follow-up
-        a.seqs.push_back(free_seqs_.back());
-        free_seqs_.pop_back();
-    }
+    a.seqs = seqs_.take(p.req.prompts.size() + p.fu.parent.size());  // a sequence per prompt and follow-up
     return a;
 }
 
-// Back in reverse, so the next track pops them in the same order: its prompt i gets this track's sequence of prompt
-// i, and a device sampler chain attached there for the same settings is reused (cpp/device_sampling.h).
+// The pool hands ids out lowest first, in order (kv_layout.h), so the next track's prompt i usually gets this
+// track's sequence of prompt i, and a device sampler chain attached there for the same settings is reused
+// (cpp/device_sampling.h).
 void BatchRun::release(Active & a) {
     llama_memory_t mem = llama_get_memory(res_.ctx.get());
-    for (auto s = a.seqs.rbegin(); s != a.seqs.rend(); ++s) {
-        llama_memory_seq_rm(mem, *s, -1, -1);
-        free_seqs_.push_back(*s);
-    }
+    for (auto s : a.seqs) llama_memory_seq_rm(mem, s, -1, -1);
+    seqs_.give_back(a.seqs);
 }
 
 void BatchRun::prefill(Active & a, Pending & p) {
@@ -572,6 +567,16 @@ void BatchRun::retire() {
     }
 }
 
+// One llama_decode for every live sequence. per_track: padded so the step is one ubatch (kv_layout.h).
+void BatchRun::decode_step() {
+    const auto pads = lim_.fit.seqs_per_stream > 0 ? pad_streams(step_.b, lim_.fit.seqs_per_stream)
+                                                   : std::vector<int32_t>{};
+    const int rc = llama_decode(res_.ctx.get(), step_.b);
+    drop_padding(res_.ctx.get(), pads);
+    if (rc) throw EngineError("llama.cpp failed during generation");
+    llama_synchronize(res_.ctx.get());  // the GPU's time belongs to the step, not to the next sampling
+}
+
 RunStats BatchRun::run() {
     const auto t_run = Clock::now();
     llama_memory_clear(llama_get_memory(res_.ctx.get()), true);
@@ -600,16 +605,16 @@ RunStats BatchRun::run() {
         if (interrupted_ && interrupted_()) throw Interrupted("interrupted");
         const auto t_dec = Clock::now();
         const double host_ms = ms_between(t_host, t_dec) - admit_ms - (stats_.wait_ms - wait_before);
-        if (llama_decode(res_.ctx.get(), step_.b)) throw EngineError("llama.cpp failed during generation");
-        llama_synchronize(res_.ctx.get());  // the GPU's time belongs to the step, not to the next sampling
+        const int n_step = step_.b.n_tokens;  // the sequences' tokens, before any padding
+        decode_step();
         t_host = Clock::now();
         const double dec_ms = ms_between(t_dec, t_host);
         stats_.steps++;
-        stats_.step_tokens += step_.b.n_tokens;
+        stats_.step_tokens += n_step;
         stats_.decode_ms += dec_ms;
         stats_.host_ms += host_ms;
         if (request_.profile) {
-            stats_.step_batch.push_back(step_.b.n_tokens);
+            stats_.step_batch.push_back(n_step);
             stats_.step_host_ms.push_back((float) host_ms);
             stats_.step_decode_ms.push_back((float) dec_ms);
         }

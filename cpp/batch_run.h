@@ -17,6 +17,7 @@
 #pragma once
 
 #include "followup.h"
+#include "kv_layout.h"
 #include "plan.h"
 #include "prefill_context.h"
 #include "prefix.h"
@@ -112,6 +113,7 @@ private:
     // the sampler of a sequence: its chain attached on the device, or the host fast path (cpp/device_sampling.h)
     std::unique_ptr<SequenceSampler> make_sampler(int32_t seq, const SamplingParams & sp);
     int32_t sample_row(Active & a, size_t i, int row);  // one sequence's token from row `row` of the last decode
+    void decode_step();
     void accept(Active & a, size_t i, int32_t tok);
     void retire();
     // follow-ups (cpp/followup.cpp)
@@ -145,7 +147,7 @@ private:
 
     // decode thread state
     std::vector<Active> active_;
-    std::vector<int32_t> free_seqs_;
+    SeqPool seqs_;  // sequence ids (per_track: a stream's) for admitted tracks
     int reserved_cells_ = 0;
     bool have_next_ = false;
     Pending next_pending_;

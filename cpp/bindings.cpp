@@ -501,15 +501,16 @@ PYBIND11_MODULE(_core, m) {
         .def(py::init([](const std::string & model_path, const std::string & mmproj_path, int n_gpu_layers,
                          bool mmproj_use_gpu, int n_threads, mf::FlashAttn flash_attn, int n_ctx, int n_batch,
                          int n_ubatch, int n_seq_max, const std::string & kv_type, bool warmup,
-                         int n_sampling_threads, double memory_budget_mb, bool prepare_ahead, bool kv_unified,
-                         const std::string & sampling_on_device, std::optional<bool> prefill_beside) {
+                         int n_sampling_threads, double memory_budget_mb, bool prepare_ahead,
+                         const std::string & kv_layout, const std::string & sampling_on_device,
+                         std::optional<bool> prefill_beside) {
                  mf::EngineParams p;
                  p.model_path = model_path; p.mmproj_path = mmproj_path; p.n_gpu_layers = n_gpu_layers;
                  p.mmproj_use_gpu = mmproj_use_gpu; p.n_threads = n_threads; p.flash_attn = flash_attn;
                  p.n_ctx = n_ctx; p.n_batch = n_batch; p.n_ubatch = n_ubatch; p.n_seq_max = n_seq_max;
                  p.kv_type = kv_type; p.warmup = warmup; p.n_sampling_threads = n_sampling_threads;
-                 p.memory_budget_mb = memory_budget_mb; p.prepare_ahead = prepare_ahead; p.kv_unified = kv_unified;
-                 p.sampling_on_device = sampling_on_device;
+                 p.memory_budget_mb = memory_budget_mb; p.prepare_ahead = prepare_ahead;
+                 p.kv_layout = kv_layout; p.sampling_on_device = sampling_on_device;
                  p.prefill_beside = prefill_beside;
                  return std::make_unique<PyEngine>(p);
              }),
@@ -520,7 +521,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("n_seq_max") = dflt.n_seq_max, py::arg("kv_type") = dflt.kv_type,
              py::arg("warmup") = dflt.warmup, py::arg("n_sampling_threads") = dflt.n_sampling_threads,
              py::arg("memory_budget_mb") = dflt.memory_budget_mb, py::arg("prepare_ahead") = dflt.prepare_ahead,
-             py::arg("kv_unified") = dflt.kv_unified, py::arg("sampling_on_device") = dflt.sampling_on_device,
+             py::arg("kv_layout") = dflt.kv_layout, py::arg("sampling_on_device") = dflt.sampling_on_device,
              py::arg("prefill_beside") = dflt.prefill_beside)
         .def("generate", &PyEngine::generate, py::arg("audio"), py::arg("sample_rate"), py::arg("prompts"),
              py::kw_only(), py::arg("request") = mf::RunRequest{},

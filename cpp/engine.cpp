@@ -88,6 +88,7 @@ void validate(const EngineParams & p) {
     require_in_range("memory_budget_mb", p.memory_budget_mb, 0, 1 << 30);
     kv_ggml_type(p.kv_type);
     parse_device_sampling(p.sampling_on_device);
+    parse_kv_layout(p.kv_layout);
 }
 
 double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
@@ -103,6 +104,7 @@ int sum_largest(const std::vector<int> & cells, int n) {
 
 Engine::Engine(const EngineParams & params) : params_(params), res_(std::make_unique<EngineResources>()) {
     validate(params_);
+    layout_ = parse_kv_layout(params_.kv_layout);
     if (params_.n_batch < params_.n_ubatch) params_.n_batch = params_.n_ubatch;
     // Default: half the logical CPUs, about the physical cores (llama.cpp's own default). ggml's thread pool spins
     // while it waits, so a thread per logical CPU fights the audio-decoding thread and anything else running:
@@ -239,6 +241,7 @@ std::map<std::string, std::string> Engine::info() const {
         {"kv_type", params_.kv_type},
         // what the engine's setting means here ("auto" resolved): the bench's engine_info records it
         {"sampling_on_device", device_sampling_for(RunRequest{}) == DeviceSampling::On ? "on" : "off"},
+        {"kv_layout", kv_layout_name(layout_)},
         {"kv_cell_bytes", std::to_string((long) kv_cell_bytes())},
         {"prefill_beside", prefill_beside(RunRequest{}) ? "on" : "off"},  // the engine's setting (a run may override)
     };
@@ -275,7 +278,7 @@ ChatPieces Engine::format_chat(const std::string & system_prompt) const {
 
 // One context's settings. The main context and the prefill context share all but their size: the same K/V types,
 // flash attention, unified setting and batch split, so a prefix's cells mean the same in both (prefill_context.h).
-llama_context_params Engine::context_params(int n_ctx, int n_seq, int n_batch) const {
+llama_context_params Engine::context_params(int n_ctx, int n_seq, int n_batch, int per_stream) const {
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = (uint32_t) n_ctx;
     cp.n_batch = (uint32_t) n_batch;
@@ -287,7 +290,8 @@ llama_context_params Engine::context_params(int n_ctx, int n_seq, int n_batch) c
     // The same bound for device sampling: one sampled row per sequence and decode keeps each sampler chain's graph
     // one row wide and its seeded draw plain (no per-decode transaction to commit).
     cp.n_outputs_max_per_seq = 1;
-    cp.kv_unified = params_.kv_unified;  // true: the forked sequences share the prefix cells instead of copying them
+    cp.kv_unified = layout_ == KvLayout::Unified;  // the forks share the prefix cells (per_track: inside a stream)
+    cp.n_seq_per_stream = (uint32_t) per_stream;   // patch 0003
     cp.n_threads = params_.n_threads;
     cp.n_threads_batch = params_.n_threads;
     cp.flash_attn_type = fa_type(params_.flash_attn);
@@ -315,35 +319,41 @@ bool Engine::ensure_prefill_context(int n_cells) {
 // context for llama.cpp to take its cells).
 bool Engine::prefill_beside(const RunRequest & request) const {
     const bool wanted = request.prefill_beside.value_or(params_.prefill_beside.value_or(text_on_gpu_));
-    return wanted && params_.kv_unified && request.prepare_ahead.value_or(params_.prepare_ahead);
+    return wanted && layout_ == KvLayout::Unified && request.prepare_ahead.value_or(params_.prepare_ahead);
 }
 
 // (Re)creates the llama context when a run needs more cells, sequences or batch than the current one has.
-// Grows only, rounded up, so a long run settles on one context instead of reallocating per call.
-void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells) {
+// Grows only, rounded up, so a long run settles on one context instead of reallocating per call. Without a unified
+// cache the context is streams of stream_cells cells, each holding per_stream sequences (kv_layout.h).
+void Engine::ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int stream_cells, int per_stream) {
     int n_ctx = params_.n_ctx > 0 ? params_.n_ctx : n_ctx_needed;
-    n_seq = std::min(kMaxSequences, std::max({n_seq, params_.n_seq_max, ctx_n_seq_}));
+    const bool same_streams = res_->ctx && per_stream == ctx_per_stream_;  // a per_track context fits one track shape
+    const int ctx_seq = same_streams ? ctx_n_seq_ : 0;
+    const int n_seq_min = layout_ == KvLayout::PerTrack ? 0 : params_.n_seq_max;  // per_track: streams are tracks
+    n_seq = round_up(std::max({n_seq, n_seq_min, ctx_seq}), per_stream);
+    n_seq = std::min(kMaxSequences / per_stream * per_stream, n_seq);
     const int n_batch = std::max({params_.n_batch, n_batch_needed, ctx_n_batch_});
-    if (!params_.kv_unified) {
-        // one stream of n_ctx / n_seq cells per sequence: size the streams, not the total
-        seq_cells = round_up(std::max({seq_cells, kMinCells, ctx_n_seq_ ? ctx_n_ctx_ / ctx_n_seq_ : 0}), kMinCells);
-        n_ctx = std::max(n_ctx, seq_cells * n_seq);
-        if (res_->ctx && n_seq <= ctx_n_seq_ && seq_cells <= ctx_n_ctx_ / ctx_n_seq_ && n_batch <= ctx_n_batch_) return;
-        n_ctx = seq_cells * n_seq;
+    if (layout_ != KvLayout::Unified) {
+        // size the streams, not the total
+        const int ctx_cells = ctx_seq ? ctx_n_ctx_ / (ctx_seq / per_stream) : 0;
+        stream_cells = round_up(std::max({stream_cells, kMinCells, ctx_cells}), kMinCells);
+        if (same_streams && n_seq <= ctx_n_seq_ && stream_cells <= ctx_cells && n_batch <= ctx_n_batch_) return;
+        n_ctx = stream_cells * (n_seq / per_stream);
     } else if (res_->ctx && n_ctx <= ctx_n_ctx_ && n_seq <= ctx_n_seq_ && n_batch <= ctx_n_batch_) {
         return;
+    } else if (params_.n_ctx <= 0) {
+        n_ctx = std::max(round_up(n_ctx, kMinCells), ctx_n_ctx_);
     }
-    if (params_.n_ctx <= 0 && params_.kv_unified) n_ctx = std::max(round_up(n_ctx, kMinCells), ctx_n_ctx_);
 
     res_->ctx.reset();
     res_->device.forget();  // its chains were attached to the context just freed
     ctx_n_ctx_ = ctx_n_seq_ = ctx_n_batch_ = 0;
-    res_->ctx.reset(llama_init_from_model(res_->model.get(), context_params(n_ctx, n_seq, n_batch)));
+    res_->ctx.reset(llama_init_from_model(res_->model.get(), context_params(n_ctx, n_seq, n_batch, per_stream)));
     if (!res_->ctx) {
         throw EngineError("llama.cpp could not create a context of " + std::to_string(n_ctx) +
                           " tokens (out of memory? see the log)");
     }
-    ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch;
+    ctx_n_ctx_ = n_ctx; ctx_n_seq_ = n_seq; ctx_n_batch_ = n_batch; ctx_per_stream_ = per_stream;
 }
 
 double Engine::kv_budget_bytes() const {
@@ -371,22 +381,27 @@ RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tr
     const double budget = automatic ? kv_budget_bytes() : 0.0;
     p.kv_budget_mb = mib(budget);
     int n = automatic ? (text_on_gpu_ ? kAutoInFlightGpu : kAutoInFlightCpu) : request.tracks_in_flight;
-    if (!params_.kv_unified) {
+    if (layout_ == KvLayout::PerSequence) {
         // a stream per sequence, each big enough for the longest sequence
         p.seq_cells = std::max(seq_cells, kMinCells);
         if (automatic) n = std::max(1, std::min(n, (int) (budget / (p.seq_cells * p.max_prompts * kv_cell_bytes()))));
+    } else if (layout_ == KvLayout::PerTrack) {
+        // a stream per track, each big enough for the largest track and a step's pad tokens
+        p.seqs_per_stream = track_stream_seqs(p.max_prompts);
+        p.seq_cells = std::max(cells.empty() ? 0 : cells[0] + p.seqs_per_stream - 1, kMinCells);
+        if (automatic) n = std::max(1, std::min(n, (int) (budget / (p.seq_cells * kv_cell_bytes()))));
     }
     if (known_tracks > 0) n = std::min<int>(n, (int) known_tracks);
-    p.tracks_in_flight = std::min(n, std::max(1, kMaxSequences / p.max_prompts));
+    const int seqs_per_track = layout_ == KvLayout::PerTrack ? p.seqs_per_stream : p.max_prompts;
+    p.tracks_in_flight = std::min(n, std::max(1, kMaxSequences / seqs_per_track));
     p.max_tracks = p.tracks_in_flight;
-    if (!params_.kv_unified) {  // a stream per sequence: more tracks would be more streams (memory), not denser ones
-        p.n_seq = p.tracks_in_flight * p.max_prompts;
-        p.n_ctx = p.n_seq * p.seq_cells;
+    if (layout_ != KvLayout::Unified) {  // streams: more tracks would be more streams (memory), not denser ones
+        size_streams(p);
         return p;
     }
     p.max_tracks = max_tracks(p.tracks_in_flight, request.live_answers, p.max_prompts);
     if (known_tracks > 0) p.max_tracks = std::min<int>(p.max_tracks, (int) known_tracks);
-    p.n_seq = p.max_tracks * p.max_prompts;
+    size_streams(p);
     p.n_ctx = sum_largest(cells, p.max_tracks);
     // one known track has no steps to prefill beside: the handover would only add its copy
     if (prefill_beside(request) && known_tracks != 1) {
@@ -408,19 +423,25 @@ RunPlan Engine::plan_run(const std::vector<TrackShape> & tracks, size_t known_tr
     return p;
 }
 
+// A plan's sequences and, without a unified cache, its cells, from its tracks in flight.
+void Engine::size_streams(RunPlan & p) const {
+    const bool per_track = layout_ == KvLayout::PerTrack;
+    p.n_seq = p.max_tracks * (per_track ? p.seqs_per_stream : p.max_prompts);
+    if (layout_ != KvLayout::Unified) p.n_ctx = (per_track ? p.max_tracks : p.n_seq) * p.seq_cells;
+}
+
 // The context for a plan. Out of memory: fewer tracks in flight, down to one.
 void Engine::allocate(RunPlan & p) {
     for (;;) {
         try {
-            ensure_context(p.n_ctx, p.n_seq, p.n_batch, p.seq_cells);
+            ensure_context(p.n_ctx, p.n_seq, p.n_batch, p.seq_cells, p.seqs_per_stream);
             return;
         } catch (const EngineError &) {
             if (p.tracks_in_flight <= 1) throw;
             p.tracks_in_flight = std::max(1, p.tracks_in_flight / 2);
             p.max_tracks = std::max(p.tracks_in_flight, p.max_tracks / 2);
             p.n_ctx = std::max(kMinCells, p.n_ctx / 2);
-            p.n_seq = p.max_tracks * p.max_prompts;
-            if (!params_.kv_unified) p.n_ctx = p.n_seq * p.seq_cells;
+            size_streams(p);
         }
     }
 }
@@ -436,7 +457,11 @@ RunStats Engine::run(const NextTrack & next, const TrackDone & done, const std::
     if (plan.prefill_cells > 0 && ensure_prefill_context(plan.prefill_cells)) {
         side = std::make_unique<SidePrefill>(res_->prefill_ctx.get(), prefill_n_ctx_, ctx_n_batch_);
     }
-    const RunLimits fit{n_ctx_train(), ctx_n_ctx_, ctx_n_seq_, params_.kv_unified ? 0 : ctx_n_ctx_ / ctx_n_seq_};
+    const int streams = ctx_n_seq_ / ctx_per_stream_;
+    const RunLimits fit{n_ctx_train(), ctx_n_ctx_, ctx_n_seq_,
+                        layout_ == KvLayout::PerSequence ? ctx_n_ctx_ / ctx_n_seq_ : 0,
+                        layout_ == KvLayout::PerTrack ? ctx_per_stream_ : 0,
+                        layout_ == KvLayout::PerTrack ? ctx_n_ctx_ / streams : 0};
     BatchRun::Limits lim{plan.tracks_in_flight, fit, ctx_n_batch_,
                          request.prepare_ahead.value_or(params_.prepare_ahead), params_.n_threads,
                          device_sampling_for(request)};

@@ -9,6 +9,7 @@
 // may abort the process on bad input.
 #pragma once
 
+#include "kv_layout.h"
 #include "plan.h"
 #include "types.h"
 
@@ -77,8 +78,9 @@ private:
     void allocate(RunPlan & plan);  // the context for `plan`, fewer tracks in flight when memory is short
     double kv_budget_bytes() const;
     double free_memory_budget() const;
-    void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int seq_cells = 0);
-    llama_context_params context_params(int n_ctx, int n_seq, int n_batch) const;
+    void ensure_context(int n_ctx_needed, int n_seq, int n_batch_needed, int stream_cells, int per_stream);
+    void size_streams(RunPlan & p) const;
+    llama_context_params context_params(int n_ctx, int n_seq, int n_batch, int per_stream = 1) const;
     bool ensure_prefill_context(int n_cells);
     bool prefill_beside(const RunRequest & request) const;
     void ensure_mtmd();
@@ -89,7 +91,8 @@ private:
 
     EngineParams params_;
     std::unique_ptr<EngineResources> res_;  // cpp/resources.h
-    int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0;
+    KvLayout layout_ = KvLayout::Unified;  // params_.kv_layout
+    int ctx_n_ctx_ = 0, ctx_n_seq_ = 0, ctx_n_batch_ = 0, ctx_per_stream_ = 1;
     int prefill_n_ctx_ = 0, prefill_n_batch_ = 0;
     std::string chat_template_;  // as stored in the GGUF ("chatml" when absent)
     std::string text_device_, audio_device_;

@@ -94,8 +94,17 @@ void require_trained_context(const TrackShape & t, int n_ctx_train) {
     }
 }
 
+// A track's stream (per_track) keeps room for the pad tokens of a step (kv_layout.h: one per other sequence).
+long track_stream_need(const TrackShape & t, const RunLimits & lim) { return t.cells() + lim.seqs_per_stream - 1; }
+
 void require_cells(const TrackShape & t, const RunLimits & lim) {
-    if (lim.seq_cells > 0) {  // a stream per sequence: each of the track's sequences must fit one stream
+    if (lim.stream_cells > 0) {  // a stream per track: the whole track, its prefix once, must fit one stream
+        if (track_stream_need(t, lim) > lim.stream_cells) {
+            throw InputError("this track needs " + std::to_string(track_stream_need(t, lim)) + " KV cells (audio + "
+                             "prompts + token limits) but each track's stream holds " +
+                             std::to_string(lim.stream_cells) + kHowToFit);
+        }
+    } else if (lim.seq_cells > 0) {  // a stream per sequence: each of the track's sequences must fit one stream
         for (size_t i = 0; i < t.suffix.size(); i++) {
             if (t.seq_cells(i) > lim.seq_cells) {
                 throw InputError("prompt " + std::to_string(i) + " of this track needs " +
@@ -113,7 +122,8 @@ void require_cells(const TrackShape & t, const RunLimits & lim) {
 
 void require_fits(const TrackShape & t, const RunLimits & lim) {
     require_trained_context(t, lim.n_ctx_train);
-    const int n_seq = lim.n_seq > 0 ? lim.n_seq : kMaxSequences;
+    // per_track: a track's sequences live in its stream, the last one of which is the pad sequence
+    const int n_seq = lim.seqs_per_stream > 0 ? lim.seqs_per_stream - 1 : lim.n_seq > 0 ? lim.n_seq : kMaxSequences;
     if (t.sequences > n_seq) {
         throw InputError("a track has " + std::to_string(t.sequences) + " prompts and follow-ups; this run has " +
                          std::to_string(n_seq) + " sequences");

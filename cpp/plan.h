@@ -52,7 +52,9 @@ struct RunLimits {
     int n_ctx_train = 0;
     int n_ctx = 0;      // KV cells of the context
     int n_seq = 0;      // sequences of the context (0: any number up to kMaxSequences)
-    int seq_cells = 0;  // without a unified cache: each sequence's stream (0: unified)
+    int seq_cells = 0;  // per_sequence layout: each sequence's stream (0: another layout)
+    int seqs_per_stream = 0;  // per_track layout: sequences of a track's stream, the pad one included (0: another)
+    int stream_cells = 0;     // per_track layout: cells of a track's stream
 };
 
 // The one rule: throws InputError saying what does not fit (a prompt's answer past the trained context, more
@@ -66,7 +68,8 @@ struct RunPlan {
     int n_ctx = 0;
     int n_seq = 1;
     int n_batch = 0;         // the largest track's prompt suffixes together (one batch)
-    int seq_cells = 0;       // without a unified cache: cells of each sequence's stream
+    int seq_cells = 0;       // per_sequence: cells of each sequence's stream; per_track: of each track's
+    int seqs_per_stream = 1; // per_track: sequences of each track's stream (kv_layout.h); otherwise 1
     double kv_budget_mb = 0; // memory automatic sizing allowed the KV cache (0: not used)
     int max_tracks = 1;      // tracks at most: tracks_in_flight, or more with a live-answers target
     int prefill_cells = 0;   // the second context's cells (the largest prefix; prefill_context.h); 0: none

@@ -47,10 +47,11 @@ struct EngineParams {
     int n_sampling_threads = 0;  // threads that sample the rows of a step; 0: up to 4, a quarter of the CPUs
     double memory_budget_mb = 0; // KV cache budget for automatic sizing; 0: from the device's free memory
     bool prepare_ahead = true;   // encode the next tracks' audio on a helper thread while others decode
-    // One KV cache for all sequences (a track's prompts share its prefix cells; every query's attention reads
-    // every track's cells, masked), or one stream per sequence (each fork copies the prefix; attention and a new
-    // track's prefill read only their own stream). bench/RESULTS.md measures both on a GPU.
-    bool kv_unified = true;
+    // How the KV cache holds the sequences (cpp/kv_layout.h): "unified" (one cache: a track's prompts share its
+    // prefix cells, every query's attention reads every track's cells, masked), "per_track" (one stream per track:
+    // the prompts share the prefix cells and attend only to their track's; llama.cpp patch 0003) or
+    // "per_sequence" (one stream per sequence: each fork copies the prefix). bench/RESULTS.md measures them.
+    std::string kv_layout = "unified";
     // Sampling on the device (llama.cpp's backend samplers, cpp/device_sampling.h): "auto" (where the output layer
     // is on a GPU), "on" (also on a CPU), "off" (the host fast path, cpp/sampling.h); under "auto" and "on" a
     // prompt whose settings the device does not reproduce samples on the host.
@@ -58,7 +59,8 @@ struct EngineParams {
     // Evaluate each track's prefix in a second, small context on a prefill thread, beside the decode steps, and
     // hand its cells to the main context (cpp/prefill_context.h), so admitting a track no longer stops the others.
     // Unset: on when the text model is on a GPU (there the two contexts run at once; on a CPU they share the same
-    // cores, so nothing is gained). Needs kv_unified and prepare_ahead; off or out of memory: prefilled at admission.
+    // cores, so nothing is gained). Needs the unified layout and prepare_ahead; otherwise, or out of memory:
+    // prefilled at admission.
     std::optional<bool> prefill_beside;
 };
 

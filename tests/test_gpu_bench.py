@@ -64,16 +64,18 @@ def test_gpu_bench_runs_on_cpu_and_reports_every_row_kind(tiny, mtmd_cli, llama_
         "Q6_K@auto",
         "Q6_K@2:beside",
         "Q6_K@1:live",
+        "Q6_K@2:per_track",
         "Q8_0@1",
         "F16@1",
     ]
+    assert [x["kv_layout"] for x in engine] == ["unified"] * 5 + ["per_track"] + ["unified"] * 2
     for row in engine:
         assert row["n_errors"] == 0, row["errors"]
         assert row["tokens"] == row["expected_tokens"] > 0  # end of generation ignored: every answer at its limit
         assert row["steps"] > 0 and row["host_ms_per_step"] > 0 and row["step_ms"] > 0
         assert 0 < row["ramp_s"] < row["wall_s"]
     # "auto" samples on the host on a CPU; the devsample row's every token came from llama.cpp's backend samplers
-    assert [x["device_sampled"] > 0 for x in engine] == [False, True, False, False, False, False, False]
+    assert [x["device_sampled"] > 0 for x in engine] == [False, True] + [False] * 6
     assert engine[1]["device_sampled"] == engine[1]["tokens"]  # ignore_eos: no token ends an answer early
     beside, live = engine[3], engine[4]
     assert beside["prefill_beside"] == beside["tracks"] and beside["beside_ms_per_track"] > 0  # issue 18 item 2

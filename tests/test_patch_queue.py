@@ -3,6 +3,7 @@ the tree itself; a tree that already holds them used as is; a patch that no long
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -14,13 +15,8 @@ patch_llama_cpp = load_cmake_script("patch_llama_cpp")
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "third_party" / "patches"
-# the files the patches touch (a tree of just these is enough to apply them)
-TOUCHED = [
-    "tools/mtmd/clip.h",
-    "tools/mtmd/clip.cpp",
-    "tools/mtmd/models/models.h",
-    "tools/mtmd/models/whisper-enc.cpp",
-]
+# the files the patches touch, read from their "--- a/PATH" lines (a tree of just these is enough to apply them)
+TOUCHED = sorted({m for p in PATCHES.glob("*.patch") for m in re.findall(r"^--- a/(\S+)", p.read_text(), re.M)})
 
 
 @pytest.fixture
@@ -39,6 +35,9 @@ def test_patches_go_to_a_copy_and_are_reused(small_tree, tmp_path):
     assert out != small_tree and out.parent == tmp_path / "cache"
     assert "CLIP_HAS_AUDIO_ROTATION" in (out / "tools/mtmd/clip.h").read_text()
     assert "build_rotation" in (out / "tools/mtmd/models/whisper-enc.cpp").read_text()
+    # 0003: several sequences per KV stream, asked for by the context parameters and split by stream
+    assert "n_seq_per_stream" in (out / "include/llama.h").read_text()
+    assert "split_stream" in (out / "src/llama-batch.cpp").read_text()
     assert (small_tree / "tools/mtmd/clip.h").read_text() == before  # the shared tree is never changed
     stamp = (out / "tools/mtmd/clip.h").stat().st_mtime_ns
     assert patch_llama_cpp.patched_tree(small_tree, PATCHES, tmp_path / "cache", user_tree=False) == out

@@ -221,12 +221,12 @@ def engine_setting(
 
     ``setting``: tracks in flight ("auto" or a number), optionally ``:noprep`` (audio encoded on the decode thread,
     as before this engine had a helper thread), ``:fullsample`` (every row sampled over all 152k candidates, as
-    llama_sampler_sample does), ``:split`` (``mf`` is then an engine with one KV stream per sequence), ``:inline``
-    (each prefix prefilled on the decode thread at admission, as before issue 18 item 2; the default on a GPU is
-    beside the steps, in a second context), ``:beside`` (beside, also on a CPU), ``:live`` (admission by live
-    answers, item 3: a target of K x prompts live answers, up to 2K tracks), ``:hostsample`` / ``:devsample`` (every
-    row sampled on the host / by llama.cpp's backend samplers; without either the engine's "auto": the device where
-    the output layer is on a GPU)."""
+    llama_sampler_sample does), ``:split`` or ``:per_track`` (``mf`` is then an engine with one KV stream per
+    sequence, or per track: KV_LAYOUTS), ``:inline`` (each prefix prefilled on the decode thread at admission, as
+    before issue 18 item 2; the default on a GPU is beside the steps, in a second context), ``:beside`` (beside,
+    also on a CPU), ``:live`` (admission by live answers, item 3: a target of K x prompts live answers, up to 2K
+    tracks), ``:hostsample`` / ``:devsample`` (every row sampled on the host / by llama.cpp's backend samplers;
+    without either the engine's "auto": the device where the output layer is on a GPU)."""
     from music_flamingo import _core
 
     name, _, variant = setting.partition(":")
@@ -298,6 +298,7 @@ def engine_setting(
         "encode_ms_per_track": float(np.mean([r.stats.encode_ms for r in good])) if good else 0.0,
         "mel_ms_per_track": float(np.mean([r.stats.mel_ms for r in good])) if good else 0.0,
         "prefill_ms_per_track": float(np.mean([r.stats.prefill_ms for r in good])) if good else 0.0,
+        "kv_layout": mf.info.get("kv_layout", "unified"),
     }
     row.update(phases(sorted(done_at), wall, int(st["tracks_in_flight"])))
     return row
@@ -314,6 +315,7 @@ def step_stats(st: dict) -> dict:
         "steps": st["steps"],
         "mean_batch": float(batch.mean()) if batch.size else 0.0,
         "step_ms": st["decode_ms"] / steps,
+        "step_ms_per_seq": st["decode_ms"] / max(1, st["step_tokens"]),  # flat with tracks in flight: issue 18
         "host_ms_per_step": st["host_ms"] / steps,
         "sample_ms_per_step": st["sample_ms"] / steps,
         "step_ms_at_full_batch": float(dec[full].mean()) if batch.size else 0.0,
@@ -341,9 +343,9 @@ def phases(done_at: list[float], wall: float, k: int) -> dict:
 def table(rows: list[dict], base: float | None) -> str:
     """The engine and backend rows as one Markdown table (op profiles have their own, see ops_table)."""
     lines = [
-        "| setting | tracks | s/track | tracks/h (steady) | ramp-up / drain s | vs old | tok/s | step ms (mean B) "
-        "| floor ms | host ms/step | prefill ms/track (decode thread) | mel+encode [+ prefill beside] ms/track (helpers) "
-        "| peak mem MiB |",
+        "| setting | tracks | s/track | tracks/h (steady) | ramp-up / drain s | vs old | tok/s "
+        "| step ms (mean B; per seq) | floor ms | host ms/step | prefill ms/track (decode thread) "
+        "| mel+encode [+ prefill beside] ms/track (helpers) | peak mem MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -359,7 +361,8 @@ def table(rows: list[dict], base: float | None) -> str:
             lines.append(
                 f"{head} (chosen {r['chosen_in_flight']}, peak {r['peak_in_flight']}) | {r['tracks']} "
                 f"| {r['s_per_track']:.2f} | {r['tracks_per_h']:.0f}{steady} | {phase} | {vs} | {r['tok_per_s']:.0f} "
-                f"| {r['step_ms']:.2f} ({r['mean_batch']:.0f}) | {floor} | {r['host_ms_per_step']:.2f} "
+                f"| {r['step_ms']:.2f} ({r['mean_batch']:.0f}; {r.get('step_ms_per_seq', 0):.2f}) | {floor} "
+                f"| {r['host_ms_per_step']:.2f} "
                 f"| {r['admit_ms_per_track']:.0f} | {r['mel_ms_per_track'] + r['encode_ms_per_track']:.0f}{beside} "
                 f"| {r['peak_mem_mb']:.0f} |"
             )
@@ -399,8 +402,14 @@ def ops_table(rows: list[dict]) -> str:
 # A row: "[TYPE@]K[:variant]" (engine, K tracks in flight or auto), "ops[@TYPE]" (op profile), "users[@TYPE]" (the
 # users' workload), "hf" (the transformers backend). Rows of one weight type run together; a type's model is
 # written before its first row and deleted after its last (the disk).
-DEVICE_ROWS = "Q6_K@8,Q6_K@8:hostsample,ops@Q6_K,users@Q6_K,hf,Q8_0@8,Q8_0@4,F16@8,F16@4,F16@16"
-CPU_ROWS = "Q6_K@1,Q6_K@1:devsample,Q6_K@auto,Q6_K@2:beside,Q6_K@1:live,ops,users,hf,Q8_0@1,F16@1"
+# The variants that pick the engine's KV layout (issue 18 item 1: the per_track rows at 4 and 16 in flight show
+# whether prefill per track and step time per sequence stay flat; Q6_K@8 and the 2026-11-26 unified rows at 1/8/16/24
+# are the comparison).
+KV_LAYOUTS = {"split": "per_sequence", "per_track": "per_track"}
+DEVICE_ROWS = (
+    "Q6_K@8,Q6_K@4:per_track,Q6_K@16:per_track,ops@Q6_K,users@Q6_K,Q6_K@8:hostsample,hf,Q8_0@8,F16@8,Q8_0@4,F16@4,F16@16"
+)
+CPU_ROWS = "Q6_K@1,Q6_K@1:devsample,Q6_K@auto,Q6_K@2:beside,Q6_K@1:live,Q6_K@2:per_track,ops,users,hf,Q8_0@1,F16@1"
 # Named lists for --rows. "prefill": issue 18 items 2 and 3 alone (prefill beside the steps, the GPU's default,
 # against the decode thread's prefill at 8 and 16 in flight; admission by live answers), ≈463 s on the H200 plan.
 ROW_LISTS = {"prefill": "Q6_K@8,Q6_K@8:inline,Q6_K@16,Q6_K@16:inline,Q6_K@8:live"}
@@ -588,19 +597,19 @@ class Models:
     def shape(self) -> str:
         return "tiny" if self.a.cpu else "full"
 
-    def get_engine(self, kv_unified: bool = True):
+    def get_engine(self, kv_layout: str = "unified"):
         from music_flamingo import MusicFlamingoGGUF
 
-        if self.engine is None or self.engine[0] != kv_unified:
+        if self.engine is None or self.engine[0] != kv_layout:
             self.close()
             t0 = time.perf_counter()
             mf = MusicFlamingoGGUF(
-                model_path=self.model, mmproj_path=self.mmproj, n_threads=self.a.threads or None, kv_unified=kv_unified
+                model_path=self.model, mmproj_path=self.mmproj, n_threads=self.a.threads or None, kv_layout=kv_layout
             )
             self.report.setdefault("engine_load_s", time.perf_counter() - t0)
             self.report.setdefault("engine_info", {k: v for k, v in mf.info.items() if k != "chat_template"})
             mf.generate(self.a.pcm[: 16000 * 5], self.a.prompts[:2])  # warm-up: first kernels, context creation
-            self.engine = (kv_unified, mf)
+            self.engine = (kv_layout, mf)
         return self.engine[1]
 
     def close(self) -> None:
@@ -623,7 +632,7 @@ def run_row(r: dict, models: Models, a, bw: float | None, per_slot: int) -> dict
     if r["kind"] == "ops":
         models.close()
         return ops_setting(a.op_profile, model, a, a.work / f"ops-{r['type']}.json")
-    mf = models.get_engine(kv_unified=r["variant"] != "split")
+    mf = models.get_engine(kv_layout=KV_LAYOUTS.get(r["variant"], "unified"))
     cap = int(mf.info["auto_tracks_in_flight_cap"])
     n = tracks_for(r, cap, per_slot, a.cpu)
     setting = r["k"] + (":" + r["variant"] if r["variant"] else "")

@@ -275,7 +275,7 @@ class Engine:
         n_sampling_threads: int = 0,
         memory_budget_mb: float = 0.0,
         prepare_ahead: bool = True,
-        kv_unified: bool = True,
+        kv_layout: str = "unified",
         sampling_on_device: str = "auto",
         prefill_beside: bool | None = None,
     ) -> None: ...

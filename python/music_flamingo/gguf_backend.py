@@ -85,6 +85,21 @@ def _flash_attn(flash_attn: bool | str | None) -> _core.FlashAttn:
     raise ValueError(f"flash_attn must be True, False or 'auto', got {flash_attn!r}")
 
 
+KV_LAYOUTS = ("unified", "per_track", "per_sequence")
+
+
+def _kv_layout(kv_layout: str | None, kv_unified: bool | None) -> str | None:
+    """The engine's kv_layout; ``kv_unified`` (the earlier switch) is still taken: True is 'unified', False was
+    one stream per sequence."""
+    if kv_unified is not None:
+        if kv_layout is not None:
+            raise ValueError("give kv_layout or kv_unified (its earlier form), not both")
+        return "unified" if kv_unified else "per_sequence"
+    if kv_layout is not None and kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout must be one of {', '.join(map(repr, KV_LAYOUTS))}, got {kv_layout!r}")
+    return kv_layout
+
+
 def _model_files(
     model_name: str | None,
     model_path: str | os.PathLike | None,
@@ -148,13 +163,16 @@ class MusicFlamingoGGUF(AnalyzerCalls):
     ``n_ctx=0`` sizes the context per call from the audio length and the prompts' token limits.
     Throughput (see README, "Throughput knobs"): ``n_sampling_threads`` (0: up to 4) sample the sequences of a step;
     ``memory_budget_mb`` caps the KV cache that automatic tracks in flight may fill (0: the device's free memory);
-    ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_unified``: one
-    KV cache shared by all sequences (prefix cells shared) or one stream per sequence (attention reads only its own);
-    ``prefill_beside`` evaluates each track's prefix in a second context on a thread of its own, beside the other
-    tracks' decode steps (default: on when the text model is on a GPU).
-    ``sampling_on_device``: ``'auto'`` (default: llama.cpp's backend samplers pick each token where the logits are,
-    when the output layer is on a GPU), ``'on'`` (also on a CPU) or ``'off'`` (the host fast path always); a prompt
-    whose settings the device does not reproduce samples on the host; the same seed gives the same tokens.
+    ``prepare_ahead`` encodes the next tracks' audio on a helper thread while others decode; ``kv_layout``:
+    ``'unified'`` (one KV cache: a track's prompts share its prefix cells, attention reads every track's cells),
+    ``'per_track'`` (one KV stream per track: the prefix cells shared, attention and prefill read only the track's
+    own) or ``'per_sequence'`` (one stream per sequence: each prompt copies the prefix); ``kv_unified=True/False``
+    is the earlier form of ``'unified'``/``'per_sequence'``. ``prefill_beside`` evaluates each track's prefix in a
+    second context on a thread of its own, beside the other tracks' decode steps (default: on when the text model
+    is on a GPU; unified layout only). ``sampling_on_device``: ``'auto'`` (default: llama.cpp's backend samplers
+    pick each token where the logits are, when the output layer is on a GPU), ``'on'`` (also on a CPU) or ``'off'``
+    (the host fast path always); a prompt whose settings the device does not reproduce samples on the host; the
+    same seed gives the same tokens.
     """
 
     backend = "gguf"  # the provenance's "backend"
@@ -186,6 +204,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
         n_sampling_threads: int | None = None,
         memory_budget_mb: float | None = None,
         prepare_ahead: bool | None = None,
+        kv_layout: str | None = None,
         kv_unified: bool | None = None,
         sampling_on_device: str | None = None,
         prefill_beside: bool | None = None,
@@ -218,7 +237,7 @@ class MusicFlamingoGGUF(AnalyzerCalls):
             n_sampling_threads=n_sampling_threads,
             memory_budget_mb=memory_budget_mb,
             prepare_ahead=prepare_ahead,
-            kv_unified=kv_unified,
+            kv_layout=_kv_layout(kv_layout, kv_unified),
             sampling_on_device=sampling_on_device,
             prefill_beside=prefill_beside,
         )
