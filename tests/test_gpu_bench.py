@@ -112,7 +112,7 @@ def test_plan_fits_the_device_call_and_names_what_it_skips():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     fits = [ln.split()[0] for ln in lines[2:] if "past the time limit" not in ln]
-    assert fits[:6] == ["Q6_K@8", "Q6_K@8:hostsample", "ops@Q6_K", "users@Q6_K", "hf", "Q8_0@8"]
+    assert fits == ["Q6_K@8", "Q6_K@4:per_track", "Q6_K@16:per_track", "ops@Q6_K", "users@Q6_K", "Q8_0@8", "F16@8"]
     assert int(lines[len(fits) + 1].split()[-1]) <= 555
 
 

@@ -124,6 +124,7 @@ CPP = REPO / "cpp"
 CPP_LAYERS = [
     ["errors.h"],
     ["log_bridge.h", "log_bridge.cpp", "quantize.h", "quantize.cpp", "gguf_check.h", "gguf_check.cpp",
+     "kv_layout.h", "kv_layout.cpp",
      "rote.h", "rote.cpp"],
     ["types.h"],
     ["audio_window.h", "audio_window.cpp", "sampling.h", "sampling.cpp", "device_sampling.h", "device_sampling.cpp",

@@ -406,13 +406,16 @@ def ops_table(rows: list[dict]) -> str:
 # whether prefill per track and step time per sequence stay flat; Q6_K@8 and the 2026-11-26 unified rows at 1/8/16/24
 # are the comparison).
 KV_LAYOUTS = {"split": "per_sequence", "per_track": "per_track"}
-DEVICE_ROWS = (
-    "Q6_K@8,Q6_K@4:per_track,Q6_K@16:per_track,ops@Q6_K,users@Q6_K,Q6_K@8:hostsample,hf,Q8_0@8,F16@8,Q8_0@4,F16@4,F16@16"
-)
+DEVICE_ROWS = "Q6_K@8,Q6_K@4:per_track,Q6_K@16:per_track,ops@Q6_K,users@Q6_K,Q8_0@8,F16@8"
 CPU_ROWS = "Q6_K@1,Q6_K@1:devsample,Q6_K@auto,Q6_K@2:beside,Q6_K@1:live,Q6_K@2:per_track,ops,users,hf,Q8_0@1,F16@1"
 # Named lists for --rows. "prefill": issue 18 items 2 and 3 alone (prefill beside the steps, the GPU's default,
 # against the decode thread's prefill at 8 and 16 in flight; admission by live answers), ≈463 s on the H200 plan.
-ROW_LISTS = {"prefill": "Q6_K@8,Q6_K@8:inline,Q6_K@16,Q6_K@16:inline,Q6_K@8:live"}
+# "rest": what does not fit one call beside the default list (a second call: the transformers backend, host
+# sampling against the device's, the weight types' other in-flight settings, per_track at 8).
+ROW_LISTS = {
+    "prefill": "Q6_K@8,Q6_K@8:inline,Q6_K@16,Q6_K@16:inline,Q6_K@8:live",
+    "rest": "hf,Q6_K@8:hostsample,Q8_0@4,F16@4,F16@16,Q6_K@8:per_track",
+}
 # H200, 2026-11-26 (bench/RESULTS.md): s/track of the 150 s work at K in flight (Q6_K); other types assumed alike
 H200_S_PER_TRACK = {1: 3.72, 4: 2.01, 8: 1.74, 12: 1.78, 16: 1.94, 24: 2.29}
 WRITE_GBS = 0.27  # make_model.py: 7.58 GB in 28 s there
