@@ -152,13 +152,24 @@ def write_float_wav(path: Path, pcm: np.ndarray) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny):
     """One resident engine for the session, with the numerics the exactness tests need (flash attention off)."""
-    from music_flamingo import MusicFlamingoGGUF
-
-    eng = MusicFlamingoGGUF(
-        model_path=tiny.model_gguf, mmproj_path=tiny.mmproj_gguf, flash_attn=False, n_threads=1, warmup=False
-    )
+    eng = exact_engine(tiny)
     yield eng
     eng.close()
+
+
+def exact_engine(tiny, **settings):
+    """An engine of the tiny model with the numerics the exactness tests compare across (flash attention off, one
+    thread, no warmup), plus ``settings``: the session's ``engine`` is ``exact_engine(tiny)``."""
+    from music_flamingo import MusicFlamingoGGUF
+
+    return MusicFlamingoGGUF(
+        model_path=tiny.model_gguf,
+        mmproj_path=tiny.mmproj_gguf,
+        flash_attn=False,
+        n_threads=1,
+        warmup=False,
+        **settings,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import exact_engine
 
 from music_flamingo import InvalidInputError, Prompt
 
@@ -27,16 +28,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def on_device(tiny):
     """An engine that samples on the device (the CPU backend here), numerics as the session's `engine`."""
-    from music_flamingo import MusicFlamingoGGUF
-
-    eng = MusicFlamingoGGUF(
-        model_path=tiny.model_gguf,
-        mmproj_path=tiny.mmproj_gguf,
-        flash_attn=False,
-        n_threads=1,
-        warmup=False,
-        sampling_on_device="on",
-    )
+    eng = exact_engine(tiny, sampling_on_device="on")
     yield eng
     eng.close()
 

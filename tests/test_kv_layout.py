@@ -7,7 +7,7 @@ hold different numbers of live sequences (cpp/kv_layout.cpp pads them). A track 
 from __future__ import annotations
 
 import pytest
-from conftest import SR
+from conftest import SR, exact_engine
 
 from music_flamingo import InvalidInputError, MusicFlamingoGGUF, Prompt
 
@@ -22,14 +22,7 @@ def prompts(sampled: bool) -> list[Prompt]:
 
 @pytest.fixture(scope="module")
 def per_track(tiny):
-    mf = MusicFlamingoGGUF(
-        model_path=tiny.model_gguf,
-        mmproj_path=tiny.mmproj_gguf,
-        flash_attn=False,
-        n_threads=1,
-        warmup=False,
-        kv_layout="per_track",
-    )
+    mf = exact_engine(tiny, kv_layout="per_track")
     yield mf
     mf.close()
 

@@ -11,9 +11,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import SR, child_env
+from conftest import SR, child_env, exact_engine
 
-from music_flamingo import InvalidInputError, MusicFlamingoGGUF, Prompt
+from music_flamingo import InvalidInputError, Prompt
 
 QUESTION = "Describe this track: genre, tempo, key, instruments and mood."
 MIXED = [
@@ -27,14 +27,7 @@ SUMMARY = Prompt("Say it in three words.", max_tokens=5)
 @pytest.fixture(scope="module")
 def beside(tiny):
     """An engine that prefills beside the steps on a CPU too (its default there is off)."""
-    eng = MusicFlamingoGGUF(
-        model_path=tiny.model_gguf,
-        mmproj_path=tiny.mmproj_gguf,
-        flash_attn=False,
-        n_threads=1,
-        warmup=False,
-        prefill_beside=True,
-    )
+    eng = exact_engine(tiny, prefill_beside=True)
     yield eng
     eng.close()
 
@@ -90,14 +83,7 @@ def test_a_prefix_too_long_for_the_prefill_context_is_prefilled_at_admission(eng
     main context still holds) is prefilled on the decode thread as before, with the same tokens."""
     short, long = np.ascontiguousarray(track[SR * 20 : SR * 25]), np.ascontiguousarray(track[SR * 20 : SR * 95])
     prompts = [Prompt(QUESTION, max_tokens=6)]
-    fresh = MusicFlamingoGGUF(
-        model_path=tiny.model_gguf,
-        mmproj_path=tiny.mmproj_gguf,
-        flash_attn=False,
-        n_threads=1,
-        warmup=False,
-        prefill_beside=True,
-    )
+    fresh = exact_engine(tiny, prefill_beside=True)
     try:
         got, st = stream(fresh, [short, long], prompts, tracks_in_flight=2, max_audio_seconds=5)
     finally:
