@@ -5,11 +5,15 @@
 # automatic tracks in flight; numbers from it are no GPU timings (lavapipe is slower than the CPU backend).
 # Vulkan is also a real backend for the users' RX 9070 XT.
 #
-# Cost (counted, not yet run end to end here): Debian 12 has libvulkan-dev 1.3.239, glslc 2023.2 (shaderc), spirv-headers and
-# mesa-vulkan-drivers 22.3.6 (lavapipe), ≈45 MB to install. ggml-vulkan's build runs glslc 1,117 times for this
-# llama.cpp (0c1e570; counted with a stub glslc, no optional extensions) and compiles ggml-vulkan.cpp (16.5k lines);
-# expected 15-25 min cold on 2 free cores, about 1-2 min again with ccache. The rehearsal itself (tiny model) a
-# few minutes. Not in CI this round.
+# Cost, measured 2026-12-07 on the shared 2-core VM (Debian 12): ≈45 MB of packages (libvulkan-dev 1.3.239, glslc
+# 2023.2, spirv-headers, mesa-vulkan-drivers 22.3.6); ggml-vulkan runs glslc 1,117 times for this llama.cpp and
+# compiles ggml-vulkan.cpp (16.5k lines): the cold build took 2,646 s (44 min) at nice 19 while five other sessions
+# built and tested (expect 15-25 min on 2 free cores; 1-2 min again with ccache). Debian 12's headers need
+# third_party/patches/0004. What ran: lavapipe is seen as a GPU (llvmpipe, 2 GiB), row Q6_K@1 (3 tracks, the
+# layers and the encoder on the device) at 150 tracks/h, 5.2 tok/s; row Q6_K@auto (36 tracks) died of SIGSEGV
+# inside lavapipe's own worker thread (libvulkan_lvp.so executing a dispatch; reproduced under gdb, no frame of
+# ggml's or ours on that thread): a Mesa 22.3.6 crash or an out-of-bounds shader access a real GPU tolerates, not
+# found yet. Not in CI (its time, and that crash).
 #
 # ggml-vulkan skips devices of type CPU unless GGML_VK_VISIBLE_DEVICES names them: lavapipe is device 0 here.
 #
