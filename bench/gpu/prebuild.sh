@@ -28,7 +28,10 @@ PY=${PY:-python3}
 OUT=$REPO/.gpu
 WORK=${WORK:-/tmp/mf-prebuild}
 mkdir -p "$OUT" "$WORK"
-LLAMA=$(python3 cmake/fetch_llama_cpp.py | tail -1)
+# the pinned tree with this package's patch queue applied (third_party/README.md): the engine's C++ uses what the
+# patches add (the audio rotation, the real positions, several sequences per KV stream)
+LLAMA=$(python3 cmake/patch_llama_cpp.py --tree "$(python3 cmake/fetch_llama_cpp.py | tail -1)" \
+  --patches third_party/patches | tail -1)
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}  # the toolkit CMake's FindCUDAToolkit finds
 CUDA_LIB=$CUDA_HOME/lib64
 CUDA_INC=$CUDA_HOME/include
