@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SR, write_float_wav
+from conftest import SR, exact_engine, write_float_wav
 
 from music_flamingo import InvalidInputError, Prompt
 from testkit.mtmd_cli import run_mtmd_cli
@@ -73,17 +73,9 @@ def test_audio_in_memory_equals_audio_from_wav_file(engine, clips, tmp_path):
 
 
 def test_twenty_calls_load_the_model_once(tiny, clips, caplog):
-    from music_flamingo import MusicFlamingoGGUF
 
     caplog.set_level(logging.DEBUG, logger="music_flamingo")
-    with MusicFlamingoGGUF(
-        model_path=tiny.model_gguf,
-        mmproj_path=tiny.mmproj_gguf,
-        flash_attn=False,
-        n_threads=1,
-        warmup=False,
-        verbose=True,
-    ) as eng:
+    with exact_engine(tiny, verbose=True) as eng:
         texts = [eng.generate(clips["5s"], [Prompt(QUESTION, max_tokens=4)]).texts[0] for _ in range(20)]
     loads = [r for r in caplog.records if r.name == "music_flamingo.native" and "model size" in r.getMessage()]
     assert len(loads) == 1, f"model loaded {len(loads)} times"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SR, batch_cli, child_env, run_cli, write_clip
+from conftest import SR, batch_cli, child_env, exact_engine, run_cli, write_clip
 
 from music_flamingo import InvalidInputError, Prompt
 from music_flamingo.chat_template import CHATML_TEMPLATE, _compile, render_pieces
@@ -69,18 +69,10 @@ def test_followups_batched_with_other_tracks_equal_each_alone(engine, track):
 
 def test_followups_with_a_stream_per_sequence_equal_the_unified_cache(engine, tiny, clips):
     """Without a unified KV cache the answer's stream is copied to the follow-up's (its cells sized for the chain)."""
-    from music_flamingo import MusicFlamingoGGUF
 
     prompts = [asked(max_tokens=5), Prompt("Which instruments?", max_tokens=4)]
     unified = engine.generate_many([(clips["5s"], prompts), (clips["30s"], prompts)], tracks_in_flight=2)
-    with MusicFlamingoGGUF(
-        model_path=tiny.model_gguf,
-        mmproj_path=tiny.mmproj_gguf,
-        flash_attn=False,
-        n_threads=1,
-        warmup=False,
-        kv_unified=False,
-    ) as streams:
+    with exact_engine(tiny, kv_unified=False) as streams:
         split = streams.generate_many([(clips["5s"], prompts), (clips["30s"], prompts)], tracks_in_flight=2)
     assert [r.tokens for r in split] == [r.tokens for r in unified]
     assert [[f.tokens for f in r.followups[0]] for r in split] == [[f.tokens for f in r.followups[0]] for r in unified]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import CACHE, SR, run_cli
+from conftest import CACHE, SR, exact_engine, run_cli
 
 from testkit.tiny_musicflamingo import SYSTEM, ensure_tiny_musicflamingo
 
@@ -32,16 +32,7 @@ def tiny_mf(llama_cpp_dir):
 
 @pytest.fixture(scope="module")
 def mf_engine(tiny_mf):
-    from music_flamingo import MusicFlamingoGGUF
-
-    eng = MusicFlamingoGGUF(
-        model_path=tiny_mf.model_gguf,
-        mmproj_path=tiny_mf.mmproj_gguf,
-        flash_attn=False,
-        n_threads=1,
-        kv_cache_type="f32",
-        warmup=False,
-    )
+    eng = exact_engine(tiny_mf, kv_cache_type="f32")
     yield eng
     eng.close()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DEFAULT_KEYS, SR, batch_cli, model_args, write_clip
+from conftest import DEFAULT_KEYS, SR, batch_cli, exact_engine, model_args, write_clip
 from conftest import run_cli as cli
 
 META_KEYS = {"music_flamingo_model", "music_flamingo_meta"}
@@ -125,7 +125,6 @@ def test_batch_writes_sidecars_keeps_other_keys_and_resumes(analyzer, dataset):
 
 def test_tracks_in_flight_give_the_same_sidecars_as_one_at_a_time(tiny, dataset, tmp_path):
     """Continuous batching over tracks changes the schedule, not the answers (greedy, flash attention off)."""
-    from music_flamingo import MusicFlamingoGGUF
     from music_flamingo.batch import BatchOptions, run_batch
 
     greedy = tmp_path / "greedy.yaml"
@@ -137,14 +136,7 @@ def test_tracks_in_flight_give_the_same_sidecars_as_one_at_a_time(tiny, dataset,
         )
     )
     texts = {}
-    with MusicFlamingoGGUF(
-        model_path=tiny.model_gguf,
-        mmproj_path=tiny.mmproj_gguf,
-        n_threads=1,
-        warmup=False,
-        flash_attn=False,
-        prompts_files=[greedy],
-    ) as mf:
+    with exact_engine(tiny, prompts_files=[greedy]) as mf:
         for k in (1, 3):
             got = {}
             s = run_batch(
